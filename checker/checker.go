@@ -1,0 +1,184 @@
+package checker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/credinject/credinject/cache"
+)
+
+// CredentialSource fills the credential cache on a miss. The watcher
+// implements it: it logs in to Vault as the identity (with the presented,
+// already validated token), reads the credential, stores it in the cache and
+// returns it. Errors carry a Reason (vault_denied, no_credential,
+// vault_unavailable, ...). A returned entry may be negative (Denied set).
+type CredentialSource interface {
+	Credential(ctx context.Context, route string, id Identity, token string) (*cache.Entry, error)
+}
+
+// credentialCache is what the checker reads: *cache.Credentials.
+type credentialCache interface {
+	Get(route, identity string) (*cache.Entry, bool)
+}
+
+var _ credentialCache = (*cache.Credentials)(nil)
+
+// Config wires a Checker. It is copied by New.
+type Config struct {
+	Validator       Validator
+	ServiceAccounts ServiceAccounts // nil: no existence check
+	Credentials     credentialCache
+	Source          CredentialSource
+	Router          *Router
+	// Audiences are folded into the token MAC key.
+	Audiences  []string
+	TokenCache TokenCacheConfig
+	// TokenCacheSize bounds the token-result cache (entries).
+	TokenCacheSize int64
+	// SourceTimeout bounds a miss's call to the Source.
+	SourceTimeout time.Duration
+	Metrics       *Metrics
+	Log           *slog.Logger
+	Now           func() time.Time
+}
+
+// Checker makes decisions. It is safe for concurrent use.
+type Checker struct {
+	cfg    Config
+	tokens *cachedValidator
+	hash   *hasher
+	tcache *cache.Tokens[tokenResult]
+}
+
+// New builds a Checker.
+func New(cfg Config) (*Checker, error) {
+	if cfg.Validator == nil || cfg.Credentials == nil || cfg.Source == nil || cfg.Router == nil {
+		return nil, errors.New("checker: Validator, Credentials, Source and Router are required")
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TokenCache.TTL <= 0 {
+		cfg.TokenCache.TTL = 30 * time.Second
+	}
+	if cfg.TokenCache.NegativeTTL <= 0 {
+		cfg.TokenCache.NegativeTTL = 5 * time.Second
+	}
+	if cfg.TokenCache.Timeout <= 0 {
+		cfg.TokenCache.Timeout = 5 * time.Second
+	}
+	if cfg.SourceTimeout <= 0 {
+		cfg.SourceTimeout = 10 * time.Second
+	}
+	tc, err := cache.NewTokens[tokenResult](cache.TokensConfig{MaxEntries: cfg.TokenCacheSize})
+	if err != nil {
+		return nil, err
+	}
+	c := &Checker{cfg: cfg, hash: newHasher(cfg.Audiences), tcache: tc}
+	c.tokens = &cachedValidator{
+		v: cfg.Validator, sas: cfg.ServiceAccounts, cache: tc, cfg: cfg.TokenCache,
+		now: cfg.Now, metrics: cfg.Metrics, log: cfg.Log,
+	}
+	return c, nil
+}
+
+// Close releases the token cache.
+func (c *Checker) Close() { c.tcache.Close() }
+
+// Decision is the outcome of one check.
+type Decision struct {
+	// Reason is empty for an allow.
+	Reason Reason
+	// Entry is the credential served (allow only).
+	Entry    *cache.Entry
+	Identity Identity
+	// Stale is set when Entry is past its refresh time but within grace.
+	Stale bool
+}
+
+// Decide validates the Authorization header value, picks the route for host
+// and finds the credential. It never panics and never returns an allow
+// without a credential of the identity's own.
+func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Decision) {
+	start := c.cfg.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
+			d = Decision{Reason: ReasonInternal}
+		}
+		c.cfg.Metrics.checks[d.Reason].Inc()
+		c.cfg.Metrics.duration.Observe(c.cfg.Now().Sub(start).Seconds())
+	}()
+	token, r := BearerToken(authorization)
+	if r != ReasonNone {
+		c.cfg.Log.Debug("deny", "reason", string(r))
+		return Decision{Reason: r}
+	}
+	var mac cache.MAC
+	c.hash.mac(token, &mac)
+	id, r := c.tokens.validate(ctx, token, &mac)
+	if r != ReasonNone {
+		c.cfg.Log.Debug("deny", "reason", string(r), "token", tokenTag(&mac))
+		return Decision{Reason: r}
+	}
+	route, ok := c.cfg.Router.Match(host)
+	if !ok {
+		c.cfg.Log.Debug("deny", "reason", string(ReasonNoRoute), "identity", id.Key, "host", host)
+		return Decision{Reason: ReasonNoRoute, Identity: id}
+	}
+	d = c.credential(ctx, route, id, token, start)
+	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
+		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "route", route, "token", tokenTag(&mac), "stale", d.Stale)
+	}
+	return d
+}
+
+func (c *Checker) credential(ctx context.Context, route string, id Identity, token string, now time.Time) Decision {
+	e, ok := c.cfg.Credentials.Get(route, id.Key)
+	if ok {
+		switch e.State(now) {
+		case cache.Fresh:
+			c.cfg.Metrics.credHit.Inc()
+			return entryDecision(e, id, false)
+		case cache.Stale:
+			c.cfg.Metrics.credHit.Inc()
+			if e.Denied == "" {
+				c.cfg.Metrics.stale.Inc()
+				c.cfg.Log.Info("serving a stale credential", "identity", id.Key, "route", route, "readAt", e.ReadAt)
+			}
+			return entryDecision(e, id, true)
+		}
+	}
+	c.cfg.Metrics.credMiss.Inc()
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.SourceTimeout)
+	defer cancel()
+	e, err := c.cfg.Source.Credential(sctx, route, id, token)
+	if err != nil {
+		return Decision{Reason: ReasonOf(err), Identity: id}
+	}
+	if e == nil || e.Identity != id.Key || e.Route != route {
+		// Never serve an entry that is not this identity's own.
+		c.cfg.Log.Error("credential source returned a foreign entry; denying", "identity", id.Key, "route", route)
+		return Decision{Reason: ReasonInternal, Identity: id}
+	}
+	if e.State(now) == cache.Expired && e.Denied == "" {
+		return Decision{Reason: ReasonVaultUnavailable, Identity: id}
+	}
+	return entryDecision(e, id, false)
+}
+
+func entryDecision(e *cache.Entry, id Identity, stale bool) Decision {
+	if e.Denied != "" {
+		return Decision{Reason: Reason(e.Denied), Identity: id}
+	}
+	return Decision{Entry: e, Identity: id, Stale: stale}
+}

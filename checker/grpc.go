@@ -1,0 +1,147 @@
+package checker
+
+import (
+	"context"
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/credinject/credinject/cache"
+)
+
+// Header names of the decision.
+const (
+	HeaderReason          = "x-credinject-reason"
+	HeaderWWWAuthenticate = "www-authenticate"
+	headerAuthorization   = "authorization"
+)
+
+// GRPC is the envoy.service.auth.v3.Authorization server.
+type GRPC struct {
+	authv3.UnimplementedAuthorizationServer
+	c      *Checker
+	denied map[Reason]*authv3.CheckResponse
+}
+
+// NewGRPC wraps c as an ext_authz server.
+func NewGRPC(c *Checker) *GRPC {
+	g := &GRPC{c: c, denied: map[Reason]*authv3.CheckResponse{}}
+	for _, r := range append([]Reason{ReasonInternal}, Reasons...) {
+		g.denied[r] = deniedResponse(r)
+	}
+	return g
+}
+
+var _ authv3.AuthorizationServer = (*GRPC)(nil)
+
+// Check answers one ext_authz request. It always returns a CheckResponse and
+// a nil error: a transport error would let a gateway configured with
+// failure_mode_allow through.
+func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	authz, host := requestHeaders(httpReq)
+	d := g.c.Decide(ctx, authz, host)
+	if d.Reason != ReasonNone {
+		resp, ok := g.denied[d.Reason]
+		if !ok {
+			resp = g.denied[ReasonInternal]
+		}
+		return resp, nil
+	}
+	// Responses are built once per cache entry and shared read-only.
+	return d.Entry.Memo(okResponse).(*authv3.CheckResponse), nil
+}
+
+func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authz, host string) {
+	if h == nil {
+		return "", ""
+	}
+	host = h.GetHost()
+	if hs := h.GetHeaders(); len(hs) > 0 {
+		authz = hs[headerAuthorization]
+		if host == "" {
+			host = hs[":authority"]
+		}
+		return authz, host
+	}
+	// Envoy with encode_raw_headers sends a HeaderMap instead.
+	for _, kv := range h.GetHeaderMap().GetHeaders() {
+		switch kv.GetKey() {
+		case headerAuthorization:
+			authz = string(kv.GetRawValue())
+			if authz == "" {
+				authz = kv.GetValue()
+			}
+		case ":authority":
+			if host == "" {
+				host = string(kv.GetRawValue())
+				if host == "" {
+					host = kv.GetValue()
+				}
+			}
+		}
+	}
+	return authz, host
+}
+
+func okResponse(e *cache.Entry) any {
+	ns, sa, _ := cutIdentity(e.Identity)
+	ok := &authv3.OkHttpResponse{
+		Headers: []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: e.Header, Value: e.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}},
+	}
+	if e.Header != headerAuthorization {
+		// The workload's token must never reach the upstream.
+		ok.HeadersToRemove = []string{headerAuthorization}
+	}
+	md, _ := structpb.NewStruct(map[string]any{"namespace": ns, "serviceaccount": sa, "route": e.Route})
+	return &authv3.CheckResponse{
+		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		DynamicMetadata: md,
+	}
+}
+
+func deniedResponse(r Reason) *authv3.CheckResponse {
+	code := codes.PermissionDenied
+	switch r.Status() {
+	case 401:
+		code = codes.Unauthenticated
+	case 503, 500:
+		code = codes.Unavailable
+	}
+	headers := []*corev3.HeaderValueOption{{
+		Header:       &corev3.HeaderValue{Key: HeaderReason, Value: string(r)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}}
+	if r.Status() == 401 {
+		headers = append(headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: HeaderWWWAuthenticate, Value: "Bearer"},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(code), Message: string(r)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(r.Status())},
+			Headers: headers,
+			Body:    strconv.Itoa(r.Status()) + " " + string(r) + "\n",
+		}},
+	}
+}
+
+func cutIdentity(key string) (ns, sa string, ok bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], true
+		}
+	}
+	return key, "", false
+}

@@ -1,0 +1,50 @@
+package checker
+
+import (
+	"net/http"
+	"strconv"
+)
+
+// HTTP is the forward-auth endpoint (/check) for nginx auth_request, Traefik
+// ForwardAuth, Caddy forward_auth and Envoy's HTTP ext_authz: the same
+// decision as Check, as a status and headers.
+type HTTP struct{ c *Checker }
+
+// NewHTTP wraps c as a forward-auth handler.
+func NewHTTP(c *Checker) *HTTP { return &HTTP{c: c} }
+
+// ServeHTTP answers GET and POST /check. The original request's host is
+// taken from X-Forwarded-Host (Traefik, Caddy, the nginx example), then
+// X-Original-Host, then Host.
+func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodPost && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, POST, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	host := r.Header.Get("X-Forwarded-Host")
+	if host == "" {
+		host = r.Header.Get("X-Original-Host")
+	}
+	if host == "" {
+		host = r.Host
+	}
+	d := h.c.Decide(r.Context(), r.Header.Get("Authorization"), host)
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	if d.Reason != ReasonNone {
+		st := d.Reason.Status()
+		hdr["X-Credinject-Reason"] = []string{string(d.Reason)}
+		if st == http.StatusUnauthorized {
+			hdr["Www-Authenticate"] = []string{"Bearer"}
+		}
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(st)
+		_, _ = w.Write([]byte(strconv.Itoa(st) + " " + string(d.Reason) + "\n"))
+		return
+	}
+	hdr[http.CanonicalHeaderKey(d.Entry.Header)] = []string{d.Entry.Value}
+	hdr["X-Credinject-Namespace"] = []string{d.Identity.Namespace}
+	hdr["X-Credinject-Serviceaccount"] = []string{d.Identity.ServiceAccount}
+	w.WriteHeader(http.StatusOK)
+}

@@ -1,0 +1,207 @@
+package checker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"golang.org/x/sync/singleflight"
+)
+
+// JWKSConfig configures offline validation of service-account tokens against
+// the cluster's issuer keys.
+type JWKSConfig struct {
+	// Issuer is the expected "iss".
+	Issuer string
+	// Audiences: a token must carry at least one of them.
+	Audiences []string
+	// URL is the JWKS endpoint (the API server's /openid/v1/jwks); Client
+	// carries the credentials to fetch it.
+	URL    string
+	Client *http.Client
+	// Keys, if set, is a fixed key set used instead of URL.
+	Keys *jose.JSONWebKeySet
+	// Refresh is how often the key set is re-fetched (default 10m); an
+	// unknown kid triggers a fetch at most every MinRefetch (default 10s).
+	Refresh    time.Duration
+	MinRefetch time.Duration
+	Now        func() time.Time
+	Log        *slog.Logger
+}
+
+// JWKSValidator verifies tokens offline: signature, iss, aud, exp/nbf and the
+// kubernetes.io claims.
+type JWKSValidator struct {
+	cfg       JWKSConfig
+	keys      atomic.Pointer[jose.JSONWebKeySet]
+	lastFetch atomic.Int64
+	flight    singleflight.Group
+	mu        sync.Mutex
+}
+
+var _ Validator = (*JWKSValidator)(nil)
+
+var jwtAlgs = []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.ES256, jose.ES384, jose.ES512, jose.PS256}
+
+// NewJWKSValidator builds the validator and loads the key set once.
+func NewJWKSValidator(ctx context.Context, cfg JWKSConfig) (*JWKSValidator, error) {
+	if cfg.Issuer == "" {
+		return nil, errors.New("jwks: issuer is required")
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = 10 * time.Minute
+	}
+	if cfg.MinRefetch <= 0 {
+		cfg.MinRefetch = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Client == nil {
+		cfg.Client = http.DefaultClient
+	}
+	cfg.Audiences = slices.Clone(cfg.Audiences)
+	v := &JWKSValidator{cfg: cfg}
+	if cfg.Keys != nil {
+		v.keys.Store(cfg.Keys)
+		return v, nil
+	}
+	if err := v.fetch(ctx); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Run re-fetches the key set periodically until ctx ends.
+func (v *JWKSValidator) Run(ctx context.Context) {
+	if v.cfg.Keys != nil {
+		return
+	}
+	t := time.NewTicker(v.cfg.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := v.fetch(ctx); err != nil {
+				v.cfg.Log.Warn("jwks refresh failed; keeping the previous keys", "error", err)
+			}
+		}
+	}
+}
+
+func (v *JWKSValidator) fetch(ctx context.Context) error {
+	_, err, _ := v.flight.Do("fetch", func() (any, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.URL, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := v.cfg.Client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("jwks: fetch: %w", err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return nil, fmt.Errorf("jwks: fetch: %w", err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("jwks: fetch %s: status %d", v.cfg.URL, resp.StatusCode)
+		}
+		var set jose.JSONWebKeySet
+		if err := json.Unmarshal(body, &set); err != nil {
+			return nil, fmt.Errorf("jwks: decode: %w", err)
+		}
+		v.keys.Store(&set)
+		v.lastFetch.Store(v.cfg.Now().UnixNano())
+		return nil, nil
+	})
+	return err
+}
+
+func (v *JWKSValidator) key(ctx context.Context, kid string) (*jose.JSONWebKey, error) {
+	if k := findKey(v.keys.Load(), kid); k != nil {
+		return k, nil
+	}
+	if v.cfg.Keys != nil {
+		return nil, Deny(ReasonInvalidToken, errors.New("jwks: unknown key id"))
+	}
+	// An unknown kid may be a rotated signing key: re-fetch, but not more
+	// often than MinRefetch, so garbage tokens cannot hammer the API server.
+	if time.Duration(v.cfg.Now().UnixNano()-v.lastFetch.Load()) >= v.cfg.MinRefetch {
+		if err := v.fetch(ctx); err != nil {
+			return nil, Deny(ReasonTokenReviewUnavailable, err)
+		}
+		if k := findKey(v.keys.Load(), kid); k != nil {
+			return k, nil
+		}
+	}
+	return nil, Deny(ReasonInvalidToken, errors.New("jwks: unknown key id"))
+}
+
+func findKey(set *jose.JSONWebKeySet, kid string) *jose.JSONWebKey {
+	if set == nil {
+		return nil
+	}
+	for i := range set.Keys {
+		if set.Keys[i].KeyID == kid || (kid == "" && len(set.Keys) == 1) {
+			return &set.Keys[i]
+		}
+	}
+	return nil
+}
+
+// Validate verifies token offline.
+func (v *JWKSValidator) Validate(ctx context.Context, token string) (Identity, error) {
+	tok, err := jwt.ParseSigned(token, jwtAlgs)
+	if err != nil {
+		return Identity{}, Deny(ReasonMalformedToken, fmt.Errorf("jwks: %w", err))
+	}
+	if len(tok.Headers) != 1 {
+		return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: want exactly one signature"))
+	}
+	k, err := v.key(ctx, tok.Headers[0].KeyID)
+	if err != nil {
+		return Identity{}, err
+	}
+	var std jwt.Claims
+	var priv struct {
+		K8s *kubernetesInfo `json:"kubernetes.io"`
+	}
+	if err := tok.Claims(k.Key, &std, &priv); err != nil {
+		return Identity{}, Deny(ReasonInvalidToken, fmt.Errorf("jwks: signature: %w", err))
+	}
+	now := v.cfg.Now()
+	if std.Expiry == nil {
+		return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: token has no exp"))
+	}
+	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: v.cfg.Audiences, Time: now}, 0); err != nil {
+		return Identity{}, Deny(ReasonInvalidToken, fmt.Errorf("jwks: %w", err))
+	}
+	ns, name, ok := ParseServiceAccountUser(std.Subject)
+	if !ok {
+		return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: subject is not a service account"))
+	}
+	uid := ""
+	if priv.K8s != nil {
+		if priv.K8s.Namespace != ns || priv.K8s.ServiceAccount.Name != name {
+			return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: kubernetes.io claims do not match the subject"))
+		}
+		uid = priv.K8s.ServiceAccount.UID
+	}
+	return NewIdentity(ns, name, uid, std.Expiry.Time()), nil
+}

@@ -1,0 +1,62 @@
+package checker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the checker's Prometheus metrics. Counters for every (result,
+// reason) pair are created up front so the hot path does no label lookup.
+type Metrics struct {
+	checks     map[Reason]prometheus.Counter
+	duration   prometheus.Observer
+	stale      prometheus.Counter
+	credHit    prometheus.Counter
+	credMiss   prometheus.Counter
+	tokenHit   prometheus.Counter
+	tokenMiss  prometheus.Counter
+	TokenCalls *prometheus.CounterVec
+}
+
+// NewMetrics registers the checker's metrics on reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	checks := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credinject_check_total",
+		Help: "Decisions made, by result (allow, deny) and reason.",
+	}, []string{"result", "reason"})
+	dur := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "credinject_check_duration_seconds",
+		Help:    "Time to decide one check, from request to response.",
+		Buckets: []float64{5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1, 5},
+	})
+	stale := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credinject_stale_answers_total",
+		Help: "Allows served from a credential past its refresh time, within staleGrace.",
+	})
+	hits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credinject_cache_hits_total", Help: "Cache hits by cache (credential, token).",
+	}, []string{"cache"})
+	misses := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credinject_cache_misses_total", Help: "Cache misses by cache (credential, token).",
+	}, []string{"cache"})
+	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credinject_tokenreview_requests_total",
+		Help: "Token validations sent to the API server (TokenReview), by result (ok, rejected, error).",
+	}, []string{"result"})
+	if reg != nil {
+		reg.MustRegister(checks, dur, stale, hits, misses, calls)
+	}
+	m := &Metrics{
+		checks:     map[Reason]prometheus.Counter{ReasonNone: checks.WithLabelValues("allow", "")},
+		duration:   dur,
+		stale:      stale,
+		credHit:    hits.WithLabelValues("credential"),
+		credMiss:   misses.WithLabelValues("credential"),
+		tokenHit:   hits.WithLabelValues("token"),
+		tokenMiss:  misses.WithLabelValues("token"),
+		TokenCalls: calls,
+	}
+	for _, r := range Reasons {
+		m.checks[r] = checks.WithLabelValues("deny", string(r))
+	}
+	return m
+}

@@ -1,0 +1,303 @@
+package checker
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/credinject/credinject/cache"
+)
+
+// Identity is the workload identity a valid token maps to.
+type Identity struct {
+	Namespace      string
+	ServiceAccount string
+	// UID is the ServiceAccount's uid, when the validator knows it.
+	UID string
+	// Key is "namespace/serviceaccount", the cache and informer key.
+	Key string
+	// Expires is the token's expiry (zero if unknown).
+	Expires time.Time
+}
+
+// NewIdentity builds an Identity with its Key.
+func NewIdentity(namespace, serviceAccount, uid string, expires time.Time) Identity {
+	return Identity{Namespace: namespace, ServiceAccount: serviceAccount, UID: uid, Key: namespace + "/" + serviceAccount, Expires: expires}
+}
+
+// Validator validates a service-account token. Errors carry a Reason
+// (ReasonInvalidToken for a rejected token, ReasonTokenReviewUnavailable when
+// the answer could not be had).
+type Validator interface {
+	Validate(ctx context.Context, token string) (Identity, error)
+}
+
+// ValidatorFunc adapts a function to Validator.
+type ValidatorFunc func(ctx context.Context, token string) (Identity, error)
+
+// Validate calls f.
+func (f ValidatorFunc) Validate(ctx context.Context, token string) (Identity, error) {
+	return f(ctx, token)
+}
+
+// ServiceAccounts tells whether a ServiceAccount still exists (with this uid,
+// when uid is not empty). It is backed by an informer: no I/O.
+type ServiceAccounts interface {
+	Exists(key, uid string) bool
+}
+
+// maxTokenLen bounds what is hashed and sent anywhere; real SA tokens are ~1 KiB.
+const maxTokenLen = 16 << 10
+
+// BearerToken extracts the token from an Authorization header value.
+func BearerToken(header string) (string, Reason) {
+	if header == "" {
+		return "", ReasonMissingToken
+	}
+	if len(header) < 7 || !strings.EqualFold(header[:7], "bearer ") {
+		return "", ReasonMalformedToken
+	}
+	tok := strings.TrimLeft(header[7:], " ")
+	if tok == "" {
+		return "", ReasonMissingToken
+	}
+	if len(tok) > maxTokenLen {
+		return "", ReasonMalformedToken
+	}
+	dots := 0
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		switch {
+		case c == '.':
+			dots++
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return "", ReasonMalformedToken
+		}
+	}
+	// A service-account token is a compact JWS: three base64url segments.
+	if dots != 2 || tok[0] == '.' || tok[len(tok)-1] == '.' || strings.Contains(tok, "..") {
+		return "", ReasonMalformedToken
+	}
+	return tok, ReasonNone
+}
+
+// Claims are the unverified claims credinject reads from a token's payload.
+type Claims struct {
+	Issuer    string          `json:"iss"`
+	Subject   string          `json:"sub"`
+	Audience  audience        `json:"aud"`
+	Expiry    int64           `json:"exp"`
+	NotBefore int64           `json:"nbf"`
+	IssuedAt  int64           `json:"iat"`
+	K8s       *kubernetesInfo `json:"kubernetes.io"`
+}
+
+type kubernetesInfo struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount struct {
+		Name string `json:"name"`
+		UID  string `json:"uid"`
+	} `json:"serviceaccount"`
+}
+
+type audience []string
+
+func (a *audience) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*a = []string{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return err
+	}
+	*a = many
+	return nil
+}
+
+// UnverifiedClaims decodes a JWT's payload without checking its signature.
+// Use it only for what the signature check or TokenReview then confirms.
+func UnverifiedClaims(token string) (Claims, error) {
+	var c Claims
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return c, errors.New("not a compact JWS")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return c, fmt.Errorf("payload: %w", err)
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return c, fmt.Errorf("payload: %w", err)
+	}
+	return c, nil
+}
+
+// ParseServiceAccountUser splits "system:serviceaccount:NS:NAME".
+func ParseServiceAccountUser(user string) (ns, name string, ok bool) {
+	rest, ok := strings.CutPrefix(user, "system:serviceaccount:")
+	if !ok {
+		return "", "", false
+	}
+	ns, name, ok = strings.Cut(rest, ":")
+	if !ok || ns == "" || name == "" || strings.Contains(name, ":") {
+		return "", "", false
+	}
+	return ns, name, true
+}
+
+// hasher computes token MACs: HMAC-SHA256 under a random per-process key,
+// over the audiences (length-prefixed, folded into the key at start) and the
+// token.
+type hasher struct {
+	pool sync.Pool
+}
+
+func newHasher(audiences []string) *hasher {
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		panic(fmt.Sprintf("checker: no randomness for the token MAC key: %v", err))
+	}
+	auds := slices.Clone(audiences)
+	slices.Sort(auds)
+	m := hmac.New(sha256.New, secret[:])
+	var n [8]byte
+	for _, a := range auds {
+		binary.BigEndian.PutUint64(n[:], uint64(len(a)))
+		m.Write(n[:])
+		m.Write([]byte(a))
+	}
+	key := m.Sum(nil)
+	h := &hasher{}
+	h.pool.New = func() any { return hmac.New(sha256.New, key) }
+	return h
+}
+
+func (h *hasher) mac(token string, out *cache.MAC) {
+	m := h.pool.Get().(hash.Hash)
+	m.Reset()
+	// A read-only view of the string: hash.Write never modifies its input.
+	m.Write(unsafe.Slice(unsafe.StringData(token), len(token)))
+	m.Sum(out[:0])
+	h.pool.Put(m)
+}
+
+// TokenHash is a short, non-reversible tag of a token for logs.
+func tokenTag(mac *cache.MAC) string { return hex.EncodeToString(mac[:4]) }
+
+type tokenResult struct {
+	id     Identity
+	reason Reason
+}
+
+// TokenCacheConfig sets the token-result cache's lifetimes.
+type TokenCacheConfig struct {
+	// TTL bounds a positive result (never beyond the token's exp).
+	TTL time.Duration
+	// NegativeTTL bounds a rejected token's result.
+	NegativeTTL time.Duration
+	// Timeout bounds one validation call made for concurrent callers.
+	Timeout time.Duration
+}
+
+// cachedValidator puts the token-result cache, single-flight and the
+// ServiceAccount existence check in front of a Validator.
+type cachedValidator struct {
+	v       Validator
+	sas     ServiceAccounts
+	cache   *cache.Tokens[tokenResult]
+	cfg     TokenCacheConfig
+	now     func() time.Time
+	flight  singleflight.Group
+	metrics *Metrics
+	log     *slog.Logger
+}
+
+// validate returns the identity for token, or a deny reason.
+func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC) (Identity, Reason) {
+	now := c.now()
+	res, ok := c.cache.Get(mac, now)
+	if ok {
+		c.metrics.tokenHit.Inc()
+	} else {
+		c.metrics.tokenMiss.Inc()
+		var err error
+		res, err = c.fill(ctx, token, mac)
+		if err != nil {
+			return Identity{}, ReasonOf(err)
+		}
+	}
+	if res.reason != ReasonNone {
+		return Identity{}, res.reason
+	}
+	if !res.id.Expires.IsZero() && !now.Before(res.id.Expires) {
+		return Identity{}, ReasonInvalidToken
+	}
+	// Revocation: a deleted (or deleted and re-created) ServiceAccount's
+	// tokens stop working as soon as the informer sees it.
+	if c.sas != nil && !c.sas.Exists(res.id.Key, res.id.UID) {
+		return Identity{}, ReasonUnknownServiceAccount
+	}
+	return res.id, ReasonNone
+}
+
+func (c *cachedValidator) fill(ctx context.Context, token string, mac *cache.MAC) (tokenResult, error) {
+	ch := c.flight.DoChan(string(mac[:]), func() (any, error) {
+		// The flight outlives any one caller: it runs detached, with its own
+		// timeout, and re-checks the cache first.
+		now := c.now()
+		if res, ok := c.cache.Get(mac, now); ok {
+			return res, nil
+		}
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
+		defer cancel()
+		id, err := c.v.Validate(fctx, token)
+		now = c.now()
+		switch r := ReasonOf(err); r {
+		case ReasonNone:
+			exp := now.Add(c.cfg.TTL)
+			if !id.Expires.IsZero() && id.Expires.Before(exp) {
+				exp = id.Expires
+			}
+			res := tokenResult{id: id}
+			c.cache.Set(mac, res, now, exp)
+			return res, nil
+		case ReasonInvalidToken, ReasonMalformedToken, ReasonUnknownServiceAccount:
+			c.log.Debug("token rejected", "token", tokenTag(mac), "reason", string(r), "error", err)
+			res := tokenResult{reason: r}
+			c.cache.Set(mac, res, now, now.Add(c.cfg.NegativeTTL))
+			return res, nil
+		default:
+			// Transport errors are not cached.
+			c.log.Warn("token validation failed", "token", tokenTag(mac), "reason", string(r), "error", err)
+			return nil, err
+		}
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return tokenResult{}, r.Err
+		}
+		return r.Val.(tokenResult), nil
+	case <-ctx.Done():
+		return tokenResult{}, Deny(ReasonTokenReviewUnavailable, ctx.Err())
+	}
+}

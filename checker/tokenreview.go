@@ -1,0 +1,79 @@
+package checker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// tokenReviews is the slice of client-go the TokenReview validator needs
+// (authenticationv1.TokenReviewInterface satisfies it).
+type tokenReviews interface {
+	Create(ctx context.Context, tr *authnv1.TokenReview, opts metav1.CreateOptions) (*authnv1.TokenReview, error)
+}
+
+// TokenReviewValidator validates tokens with the Kubernetes TokenReview API.
+type TokenReviewValidator struct {
+	reviews   tokenReviews
+	audiences []string
+	observe   func(result string)
+}
+
+// NewTokenReviewValidator builds a validator for the given audiences.
+// observe, if set, is told each call's result (ok, rejected, error).
+func NewTokenReviewValidator(reviews tokenReviews, audiences []string, observe func(result string)) *TokenReviewValidator {
+	if observe == nil {
+		observe = func(string) {}
+	}
+	return &TokenReviewValidator{reviews: reviews, audiences: slices.Clone(audiences), observe: observe}
+}
+
+var _ Validator = (*TokenReviewValidator)(nil)
+
+// Validate asks the API server whether token is a valid service-account
+// token for the configured audiences.
+func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (Identity, error) {
+	res, err := v.reviews.Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: v.audiences}}, metav1.CreateOptions{})
+	if err != nil {
+		v.observe("error")
+		return Identity{}, Deny(ReasonTokenReviewUnavailable, fmt.Errorf("tokenreview: %w", err))
+	}
+	st := res.Status
+	if !st.Authenticated {
+		v.observe("rejected")
+		msg := st.Error
+		if msg == "" {
+			msg = "unauthenticated"
+		}
+		return Identity{}, Deny(ReasonInvalidToken, errors.New("tokenreview: "+msg))
+	}
+	v.observe("ok")
+	if len(v.audiences) > 0 && !intersects(st.Audiences, v.audiences) {
+		return Identity{}, Deny(ReasonInvalidToken, errors.New("tokenreview: audience not accepted"))
+	}
+	ns, name, ok := ParseServiceAccountUser(st.User.Username)
+	if !ok {
+		return Identity{}, Deny(ReasonInvalidToken, errors.New("tokenreview: not a service-account token"))
+	}
+	var exp time.Time
+	if c, err := UnverifiedClaims(token); err == nil && c.Expiry > 0 {
+		// The API server has just vouched for this token; its exp bounds
+		// how long the result may be cached.
+		exp = time.Unix(c.Expiry, 0)
+	}
+	return NewIdentity(ns, name, st.User.UID, exp), nil
+}
+
+func intersects(a, b []string) bool {
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,323 @@
+// Package config reads and validates credinject's YAML configuration. It is
+// strict: unknown keys and bad values are refused with a message that names
+// the key. It owns no behaviour; cmd turns a Config into the parts' settings.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Listen     Listen     `yaml:"listen"`
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+	Vault      Vault      `yaml:"vault"`
+	Inject     Inject     `yaml:"inject"`
+	Events     Events     `yaml:"events"`
+	Prefetch   Prefetch   `yaml:"prefetch"`
+	Routes     []Route    `yaml:"routes"`
+	Cache      Cache      `yaml:"cache"`
+}
+
+// Listen holds the listen addresses.
+type Listen struct {
+	GRPC string `yaml:"grpc"`
+	HTTP string `yaml:"http"`
+}
+
+// Kubernetes configures token validation and the API server client.
+type Kubernetes struct {
+	Kubeconfig      string   `yaml:"kubeconfig"`
+	Audiences       []string `yaml:"audiences"`
+	TokenValidation string   `yaml:"tokenValidation"`
+	// Issuer is the expected "iss" in jwks mode; empty: discovered from the
+	// API server's /.well-known/openid-configuration.
+	Issuer string `yaml:"issuer"`
+	// JWKSFile, in jwks mode, reads the issuer keys from a file instead of the
+	// API server (used by `credinject dev`).
+	JWKSFile string  `yaml:"jwksFile"`
+	QPS      float32 `yaml:"qps"`
+	Burst    int     `yaml:"burst"`
+}
+
+// Vault configures where credentials live and how credinject logs in.
+type Vault struct {
+	Address    string `yaml:"address"`
+	AuthMethod string `yaml:"authMethod"`
+	AuthMount  string `yaml:"authMount"`
+	Role       string `yaml:"role"`
+	KVMount    string `yaml:"kvMount"`
+	Path       string `yaml:"path"`
+	// Concurrency bounds concurrent Vault calls of the watcher.
+	Concurrency int `yaml:"concurrency"`
+}
+
+// Inject says which header to set and how to render it from the secret.
+type Inject struct {
+	Header string `yaml:"header"`
+	Value  string `yaml:"value"`
+}
+
+// Events configures the NATS subscriber.
+type Events struct {
+	NatsURL string `yaml:"natsURL"`
+	Subject string `yaml:"subject"`
+}
+
+// Prefetch configures the watcher.
+type Prefetch struct {
+	Namespaces []string      `yaml:"namespaces"`
+	Refresh    time.Duration `yaml:"refresh"`
+	StaleGrace time.Duration `yaml:"staleGrace"`
+}
+
+// Route is a per-host override of the Vault path and the injection.
+type Route struct {
+	Name   string   `yaml:"name"`
+	Hosts  []string `yaml:"hosts"`
+	Path   string   `yaml:"path"`
+	Inject Inject   `yaml:"inject"`
+}
+
+// Cache sizes the in-memory caches and the token result lifetimes.
+type Cache struct {
+	Capacity      int64         `yaml:"capacity"`
+	TokenTTL      time.Duration `yaml:"tokenTTL"`
+	TokenNegative time.Duration `yaml:"tokenNegativeTTL"`
+	DeniedTTL     time.Duration `yaml:"deniedTTL"`
+}
+
+// Default returns the configuration used when a key is absent.
+func Default() Config {
+	return Config{
+		Listen: Listen{GRPC: "127.0.0.1:9191", HTTP: "127.0.0.1:8181"},
+		Kubernetes: Kubernetes{
+			Audiences:       []string{"https://kubernetes.default.svc.cluster.local"},
+			TokenValidation: "tokenreview",
+			QPS:             500,
+			Burst:           1000,
+		},
+		Vault: Vault{
+			Address:     "http://vault.vault.svc.cluster.local:8200",
+			AuthMethod:  "kubernetes",
+			AuthMount:   "kubernetes",
+			Role:        "egress-workload",
+			KVMount:     "secret",
+			Path:        "egress/{namespace}/{serviceaccount}",
+			Concurrency: 16,
+		},
+		Inject:   Inject{Header: "authorization", Value: "Bearer {api_key}"},
+		Events:   Events{Subject: "credinject.rotated"},
+		Prefetch: Prefetch{Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute},
+		Cache: Cache{
+			Capacity:      1 << 20,
+			TokenTTL:      30 * time.Second,
+			TokenNegative: 5 * time.Second,
+			DeniedTTL:     10 * time.Second,
+		},
+	}
+}
+
+// Load reads and validates the file at path.
+func Load(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	c, err := Parse(f)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML over the defaults and validates the result.
+func Parse(r io.Reader) (Config, error) {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return Config{}, err
+	}
+	c := Default()
+	if len(bytes.TrimSpace(raw)) > 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil {
+			return Config{}, fmt.Errorf("parse: %w", err)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+var (
+	headerName  = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	placeholder = regexp.MustCompile(`\{([^{}]*)\}`)
+	fieldName   = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	hostPattern = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$`)
+	routeName   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
+)
+
+// Validate checks every value and normalises header names to lower case.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	checkAddr := func(key, v string) {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			bad(key, "%q is not host:port", v)
+		}
+	}
+	checkAddr("listen.grpc", c.Listen.GRPC)
+	checkAddr("listen.http", c.Listen.HTTP)
+	switch c.Kubernetes.TokenValidation {
+	case "tokenreview", "jwks":
+	default:
+		bad("kubernetes.tokenValidation", "%q is not one of tokenreview, jwks", c.Kubernetes.TokenValidation)
+	}
+	if len(c.Kubernetes.Audiences) == 0 {
+		bad("kubernetes.audiences", "at least one audience is required")
+	}
+	for i, a := range c.Kubernetes.Audiences {
+		if strings.TrimSpace(a) == "" {
+			bad(fmt.Sprintf("kubernetes.audiences[%d]", i), "empty audience")
+		}
+	}
+	if c.Kubernetes.QPS <= 0 || c.Kubernetes.Burst <= 0 {
+		bad("kubernetes.qps/burst", "must be positive (qps %v, burst %d)", c.Kubernetes.QPS, c.Kubernetes.Burst)
+	}
+	if !strings.HasPrefix(c.Vault.Address, "http://") && !strings.HasPrefix(c.Vault.Address, "https://") {
+		bad("vault.address", "%q is not an http(s) URL", c.Vault.Address)
+	}
+	switch c.Vault.AuthMethod {
+	case "kubernetes", "jwt":
+	default:
+		bad("vault.authMethod", "%q is not one of kubernetes, jwt", c.Vault.AuthMethod)
+	}
+	for key, v := range map[string]string{"vault.authMount": c.Vault.AuthMount, "vault.role": c.Vault.Role, "vault.kvMount": c.Vault.KVMount} {
+		if v == "" || strings.ContainsAny(v, " \t\r\n?#") {
+			bad(key, "%q is empty or has illegal characters", v)
+		}
+	}
+	if c.Vault.Concurrency <= 0 {
+		bad("vault.concurrency", "must be positive, got %d", c.Vault.Concurrency)
+	}
+	if err := CheckPath(c.Vault.Path); err != nil {
+		bad("vault.path", "%v", err)
+	}
+	if err := c.Inject.check(); err != nil {
+		bad("inject", "%v", err)
+	}
+	if c.Events.Subject == "" || strings.ContainsAny(c.Events.Subject, " \t\r\n") {
+		bad("events.subject", "%q is not a NATS subject", c.Events.Subject)
+	}
+	if c.Events.NatsURL != "" && !strings.Contains(c.Events.NatsURL, "://") {
+		bad("events.natsURL", "%q is not a URL (nats://host:port)", c.Events.NatsURL)
+	}
+	if c.Prefetch.Refresh <= 0 {
+		bad("prefetch.refresh", "must be positive, got %v", c.Prefetch.Refresh)
+	}
+	if c.Prefetch.StaleGrace < 0 {
+		bad("prefetch.staleGrace", "must not be negative, got %v", c.Prefetch.StaleGrace)
+	}
+	for i, ns := range c.Prefetch.Namespaces {
+		if ns == "" {
+			bad(fmt.Sprintf("prefetch.namespaces[%d]", i), "empty namespace")
+		}
+	}
+	if c.Cache.Capacity <= 0 || c.Cache.TokenTTL <= 0 || c.Cache.TokenNegative <= 0 || c.Cache.DeniedTTL <= 0 {
+		bad("cache", "capacity and TTLs must be positive")
+	}
+	names := map[string]bool{}
+	hosts := map[string]bool{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		key := fmt.Sprintf("routes[%d]", i)
+		if len(r.Hosts) == 0 {
+			bad(key+".hosts", "at least one host is required")
+		}
+		for j, h := range r.Hosts {
+			h = strings.ToLower(h)
+			r.Hosts[j] = h
+			if !hostPattern.MatchString(h) {
+				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q is not a host name or *.suffix", h)
+			}
+			if hosts[h] {
+				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q appears in two routes", h)
+			}
+			hosts[h] = true
+		}
+		if r.Name == "" && len(r.Hosts) > 0 {
+			r.Name = strings.TrimPrefix(r.Hosts[0], "*.")
+		}
+		if !routeName.MatchString(r.Name) || r.Name == "default" {
+			bad(key+".name", "%q is not a valid route name", r.Name)
+		}
+		if names[r.Name] {
+			bad(key+".name", "%q is used twice", r.Name)
+		}
+		names[r.Name] = true
+		if r.Path == "" {
+			r.Path = c.Vault.Path
+		}
+		if err := CheckPath(r.Path); err != nil {
+			bad(key+".path", "%v", err)
+		}
+		if r.Inject == (Inject{}) {
+			r.Inject = c.Inject
+		}
+		if err := r.Inject.check(); err != nil {
+			bad(key+".inject", "%v", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (in *Inject) check() error {
+	in.Header = strings.ToLower(in.Header)
+	if !headerName.MatchString(in.Header) {
+		return fmt.Errorf("header %q is not a valid HTTP header name", in.Header)
+	}
+	if strings.ContainsAny(in.Value, "\r\n\x00") {
+		return fmt.Errorf("value template has a control character")
+	}
+	ms := placeholder.FindAllStringSubmatch(in.Value, -1)
+	if len(ms) == 0 {
+		return fmt.Errorf("value %q has no {field} placeholder", in.Value)
+	}
+	for _, m := range ms {
+		if !fieldName.MatchString(m[1]) {
+			return fmt.Errorf("value placeholder {%s} is not a secret field name", m[1])
+		}
+	}
+	return nil
+}
+
+// CheckPath validates a Vault path template.
+func CheckPath(p string) error {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "..") {
+		return fmt.Errorf("%q must be a relative path without '..'", p)
+	}
+	for _, m := range placeholder.FindAllStringSubmatch(p, -1) {
+		if m[1] != "namespace" && m[1] != "serviceaccount" {
+			return fmt.Errorf("%q: unknown placeholder {%s} (use {namespace}, {serviceaccount})", p, m[1])
+		}
+	}
+	if strings.Count(p, "{")+strings.Count(p, "}") != 2*len(placeholder.FindAllString(p, -1)) {
+		return fmt.Errorf("%q has an unbalanced brace", p)
+	}
+	return nil
+}

@@ -5,6 +5,7 @@
 # Prints the binary directory of each tool and how long each build took.
 #
 #   build.sh [vault] [kube]     (default: all)
+#   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +40,16 @@ build_kube() {
   mv "$out.tmp" "$out"
   echo "kube: built in $((SECONDS - t0))s -> $out"
 }
+
+if [ "${1:-}" = path ]; then
+  name=${2:?build.sh path NAME}
+  case $name in
+    vault) build_vault >&2; key vault 1.21.4 ;;
+    kube) build_kube >&2; key kube 1.37.2 ;;
+    *) echo "build.sh: unknown tool $name" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
 
 what=${*:-vault kube}
 for w in $what; do

@@ -1,0 +1,14 @@
+// Package events carries credential-rotation notices to credinject over NATS.
+// It owns the event format (a CloudEvents 1.0 JSON document of type
+// io.credinject.credential.rotated, see FORMAT.md), its validation, a
+// Publisher for tools such as `credinject rotate`, and a Subscriber that hands
+// every valid event, in arrival order, to a Refresher and asks a Resyncer to
+// re-read everything whenever events may have been lost (a reconnect, a full
+// queue, a slow-consumer drop).
+//
+// It does not know what a credential is, where it lives or how it is cached:
+// Refresher and Resyncer are declared here and implemented by the watcher,
+// and cmd joins the two. It knows nothing of Envoy or Vault. Events are hints
+// that something changed, never carriers of secrets; the periodic refresh of
+// the watcher stays the safety net while NATS is unreachable.
+package events

@@ -1,0 +1,490 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Refresher re-reads the credentials a rotation event names. The watcher
+// implements it. Refresh must honour ctx: the Subscriber bounds every call
+// with SubscriberConfig.RefreshTimeout.
+type Refresher interface {
+	Refresh(ctx context.Context, r Rotation) error
+}
+
+// Resyncer re-reads every credential. The Subscriber calls it whenever events
+// may have been missed: after a reconnect, when its queue overflowed, when
+// the NATS client dropped messages, and when the first connection succeeded
+// only after NATS had been unreachable.
+type Resyncer interface {
+	ResyncAll(ctx context.Context) error
+}
+
+// RefresherFunc adapts a function to Refresher.
+type RefresherFunc func(ctx context.Context, r Rotation) error
+
+// Refresh calls f.
+func (f RefresherFunc) Refresh(ctx context.Context, r Rotation) error { return f(ctx, r) }
+
+// ResyncerFunc adapts a function to Resyncer.
+type ResyncerFunc func(ctx context.Context) error
+
+// ResyncAll calls f.
+func (f ResyncerFunc) ResyncAll(ctx context.Context) error { return f(ctx) }
+
+var (
+	_ Refresher = RefresherFunc(nil)
+	_ Resyncer  = ResyncerFunc(nil)
+)
+
+// Status values, for /readyz detail.
+const (
+	StatusConnected    = "connected"
+	StatusDisconnected = "disconnected: falling back to TTL refresh"
+	StatusDisabled     = "disabled"
+)
+
+// Defaults of SubscriberConfig.
+const (
+	DefaultRefreshTimeout = 10 * time.Second
+	DefaultResyncTimeout  = 2 * time.Minute
+	DefaultQueueSize      = 1024
+	DefaultReconnectWait  = 250 * time.Millisecond
+	DefaultConnectionName = "credinject"
+)
+
+var (
+	// ErrInvalidConfig is wrapped by NewSubscriber's errors.
+	ErrInvalidConfig = errors.New("invalid events configuration")
+	// ErrAlreadyRunning is returned by a second call of Subscriber.Run.
+	ErrAlreadyRunning = errors.New("events: subscriber already running")
+)
+
+// SubscriberConfig configures a Subscriber. NewSubscriber copies it.
+type SubscriberConfig struct {
+	// URL is the NATS server URL (a comma-separated list for a cluster).
+	// Empty disables the subscriber: Run only waits for its context and
+	// Status reports StatusDisabled.
+	URL string
+	// Subject to subscribe to; default DefaultSubject. Wildcards are allowed.
+	Subject string
+	// Refresher receives every valid event. Required unless disabled.
+	Refresher Refresher
+	// Resyncer is asked to re-read everything when events may have been
+	// missed. Required unless disabled.
+	Resyncer Resyncer
+	// Logger; nil discards logs.
+	Logger *slog.Logger
+	// Registerer receives the credinject_events_* metrics; nil skips
+	// registration.
+	Registerer prometheus.Registerer
+	// RefreshTimeout bounds one Refresh call; default DefaultRefreshTimeout.
+	RefreshTimeout time.Duration
+	// ResyncTimeout bounds one ResyncAll call; default DefaultResyncTimeout.
+	ResyncTimeout time.Duration
+	// QueueSize is how many valid events may wait for the worker before new
+	// ones are replaced by a resync; default DefaultQueueSize.
+	QueueSize int
+	// ReconnectWait is the least pause between reconnect attempts; a random
+	// jitter of up to three times as much is added (default 250ms, so
+	// 250ms-1s).
+	ReconnectWait time.Duration
+	// Name identifies the connection in the server's monitoring; default
+	// DefaultConnectionName.
+	Name string
+	// Options are extra connection options such as credentials or TLS
+	// (nats.UserCredentials, nats.RootCAs). Connection-state handlers and
+	// reconnect settings given here are overridden.
+	Options []nats.Option
+}
+
+// Subscriber listens for rotation events and hands them, one at a time and
+// in arrival order, to a Refresher. Every replica subscribes on its own (no
+// queue group), so every replica refreshes its own cache.
+//
+// The NATS read loop only parses and enqueues; a single worker goroutine
+// calls the Refresher, which keeps events for the same identity in order
+// without ever blocking the connection. When the queue is full the event is
+// dropped and a full resync is scheduled instead, so nothing is lost.
+type Subscriber struct {
+	cfg      SubscriberConfig
+	log      *slog.Logger
+	m        *metrics
+	disabled bool
+
+	queue  chan queued
+	resync chan struct{} // capacity 1: requests coalesce
+
+	connected     atomic.Bool
+	connectFailed atomic.Bool // a connection attempt has failed
+	running       atomic.Bool
+	stopping      atomic.Bool // Run is closing the connection on purpose
+}
+
+type queued struct {
+	r    Rotation
+	meta Meta
+}
+
+// NewSubscriber checks cfg, fills in defaults and registers the metrics. It
+// does not connect; Run does.
+func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
+	if cfg.Subject == "" {
+		cfg.Subject = DefaultSubject
+	}
+	if cfg.RefreshTimeout <= 0 {
+		cfg.RefreshTimeout = DefaultRefreshTimeout
+	}
+	if cfg.ResyncTimeout <= 0 {
+		cfg.ResyncTimeout = DefaultResyncTimeout
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.ReconnectWait <= 0 {
+		cfg.ReconnectWait = DefaultReconnectWait
+	}
+	if cfg.Name == "" {
+		cfg.Name = DefaultConnectionName
+	}
+	cfg.Options = slices.Clone(cfg.Options)
+	disabled := strings.TrimSpace(cfg.URL) == ""
+	if !disabled {
+		if err := checkSubject(cfg.Subject, true); err != nil {
+			return nil, fmt.Errorf("events: %w: %w", ErrInvalidConfig, err)
+		}
+		if cfg.Refresher == nil {
+			return nil, fmt.Errorf("events: %w: no Refresher", ErrInvalidConfig)
+		}
+		if cfg.Resyncer == nil {
+			return nil, fmt.Errorf("events: %w: no Resyncer", ErrInvalidConfig)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Subscriber{
+		cfg:      cfg,
+		log:      log.With("component", "events"),
+		m:        m,
+		disabled: disabled,
+		queue:    make(chan queued, cfg.QueueSize),
+		resync:   make(chan struct{}, 1),
+	}, nil
+}
+
+// Connected reports whether the NATS connection is up. A nil Subscriber is
+// never connected.
+func (s *Subscriber) Connected() bool {
+	return s != nil && s.connected.Load()
+}
+
+// Status is one of StatusConnected, StatusDisconnected and StatusDisabled.
+// A nil Subscriber is disabled.
+func (s *Subscriber) Status() string {
+	switch {
+	case s == nil || s.disabled:
+		return StatusDisabled
+	case s.connected.Load():
+		return StatusConnected
+	default:
+		return StatusDisconnected
+	}
+}
+
+// Run connects, subscribes and processes events until ctx is cancelled; then
+// it drains the subscription, closes the connection, stops the worker (events
+// still queued are abandoned: the process is stopping) and returns nil. NATS
+// being unreachable is not an error: Run keeps reconnecting, and Status says
+// so. Run returns an error only if the connection cannot be set up at all
+// (a bad URL, a refused subscription) or is closed for good by the client
+// library. Run may be called once.
+func (s *Subscriber) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	if s.disabled {
+		s.log.Info("events: no NATS URL configured, rotation events disabled")
+		<-ctx.Done()
+		return nil
+	}
+
+	// The worker outlives ctx until the connection is closed, so messages
+	// flushed by the drain are still handed over; its calls get their own
+	// context, cancelled once Run is done with the connection.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { s.work(workCtx) })
+	defer func() {
+		stopWork()
+		wg.Wait()
+		s.setConnected(false)
+	}()
+
+	closed := make(chan struct{})
+	opts := append(slices.Clone(s.cfg.Options),
+		nats.Name(s.cfg.Name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(s.cfg.ReconnectWait),
+		nats.ReconnectJitter(3*s.cfg.ReconnectWait, 3*s.cfg.ReconnectWait),
+		// Notice a silently dead connection within about a minute.
+		nats.PingInterval(20*time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.DrainTimeout(5*time.Second),
+		nats.ConnectHandler(s.onConnect),
+		nats.ReconnectHandler(s.onReconnect),
+		nats.DisconnectErrHandler(s.onDisconnect),
+		nats.ReconnectErrHandler(s.onConnectError),
+		nats.ErrorHandler(s.onAsyncError),
+		nats.ClosedHandler(func(*nats.Conn) {
+			s.setConnected(false)
+			close(closed)
+		}),
+	)
+	nc, err := nats.Connect(s.cfg.URL, opts...)
+	if err != nil {
+		return fmt.Errorf("events: connect to %s: %w", redactURL(s.cfg.URL), err)
+	}
+	if _, err := nc.Subscribe(s.cfg.Subject, s.handle); err != nil {
+		nc.Close()
+		<-closed
+		return fmt.Errorf("events: subscribe to %q: %w", s.cfg.Subject, err)
+	}
+	s.log.Info("events: subscribed", "url", redactURL(s.cfg.URL), "subject", s.cfg.Subject)
+
+	select {
+	case <-ctx.Done():
+	case <-closed:
+		return fmt.Errorf("events: connection to %s closed: %w", redactURL(s.cfg.URL), lastError(nc))
+	}
+	s.stopping.Store(true)
+	// Drain closes the connection itself when it is not connected.
+	if err := nc.Drain(); err != nil {
+		// Not connected: Drain has closed the connection already, or
+		// there is nothing to drain. Close is idempotent.
+		nc.Close()
+	}
+	<-closed
+	s.log.Info("events: stopped")
+	return nil
+}
+
+func lastError(nc *nats.Conn) error {
+	if err := nc.LastError(); err != nil {
+		return err
+	}
+	return nats.ErrConnectionClosed
+}
+
+// handle runs on the subscription's delivery goroutine: parse, count,
+// enqueue, never block.
+func (s *Subscriber) handle(msg *nats.Msg) {
+	r, meta, err := Parse(msg.Data)
+	if err != nil {
+		if msg.Header.Get("ce-specversion") != "" {
+			err = fmt.Errorf("%w (binary content mode is not supported: send the whole event as the payload)", err)
+		}
+		reason := dropReason(err)
+		s.m.dropped[reason].Inc()
+		// The payload is never logged: it may hold what a confused
+		// publisher thought was data.
+		s.log.Warn("events: dropped event", "reason", reason, "subject", msg.Subject, "bytes", len(msg.Data), "err", err)
+		return
+	}
+	s.m.received.Inc()
+	select {
+	case s.queue <- queued{r: r, meta: meta}:
+	default:
+		s.m.dropped[DropOverflow].Inc()
+		s.log.Warn("events: queue full, dropping event and resyncing everything",
+			"id", meta.ID, "rotation", r, "queue", cap(s.queue))
+		s.requestResync(TriggerOverflow)
+	}
+}
+
+func (s *Subscriber) requestResync(trigger string) {
+	s.m.resyncs[trigger].Inc()
+	select {
+	case s.resync <- struct{}{}:
+	default: // one is pending already; it will cover this one too
+	}
+}
+
+// work is the single consumer of the queue. A pending resync goes first: it
+// covers whatever was dropped, and the events still queued after it only
+// cause harmless second refreshes.
+func (s *Subscriber) work(ctx context.Context) {
+	for {
+		select {
+		case <-s.resync:
+			s.resyncAll(ctx)
+			continue
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.resync:
+			s.resyncAll(ctx)
+		case q := <-s.queue:
+			s.refresh(ctx, q)
+		}
+	}
+}
+
+func (s *Subscriber) refresh(ctx context.Context, q queued) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
+	defer cancel()
+	start := time.Now()
+	err := guard(func() error { return s.cfg.Refresher.Refresh(ctx, q.r) })
+	if err != nil {
+		s.m.refreshErrs.Inc()
+		s.log.Warn("events: refresh failed", "id", q.meta.ID, "source", q.meta.Source, "rotation", q.r, "err", err)
+		return
+	}
+	s.log.Debug("events: refreshed", "id", q.meta.ID, "source", q.meta.Source, "rotation", q.r,
+		"duration", time.Since(start))
+}
+
+func (s *Subscriber) resyncAll(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ResyncTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := guard(func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
+		s.m.resyncErrs.Inc()
+		s.log.Warn("events: resync failed", "err", err)
+		return
+	}
+	s.log.Info("events: resynced", "duration", time.Since(start))
+}
+
+// guard turns a panic of the Refresher or Resyncer into an error, so one bad
+// call does not take the process down.
+func guard(f func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return f()
+}
+
+func (s *Subscriber) setConnected(up bool) {
+	s.connected.Store(up)
+	if up {
+		s.m.connected.Set(1)
+	} else {
+		s.m.connected.Set(0)
+	}
+}
+
+// The handlers below run on the connection's callback goroutine, in order.
+
+func (s *Subscriber) onConnect(nc *nats.Conn) {
+	s.setConnected(true)
+	if s.connectFailed.Load() {
+		// Events published while NATS was unreachable are gone.
+		s.log.Info("events: connected after NATS was unreachable, resyncing everything", "server", nc.ConnectedUrlRedacted())
+		s.requestResync(TriggerLateConnect)
+		return
+	}
+	s.log.Info("events: connected", "server", nc.ConnectedUrlRedacted())
+}
+
+func (s *Subscriber) onReconnect(nc *nats.Conn) {
+	s.setConnected(true)
+	s.log.Info("events: reconnected, resyncing everything", "server", nc.ConnectedUrlRedacted())
+	s.requestResync(TriggerReconnect)
+}
+
+func (s *Subscriber) onDisconnect(_ *nats.Conn, err error) {
+	s.setConnected(false)
+	if s.stopping.Load() {
+		return
+	}
+	s.log.Warn("events: disconnected, falling back to TTL refresh", "err", err)
+}
+
+func (s *Subscriber) onConnectError(_ *nats.Conn, err error) {
+	if !s.connectFailed.Swap(true) && !s.stopping.Load() {
+		s.log.Warn("events: cannot reach NATS, retrying; falling back to TTL refresh meanwhile",
+			"url", redactURL(s.cfg.URL), "err", err)
+		return
+	}
+	s.log.Debug("events: connection attempt failed", "err", err)
+}
+
+func (s *Subscriber) onAsyncError(_ *nats.Conn, _ *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrSlowConsumer) {
+		s.m.dropped[DropSlowConsumer].Inc()
+		s.log.Warn("events: NATS client dropped messages, resyncing everything", "err", err)
+		s.requestResync(TriggerSlowConsumer)
+		return
+	}
+	s.log.Warn("events: NATS error", "err", err)
+}
+
+// redactURL hides passwords in a (comma-separated list of) NATS URLs.
+func redactURL(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if u, err := url.Parse(p); err == nil {
+			if u.User != nil {
+				// A bare token (nats://TOKEN@host) has no password to
+				// redact, so drop user info altogether.
+				u.User = url.User("redacted")
+			}
+			p = u.String()
+		} else {
+			p = "<invalid URL>"
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ",")
+}
+
+// checkSubject accepts a NATS subject: dot-separated non-empty tokens without
+// whitespace; '*' and '>' only as whole tokens ('>' last), and only if
+// wildcards are allowed.
+func checkSubject(subject string, wildcards bool) error {
+	if subject == "" {
+		return errors.New("empty subject")
+	}
+	tokens := strings.Split(subject, ".")
+	for i, t := range tokens {
+		switch {
+		case t == "":
+			return fmt.Errorf("subject %q has an empty token", subject)
+		case strings.ContainsAny(t, " \t\r\n\f\v"):
+			return fmt.Errorf("subject %q contains whitespace", subject)
+		case t == "*" || t == ">":
+			if !wildcards {
+				return fmt.Errorf("subject %q: wildcards are not allowed here", subject)
+			}
+			if t == ">" && i != len(tokens)-1 {
+				return fmt.Errorf("subject %q: '>' must be the last token", subject)
+			}
+		case strings.ContainsAny(t, "*>"):
+			return fmt.Errorf("subject %q: '*' and '>' must be whole tokens", subject)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,213 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Names from the reference design (shared/reference).
+const (
+	VaultRole       = "egress-workload"
+	VaultPolicy     = "egress-read"
+	VaultRootToken  = "root"
+	BoundNamespace  = "egress-test"
+	VaultKubeMount  = "kubernetes"
+	VaultJWTMount   = "jwt"
+	VaultKVMount    = "secret"
+	reviewerNS      = "vault"
+	reviewerSA      = "vault-reviewer"
+	vaultReadyRetry = 60 * time.Second
+)
+
+// Vault is a running Vault server (the real server code, built by
+// tools/build.sh) configured like the reference design: kv v2 at secret/,
+// Kubernetes auth against the bed's API server, the egress-workload role and
+// the egress-read policy, JWT auth enabled.
+type Vault struct {
+	Addr      string
+	RootToken string
+	Client    *vaultapi.Client
+	// KubeAccessor is the accessor of auth/kubernetes (for templated policies).
+	KubeAccessor string
+
+	dir  string
+	port int
+	proc *proc
+
+	mu    sync.Mutex
+	bound []string
+}
+
+// StartVault starts Vault in dir and, when kube is not nil, configures the
+// Kubernetes auth method against it.
+func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
+	bin, err := ToolDir("vault")
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	v := &Vault{Addr: "http://127.0.0.1:" + strconv.Itoa(port), RootToken: VaultRootToken, dir: dir, port: port, bound: []string{BoundNamespace}}
+	v.proc = &proc{name: "vault", bin: filepath.Join(bin, "vaultdev"), logPath: filepath.Join(dir, "vault.log"), args: []string{
+		"-addr", "127.0.0.1:" + strconv.Itoa(port), "-data", filepath.Join(dir, "data"), "-root-token", VaultRootToken,
+	}}
+	if err := v.Start(ctx); err != nil {
+		return nil, err
+	}
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = v.Addr
+	cfg.MaxRetries = 0
+	v.Client, err = vaultapi.NewClient(cfg)
+	if err != nil {
+		v.Stop()
+		return nil, err
+	}
+	v.Client.SetToken(v.RootToken)
+	if err := v.setup(ctx, kube); err != nil {
+		v.Stop()
+		return nil, fmt.Errorf("testenv: vault setup: %w\n%s", err, v.proc.tail(30))
+	}
+	return v, nil
+}
+
+// Start (re)starts the Vault process on its port, with its data.
+func (v *Vault) Start(ctx context.Context) error {
+	if err := v.proc.start(); err != nil {
+		return err
+	}
+	return waitFor(ctx, v.proc, "vault health", vaultReadyRetry, httpOK(http.DefaultClient, v.Addr+"/v1/sys/health"))
+}
+
+// Stop stops the Vault process (for fault tests; Start brings it back).
+func (v *Vault) Stop() { v.proc.stop() }
+
+func (v *Vault) setup(ctx context.Context, kube *Kube) error {
+	sys := v.Client.Sys()
+	if err := sys.EnableAuthWithOptionsWithContext(ctx, VaultJWTMount, &vaultapi.EnableAuthOptions{Type: "jwt"}); err != nil {
+		return fmt.Errorf("enable jwt auth: %w", err)
+	}
+	if kube == nil {
+		return nil
+	}
+	if err := sys.EnableAuthWithOptionsWithContext(ctx, VaultKubeMount, &vaultapi.EnableAuthOptions{Type: "kubernetes"}); err != nil {
+		return fmt.Errorf("enable kubernetes auth: %w", err)
+	}
+	auths, err := sys.ListAuthWithContext(ctx)
+	if err != nil {
+		return err
+	}
+	v.KubeAccessor = auths[VaultKubeMount+"/"].Accessor
+	reviewer, err := kube.reviewerToken(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := v.Client.Logical().WriteWithContext(ctx, "auth/"+VaultKubeMount+"/config", map[string]any{
+		"kubernetes_host":    kube.URL,
+		"kubernetes_ca_cert": string(kube.CAPEM),
+		"token_reviewer_jwt": reviewer,
+	}); err != nil {
+		return fmt.Errorf("kubernetes auth config: %w", err)
+	}
+	if err := sys.PutPolicyWithContext(ctx, VaultPolicy, EgressPolicy(v.KubeAccessor)); err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	return v.writeRole(ctx)
+}
+
+// EgressPolicy is the egress-read policy: each identity reads only its own
+// path, secret/data/egress/<namespace>/<serviceaccount> (and the same under
+// other route prefixes, secret/data/<route>/<namespace>/<serviceaccount>).
+func EgressPolicy(accessor string) string {
+	ns := "{{identity.entity.aliases." + accessor + ".metadata.service_account_namespace}}"
+	sa := "{{identity.entity.aliases." + accessor + ".metadata.service_account_name}}"
+	return fmt.Sprintf(`path "secret/data/egress/%[1]s/%[2]s" {
+  capabilities = ["read"]
+}
+path "secret/data/+/%[1]s/%[2]s" {
+  capabilities = ["read"]
+}
+`, ns, sa)
+}
+
+func (v *Vault) writeRole(ctx context.Context) error {
+	v.mu.Lock()
+	bound := strings.Join(v.bound, ",")
+	v.mu.Unlock()
+	_, err := v.Client.Logical().WriteWithContext(ctx, "auth/"+VaultKubeMount+"/role/"+VaultRole, map[string]any{
+		"bound_service_account_names":      "*",
+		"bound_service_account_namespaces": bound,
+		"token_policies":                   VaultPolicy,
+		"ttl":                              "1h",
+	})
+	if err != nil {
+		return fmt.Errorf("role %s: %w", VaultRole, err)
+	}
+	return nil
+}
+
+// BindNamespace adds ns to the egress-workload role.
+func (v *Vault) BindNamespace(ctx context.Context, ns string) error {
+	v.mu.Lock()
+	if !slices.Contains(v.bound, ns) {
+		v.bound = append(v.bound, ns)
+	}
+	v.mu.Unlock()
+	return v.writeRole(ctx)
+}
+
+// UnbindNamespace removes ns from the egress-workload role.
+func (v *Vault) UnbindNamespace(ctx context.Context, ns string) error {
+	v.mu.Lock()
+	v.bound = slices.DeleteFunc(v.bound, func(s string) bool { return s == ns })
+	v.mu.Unlock()
+	return v.writeRole(ctx)
+}
+
+// PutCredential writes data at secret/<path> (kv v2) and returns the version.
+func (v *Vault) PutCredential(ctx context.Context, path string, data map[string]any) (int, error) {
+	s, err := v.Client.KVv2(VaultKVMount).Put(ctx, path, data)
+	if err != nil {
+		return 0, fmt.Errorf("testenv: put %s: %w", path, err)
+	}
+	return s.VersionMetadata.Version, nil
+}
+
+// DeleteCredential removes every version of secret/<path>.
+func (v *Vault) DeleteCredential(ctx context.Context, path string) error {
+	if err := v.Client.KVv2(VaultKVMount).DeleteMetadata(ctx, path); err != nil {
+		return fmt.Errorf("testenv: delete %s: %w", path, err)
+	}
+	return nil
+}
+
+// reviewerToken creates Vault's TokenReview identity (system:auth-delegator)
+// and returns a long-lived token for it.
+func (k *Kube) reviewerToken(ctx context.Context) (string, error) {
+	if _, err := k.CreateServiceAccount(ctx, reviewerNS, reviewerSA); err != nil {
+		return "", err
+	}
+	_, err := k.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "vault-reviewer-auth-delegator"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "system:auth-delegator"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: reviewerNS, Name: reviewerSA}},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("testenv: reviewer binding: %w", err)
+	}
+	return k.Token(ctx, reviewerNS, reviewerSA, nil, 48*time.Hour)
+}
+

@@ -93,15 +93,22 @@ if [ -n "$KUBERNETES_CA_CERT" ]; then
   [ -r "$KUBERNETES_CA_CERT" ] || die "KUBERNETES_CA_CERT=$KUBERNETES_CA_CERT is not readable"
   config_args+=("kubernetes_ca_cert=@$KUBERNETES_CA_CERT")
 fi
+config_hint() {
+  echo "[setup] hint: a Vault outside the cluster has no pod CA/token to fall back on: set KUBERNETES_CA_CERT" >&2
+  echo "[setup] hint: (and TOKEN_REVIEWER_JWT), or DISABLE_LOCAL_CA_JWT=true to use the system CAs and" >&2
+  echo "[setup] hint: review each login with the workload's own token" >&2
+  exit 1
+}
 if [ -n "$TOKEN_REVIEWER_JWT" ]; then
   info "configuring auth/$AUTH_MOUNT ($KUBERNETES_HOST, explicit reviewer token)"
   # The token goes through stdin ("-"), never onto a command line.
   printf '%s' "$TOKEN_REVIEWER_JWT" |
-    vault write "auth/$AUTH_MOUNT/config" "${config_args[@]}" token_reviewer_jwt=- >/dev/null
+    vault write "auth/$AUTH_MOUNT/config" "${config_args[@]}" \
+      disable_local_ca_jwt="$DISABLE_LOCAL_CA_JWT" token_reviewer_jwt=- >/dev/null || config_hint
 else
   info "configuring auth/$AUTH_MOUNT ($KUBERNETES_HOST, disable_local_ca_jwt=$DISABLE_LOCAL_CA_JWT)"
   vault write "auth/$AUTH_MOUNT/config" "${config_args[@]}" \
-    disable_local_ca_jwt="$DISABLE_LOCAL_CA_JWT" >/dev/null
+    disable_local_ca_jwt="$DISABLE_LOCAL_CA_JWT" >/dev/null || config_hint
 fi
 
 # 4. The mount accessor, needed by the templated policy: identity templates

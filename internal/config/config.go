@@ -26,8 +26,14 @@ type Config struct {
 	Events     Events     `yaml:"events"`
 	Prefetch   Prefetch   `yaml:"prefetch"`
 	Routes     []Route    `yaml:"routes"`
-	Cache      Cache      `yaml:"cache"`
+	// DefaultRoute: whether hosts that match no route use the top-level
+	// vault.path and inject (default true). When false they get no_route.
+	DefaultRoute *bool `yaml:"defaultRoute"`
+	Cache        Cache `yaml:"cache"`
 }
+
+// HasDefaultRoute reports whether unmatched hosts use the top-level settings.
+func (c *Config) HasDefaultRoute() bool { return c.DefaultRoute == nil || *c.DefaultRoute }
 
 // Listen holds the listen addresses.
 type Listen struct {

@@ -210,4 +210,3 @@ func (k *Kube) reviewerToken(ctx context.Context) (string, error) {
 	}
 	return k.Token(ctx, reviewerNS, reviewerSA, nil, 48*time.Hour)
 }
-

@@ -1,0 +1,62 @@
+package watcher
+
+import (
+	"time"
+)
+
+// NextRefresh is when a credential read at readAt should be read again: about
+// two thirds of the relevant lifetime (the shorter of the refresh interval and
+// the Vault token's remaining life), with jitter in [-1, 1] spreading it by
+// ±10 %, so replicas and identities do not refresh in lock step.
+func NextRefresh(readAt time.Time, refresh time.Duration, tokenExpires time.Time, jitter float64) time.Time {
+	life := refresh
+	if !tokenExpires.IsZero() {
+		if rem := tokenExpires.Sub(readAt); rem < life {
+			life = rem
+		}
+	}
+	if life <= 0 {
+		return readAt
+	}
+	if jitter > 1 {
+		jitter = 1
+	} else if jitter < -1 {
+		jitter = -1
+	}
+	d := time.Duration(float64(life) * 2 / 3 * (1 + 0.1*jitter))
+	return readAt.Add(d)
+}
+
+// Backoff is the wait before retry attempt n (1-based) after a failure:
+// exponential from base, capped at max, with jitter in [-1, 1] spreading it by
+// ±20 %.
+func Backoff(n int, base, max time.Duration, jitter float64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	if jitter > 1 {
+		jitter = 1
+	} else if jitter < -1 {
+		jitter = -1
+	}
+	return time.Duration(float64(d) * (1 + 0.2*jitter))
+}
+
+// Lifetimes of a credential read at readAt: fresh until the refresh interval
+// has passed, served (stale) until staleGrace after the read, whichever is
+// later.
+func lifetimes(readAt time.Time, refresh, staleGrace time.Duration) (freshUntil, expiresAt time.Time) {
+	freshUntil = readAt.Add(refresh)
+	expiresAt = readAt.Add(staleGrace)
+	if expiresAt.Before(freshUntil) {
+		expiresAt = freshUntil
+	}
+	return freshUntil, expiresAt
+}

@@ -67,7 +67,7 @@ func (t *Tokens[V]) Set(mac *MAC, v V, now, expires time.Time) {
 	}
 	// The ristretto TTL only reclaims memory; expiry is decided by Get
 	// against the caller's clock.
-	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &tokenItem[V]{mac: *mac, value: v, expires: expires}, 1, ttl+time.Minute)
+	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &tokenItem[V]{mac: *mac, value: v, expires: expires}, 1, ttl+10*time.Minute)
 }
 
 // Delete forgets mac.

@@ -187,17 +187,24 @@ func newHasher(audiences []string) *hasher {
 	}
 	key := m.Sum(nil)
 	h := &hasher{}
-	h.pool.New = func() any { return hmac.New(sha256.New, key) }
+	h.pool.New = func() any { return &macState{h: hmac.New(sha256.New, key)} }
 	return h
 }
 
+// macState is a pooled HMAC with its own output buffer, so computing a MAC
+// allocates nothing.
+type macState struct {
+	h   hash.Hash
+	buf [sha256.Size]byte
+}
+
 func (h *hasher) mac(token string, out *cache.MAC) {
-	m := h.pool.Get().(hash.Hash)
-	m.Reset()
+	s := h.pool.Get().(*macState)
+	s.h.Reset()
 	// A read-only view of the string: hash.Write never modifies its input.
-	m.Write(unsafe.Slice(unsafe.StringData(token), len(token)))
-	m.Sum(out[:0])
-	h.pool.Put(m)
+	s.h.Write(unsafe.Slice(unsafe.StringData(token), len(token)))
+	*out = cache.MAC(s.h.Sum(s.buf[:0]))
+	h.pool.Put(s)
 }
 
 // TokenHash is a short, non-reversible tag of a token for logs.
@@ -259,7 +266,10 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 	return res.id, ReasonNone
 }
 
-func (c *cachedValidator) fill(ctx context.Context, token string, mac *cache.MAC) (tokenResult, error) {
+func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MAC) (tokenResult, error) {
+	// A copy for the flight, so the caller's MAC stays on its stack.
+	mac := new(cache.MAC)
+	*mac = *macp
 	ch := c.flight.DoChan(string(mac[:]), func() (any, error) {
 		// The flight outlives any one caller: it runs detached, with its own
 		// timeout, and re-checks the cache first.

@@ -1,0 +1,328 @@
+package checker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/cache"
+	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/satoken"
+)
+
+const aud = "https://kubernetes.default.svc.cluster.local"
+
+// rig is an in-process checker with a local issuer (JWKS mode, fixed keys),
+// a real credential cache and a scripted credential source.
+type rig struct {
+	iss    *satoken.Issuer
+	creds  *cache.Credentials
+	c      *checker.Checker
+	g      *checker.GRPC
+	now    atomic.Pointer[time.Time]
+	source func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error)
+	calls  atomic.Int64
+	gone   sync.Map // identity keys whose ServiceAccount is deleted
+}
+
+type sourceFunc func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error)
+
+func (f sourceFunc) Credential(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
+	return f(ctx, route, id, token)
+}
+
+type saFunc func(key, uid string) bool
+
+func (f saFunc) Exists(key, uid string) bool { return f(key, uid) }
+
+func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
+	tb.Helper()
+	r := &rig{}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	r.now.Store(&now)
+	clock := func() time.Time { return *r.now.Load() }
+	var err error
+	if r.iss, err = satoken.New("https://issuer.test"); err != nil {
+		tb.Fatal(err)
+	}
+	v, err := checker.NewJWKSValidator(context.Background(), checker.JWKSConfig{Issuer: r.iss.URL, Audiences: []string{aud}, Keys: r.iss.JWKS(), Now: clock})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18}); err != nil {
+		tb.Fatal(err)
+	}
+	router, err := checker.NewRouter(routes, hasDefault)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.source = func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
+		return nil, checker.Deny(checker.ReasonVaultUnavailable, errors.New("no source in this test"))
+	}
+	r.c, err = checker.New(checker.Config{
+		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Now: clock,
+		ServiceAccounts: saFunc(func(key, uid string) bool { _, gone := r.gone.Load(key); return !gone }),
+		Source: sourceFunc(func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
+			r.calls.Add(1)
+			return r.source(ctx, route, id, token)
+		}),
+		Metrics: checker.NewMetrics(prometheus.NewRegistry()),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.g = checker.NewGRPC(r.c)
+	tb.Cleanup(func() { r.c.Close(); r.creds.Close() })
+	return r
+}
+
+func (r *rig) advance(d time.Duration) {
+	n := r.now.Load().Add(d)
+	r.now.Store(&n)
+}
+
+func (r *rig) token(tb testing.TB, ns, sa string, auds ...string) string {
+	tb.Helper()
+	if len(auds) == 0 {
+		auds = []string{aud}
+	}
+	tok, err := r.iss.Mint(satoken.Token{Namespace: ns, ServiceAccount: sa, UID: "uid-" + sa, Audiences: auds, IssuedAt: *r.now.Load(), TTL: time.Hour})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+func (r *rig) put(tb testing.TB, route, ns, sa, header, value string) {
+	tb.Helper()
+	now := *r.now.Load()
+	if err := r.creds.Set(&cache.Entry{Route: route, Identity: ns + "/" + sa, Header: header, Value: value, ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func request(authz, host string) *authv3.CheckRequest {
+	h := map[string]string{":authority": host}
+	if authz != "" {
+		h["authorization"] = authz
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{Host: host, Method: "POST", Path: "/v1/chat/completions", Headers: h},
+	}}}
+}
+
+func check(tb testing.TB, r *rig, authz, host string) *authv3.CheckResponse {
+	tb.Helper()
+	resp, err := r.g.Check(context.Background(), request(authz, host))
+	if err != nil {
+		tb.Fatalf("Check returned an error (must always answer): %v", err)
+	}
+	return resp
+}
+
+// outcome summarises a response: "allow <header>=<value>" or "deny <status> <reason>".
+func outcome(resp *authv3.CheckResponse) string {
+	if ok := resp.GetOkResponse(); ok != nil && resp.GetStatus().GetCode() == 0 {
+		s := "allow"
+		for _, h := range ok.GetHeaders() {
+			if h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+				return "allow without overwrite"
+			}
+			s += " " + h.GetHeader().GetKey() + "=" + h.GetHeader().GetValue()
+		}
+		return s
+	}
+	d := resp.GetDeniedResponse()
+	reason, www := "", ""
+	for _, h := range d.GetHeaders() {
+		switch h.GetHeader().GetKey() {
+		case checker.HeaderReason:
+			reason = h.GetHeader().GetValue()
+		case checker.HeaderWWWAuthenticate:
+			www = " www=" + h.GetHeader().GetValue()
+		}
+	}
+	return fmt.Sprintf("deny %d %s%s", d.GetStatus().GetCode(), reason, www)
+}
+
+func TestDecisions(t *testing.T) {
+	r := newRig(t, []checker.Route{{Name: "anthropic", Hosts: []string{"api.anthropic.com"}}}, true)
+	r.put(t, "", "team-a", "app", "authorization", "Bearer sk-a")
+	r.put(t, "", "team-b", "app", "authorization", "Bearer sk-b")
+	r.put(t, "anthropic", "team-a", "app", "x-api-key", "ak-a")
+	other, err := satoken.New("https://issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := other.Mint(satoken.Token{Namespace: "team-a", ServiceAccount: "app", Audiences: []string{aud}, IssuedAt: *r.now.Load(), TTL: time.Hour})
+
+	cases := map[string]struct {
+		authz, host, want string
+	}{
+		"no header":         {"", "api.openai.com", "deny 401 missing_token www=Bearer"},
+		"basic scheme":      {"Basic dXNlcjpwYXNz", "api.openai.com", "deny 401 malformed_token www=Bearer"},
+		"garbage":           {"Bearer not-a-jwt", "api.openai.com", "deny 401 malformed_token www=Bearer"},
+		"bad signature":     {"Bearer " + forged, "api.openai.com", "deny 401 invalid_token www=Bearer"},
+		"wrong audience":    {"Bearer " + r.token(t, "team-a", "app", "https://other.example"), "api.openai.com", "deny 401 invalid_token www=Bearer"},
+		"team a":            {"Bearer " + r.token(t, "team-a", "app"), "api.openai.com", "allow authorization=Bearer sk-a"},
+		"team b":            {"Bearer " + r.token(t, "team-b", "app"), "api.openai.com:443", "allow authorization=Bearer sk-b"},
+		"team a anthropic":  {"Bearer " + r.token(t, "team-a", "app"), "api.anthropic.com", "allow x-api-key=ak-a"},
+		"no credential yet": {"Bearer " + r.token(t, "team-c", "app"), "api.openai.com", "deny 503 vault_unavailable"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := outcome(check(t, r, c.authz, c.host)); got != c.want {
+				t.Fatalf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+
+	t.Run("another route's header removes the workload token", func(t *testing.T) {
+		resp := check(t, r, "Bearer "+r.token(t, "team-a", "app"), "api.anthropic.com")
+		if rm := resp.GetOkResponse().GetHeadersToRemove(); len(rm) != 1 || rm[0] != "authorization" {
+			t.Fatalf("headers_to_remove = %v", rm)
+		}
+	})
+	t.Run("dynamic metadata names the identity", func(t *testing.T) {
+		md := check(t, r, "Bearer "+r.token(t, "team-b", "app"), "x").GetDynamicMetadata().GetFields()
+		if md["namespace"].GetStringValue() != "team-b" || md["serviceaccount"].GetStringValue() != "app" {
+			t.Fatalf("metadata = %v", md)
+		}
+	})
+	t.Run("expired token", func(t *testing.T) {
+		tok := r.token(t, "team-a", "app")
+		r.advance(2 * time.Hour)
+		defer r.advance(-2 * time.Hour)
+		if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "deny 401 invalid_token www=Bearer" {
+			t.Fatalf("got %q", got)
+		}
+	})
+	t.Run("deleted service account", func(t *testing.T) {
+		tok := r.token(t, "team-b", "app")
+		check(t, r, "Bearer "+tok, "x") // cached as valid
+		r.gone.Store("team-b/app", true)
+		defer r.gone.Delete("team-b/app")
+		if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "deny 401 unknown_serviceaccount www=Bearer" {
+			t.Fatalf("got %q", got)
+		}
+	})
+}
+
+func TestNoRoute(t *testing.T) {
+	r := newRig(t, []checker.Route{{Name: "openai", Hosts: []string{"api.openai.com"}}}, false)
+	r.put(t, "openai", "ns", "sa", "authorization", "Bearer sk")
+	tok := "Bearer " + r.token(t, "ns", "sa")
+	if got := outcome(check(t, r, tok, "api.openai.com")); got != "allow authorization=Bearer sk" {
+		t.Fatalf("routed host: %q", got)
+	}
+	if got := outcome(check(t, r, tok, "example.com")); got != "deny 403 no_route" {
+		t.Fatalf("unrouted host: %q", got)
+	}
+}
+
+func TestMissPathAndStalePolicy(t *testing.T) {
+	r := newRig(t, nil, true)
+	tok := "Bearer " + r.token(t, "ns", "sa")
+	var mu sync.Mutex
+	answer := func() (*cache.Entry, error) { return nil, checker.Deny(checker.ReasonVaultDenied, nil) }
+	r.source = func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return answer()
+	}
+	set := func(f func() (*cache.Entry, error)) { mu.Lock(); answer = f; mu.Unlock() }
+
+	if got := outcome(check(t, r, tok, "h")); got != "deny 403 vault_denied" {
+		t.Fatalf("refused identity: %q", got)
+	}
+	set(func() (*cache.Entry, error) { return nil, checker.Deny(checker.ReasonNoCredential, nil) })
+	if got := outcome(check(t, r, tok, "h")); got != "deny 403 no_credential" {
+		t.Fatalf("no credential: %q", got)
+	}
+	set(func() (*cache.Entry, error) {
+		return &cache.Entry{Identity: "other/sa", Header: "authorization", Value: "Bearer stolen"}, nil
+	})
+	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
+		t.Fatalf("foreign entry must be refused: %q", got)
+	}
+	set(func() (*cache.Entry, error) { panic("boom") })
+	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
+		t.Fatalf("panic: %q", got)
+	}
+
+	// Filled: fresh, then stale within grace, then expired with Vault away.
+	r.put(t, "", "ns", "sa", "authorization", "Bearer sk-1")
+	calls := r.calls.Load()
+	if got := outcome(check(t, r, tok, "h")); got != "allow authorization=Bearer sk-1" {
+		t.Fatalf("fresh: %q", got)
+	}
+	r.advance(10 * time.Minute)
+	if got := outcome(check(t, r, tok, "h")); got != "allow authorization=Bearer sk-1" {
+		t.Fatalf("stale within grace: %q", got)
+	}
+	if r.calls.Load() != calls {
+		t.Fatalf("a hit (fresh or stale) called the source")
+	}
+	r.advance(10 * time.Minute)
+	tok = "Bearer " + r.token(t, "ns", "sa")
+	set(func() (*cache.Entry, error) { return nil, checker.Deny(checker.ReasonVaultUnavailable, nil) })
+	if got := outcome(check(t, r, tok, "h")); got != "deny 503 vault_unavailable" {
+		t.Fatalf("expired with Vault away: %q", got)
+	}
+}
+
+// TestNoCrossIdentityUnderConcurrency: many identities, many goroutines,
+// credentials swapped underneath; every answer is the caller's own key.
+func TestNoCrossIdentityUnderConcurrency(t *testing.T) {
+	r := newRig(t, nil, true)
+	const n = 200
+	toks := make([]string, n)
+	for i := range n {
+		r.put(t, "", fmt.Sprintf("ns-%d", i), "sa", "authorization", fmt.Sprintf("Bearer key-%d-v0", i))
+		toks[i] = "Bearer " + r.token(t, fmt.Sprintf("ns-%d", i), "sa")
+	}
+	var bad atomic.Int64
+	stop := make(chan struct{})
+	rotated := make(chan struct{})
+	go func() { // rotation underneath
+		defer close(rotated)
+		for v := 1; ; v++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			i := v % n
+			r.put(t, "", fmt.Sprintf("ns-%d", i), "sa", "authorization", fmt.Sprintf("Bearer key-%d-v%d", i, v))
+		}
+	}()
+	var workers sync.WaitGroup
+	for w := range 8 {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for k := range 2000 {
+				i := (k*7 + w) % n
+				got := outcome(check(t, r, toks[i], "h"))
+				var v int
+				if _, err := fmt.Sscanf(got, fmt.Sprintf("allow authorization=Bearer key-%d-v%%d", i), &v); err != nil {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	workers.Wait()
+	close(stop)
+	<-rotated
+	if bad.Load() != 0 {
+		t.Fatalf("%d answers were not the caller's own key", bad.Load())
+	}
+}

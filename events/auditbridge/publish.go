@@ -1,0 +1,150 @@
+package auditbridge
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/credinject/credinject/events"
+)
+
+// Retry pauses after a failed publish while the connection is up (a flush
+// that timed out); while it is down the publisher waits for the reconnect.
+const (
+	minRetry = 100 * time.Millisecond
+	maxRetry = 5 * time.Second
+)
+
+// sender publishes one event; events.Publisher in production.
+type sender interface {
+	Publish(ctx context.Context, r events.Rotation) error
+}
+
+var _ sender = (*events.Publisher)(nil)
+
+// publisher is the single consumer of the queue.
+type publisher struct {
+	q         *queue
+	send      sender
+	connected func() bool
+	up        <-chan struct{} // signalled on every (re)connect
+	coalesce  time.Duration
+	timeout   time.Duration // one publish
+	m         *metrics
+	log       *slog.Logger
+}
+
+// run publishes until ctx is done, then makes one last attempt, bounded by
+// drain, to send what is still buffered.
+func (p *publisher) run(ctx context.Context, drain time.Duration) {
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
+		defer cancel()
+		p.final(dctx)
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.q.ready:
+		}
+		// Let writes that come together (a put and a metadata update, a
+		// script touching many keys) coalesce for a moment.
+		if p.coalesce > 0 {
+			t := time.NewTimer(p.coalesce)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		p.sendAll(ctx)
+	}
+}
+
+// sendAll publishes until the queue is empty or ctx is done, waiting for
+// the connection when it is down.
+func (p *publisher) sendAll(ctx context.Context) {
+	retry := minRetry
+	for ctx.Err() == nil {
+		batch := p.q.take()
+		if len(batch) == 0 {
+			return
+		}
+		n, err := p.sendBatch(ctx, batch)
+		if err == nil {
+			retry = minRetry
+			continue
+		}
+		if p.q.requeue(batch[n:]) {
+			p.overflow()
+		}
+		p.m.pending.Set(float64(p.q.len()))
+		if ctx.Err() != nil {
+			return
+		}
+		wait := retry
+		if !p.connected() {
+			// The reconnect handler wakes us; the timer is a safety net.
+			wait = maxRetry
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-p.up:
+		case <-t.C:
+		}
+		t.Stop()
+		retry = min(2*retry, maxRetry)
+	}
+}
+
+// sendBatch publishes batch in order and returns how many were dealt with
+// (sent, or dropped as invalid) before the first failure.
+func (p *publisher) sendBatch(ctx context.Context, batch []events.Rotation) (int, error) {
+	for i, r := range batch {
+		p.m.pending.Set(float64(p.q.len() + len(batch) - i))
+		if !p.connected() {
+			return i, errDisconnected
+		}
+		pctx, cancel := context.WithTimeout(ctx, p.timeout)
+		err := p.send.Publish(pctx, r)
+		cancel()
+		switch {
+		case err == nil:
+			p.m.published.Inc()
+			p.log.Debug("auditbridge: published", "rotation", r)
+		case errors.Is(err, events.ErrInvalidRotation):
+			p.m.dropped[DropInvalid].Inc()
+			p.log.Error("auditbridge: dropped an invalid event", "rotation", r, "err", err)
+		default:
+			p.m.publishErrs.Inc()
+			p.log.Warn("auditbridge: publish failed, will retry", "rotation", r, "err", err)
+			return i, err
+		}
+	}
+	p.m.pending.Set(float64(p.q.len()))
+	return len(batch), nil
+}
+
+var errDisconnected = errors.New("auditbridge: NATS not connected")
+
+// final sends what is buffered at shutdown, if NATS is there to take it.
+func (p *publisher) final(ctx context.Context) {
+	batch := p.q.take()
+	if len(batch) == 0 {
+		return
+	}
+	n, err := p.sendBatch(ctx, batch)
+	if err != nil {
+		p.log.Warn("auditbridge: stopping with events not published", "events", len(batch)-n, "err", err)
+	}
+	p.m.pending.Set(0)
+}
+
+func (p *publisher) overflow() {
+	p.m.dropped[DropOverflow].Inc()
+	p.log.Warn("auditbridge: event buffer full, replaced by one event for every identity", "buffer", p.q.max)
+}

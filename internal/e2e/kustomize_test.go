@@ -1,0 +1,121 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/internal/testenv"
+)
+
+// TestKustomizeApplies renders deploy/kubernetes with kubectl kustomize and
+// applies it (server-side) to the real API server, then reads back what the
+// API server stored. The config.yaml of each ConfigMap must pass credinject's
+// own strict parser.
+func TestKustomizeApplies(t *testing.T) {
+	env := testenv.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kubeDir, err := testenv.ToolDir("kube")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl := filepath.Join(kubeDir, "kubectl")
+	kubeconfig, err := env.Kube.Kubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The prefetch overlay's Role lives in the workload namespace, which a
+	// real cluster already has.
+	if err := env.Kube.CreateNamespace(ctx, "egress-test"); err != nil {
+		t.Fatal(err)
+	}
+	run := func(t *testing.T, stdin []byte, args ...string) []byte {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+		cmd.Dir = repoRoot(t)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("kubectl %s: %v\n%s\n%s", strings.Join(args, " "), err, stderr.String(), stdout.String())
+		}
+		return stdout.Bytes()
+	}
+
+	for _, tc := range []struct {
+		dir        string
+		namespaces []string
+		natsURL    bool
+	}{
+		{dir: "deploy/kubernetes/base"},
+		{dir: "deploy/kubernetes/overlays/prefetch", namespaces: []string{"egress-test"}},
+		{dir: "deploy/kubernetes/overlays/nats", natsURL: true},
+	} {
+		t.Run(tc.dir, func(t *testing.T) {
+			manifests := run(t, nil, "kustomize", tc.dir)
+			out := run(t, manifests, "apply", "--server-side", "--field-manager", "credinject-e2e", "-f", "-")
+			t.Logf("%s", out)
+
+			dep, err := env.Kube.Client.AppsV1().Deployments("credinject").Get(ctx, "credinject", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
+				t.Fatalf("deployment replicas %v, want 2", dep.Spec.Replicas)
+			}
+			if img := dep.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/credinject/credinject:latest" {
+				t.Fatalf("image %q", img)
+			}
+			for _, get := range []func() error{
+				func() error {
+					_, err := env.Kube.Client.CoreV1().Services("credinject").Get(ctx, "credinject", metav1.GetOptions{})
+					return err
+				},
+				func() error {
+					_, err := env.Kube.Client.CoreV1().ServiceAccounts("credinject").Get(ctx, "credinject", metav1.GetOptions{})
+					return err
+				},
+				func() error {
+					_, err := env.Kube.Client.RbacV1().ClusterRoleBindings().Get(ctx, "credinject", metav1.GetOptions{})
+					return err
+				},
+				func() error {
+					_, err := env.Kube.Client.PolicyV1().PodDisruptionBudgets("credinject").Get(ctx, "credinject", metav1.GetOptions{})
+					return err
+				},
+			} {
+				if err := get(); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			cm, err := env.Kube.Client.CoreV1().ConfigMaps("credinject").Get(ctx, "credinject-config", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config.Parse(strings.NewReader(cm.Data["config.yaml"]))
+			if err != nil {
+				t.Fatalf("the ConfigMap's config.yaml is refused by credinject: %v", err)
+			}
+			if !slices.Equal(cfg.Prefetch.Namespaces, tc.namespaces) {
+				t.Fatalf("prefetch.namespaces %v, want %v", cfg.Prefetch.Namespaces, tc.namespaces)
+			}
+			if (cfg.Events.NatsURL != "") != tc.natsURL {
+				t.Fatalf("events.natsURL %q", cfg.Events.NatsURL)
+			}
+			if len(tc.namespaces) > 0 {
+				if _, err := env.Kube.Client.RbacV1().RoleBindings("egress-test").Get(ctx, "credinject-prefetch", metav1.GetOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,149 @@
+// Package e2e_test runs credinject end to end on the real test bed
+// (kube-apiserver, Vault, NATS): behind a real nginx, as the `credinject dev`
+// demo, and the deploy/kubernetes manifests against the real API server.
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/internal/app"
+	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
+
+// repoRoot is the module's root (tests run in internal/e2e).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("repository root: %v", err)
+	}
+	return root
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildOut  []byte
+)
+
+// credinjectBinary builds cmd/credinject once per test binary, into the bed's
+// folder (removed at exit unless a test failed).
+func credinjectBinary(t *testing.T) string {
+	t.Helper()
+	env := testenv.Get(t)
+	buildOnce.Do(func() {
+		binPath = filepath.Join(env.Dir, "bin", "credinject")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/credinject")
+		cmd.Dir = repoRoot(t)
+		buildOut, buildErr = cmd.CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("go build ./cmd/credinject: %v\n%s", buildErr, buildOut)
+	}
+	return binPath
+}
+
+// syncBuffer collects a server's log; the test prints it when it fails.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startCredinject runs credinject in-process on the bed (tokenreview, Vault
+// Kubernetes auth, NATS events) on free loopback ports, until the test ends.
+func startCredinject(t *testing.T) *app.App {
+	t.Helper()
+	env := testenv.Get(t)
+	cfg := config.Default()
+	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0"}
+	cfg.Vault.Address = env.Vault.Addr
+	cfg.Events.NatsURL = env.NATS.URL
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := app.New(ctx, app.Options{
+		Config: cfg, RestConfig: env.Kube.RestConfig(),
+		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("credinject run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("credinject log:\n%s", logs.String())
+		}
+	})
+	waitUntil(t, 30*time.Second, "credinject ready", func() error {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("credinject stopped before ready: %v", err)
+		default:
+		}
+		if !a.Ready() {
+			return errNotYet
+		}
+		return nil
+	})
+	return a
+}
+
+var errNotYet = errors.New("not yet")
+
+// waitUntil polls cond until it returns nil or the deadline passes: a
+// condition with a deadline, never a sleep.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,307 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/internal/testenv"
+)
+
+const nginxBin = "/usr/sbin/nginx"
+
+// upstream is the service behind the gateway: it records the headers of
+// every request it gets.
+type upstream struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	got []http.Header
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		h := r.Header.Clone()
+		h.Set("Host", r.Host) // Go moves Host out of the header map
+		u.got = append(u.got, h)
+		u.mu.Unlock()
+		_, _ = io.WriteString(w, "upstream ok\n")
+	}))
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+func (u *upstream) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.got)
+}
+
+func (u *upstream) last() http.Header {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.got) == 0 {
+		return nil
+	}
+	return u.got[len(u.got)-1]
+}
+
+// all returns every header value the upstream has seen.
+func (u *upstream) all() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var vs []string
+	for _, h := range u.got {
+		for k, v := range h {
+			vs = append(vs, k)
+			vs = append(vs, v...)
+		}
+	}
+	return vs
+}
+
+// startNginx renders deploy/nginx/nginx.conf.template and runs the real nginx
+// in the foreground as a child process, until the test ends. It returns the
+// gateway's base URL.
+func startNginx(t *testing.T, credinjectHTTP, upstreamAddr string) string {
+	t.Helper()
+	if _, err := os.Stat(nginxBin); err != nil {
+		t.Fatalf("nginx is required for this test (Debian package nginx, %s): %v; .ci/run installs it, or: apt-get install -y nginx", nginxBin, err)
+	}
+	tmpl, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "nginx", "nginx.conf.template"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Started as root, nginx's workers run as nobody: the prefix must be
+	// traversable by them (README), which t.TempDir's 0700 parents are not.
+	prefix, err := os.MkdirTemp("", "credinject-e2e-nginx-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(prefix) })
+	if err := os.Chmod(prefix, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	conf := strings.NewReplacer(
+		"__LISTEN__", listen, "__CREDINJECT__", credinjectHTTP,
+		"__UPSTREAM__", upstreamAddr, "__PREFIX__", prefix,
+	).Replace(string(tmpl))
+	if strings.Contains(conf, "__") {
+		i := strings.Index(conf, "__")
+		t.Fatalf("template has a placeholder left: %q", conf[i:min(len(conf), i+40)])
+	}
+	confPath := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-c", confPath, "-p", prefix, "-e", filepath.Join(prefix, "error.log")}
+	if out, err := exec.Command(nginxBin, append([]string{"-t"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t: %v\n%s", err, out)
+	}
+	out := &syncBuffer{}
+	cmd := exec.Command(nginxBin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start nginx: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		// SIGTERM: fast shutdown of the master and its workers.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		if t.Failed() {
+			errLog, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
+			accessLog, _ := os.ReadFile(filepath.Join(prefix, "access.log"))
+			t.Logf("nginx output:\n%s\nerror.log:\n%s\naccess.log:\n%s", out.String(), errLog, accessLog)
+		}
+	})
+	waitUntil(t, 15*time.Second, "nginx listening", func() error {
+		select {
+		case <-exited:
+			errLog, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
+			t.Fatalf("nginx exited at start:\n%s\n%s", out.String(), errLog)
+		default:
+		}
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return "http://" + listen
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func get(t *testing.T, client *http.Client, url, token string) answer {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "api.openai.com"
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return answer{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// TestNginxGateway puts credinject behind the real nginx with the shipped
+// template: the workload sends its service-account token, the upstream gets
+// the workload's API key and never the token.
+func TestNginxGateway(t *testing.T) {
+	env := testenv.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	a := startCredinject(t)
+	up := newUpstream(t)
+	gw := startNginx(t, a.HTTPAddr(), up.srv.Listener.Addr().String())
+	client := &http.Client{Timeout: 10 * time.Second}
+	url := gw + "/v1/chat/completions"
+
+	ns, sa, token, err := env.Kube.Identity(ctx, "e2e-nginx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Vault.BindNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	key1 := "sk-e2e-" + ns + "-v1"
+	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": key1}); err != nil {
+		t.Fatal(err)
+	}
+	// noToken checks that neither the upstream nor the client ever saw the
+	// workload's token.
+	noToken := func(t *testing.T, where string, values []string) {
+		t.Helper()
+		for _, v := range values {
+			if strings.Contains(v, token) || strings.Contains(v, strings.Split(token, ".")[2]) {
+				t.Fatalf("the workload's token reached the %s: %q", where, v)
+			}
+		}
+	}
+	respValues := func(h http.Header) []string {
+		var vs []string
+		for k, v := range h {
+			vs = append(vs, k)
+			vs = append(vs, v...)
+		}
+		return vs
+	}
+
+	t.Run("no token is 401 with WWW-Authenticate: Bearer", func(t *testing.T) {
+		before := up.count()
+		r := get(t, client, url, "")
+		if r.status != http.StatusUnauthorized {
+			t.Fatalf("status %d, want 401: %s", r.status, r.body)
+		}
+		if got := r.header.Values("WWW-Authenticate"); len(got) != 1 || got[0] != "Bearer" {
+			t.Fatalf("WWW-Authenticate %q, want exactly [Bearer] (all: %v)", got, r.header)
+		}
+		if got := r.header.Get("X-Credinject-Reason"); got != "missing_token" {
+			t.Fatalf("X-Credinject-Reason %q, want missing_token", got)
+		}
+		if up.count() != before {
+			t.Fatal("a request without a token reached the upstream")
+		}
+	})
+
+	t.Run("an authorized workload's key reaches the upstream, its token does not", func(t *testing.T) {
+		r := get(t, client, url, token)
+		if r.status != http.StatusOK || r.body != "upstream ok\n" {
+			t.Fatalf("status %d body %q, want 200 from the upstream", r.status, r.body)
+		}
+		h := up.last()
+		if got := h.Values("Authorization"); len(got) != 1 || got[0] != "Bearer "+key1 {
+			t.Fatalf("upstream Authorization %q, want [Bearer %s]", got, key1)
+		}
+		if got := h.Get("Host"); got != "api.openai.com" {
+			t.Fatalf("upstream Host %q, want api.openai.com", got)
+		}
+		noToken(t, "upstream", up.all())
+		noToken(t, "client", respValues(r.header))
+	})
+
+	t.Run("an unbound namespace is 403", func(t *testing.T) {
+		_, _, other, err := env.Kube.Identity(ctx, "e2e-unbound")
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := up.count()
+		r := get(t, client, url, other)
+		if r.status != http.StatusForbidden {
+			t.Fatalf("status %d, want 403: %s", r.status, r.body)
+		}
+		if got := r.header.Get("X-Credinject-Reason"); got != "vault_denied" {
+			t.Fatalf("X-Credinject-Reason %q, want vault_denied", got)
+		}
+		if up.count() != before {
+			t.Fatal("a refused request reached the upstream")
+		}
+	})
+
+	t.Run("after credinject rotate the upstream gets the new key", func(t *testing.T) {
+		bin := credinjectBinary(t)
+		key2 := "sk-e2e-" + ns + "-v2"
+		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+		defer rcancel()
+		cmd := exec.CommandContext(rctx, bin, "rotate", "--nats-url", env.NATS.URL, ns+"/"+sa, "api_key="+key2)
+		cmd.Env = append(os.Environ(), "VAULT_TOKEN="+env.Vault.RootToken, "VAULT_ADDR="+env.Vault.Addr)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("credinject rotate: %v\n%s", err, out)
+		}
+		if !strings.Contains(string(out), "published") {
+			t.Fatalf("credinject rotate published no event:\n%s", out)
+		}
+		waitUntil(t, 30*time.Second, "the upstream to see the rotated key", func() error {
+			r := get(t, client, url, token)
+			if r.status != http.StatusOK {
+				return fmt.Errorf("status %d: %s", r.status, r.body)
+			}
+			if last := up.last().Get("Authorization"); last != "Bearer "+key2 {
+				return fmt.Errorf("upstream Authorization %q", last)
+			}
+			return nil
+		})
+		noToken(t, "upstream", up.all())
+	})
+}

@@ -201,3 +201,20 @@ func (o *vaultOps) read(ctx context.Context, token, path string) (secret, error)
 
 // isRetryable: Vault or the API server could not be asked; try again later.
 func isRetryable(err error) bool { return errors.Is(err, ErrUnavailable) }
+
+// revoke revokes a superseded Vault token, best effort.
+func (o *vaultOps) revoke(ctx context.Context, token string) {
+	if err := o.acquire(ctx); err != nil {
+		return
+	}
+	defer o.release()
+	c, err := o.client(token)
+	if err != nil {
+		return
+	}
+	err = c.Auth().Token().RevokeSelfWithContext(ctx, "")
+	if err != nil {
+		err = classify(err)
+	}
+	o.observe("revoke", err)
+}

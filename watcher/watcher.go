@@ -363,6 +363,11 @@ func (w *Watcher) refreshAll(ctx context.Context, id *ident, trigger string) err
 		routes = append(routes, r)
 	}
 	id.mu.Unlock()
+	if trigger == "schedule" || trigger == "event" {
+		if _, err := w.vaultToken(ctx, id, relogin); err != nil && !errors.Is(err, ErrUnavailable) {
+			return w.refuseAll(id, err)
+		}
+	}
 	var worst error
 	for _, r := range routes {
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
@@ -383,14 +388,33 @@ func (w *Watcher) refreshAll(ctx context.Context, id *ident, trigger string) err
 	return worst
 }
 
-// vaultToken returns a usable Vault token for id: the current one, renewed
-// past half its life, or a new login.
-func (w *Watcher) vaultToken(ctx context.Context, id *ident, forceLogin bool) (string, error) {
+// tokenMode says how much a caller trusts the Vault token it holds.
+type tokenMode int
+
+const (
+	// reuse the current token while it is valid (renewing it past half
+	// life); log in only without one. The miss path.
+	reuse tokenMode = iota
+	// relogin when a service-account token is at hand: Vault re-checks the
+	// role's bindings only at login (renewal does not), so a scheduled
+	// refresh logs in again to make revocation take effect within one
+	// refresh interval. Without a service-account token, reuse.
+	relogin
+	// force a login: Vault refused a read with the current token.
+	force
+)
+
+// vaultToken returns a usable Vault token for id.
+func (w *Watcher) vaultToken(ctx context.Context, id *ident, mode tokenMode) (string, error) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	now := w.cfg.Clock.Now()
 	v := id.vault
-	if !forceLogin && v.token != "" && now.Before(v.expires.Add(-5*time.Second)) {
+	valid := v.token != "" && now.Before(v.expires.Add(-5*time.Second))
+	if mode == relogin && w.canLoginLocked(id, now) {
+		mode = force
+	}
+	if mode != force && valid {
 		if v.renewable && now.After(v.issued.Add(v.expires.Sub(v.issued)/2)) {
 			exp, err := w.ops.renew(ctx, now, v.token)
 			switch {
@@ -405,6 +429,14 @@ func (w *Watcher) vaultToken(ctx context.Context, id *ident, forceLogin bool) (s
 		return id.vault.token, nil
 	}
 	return w.loginLocked(ctx, id, now)
+}
+
+// canLoginLocked: a service-account token is held or can be minted.
+func (w *Watcher) canLoginLocked(id *ident, now time.Time) bool {
+	if id.saToken != "" && (id.saExp.IsZero() || now.Before(id.saExp.Add(-10*time.Second))) {
+		return true
+	}
+	return id.prefetch && w.cfg.Minter != nil
 }
 
 func (w *Watcher) loginLocked(ctx context.Context, id *ident, now time.Time) (string, error) {
@@ -424,10 +456,23 @@ func (w *Watcher) loginLocked(ctx context.Context, id *ident, now time.Time) (st
 	}
 	l, err := w.ops.login(ctx, now, jwt)
 	if err != nil {
-		id.vault = login{}
+		if !errors.Is(err, ErrUnavailable) {
+			id.vault = login{}
+		}
 		return "", err
 	}
+	old := id.vault.token
 	id.vault = l
+	if old != "" {
+		// One live Vault token per identity: Vault's storage stays flat.
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			rctx, cancel := context.WithTimeout(w.base, 5*time.Second)
+			defer cancel()
+			w.ops.revoke(rctx, old)
+		}()
+	}
 	return l.token, nil
 }
 
@@ -477,6 +522,22 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *ident, route, trigger st
 	return e, err
 }
 
+// refuseAll records a refused login for every route of id.
+func (w *Watcher) refuseAll(id *ident, err error) error {
+	if !errors.Is(err, ErrDenied) {
+		return err
+	}
+	now := w.cfg.Clock.Now()
+	id.mu.Lock()
+	id.seq++
+	seq := id.seq
+	id.mu.Unlock()
+	for name := range w.routes {
+		w.store(id, name, seq, w.negative(id, name, reasonVaultDenied, now))
+	}
+	return err
+}
+
 func (w *Watcher) negative(id *ident, route, reason string, now time.Time) *cache.Entry {
 	exp := now.Add(w.cfg.DeniedTTL)
 	return &cache.Entry{Route: route, Identity: id.key, Denied: reason, ReadAt: now, FreshUntil: exp, ExpiresAt: exp}
@@ -501,7 +562,7 @@ func (w *Watcher) store(id *ident, route string, seq uint64, e *cache.Entry) {
 // retried once after a fresh login: Vault answers 403 both for a policy that
 // no longer allows the path and for a token it no longer knows.
 func (w *Watcher) read(ctx context.Context, id *ident, rt Route) (secret, error) {
-	tok, err := w.vaultToken(ctx, id, false)
+	tok, err := w.vaultToken(ctx, id, reuse)
 	if err != nil {
 		return secret{}, err
 	}
@@ -510,7 +571,7 @@ func (w *Watcher) read(ctx context.Context, id *ident, rt Route) (secret, error)
 	if !errors.Is(err, errForbidden) {
 		return s, err
 	}
-	tok, err = w.vaultToken(ctx, id, true)
+	tok, err = w.vaultToken(ctx, id, force)
 	if err != nil {
 		return secret{}, err
 	}

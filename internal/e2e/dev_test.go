@@ -171,7 +171,7 @@ func TestDev(t *testing.T) {
 	})
 
 	t.Run("ext_authz over gRPC answers as printed", func(t *testing.T) {
-		if !strings.Contains(d.line(t, "grpcurl"), grpcAddr+" envoy.service.auth.v3.Authorization/Check") {
+		if !strings.Contains(d.line(t, "grpcurl -plaintext"), grpcAddr+" envoy.service.auth.v3.Authorization/Check") {
 			t.Fatalf("grpcurl line does not target %s", grpcAddr)
 		}
 		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))

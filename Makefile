@@ -1,0 +1,48 @@
+# credinject — make targets. `make test` is the test command of README and CI.
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+TOOLS    := bash internal/testenv/tools/build.sh
+
+.PHONY: all build tools test test-short run bench bench-micro lint fmt clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/credinject ./cmd/credinject
+
+# The test bed's real servers (Vault, kube-apiserver, kubectl), built from the
+# Go module proxy into ~/.cache/credinject/tools; cached by version.
+tools:
+	@$(TOOLS) vault > .tools-vault.log 2>&1 & v=$$!; \
+	 $(TOOLS) kube  > .tools-kube.log 2>&1 & k=$$!; \
+	 wait $$v; rv=$$?; wait $$k; rk=$$?; cat .tools-vault.log .tools-kube.log; rm -f .tools-vault.log .tools-kube.log; \
+	 test $$rv -eq 0 -a $$rk -eq 0
+
+test: tools lint
+	$(GO) test -race -timeout 30m ./...
+
+# Without the race detector, for a quick loop.
+test-short: tools
+	$(GO) test -timeout 20m ./...
+
+run:
+	$(GO) run ./cmd/credinject dev
+
+bench: tools
+	$(GO) run ./cmd/credinject-bench
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./checker/ ./cache/ ./bench/ | tee bench/results/micro.txt
+
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem ./checker/ ./cache/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

@@ -1,3 +1,0 @@
-package main
-
-// Every command is built; this file only remains until the lead removes it.

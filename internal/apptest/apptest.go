@@ -54,6 +54,12 @@ func Config(env *testenv.Env) config.Config {
 // ready.
 func Start(tb testing.TB, env *testenv.Env, cfg config.Config) *Running {
 	tb.Helper()
+	return StartWith(tb, env, cfg, nil)
+}
+
+// StartWith is Start with a hook to adjust the app's options (a fake clock).
+func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) *Running {
+	tb.Helper()
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("config: %v", err)
 	}
@@ -66,6 +72,9 @@ func Start(tb testing.TB, env *testenv.Env, cfg config.Config) *Running {
 	opts := app.Options{Config: cfg, Log: log, Registry: reg}
 	if env.Kube != nil {
 		opts.RestConfig = env.Kube.RestConfig()
+	}
+	if adjust != nil {
+		adjust(&opts)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, opts)

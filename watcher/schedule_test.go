@@ -1,0 +1,115 @@
+package watcher
+
+import (
+	"testing"
+	"time"
+)
+
+func TestNextRefresh(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cases := map[string]struct {
+		refresh  time.Duration
+		tokenExp time.Time
+		jitter   float64
+		want     time.Duration
+	}{
+		"two thirds of refresh":         {5 * time.Minute, time.Time{}, 0, 200 * time.Second},
+		"plus ten percent":              {5 * time.Minute, time.Time{}, 1, 220 * time.Second},
+		"minus ten percent":             {5 * time.Minute, time.Time{}, -1, 180 * time.Second},
+		"jitter clamped":                {5 * time.Minute, time.Time{}, 7, 220 * time.Second},
+		"token shorter than refresh":    {5 * time.Minute, t0.Add(60 * time.Second), 0, 40 * time.Second},
+		"token longer than refresh":     {5 * time.Minute, t0.Add(time.Hour), 0, 200 * time.Second},
+		"token already expired":         {5 * time.Minute, t0.Add(-time.Second), 0, 0},
+		"zero refresh reads at once":    {0, time.Time{}, 0, 0},
+		"half-life jitter is symmetric": {90 * time.Second, time.Time{}, 0.5, 63 * time.Second},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := NextRefresh(t0, c.refresh, c.tokenExp, c.jitter).Sub(t0); got != c.want {
+				t.Fatalf("got %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	cases := map[string]struct {
+		n      int
+		jitter float64
+		want   time.Duration
+	}{
+		"first":           {1, 0, time.Second},
+		"second doubles":  {2, 0, 2 * time.Second},
+		"capped":          {10, 0, 30 * time.Second},
+		"jitter up":       {1, 1, 1200 * time.Millisecond},
+		"jitter down":     {1, -1, 800 * time.Millisecond},
+		"zero is first":   {0, 0, time.Second},
+		"cap with jitter": {50, 1, 36 * time.Second},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := Backoff(c.n, time.Second, 30*time.Second, c.jitter); got != c.want {
+				t.Fatalf("got %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestLifetimes(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f, e := lifetimes(t0, 5*time.Minute, 15*time.Minute)
+	if f != t0.Add(5*time.Minute) || e != t0.Add(15*time.Minute) {
+		t.Fatalf("got %v %v", f, e)
+	}
+	f, e = lifetimes(t0, 5*time.Minute, time.Minute)
+	if e != f {
+		t.Fatalf("a grace shorter than refresh must not expire a fresh entry: %v %v", f, e)
+	}
+}
+
+func TestRender(t *testing.T) {
+	cases := map[string]struct {
+		tmpl string
+		data map[string]any
+		want string
+		ok   bool
+	}{
+		"bearer":          {"Bearer {api_key}", map[string]any{"api_key": "sk-1"}, "Bearer sk-1", true},
+		"bare":            {"{api_key}", map[string]any{"api_key": "k"}, "k", true},
+		"two fields":      {"{user}:{pass}", map[string]any{"user": "u", "pass": "p"}, "u:p", true},
+		"missing field":   {"Bearer {api_key}", map[string]any{"other": "x"}, "", false},
+		"not a string":    {"Bearer {api_key}", map[string]any{"api_key": 42}, "", false},
+		"empty value":     {"Bearer {api_key}", map[string]any{"api_key": ""}, "", false},
+		"CRLF injection":  {"Bearer {api_key}", map[string]any{"api_key": "sk\r\nX-Evil: 1"}, "", false},
+		"LF":              {"Bearer {api_key}", map[string]any{"api_key": "sk\nx"}, "", false},
+		"NUL":             {"Bearer {api_key}", map[string]any{"api_key": "sk\x00"}, "", false},
+		"DEL":             {"Bearer {api_key}", map[string]any{"api_key": "sk\x7f"}, "", false},
+		"trailing space":  {"{api_key}", map[string]any{"api_key": "sk "}, "", false},
+		"inner tab ok":    {"{api_key}", map[string]any{"api_key": "a\tb"}, "a\tb", true},
+		"unbalanced tmpl": {"Bearer {api_key", map[string]any{"api_key": "x"}, "", false},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := Render(c.tmpl, c.data)
+			if (err == nil) != c.ok || got != c.want {
+				t.Fatalf("Render = %q, %v; want %q ok=%v", got, err, c.want, c.ok)
+			}
+			if err != nil {
+				for _, v := range c.data {
+					if s, _ := v.(string); len(s) > 1 && containsStr(err.Error(), s) {
+						t.Fatalf("error %q echoes the secret", err)
+					}
+				}
+			}
+		})
+	}
+}
+
+func containsStr(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,208 @@
+package cache_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/cache"
+)
+
+func entry(route, id, value string, now time.Time) *cache.Entry {
+	return &cache.Entry{Route: route, Identity: id, Header: "authorization", Value: value, ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(10 * time.Minute)}
+}
+
+// TestCredentialsNeverLose100k: every credential the watcher stores stays
+// retrievable, whatever ristretto's admission policy would do, even with
+// concurrent writers and readers.
+func TestCredentialsNeverLose100k(t *testing.T) {
+	const n = 100_000
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Now()
+	var wg sync.WaitGroup
+	const writers = 8
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += writers {
+				id := fmt.Sprintf("ns-%d/sa", i)
+				if err := c.Set(entry("", id, "v-"+id, now)); err != nil {
+					t.Error(err)
+					return
+				}
+				// Read others' entries meanwhile (ristretto counts gets).
+				c.Get("", fmt.Sprintf("ns-%d/sa", (i*31)%n))
+			}
+		}()
+	}
+	wg.Wait()
+	if c.Len() != n {
+		t.Fatalf("Len = %d, want %d", c.Len(), n)
+	}
+	for i := range n {
+		id := fmt.Sprintf("ns-%d/sa", i)
+		e, ok := c.Get("", id)
+		if !ok {
+			t.Fatalf("%s lost", id)
+		}
+		if e.Identity != id || e.Value != "v-"+id {
+			t.Fatalf("%s got another identity's entry: %s %s", id, e.Identity, e.Value)
+		}
+	}
+	// Full: a new identity is refused loudly, an update is not.
+	if err := c.Set(entry("", "extra/sa", "x", now)); err == nil {
+		t.Fatal("Set beyond capacity succeeded")
+	}
+	if err := c.Set(entry("", "ns-1/sa", "updated", now)); err != nil {
+		t.Fatalf("update at capacity: %v", err)
+	}
+	if e, _ := c.Get("", "ns-1/sa"); e.Value != "updated" {
+		t.Fatalf("update not visible: %q", e.Value)
+	}
+}
+
+func TestCredentialsRoutesAndDelete(t *testing.T) {
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Now()
+	for _, e := range []*cache.Entry{entry("", "a/x", "default", now), entry("openai", "a/x", "openai", now), entry("", "b/x", "b", now)} {
+		if err := c.Set(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := map[string]struct{ route, id, want string }{
+		"default route":     {"", "a/x", "default"},
+		"named route":       {"openai", "a/x", "openai"},
+		"other identity":    {"", "b/x", "b"},
+		"route not stored":  {"openai", "b/x", ""},
+		"unknown identity":  {"", "c/x", ""},
+		"prefix is not key": {"", "a/", ""},
+	}
+	for name, cs := range cases {
+		t.Run(name, func(t *testing.T) {
+			e, ok := c.Get(cs.route, cs.id)
+			if cs.want == "" {
+				if ok {
+					t.Fatalf("unexpected entry %q", e.Value)
+				}
+				return
+			}
+			if !ok || e.Value != cs.want {
+				t.Fatalf("got %v %v", e, ok)
+			}
+		})
+	}
+	c.Delete("", "a/x")
+	if _, ok := c.Get("", "a/x"); ok {
+		t.Fatal("deleted entry still there")
+	}
+	if _, ok := c.Get("openai", "a/x"); !ok {
+		t.Fatal("delete of one route removed another")
+	}
+	if c.Len() != 2 {
+		t.Fatalf("Len = %d", c.Len())
+	}
+}
+
+func TestEntryState(t *testing.T) {
+	t0 := time.Now()
+	e := entry("", "a/b", "v", t0)
+	cases := map[string]struct {
+		at   time.Time
+		want cache.Freshness
+	}{
+		"fresh":      {t0, cache.Fresh},
+		"at refresh": {t0.Add(time.Minute), cache.Stale},
+		"stale":      {t0.Add(5 * time.Minute), cache.Stale},
+		"at expiry":  {t0.Add(10 * time.Minute), cache.Expired},
+		"long past":  {t0.Add(time.Hour), cache.Expired},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := e.State(c.at); got != c.want {
+				t.Fatalf("got %v want %v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestTokens(t *testing.T) {
+	tc, err := cache.NewTokens[string](cache.TokensConfig{MaxEntries: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	now := time.Now()
+	var a, b cache.MAC
+	a[0], b[0] = 1, 1
+	b[31] = 2 // same first 8 bytes: same ristretto key, different MAC
+	tc.Set(&a, "alice", now, now.Add(time.Minute))
+	tc.Wait()
+	if v, ok := tc.Get(&a, now); !ok || v != "alice" {
+		t.Fatalf("get a: %q %v", v, ok)
+	}
+	if v, ok := tc.Get(&b, now); ok {
+		t.Fatalf("a colliding MAC got %q", v)
+	}
+	if _, ok := tc.Get(&a, now.Add(time.Minute)); ok {
+		t.Fatal("expired result served")
+	}
+	tc.Set(&b, "bob", now, now.Add(-time.Second))
+	tc.Wait()
+	if _, ok := tc.Get(&b, now); ok {
+		t.Fatal("a result set already expired was stored")
+	}
+}
+
+func BenchmarkCredentialsGet(b *testing.B) {
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 100_000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ids := make([]string, 100_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("ns-%d/sa", i)
+		if err := c.Set(entry("", ids[i], "v", time.Now())); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, ok := c.Get("", ids[i%len(ids)]); !ok {
+				b.Fatal("miss")
+			}
+			i += 7919
+		}
+	})
+}
+
+func BenchmarkCredentialsSetUnderContention(b *testing.B) {
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	now := time.Now()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			_ = c.Set(entry("", fmt.Sprintf("ns-%d/sa", i%1000), "v", now))
+			i++
+		}
+	})
+}

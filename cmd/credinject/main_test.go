@@ -1,0 +1,45 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("vault: {role: x, unknownKey: 1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]struct {
+		args     []string
+		code     int
+		inOutput string
+	}{
+		"no args":              {nil, 2, "Usage"},
+		"unknown command":      {[]string{"launch"}, 2, "unknown command"},
+		"version":              {[]string{"version"}, 0, "credinject "},
+		"serve without config": {[]string{"serve"}, 2, "--config FILE is required"},
+		"serve missing file":   {[]string{"serve", "--config", filepath.Join(dir, "nope.yaml")}, 1, "no such file"},
+		"serve unknown key":    {[]string{"serve", "--config", bad}, 1, "unknownKey"},
+		"serve bad log level":  {[]string{"serve", "--config", bad, "--log-level", "loud"}, 1, "unknownKey"},
+		"serve bad flag":       {[]string{"serve", "--grpc", "x"}, 1, "flag provided but not defined"},
+		"rotate no args":       {[]string{"rotate"}, 2, "NAMESPACE/SERVICEACCOUNT"},
+		"rotate bad identity":  {[]string{"rotate", "nope", "k=v"}, 2, "not NAMESPACE/SERVICEACCOUNT"},
+		"rotate bad pair":      {[]string{"rotate", "ns/sa", "novalue"}, 2, "not key=value"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("VAULT_TOKEN", "t")
+			var out, errb bytes.Buffer
+			code := run(c.args, &out, &errb)
+			all := out.String() + errb.String()
+			if code != c.code || !strings.Contains(all, c.inOutput) {
+				t.Fatalf("exit %d (want %d), output %q (want %q)", code, c.code, all, c.inOutput)
+			}
+		})
+	}
+}

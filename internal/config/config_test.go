@@ -1,0 +1,102 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseIssueExample(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+listen: {grpc: "127.0.0.1:9191", http: "127.0.0.1:8181"}
+kubernetes:
+  kubeconfig: ""
+  audiences: ["https://kubernetes.default.svc.cluster.local"]
+  tokenValidation: tokenreview
+vault:
+  address: "http://vault.vault.svc.cluster.local:8200"
+  authMount: kubernetes
+  role: egress-workload
+  kvMount: secret
+  path: "egress/{namespace}/{serviceaccount}"
+inject: {header: Authorization, value: "Bearer {api_key}"}
+events: {natsURL: "", subject: "credinject.rotated"}
+prefetch: {namespaces: [], refresh: 5m, staleGrace: 15m}
+routes:
+  - hosts: ["api.openai.com"]
+    path: "openai/{namespace}/{serviceaccount}"
+    inject: {header: authorization, value: "Bearer {api_key}"}
+  - hosts: ["api.anthropic.com", "*.anthropic.com"]
+    path: "anthropic/{namespace}/{serviceaccount}"
+    inject: {header: x-api-key, value: "{api_key}"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Inject.Header != "authorization" {
+		t.Errorf("header not lower-cased: %q", c.Inject.Header)
+	}
+	if c.Prefetch.Refresh != 5*time.Minute || c.Prefetch.StaleGrace != 15*time.Minute {
+		t.Errorf("durations: %v %v", c.Prefetch.Refresh, c.Prefetch.StaleGrace)
+	}
+	if len(c.Routes) != 2 || c.Routes[0].Name != "api.openai.com" || c.Routes[1].Name != "api.anthropic.com" {
+		t.Errorf("route names: %+v", c.Routes)
+	}
+	if !c.HasDefaultRoute() {
+		t.Error("default route should be on")
+	}
+}
+
+func TestEmptyIsDefault(t *testing.T) {
+	c, err := Parse(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen.GRPC != "127.0.0.1:9191" || c.Listen.HTTP != "127.0.0.1:8181" || c.Vault.Role != "egress-workload" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	cases := map[string]struct{ yaml, wantInError string }{
+		"unknown top-level key":    {"listne: {grpc: x}", "listne"},
+		"unknown nested key":       {"vault: {adress: http://x}", "adress"},
+		"bad validation mode":      {"kubernetes: {tokenValidation: oidc}", "kubernetes.tokenValidation"},
+		"bad auth method":          {"vault: {authMethod: approle}", "vault.authMethod"},
+		"no audiences":             {"kubernetes: {audiences: []}", "kubernetes.audiences"},
+		"bad listen address":       {"listen: {grpc: localhost}", "listen.grpc"},
+		"vault address no scheme":  {"vault: {address: vault:8200}", "vault.address"},
+		"unknown path placeholder": {`vault: {path: "egress/{ns}/{serviceaccount}"}`, "vault.path"},
+		"absolute path":            {`vault: {path: "/egress/{namespace}"}`, "vault.path"},
+		"dotdot path":              {`vault: {path: "egress/../{namespace}"}`, "vault.path"},
+		"bad header name":          {`inject: {header: "x api key", value: "{api_key}"}`, "inject"},
+		"value without field":      {`inject: {header: authorization, value: "Bearer static"}`, "inject"},
+		"negative grace":           {"prefetch: {staleGrace: -1m}", "prefetch.staleGrace"},
+		"zero refresh":             {"prefetch: {refresh: 0s}", "prefetch.refresh"},
+		"bad duration":             {"prefetch: {refresh: soon}", "parse"},
+		"route without hosts":      {"routes: [{path: \"x/{namespace}\"}]", "routes[0].hosts"},
+		"bad wildcard":             {"routes: [{hosts: [\"api.*.com\"]}]", "routes[0].hosts[0]"},
+		"duplicate host":           {"routes: [{hosts: [a.com]}, {hosts: [a.com]}]", "routes[1].hosts[0]"},
+		"nats url without scheme":  {"events: {natsURL: localhost:4222}", "events.natsURL"},
+		"not yaml":                 {"{{{", "parse"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(c.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), c.wantInError) {
+				t.Fatalf("error %q does not name %q", err, c.wantInError)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("listen: {grpc: \"127.0.0.1:1\"}")
+	f.Add("routes: [{hosts: [\"*.a.com\"], path: \"x/{namespace}/{serviceaccount}\"}]")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = Parse(strings.NewReader(s))
+	})
+}

@@ -363,7 +363,7 @@ func (w *Watcher) refreshAll(ctx context.Context, id *ident, trigger string) err
 		routes = append(routes, r)
 	}
 	id.mu.Unlock()
-	if trigger == "schedule" || trigger == "event" {
+	if trigger == "schedule" {
 		if _, err := w.vaultToken(ctx, id, relogin); err != nil && !errors.Is(err, ErrUnavailable) {
 			return w.refuseAll(id, err)
 		}

@@ -1,0 +1,185 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/apptest"
+	"github.com/credinject/credinject/internal/testenv"
+)
+
+// boundIdentity makes ns/sa with key in Vault and returns its token.
+func boundIdentity(ctx context.Context, t testing.TB, env *testenv.Env, prefix, key string) (ns, sa, tok string) {
+	t.Helper()
+	ns, sa, tok, err := env.Kube.Identity(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Vault.BindNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": key}); err != nil {
+		t.Fatal(err)
+	}
+	return ns, sa, tok
+}
+
+func publisher(t testing.TB, env *testenv.Env) *events.Publisher {
+	t.Helper()
+	nc, err := nats.Connect(env.NATS.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return events.NewPublisher(nc, "credinject.rotated", "e2e-test")
+}
+
+// TestRotationReachesEveryReplica: `credinject rotate` writes Vault and
+// publishes; two credinject instances serve the new key on the next Check,
+// long before any refresh interval.
+func TestRotationReachesEveryReplica(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	ns, sa, tok := boundIdentity(ctx, t, env, "rot", "sk-v1")
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Refresh = time.Hour // only the event can explain a change
+	r1 := apptest.Start(t, env, cfg)
+	r2 := apptest.Start(t, env, cfg)
+	for _, r := range []*apptest.Running{r1, r2} {
+		if got := r.Check(t, tok, "api.openai.com"); got != "allow authorization=Bearer sk-v1" {
+			t.Fatalf("before: %q", got)
+		}
+		apptest.Eventually(t, 10*time.Second, "NATS subscription", func() bool {
+			return r.Counter(t, "credinject_events_connected", nil) == 1
+		})
+	}
+	cmd := exec.Command(credinjectBinary(t), "rotate", "--vault-addr", env.Vault.Addr, "--nats-url", env.NATS.URL, ns+"/"+sa, "api_key=sk-v2")
+	cmd.Env = append(cmd.Environ(), "VAULT_TOKEN="+env.Vault.RootToken)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("credinject rotate: %v\n%s", err, out)
+	}
+	for i, r := range []*apptest.Running{r1, r2} {
+		apptest.Eventually(t, 5*time.Second, fmt.Sprintf("replica %d to serve the new key", i+1), func() bool {
+			return r.Check(t, tok, "api.openai.com") == "allow authorization=Bearer sk-v2"
+		})
+	}
+
+	t.Run("malformed events are dropped and counted", func(t *testing.T) {
+		nc, err := nats.Connect(env.NATS.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		before := r1.Counter(t, "credinject_events_dropped_total", nil)
+		for _, bad := range []string{"not json", `{"specversion":"0.3"}`, `{"specversion":"1.0","type":"x"}`} {
+			if err := nc.Publish("credinject.rotated", []byte(bad)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		apptest.Eventually(t, 5*time.Second, "3 drops counted", func() bool {
+			return r1.Counter(t, "credinject_events_dropped_total", nil) >= before+3
+		})
+		// The subscriber keeps working.
+		if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": "sk-v3"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := publisher(t, env).Publish(ctx, events.Rotation{Namespace: ns, ServiceAccount: sa}); err != nil {
+			t.Fatal(err)
+		}
+		apptest.Eventually(t, 5*time.Second, "sk-v3 after malformed events", func() bool {
+			return r1.Check(t, tok, "api.openai.com") == "allow authorization=Bearer sk-v3"
+		})
+	})
+}
+
+// TestNATSOutageResync: while NATS is down a rotation event is lost; on
+// reconnect credinject re-reads everything it holds, so the new key is
+// served without waiting for the (long) refresh interval.
+func TestNATSOutageResync(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	ns, sa, tok := boundIdentity(ctx, t, env, "nats-out", "sk-before")
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Refresh = time.Hour
+	r := apptest.Start(t, env, cfg)
+	if got := r.Check(t, tok, "h"); got != "allow authorization=Bearer sk-before" {
+		t.Fatalf("before: %q", got)
+	}
+	apptest.Eventually(t, 10*time.Second, "connected", func() bool { return r.Counter(t, "credinject_events_connected", nil) == 1 })
+
+	env.NATS.Stop()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = env.NATS.Start()
+		}
+	})
+	apptest.Eventually(t, 10*time.Second, "disconnect seen", func() bool { return r.Counter(t, "credinject_events_connected", nil) == 0 })
+	if !r.App.Ready() {
+		t.Fatal("NATS down must not make credinject unready")
+	}
+	// Rotated while NATS is down: the event is lost.
+	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": "sk-during-outage"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Check(t, tok, "h"); got != "allow authorization=Bearer sk-before" {
+		t.Fatalf("kept serving during the outage: %q", got)
+	}
+	if err := env.NATS.Start(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	apptest.Eventually(t, 20*time.Second, "resync after reconnect", func() bool {
+		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-during-outage"
+	})
+}
+
+// BenchmarkRotationPropagation: from the event's publish to the first Check
+// that returns the new key, over many rotations; reports p50 and p99.
+func BenchmarkRotationPropagation(b *testing.B) {
+	env := testenv.Get(b)
+	ctx := context.Background()
+	ns, sa, tok := boundIdentity(ctx, b, env, "prop", "sk-0")
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Refresh = time.Hour
+	r := apptest.Start(b, env, cfg)
+	if got := r.Check(b, tok, "h"); got != "allow authorization=Bearer sk-0" {
+		b.Fatalf("warm-up: %q", got)
+	}
+	apptest.Eventually(b, 10*time.Second, "connected", func() bool { return r.Counter(b, "credinject_events_connected", nil) == 1 })
+	pub := publisher(b, env)
+	n := max(b.N, 200)
+	lat := make([]time.Duration, 0, n)
+	b.ResetTimer()
+	for i := 1; i <= n; i++ {
+		key := fmt.Sprintf("sk-%d", i)
+		if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": key}); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := pub.Publish(ctx, events.Rotation{Namespace: ns, ServiceAccount: sa}); err != nil {
+			b.Fatal(err)
+		}
+		want := "allow authorization=Bearer " + key
+		for r.Check(b, tok, "h") != want {
+			if time.Since(t0) > 10*time.Second {
+				b.Fatalf("rotation %d never arrived", i)
+			}
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+	b.ReportMetric(float64(len(lat)), "rotations")
+}

@@ -98,7 +98,8 @@ func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 	}
 	c := &Credentials{capacity: cfg.Capacity}
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *Entry]{
-		NumCounters: cfg.Capacity * 10,
+		// Admission never decides here (see MaxCost), so few counters do.
+		NumCounters: cfg.Capacity,
 		// Ristretto's admission policy only rejects when the cache is over
 		// MaxCost. Capacity is enforced here, below MaxCost, so admission never
 		// drops an entry the watcher holds.

@@ -29,8 +29,8 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vault-audit-bridge", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", defaultAuditListen,
-		"address for Vault's socket audit device (`vault audit enable socket address=HOST:PORT socket_type=tcp format=json`); "+
-			"by default only when no --file is given; empty: no socket input")
+		"HOST:PORT to accept Vault's socket audit device on (vault audit enable socket address=HOST:PORT socket_type=tcp format=json); "+
+			"used by default only when no --file is given; empty: no socket input")
 	var files, paths, routes auditFlagList
 	fs.Var(&files, "file", "path of a Vault file audit device to follow (repeatable)")
 	fromStart := fs.Bool("from-start", false, "read files that exist at startup from their beginning instead of their end")
@@ -72,26 +72,11 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	cfg := auditbridge.Config{
-		Files:      files,
-		FromStart:  *fromStart,
-		KVMount:    *kvMount,
-		Templates:  templates,
-		NATSURL:    *natsURL,
-		Subject:    *subject,
-		Source:     *source,
-		MaxPending: *maxPending,
-		Logger:     log,
-		Registerer: reg,
-	}
-	// Check the configuration before binding anything.
-	if _, err := auditbridge.New(cfg); err != nil {
+	// Check the paths before binding anything.
+	if _, err := auditbridge.NewMatcher(*kvMount, templates); err != nil {
 		return usageError{err}
 	}
-	cfg.Registerer = nil
 	var ln, metricsLn net.Listener
 	closeListeners := func() {
 		for _, l := range []net.Listener{ln, metricsLn} {
@@ -111,11 +96,26 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
 	}
-	cfg.Listener = ln
-	cfg.Registerer = reg
-	b, err := auditbridge.New(cfg)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b, err := auditbridge.New(auditbridge.Config{
+		Listener:   ln,
+		Files:      files,
+		FromStart:  *fromStart,
+		KVMount:    *kvMount,
+		Templates:  templates,
+		NATSURL:    *natsURL,
+		Subject:    *subject,
+		Source:     *source,
+		MaxPending: *maxPending,
+		Logger:     log,
+		Registerer: reg,
+	})
 	if err != nil {
 		closeListeners()
+		if errors.Is(err, auditbridge.ErrInvalidConfig) {
+			return usageError{err}
+		}
 		return err
 	}
 

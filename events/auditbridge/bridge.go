@@ -21,14 +21,14 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultNATSURL       = "nats://127.0.0.1:4222"
-	DefaultSource        = "credinject/vault-audit-bridge"
-	DefaultMaxPending    = 10000
-	DefaultCoalesce      = 5 * time.Millisecond
+	DefaultNATSURL        = "nats://127.0.0.1:4222"
+	DefaultSource         = "credinject/vault-audit-bridge"
+	DefaultMaxPending     = 10000
+	DefaultCoalesce       = 5 * time.Millisecond
 	DefaultPublishTimeout = events.DefaultConnectTimeout
-	DefaultDrainTimeout  = 2 * time.Second
-	DefaultReconnectWait = 250 * time.Millisecond
-	connectionName       = "credinject-vault-audit-bridge"
+	DefaultDrainTimeout   = 2 * time.Second
+	DefaultReconnectWait  = 250 * time.Millisecond
+	connectionName        = "credinject-vault-audit-bridge"
 )
 
 var (
@@ -166,19 +166,18 @@ func New(cfg Config) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
+	q := newQueue(cfg.MaxPending)
+	q.gauge = met.pending
 	return &Bridge{
 		cfg:     cfg,
 		matcher: m,
-		q:       newQueue(cfg.MaxPending),
+		q:       q,
 		m:       met,
 		log:     log.With("component", "auditbridge"),
 		up:      make(chan struct{}, 1),
 		warned:  map[string]bool{},
 	}, nil
 }
-
-// Matcher returns the compiled watched paths.
-func (b *Bridge) Matcher() *Matcher { return b.matcher }
 
 // Connected reports whether the NATS connection is up.
 func (b *Bridge) Connected() bool { return b.connected.Load() }
@@ -243,13 +242,20 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	}
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopPub()
-	var pubWG sync.WaitGroup
-	pubWG.Go(func() { p.run(pubCtx, b.cfg.DrainTimeout) })
-
 	// The inputs stop first, so the publisher's last attempt sees every
 	// line they read.
 	inCtx, stopInputs := context.WithCancel(ctx)
-	errs := make(chan error, 1+len(b.cfg.Files))
+	defer stopInputs()
+	errs := make(chan error, 2+len(b.cfg.Files))
+	var pubWG sync.WaitGroup
+	pubWG.Go(func() {
+		err := guard("publisher", func() error { p.run(pubCtx, b.cfg.DrainTimeout); return nil })
+		if err != nil {
+			errs <- err
+			stopInputs()
+		}
+	})
+
 	var inWG sync.WaitGroup
 	start := func(name string, f func(context.Context) error) {
 		inWG.Go(func() {
@@ -326,9 +332,14 @@ func (b *Bridge) handle(input string, line []byte, tooLong bool) {
 				b.log.Warn("auditbridge: event buffer full, replaced by one event for every identity", "buffer", b.cfg.MaxPending)
 			}
 		}
-		b.m.pending.Set(float64(b.q.len()))
-		b.log.Debug("auditbridge: watched write", "input", input, "operation", r.Operation, "path", r.Path,
-			"rotations", r.Rotations)
+		if b.log.Enabled(context.Background(), slog.LevelDebug) {
+			names := make([]string, len(r.Rotations))
+			for i, rot := range r.Rotations {
+				names[i] = rot.String()
+			}
+			b.log.Debug("auditbridge: watched write", "input", input, "operation", r.Operation, "path", r.Path,
+				"rotations", names)
+		}
 	}
 }
 

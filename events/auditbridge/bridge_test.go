@@ -302,14 +302,12 @@ func TestRunStopsCleanly(t *testing.T) {
 	if err := run.b.Run(t.Context()); !errors.Is(err, ErrAlreadyRunning) {
 		t.Errorf("second Run = %v, want ErrAlreadyRunning", err)
 	}
-	// Stopping closes Vault's connection and the listener.
+	// Stopping closes Vault's connection (and the listener; checkLeaks
+	// shows its accept loop has ended: dialling the port again would race
+	// with whoever binds it next).
 	run.stop()
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("the connection is still open after Run returned")
-	}
-	if c, err := net.Dial("tcp", run.addr); err == nil {
-		c.Close()
-		t.Error("the listener still accepts after Run returned")
 	}
 }
 
@@ -341,11 +339,11 @@ func TestNewInvalid(t *testing.T) {
 	}
 	defer ln.Close()
 	tests := map[string]Config{
-		"no input":      {},
-		"empty file":    {Files: []string{""}},
-		"bad template":  {Listener: ln, Templates: []Template{{Path: "/abs"}}},
-		"bad subject":   {Listener: ln, Subject: "credinject.*"},
-		"long source":   {Listener: ln, Source: strings.Repeat("s", events.MaxSourceLength+1)},
+		"no input":     {},
+		"empty file":   {Files: []string{""}},
+		"bad template": {Listener: ln, Templates: []Template{{Path: "/abs"}}},
+		"bad subject":  {Listener: ln, Subject: "credinject.*"},
+		"long source":  {Listener: ln, Source: strings.Repeat("s", events.MaxSourceLength+1)},
 	}
 	for name, cfg := range tests {
 		t.Run(name, func(t *testing.T) {

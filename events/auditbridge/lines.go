@@ -65,9 +65,6 @@ func (s *splitter) reset() {
 	s.clear()
 }
 
-// pending reports whether a partial line is buffered or being skipped.
-func (s *splitter) pending() bool { return s.skipping || len(s.buf) > 0 }
-
 func (s *splitter) clear() {
 	if cap(s.buf) > keepCap {
 		s.buf = nil

@@ -52,17 +52,17 @@ func (v Verdict) String() string {
 // Reasons say why a line was ignored or malformed; they are a closed set, for
 // debug logs.
 const (
-	ReasonTooLong    = "too_long"
-	ReasonNotJSON    = "not_json"
-	ReasonShape      = "unexpected_shape"
-	ReasonBlank      = "blank"
-	ReasonType       = "not_a_response"
-	ReasonFailed     = "failed_request"
-	ReasonNamespace  = "vault_namespace"
-	ReasonOperation  = "operation"
-	ReasonMountType  = "mount_type"
-	ReasonPath       = "unwatched_path"
-	ReasonIdentity   = "invalid_identity"
+	ReasonTooLong   = "too_long"
+	ReasonNotJSON   = "not_json"
+	ReasonShape     = "unexpected_shape"
+	ReasonBlank     = "blank"
+	ReasonType      = "not_a_response"
+	ReasonFailed    = "failed_request"
+	ReasonNamespace = "vault_namespace"
+	ReasonOperation = "operation"
+	ReasonMountType = "mount_type"
+	ReasonPath      = "unwatched_path"
+	ReasonIdentity  = "invalid_identity"
 )
 
 // Result is the outcome of ParseLine. Operation and Path come from the
@@ -208,15 +208,6 @@ func literal(tmpl, s string, re *strings.Builder) error {
 // Mount is the KV v2 mount the matcher watches.
 func (m *Matcher) Mount() string { return m.mount }
 
-// Templates returns the watched templates.
-func (m *Matcher) Templates() []Template {
-	out := make([]Template, len(m.templates))
-	for i, c := range m.templates {
-		out[i] = c.Template
-	}
-	return out
-}
-
 // KV v2 subpaths whose writes change what a credential read returns (data/,
 // metadata/ and the version operations); reads and config/ are not among
 // the operations below anyway.
@@ -231,9 +222,9 @@ var writeOps = []string{"create", "update", "delete", "patch"}
 // auth, request data and response data, is skipped by the decoder and
 // never held.
 type auditEntry struct {
-	Type     string `json:"type"`
-	Error    string `json:"error"`
-	Request  *struct {
+	Type    string `json:"type"`
+	Error   string `json:"error"`
+	Request *struct {
 		Operation string `json:"operation"`
 		Path      string `json:"path"`
 		MountType string `json:"mount_type"`

@@ -64,11 +64,17 @@ func (p *publisher) run(ctx context.Context, drain time.Duration) {
 	}
 }
 
-// sendAll publishes until the queue is empty or ctx is done, waiting for
-// the connection when it is down.
+// sendAll publishes until the queue is empty or ctx is done. While the
+// connection is down it leaves the events in the queue and waits for the
+// reconnect.
 func (p *publisher) sendAll(ctx context.Context) {
 	retry := minRetry
 	for ctx.Err() == nil {
+		if !p.connected() {
+			// The reconnect handler wakes us; the timer is a safety net.
+			p.wait(ctx, maxRetry)
+			continue
+		}
 		batch := p.q.take()
 		if len(batch) == 0 {
 			return
@@ -81,23 +87,19 @@ func (p *publisher) sendAll(ctx context.Context) {
 		if p.q.requeue(batch[n:]) {
 			p.overflow()
 		}
-		p.m.pending.Set(float64(p.q.len()))
-		if ctx.Err() != nil {
-			return
-		}
-		wait := retry
-		if !p.connected() {
-			// The reconnect handler wakes us; the timer is a safety net.
-			wait = maxRetry
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-		case <-p.up:
-		case <-t.C:
-		}
-		t.Stop()
+		p.wait(ctx, retry)
 		retry = min(2*retry, maxRetry)
+	}
+}
+
+// wait pauses for d, or until the connection comes back or ctx is done.
+func (p *publisher) wait(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-p.up:
+	case <-t.C:
 	}
 }
 
@@ -105,7 +107,6 @@ func (p *publisher) sendAll(ctx context.Context) {
 // (sent, or dropped as invalid) before the first failure.
 func (p *publisher) sendBatch(ctx context.Context, batch []events.Rotation) (int, error) {
 	for i, r := range batch {
-		p.m.pending.Set(float64(p.q.len() + len(batch) - i))
 		if !p.connected() {
 			return i, errDisconnected
 		}
@@ -125,7 +126,6 @@ func (p *publisher) sendBatch(ctx context.Context, batch []events.Rotation) (int
 			return i, err
 		}
 	}
-	p.m.pending.Set(float64(p.q.len()))
 	return len(batch), nil
 }
 
@@ -141,7 +141,6 @@ func (p *publisher) final(ctx context.Context) {
 	if err != nil {
 		p.log.Warn("auditbridge: stopping with events not published", "events", len(batch)-n, "err", err)
 	}
-	p.m.pending.Set(0)
 }
 
 func (p *publisher) overflow() {

@@ -48,8 +48,10 @@ func startPublisher(t *testing.T, connected bool, coalesce time.Duration) *pubRu
 	if err != nil {
 		t.Fatal(err)
 	}
+	q := newQueue(100)
+	q.gauge = m.pending
 	r.p = &publisher{
-		q: newQueue(100), send: r.s, connected: r.conn.Load, up: r.up, coalesce: coalesce, timeout: waitTimeout, m: m,
+		q: q, send: r.s, connected: r.conn.Load, up: r.up, coalesce: coalesce, timeout: waitTimeout, m: m,
 		log: slog.New(slog.DiscardHandler),
 	}
 	ctx, cancel := context.WithCancel(context.Background())

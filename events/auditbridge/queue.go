@@ -24,6 +24,9 @@ type queue struct {
 	set   map[events.Rotation]struct{}
 
 	ready chan struct{} // capacity 1: signalled when items become non-empty
+	// gauge, if set, follows len(items); updated under mu so that it never
+	// lags behind a concurrent change.
+	gauge interface{ Set(float64) }
 }
 
 // pushResult says what push did.
@@ -56,6 +59,7 @@ func (q *queue) push(r events.Rotation) pushResult {
 		q.items = append(q.items, r)
 		q.set[r] = struct{}{}
 	}
+	q.changed()
 	q.signal()
 	return res
 }
@@ -67,6 +71,7 @@ func (q *queue) take() []events.Rotation {
 	items := q.items
 	q.items = nil
 	clear(q.set)
+	q.changed()
 	return items
 }
 
@@ -91,6 +96,7 @@ func (q *queue) requeue(rs []events.Rotation) bool {
 	if over {
 		q.collapse()
 	}
+	q.changed()
 	q.signal()
 	return over
 }
@@ -105,6 +111,12 @@ func (q *queue) collapse() {
 	q.items = []events.Rotation{everything}
 	clear(q.set)
 	q.set[everything] = struct{}{}
+}
+
+func (q *queue) changed() {
+	if q.gauge != nil {
+		q.gauge.Set(float64(len(q.items)))
+	}
 }
 
 func (q *queue) signal() {

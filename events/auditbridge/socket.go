@@ -97,7 +97,9 @@ func (s *socketServer) serve(ctx context.Context) error {
 // read handles one connection until Vault closes it or serve closes it.
 func (s *socketServer) read(c net.Conn) {
 	remote := c.RemoteAddr().String()
-	input := "socket " + remote
+	// Named after the listener, not the peer: Vault reconnects from a new
+	// port every time.
+	input := "socket " + s.ln.Addr().String()
 	s.m.conns.Inc()
 	defer s.m.conns.Dec()
 	s.log.Info("auditbridge: audit device connected", "remote", remote)

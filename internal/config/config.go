@@ -126,7 +126,7 @@ func Default() Config {
 		Events:   Events{Subject: "credinject.rotated"},
 		Prefetch: Prefetch{Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute},
 		Cache: Cache{
-			Capacity:      1 << 20,
+			Capacity:      1 << 18,
 			TokenTTL:      30 * time.Second,
 			TokenNegative: 5 * time.Second,
 			DeniedTTL:     10 * time.Second,

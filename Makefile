@@ -30,9 +30,14 @@ test-short: tools
 run:
 	$(GO) run ./cmd/credinject dev
 
+# The side-by-side harness (noop, credinject, reference) on the real bed, then
+# the Go micro-benchmarks kept beside it for benchstat.
+BENCH_STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
+BENCH_OUT   ?= bench/results/$(BENCH_STAMP)
+BENCH_COUNT ?= 1
 bench: tools
-	$(GO) run ./cmd/credinject-bench
-	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./checker/ ./cache/ ./bench/ | tee bench/results/micro.txt
+	$(GO) run ./cmd/credinject-bench --out $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -timeout 60m ./checker/ ./cache/ ./bench/ | tee $(BENCH_OUT)/micro.txt
 
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./checker/ ./cache/

@@ -76,8 +76,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	if noop := r.ClosedFor(TargetNoop); noop != nil {
 		for _, c := range r.Closed {
 			if c.Target != TargetNoop && c.CPU.Process > 0 {
-				fmt.Fprintf(w, "  %s costs about %s of CPU per request beyond noop in this process (+%s in the bed)\n",
-					c.Target, fmtCPU(c.CPU.Process-noop.CPU.Process), fmtCPU(c.CPU.Bed-noop.CPU.Bed))
+				fmt.Fprintf(w, "  %s: %+.0fµs of CPU per request in this process compared with noop, %+.0fµs in the bed\n",
+					c.Target, c.CPU.Process-noop.CPU.Process, c.CPU.Bed-noop.CPU.Bed)
 			}
 		}
 	}

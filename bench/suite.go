@@ -202,9 +202,12 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	if len(opts.Targets) == 0 {
 		return nil, ErrNoTargets
 	}
-	for _, t := range opts.Targets {
+	for i, t := range opts.Targets {
 		if !slices.Contains(AllTargets, t) {
 			return nil, fmt.Errorf("bench: unknown target %q (have %s)", t, strings.Join(AllTargets, ", "))
+		}
+		if slices.Contains(opts.Targets[:i], t) {
+			return nil, fmt.Errorf("bench: target %q named twice", t)
 		}
 	}
 	if opts.ReferenceQPS == 0 {
@@ -397,7 +400,7 @@ func ratios(rep *Report) Ratios {
 func notes(rep *Report, opts Options) []string {
 	n := []string{
 		fmt.Sprintf("Load generator and targets share this process and its %d CPUs (GOMAXPROCS %d); the bed's servers run beside them.", rep.Machine.NumCPU, rep.Machine.GOMAXPROCS),
-		"cpu/req proc is this whole process per answered request (load generator + target); subtract noop's to estimate a target's own server cost. cpu/req bed is kube-apiserver + etcd + Vault.",
+		"cpu/req proc is this whole process per answered request (load generator + target); subtract noop's to estimate a target's own server cost. cpu/req bed is kube-apiserver + etcd + Vault. Idle CPU is subtracted; at low rates (the reference, the sweep's first steps) the figure still carries the Go runtime's per-wake-up costs, so compare CPU at saturation (closed loop).",
 		"Latency counts correct allows only; an allow with another identity's key is the error wrong_key, a deny is counted by status/reason.",
 		"Open loop: latency from each request's intended send time (no coordinated omission).",
 		fmt.Sprintf("reference: TokenReview via client-go at QPS %g / burst %d (Authorino's --kube-client-qps/--kube-client-burst defaults), then Vault login and read, per request, no cache.", opts.ReferenceQPS, opts.ReferenceBurst),

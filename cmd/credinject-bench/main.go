@@ -15,6 +15,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -57,12 +58,24 @@ func run(args []string, stdout, stderr io.Writer) error {
 	refBurst := fs.Int("reference-burst", bench.ReferenceBurst, "reference: burst of its Kubernetes client (Authorino's default 30; client-go's 10)")
 	out := fs.String("out", "", "results folder (default bench/results/<timestamp>)")
 	logLevel := fs.String("log-level", "warn", "log level of credinject and the harness (stderr)")
+	replot := fs.String("replot", "", "only redraw latency-vs-rate.png beside this results.json")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (bed setup included) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *replot != "" {
+		b, err := os.ReadFile(*replot)
+		if err != nil {
+			return err
+		}
+		var rep bench.Report
+		if err := json.Unmarshal(b, &rep); err != nil {
+			return fmt.Errorf("%s: %w", *replot, err)
+		}
+		return plotSweep(&rep, filepath.Join(filepath.Dir(*replot), "latency-vs-rate.png"))
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -24,13 +24,19 @@ var targetColors = map[string]color.RGBA{
 // magnitude apart on both.
 func plotSweep(rep *bench.Report, file string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("ext_authz Check: latency vs offered load (open loop, %d identities, %d CPUs)", rep.Identities, rep.Machine.NumCPU)
+	p.Title.Text = fmt.Sprintf("ext_authz Check latency, from the intended send time, vs offered rate (open loop, %d identities, %d CPUs)", rep.Identities, rep.Machine.NumCPU)
+	p.Title.Padding = vg.Points(8)
 	p.X.Label.Text = "offered rate (requests/s, log scale)"
-	p.Y.Label.Text = "latency from intended send time (ms, log scale)"
+	// Short: gonum places a log axis's label box by the mean of the data
+	// range, so a long label pads the top of the plot.
+	p.Y.Label.Text = "ms (log)"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
+	p.X.Tick.Marker, p.Y.Tick.Marker = inRange{plot.LogTicks{Prec: -1}}, inRange{plot.LogTicks{Prec: -1}}
 	p.Add(plotter.NewGrid())
-	p.Legend.Top, p.Legend.Left = true, true
+	// The middle of the log rate axis is empty (the targets are far
+	// apart): the legend goes there.
+	p.Legend.Top, p.Legend.Left = false, true
+	p.Legend.XOffs, p.Legend.YOffs = 3.3*vg.Inch, 0.1*vg.Inch
 	p.Legend.ThumbnailWidth = vg.Points(30)
 
 	var order []string
@@ -38,6 +44,16 @@ func plotSweep(rep *bench.Report, file string) error {
 		if !slices.Contains(order, s.Target) {
 			order = append(order, s.Target)
 		}
+	}
+	lo, hi := 0.0, 0.0
+	for _, s := range rep.Sweep {
+		if s.OK == 0 {
+			continue
+		}
+		if lo == 0 || s.Latency.P50 < lo {
+			lo = s.Latency.P50
+		}
+		hi = max(hi, s.Latency.P99)
 	}
 	for _, target := range order {
 		var p50, p99 plotter.XYs
@@ -77,6 +93,30 @@ func plotSweep(rep *bench.Report, file string) error {
 			p.Add(l, sc)
 			p.Legend.Add(series.name, l, sc)
 		}
+		// The closed-loop throughput the sweep's percentages refer to.
+		if cl := rep.ClosedFor(target); cl != nil && cl.Throughput > 0 && lo > 0 {
+			l, err := plotter.NewLine(plotter.XYs{{X: cl.Throughput, Y: max(lo/2, 0.001)}, {X: cl.Throughput, Y: hi * 2}})
+			if err != nil {
+				return err
+			}
+			l.Color, l.Width, l.Dashes = c, vg.Points(1), []vg.Length{vg.Points(1), vg.Points(3)}
+			p.Add(l)
+			p.Legend.Add(fmt.Sprintf("%s closed-loop max (%.0f/s)", target, cl.Throughput), l)
+		}
 	}
 	return p.Save(10*vg.Inch, 6*vg.Inch, file)
+}
+
+// inRange drops the ticks a Ticker puts outside the axis range: LogTicks
+// adds the next power of ten, whose label would shrink the data area.
+type inRange struct{ plot.Ticker }
+
+func (t inRange) Ticks(lo, hi float64) []plot.Tick {
+	var out []plot.Tick
+	for _, tk := range t.Ticker.Ticks(lo, hi) {
+		if tk.Value >= lo && tk.Value <= hi {
+			out = append(out, tk)
+		}
+	}
+	return out
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -63,11 +62,12 @@ func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("config: %v", err)
 	}
-	var w io.Writer = io.Discard
+	// Logs are off unless asked for: a debug handler would format every
+	// decision even when discarded.
+	log := slog.New(slog.DiscardHandler)
 	if os.Getenv("CREDINJECT_TEST_LOG") != "" {
-		w = os.Stderr
+		log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	opts := app.Options{Config: cfg, Log: log, Registry: reg}
 	if env.Kube != nil {

@@ -65,6 +65,22 @@ type ServiceAccounts interface {
 // maxTokenLen bounds what is hashed and sent anywhere; real SA tokens are ~1 KiB.
 const maxTokenLen = 16 << 10
 
+// jwsChar classifies the bytes of a compact JWS: 1 base64url, 2 the dot, 0
+// anything else. A table keeps the scan of a ~1 KiB token branch-light.
+var jwsChar = func() (t [256]byte) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = 1
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = 1
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = 1
+	}
+	t['-'], t['_'], t['.'] = 1, 1, 2
+	return t
+}()
+
 // BearerToken extracts the token from an Authorization header value.
 func BearerToken(header string) (string, Reason) {
 	if header == "" {
@@ -82,13 +98,11 @@ func BearerToken(header string) (string, Reason) {
 	}
 	dots := 0
 	for i := 0; i < len(tok); i++ {
-		c := tok[i]
-		switch {
-		case c == '.':
-			dots++
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
-		default:
+		switch jwsChar[tok[i]] {
+		case 0:
 			return "", ReasonMalformedToken
+		case 2:
+			dots++
 		}
 	}
 	// A service-account token is a compact JWS: three base64url segments.

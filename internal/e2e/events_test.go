@@ -3,14 +3,17 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/nats-io/nats.go"
 
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/events/auditbridge"
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/testenv"
 )
@@ -182,4 +185,53 @@ func BenchmarkRotationPropagation(b *testing.B) {
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 	b.ReportMetric(float64(len(lat)), "rotations")
+}
+
+// TestPlainVaultWritePropagates: with the audit bridge between Vault's
+// socket audit device and NATS, a plain KV write (as `vault kv put` makes)
+// reaches credinject with no extra step.
+func TestPlainVaultWritePropagates(t *testing.T) {
+	env := testenv.Get(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, err := auditbridge.New(auditbridge.Config{Listener: ln, NATSURL: env.NATS.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- br.Run(ctx) }()
+	apptest.Eventually(t, 10*time.Second, "bridge connected to NATS", br.Connected)
+	const device = "e2e-bridge"
+	if err := env.Vault.Client.Sys().EnableAuditWithOptions(device, &vaultapi.EnableAuditOptions{
+		Type: "socket", Options: map[string]string{"address": ln.Addr().String(), "socket_type": "tcp", "format": "json"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		// Vault refuses requests it cannot audit: remove the device first.
+		if err := env.Vault.Client.Sys().DisableAudit(device); err != nil {
+			t.Error(err)
+		}
+		cancel()
+		<-done
+	}()
+
+	ns, sa, tok := boundIdentity(ctx, t, env, "bridge", "sk-plain-1")
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Refresh = time.Hour
+	r := apptest.Start(t, env, cfg)
+	if got := r.Check(t, tok, "h"); got != "allow authorization=Bearer sk-plain-1" {
+		t.Fatalf("before: %q", got)
+	}
+	apptest.Eventually(t, 10*time.Second, "connected", func() bool { return r.Counter(t, "credinject_events_connected", nil) == 1 })
+	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": "sk-plain-2"}); err != nil {
+		t.Fatal(err)
+	}
+	apptest.Eventually(t, 10*time.Second, "the plain write to reach credinject", func() bool {
+		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-plain-2"
+	})
 }

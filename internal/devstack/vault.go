@@ -151,7 +151,7 @@ func StartVault(ctx context.Context, opts VaultOptions) (*Vault, error) {
 		return nil, fmt.Errorf("devstack: vault data: %w", err)
 	}
 	v := &Vault{logPath: filepath.Join(opts.DataDir, "vault.log"), done: make(chan struct{})}
-	logf, err := os.OpenFile(v.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	logf, err := os.OpenFile(v.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("devstack: vault log: %w", err)
 	}

@@ -3,8 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"path/filepath"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/credinject/credinject/internal/devstack"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,16 +20,14 @@ import (
 
 // Names from the reference design (shared/reference).
 const (
-	VaultRole       = "egress-workload"
-	VaultPolicy     = "egress-read"
-	VaultRootToken  = "root"
-	BoundNamespace  = "egress-test"
-	VaultKubeMount  = "kubernetes"
-	VaultJWTMount   = "jwt"
-	VaultKVMount    = "secret"
-	reviewerNS      = "vault"
-	reviewerSA      = "vault-reviewer"
-	vaultReadyRetry = 60 * time.Second
+	VaultRole      = "egress-workload"
+	VaultPolicy    = "egress-read"
+	BoundNamespace = "egress-test"
+	VaultKubeMount = "kubernetes"
+	VaultJWTMount  = "jwt"
+	VaultKVMount   = "secret"
+	reviewerNS     = "vault"
+	reviewerSA     = "vault-reviewer"
 )
 
 // Vault is a running Vault server (the real server code, built by
@@ -42,9 +41,8 @@ type Vault struct {
 	// KubeAccessor is the accessor of auth/kubernetes (for templated policies).
 	KubeAccessor string
 
-	dir  string
-	port int
-	proc *proc
+	opts devstack.VaultOptions
+	proc *devstack.Vault
 
 	mu    sync.Mutex
 	bound []string
@@ -53,7 +51,7 @@ type Vault struct {
 // StartVault starts Vault in dir and, when kube is not nil, configures the
 // Kubernetes auth method against it.
 func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
-	bin, err := ToolDir("vault")
+	bin, err := devstack.VaultBinary(ctx, os.Stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -61,10 +59,10 @@ func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Vault{Addr: "http://127.0.0.1:" + strconv.Itoa(port), RootToken: VaultRootToken, dir: dir, port: port, bound: []string{BoundNamespace}}
-	v.proc = &proc{name: "vault", bin: filepath.Join(bin, "vaultdev"), logPath: filepath.Join(dir, "vault.log"), args: []string{
-		"-addr", "127.0.0.1:" + strconv.Itoa(port), "-data", filepath.Join(dir, "data"), "-root-token", VaultRootToken,
-	}}
+	v := &Vault{
+		Addr: "http://127.0.0.1:" + strconv.Itoa(port), RootToken: devstack.RootToken, bound: []string{BoundNamespace},
+		opts: devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir},
+	}
 	if err := v.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -79,21 +77,27 @@ func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
 	v.Client.SetToken(v.RootToken)
 	if err := v.setup(ctx, kube); err != nil {
 		v.Stop()
-		return nil, fmt.Errorf("testenv: vault setup: %w\n%s", err, v.proc.tail(30))
+		return nil, fmt.Errorf("testenv: vault setup: %w (log: %s)", err, v.proc.LogPath())
 	}
 	return v, nil
 }
 
 // Start (re)starts the Vault process on its port, with its data.
 func (v *Vault) Start(ctx context.Context) error {
-	if err := v.proc.start(); err != nil {
+	p, err := devstack.StartVault(ctx, v.opts)
+	if err != nil {
 		return err
 	}
-	return waitFor(ctx, v.proc, "vault health", vaultReadyRetry, httpOK(http.DefaultClient, v.Addr+"/v1/sys/health"))
+	v.proc = p
+	return nil
 }
 
 // Stop stops the Vault process (for fault tests; Start brings it back).
-func (v *Vault) Stop() { v.proc.stop() }
+func (v *Vault) Stop() {
+	if v.proc != nil {
+		v.proc.Stop()
+	}
+}
 
 func (v *Vault) setup(ctx context.Context, kube *Kube) error {
 	sys := v.Client.Sys()
@@ -122,25 +126,10 @@ func (v *Vault) setup(ctx context.Context, kube *Kube) error {
 	}); err != nil {
 		return fmt.Errorf("kubernetes auth config: %w", err)
 	}
-	if err := sys.PutPolicyWithContext(ctx, VaultPolicy, EgressPolicy(v.KubeAccessor)); err != nil {
+	if err := sys.PutPolicyWithContext(ctx, VaultPolicy, devstack.EgressPolicy(v.KubeAccessor)); err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}
 	return v.writeRole(ctx)
-}
-
-// EgressPolicy is the egress-read policy: each identity reads only its own
-// path, secret/data/egress/<namespace>/<serviceaccount> (and the same under
-// other route prefixes, secret/data/<route>/<namespace>/<serviceaccount>).
-func EgressPolicy(accessor string) string {
-	ns := "{{identity.entity.aliases." + accessor + ".metadata.service_account_namespace}}"
-	sa := "{{identity.entity.aliases." + accessor + ".metadata.service_account_name}}"
-	return fmt.Sprintf(`path "secret/data/egress/%[1]s/%[2]s" {
-  capabilities = ["read"]
-}
-path "secret/data/+/%[1]s/%[2]s" {
-  capabilities = ["read"]
-}
-`, ns, sa)
 }
 
 func (v *Vault) writeRole(ctx context.Context) error {

@@ -123,6 +123,10 @@ func checkLeaks(t *testing.T) {
 			goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 			goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
 			goleak.IgnoreAnyFunction("github.com/credinject/credinject/internal/testenv.(*proc).start.func1"),
+			// A restarted Vault's log copier and process waiter.
+			goleak.IgnoreAnyFunction("github.com/credinject/credinject/internal/devstack.StartVault.func1"),
+			goleak.IgnoreAnyFunction("github.com/credinject/credinject/internal/devstack.StartVault.func2"),
+			goleak.IgnoreAnyFunction("os/exec.(*Cmd).Wait"),
 		)
 	})
 }

@@ -21,7 +21,7 @@ tools:
 	 test $$rv -eq 0 -a $$rk -eq 0
 
 test: tools lint
-	$(GO) test -race -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 # Without the race detector, for a quick loop.
 test-short: tools

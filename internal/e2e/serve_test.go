@@ -1,0 +1,125 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/credinject/credinject/internal/apptest"
+	"github.com/credinject/credinject/internal/testenv"
+)
+
+// TestServeBinary runs the real `credinject serve --config FILE` against the
+// bed, as a user would, and checks readiness, gRPC health, a decision over
+// ext_authz and /metrics, then a clean stop on SIGTERM.
+func TestServeBinary(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	_, _, tok := boundIdentity(ctx, t, env, "serve", "sk-serve")
+	kubeconfig, err := env.Kube.Kubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gp, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+listen: {grpc: "127.0.0.1:1", http: "127.0.0.1:2"}
+kubernetes:
+  kubeconfig: %q
+  tokenValidation: tokenreview
+vault: {address: %q}
+events: {natsURL: %q}
+`, kubeconfig, env.Vault.Addr, env.NATS.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	cmd := exec.Command(credinjectBinary(t), "serve", "--config", cfgPath,
+		"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", gp), "--http-addr", fmt.Sprintf("127.0.0.1:%d", hp), "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("serve output:\n%s", logs.String())
+		}
+	}()
+	base := fmt.Sprintf("http://127.0.0.1:%d", hp)
+	apptest.Eventually(t, 30*time.Second, "/readyz", func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", gp), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName})
+	if err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("grpc health: %v %v", h, err)
+	}
+	resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, apptest.Request("Bearer "+tok, "api.openai.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := apptest.Outcome(resp); got != "allow authorization=Bearer sk-serve" {
+		t.Fatalf("check: %q", got)
+	}
+	mresp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if !strings.Contains(string(body), `credinject_check_total{reason="",result="allow"} 1`) {
+		t.Fatalf("metrics lack the allow:\n%.2000s", body)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("serve exited with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
+	}
+	out := logs.String()
+	if strings.Contains(out, tok) || strings.Contains(out, "sk-serve") {
+		t.Fatal("the logs contain the SA token or the credential")
+	}
+	if !strings.Contains(out, `"msg":"decision"`) {
+		t.Fatalf("no decision logged at debug level:\n%s", out)
+	}
+}

@@ -18,9 +18,6 @@ func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
 // credinject and the reference must inject each identity's own key and deny
 // the unbound one, each with its own reason.
 func TestTargetsOnBed(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs the bed's servers under load")
-	}
 	env := testenv.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -551,6 +551,16 @@ func (w *Watcher) store(id *ident, route string, seq uint64, e *cache.Entry) {
 	if seq < id.applied[route] {
 		return
 	}
+	if e.Denied == "" {
+		// A read that finishes after its identity was forgotten (a deleted
+		// ServiceAccount) must not bring its credential back.
+		w.mu.Lock()
+		current := w.ids[id.key] == id
+		w.mu.Unlock()
+		if !current {
+			return
+		}
+	}
 	if err := w.cfg.Store.Set(e); err != nil {
 		w.cfg.Log.Error("credential cache refused an entry", "identity", id.key, "route", route, "error", err)
 		return

@@ -76,6 +76,7 @@ type App struct {
 	prefetch *watcher.Prefetcher
 	jwks     *checker.JWKSValidator
 	sub      *events.Subscriber
+	vault    *vaultapi.Client
 	ready    atomic.Bool
 }
 
@@ -141,6 +142,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		return nil, fmt.Errorf("vault client: %w", err)
 	}
 	vc.ClearToken() // never a token of its own, whatever VAULT_TOKEN says
+	a.vault = vc
 
 	var minter watcher.TokenMinter
 	if kube != nil && len(cfg.Prefetch.Namespaces) > 0 {
@@ -453,6 +455,9 @@ func (a *App) waitReady(ctx context.Context) {
 func (a *App) close() {
 	if a.watcher != nil {
 		a.watcher.Close()
+	}
+	if a.vault != nil {
+		a.vault.CloneConfig().HttpClient.CloseIdleConnections()
 	}
 	if a.checker != nil {
 		a.checker.Close()

@@ -56,8 +56,30 @@ func Start(tb testing.TB, env *testenv.Env, cfg config.Config) *Running {
 	return StartWith(tb, env, cfg, nil)
 }
 
+// Run starts credinject with cfg under ctx and waits until it is ready; done
+// receives Run's result once ctx is cancelled. The caller owns the lifetime
+// (for shutdown tests).
+func Run(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config) (*Running, <-chan error) {
+	tb.Helper()
+	return start(tb, ctx, env, cfg, nil)
+}
+
 // StartWith is Start with a hook to adjust the app's options (a fake clock).
 func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) *Running {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r, done := start(tb, ctx, env, cfg, adjust)
+	tb.Cleanup(func() {
+		r.Conn.Close()
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			tb.Errorf("app.Run: %v", err)
+		}
+	})
+	return r
+}
+
+func start(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) (*Running, <-chan error) {
 	tb.Helper()
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("config: %v", err)
@@ -76,26 +98,16 @@ func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*
 	if adjust != nil {
 		adjust(&opts)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, opts)
 	if err != nil {
-		cancel()
 		tb.Fatalf("app: %v", err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	conn, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		cancel()
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-			tb.Errorf("app.Run: %v", err)
-		}
-	})
 	deadline := time.Now().Add(60 * time.Second)
 	for !a.Ready() {
 		if time.Now().After(deadline) {
@@ -107,7 +119,7 @@ func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return &Running{App: a, Config: cfg, Client: authv3.NewAuthorizationClient(conn), Conn: conn, HTTPURL: "http://" + a.HTTPAddr(), Registry: reg}
+	return &Running{App: a, Config: cfg, Client: authv3.NewAuthorizationClient(conn), Conn: conn, HTTPURL: "http://" + a.HTTPAddr(), Registry: reg}, done
 }
 
 // Request builds a CheckRequest like Envoy's.

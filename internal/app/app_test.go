@@ -1,0 +1,57 @@
+package app_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/credinject/credinject/internal/apptest"
+	"github.com/credinject/credinject/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
+
+// TestShutdownLeavesNothingBehind runs a full credinject (informer, prefetch,
+// watcher refreshers, NATS subscriber, gRPC and HTTP servers), serves a few
+// decisions, stops it, and checks that none of its goroutines outlive Run.
+func TestShutdownLeavesNothingBehind(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	ns, sa, tok, err := env.Kube.Identity(ctx, "leak")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Vault.BindNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": "sk-leak"}); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever runs now belongs to the bed and the test binary.
+	before := goleak.IgnoreCurrent()
+
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Namespaces = []string{ns}
+	runCtx, cancel := context.WithCancel(ctx)
+	srv, done := apptest.Run(t, runCtx, env, cfg)
+	if got := srv.Check(t, tok, "h"); got != "allow authorization=Bearer sk-leak" {
+		t.Fatalf("check: %q", got)
+	}
+	if got := srv.Check(t, "", "h"); got != "deny 401 missing_token" {
+		t.Fatalf("no token: %q", got)
+	}
+	srv.Conn.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	goleak.VerifyNone(t, before)
+}

@@ -118,7 +118,7 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		c.cfg.Metrics.checks[d.Reason].Inc()
 		c.cfg.Metrics.duration.Observe(c.cfg.Now().Sub(start).Seconds())
 	}()
-	token, r := BearerToken(authorization)
+	token, r := cutBearer(authorization)
 	if r != ReasonNone {
 		c.cfg.Log.Debug("deny", "reason", string(r))
 		return Decision{Reason: r}

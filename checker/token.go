@@ -81,8 +81,23 @@ var jwsChar = func() (t [256]byte) {
 	return t
 }()
 
-// BearerToken extracts the token from an Authorization header value.
+// BearerToken extracts the token from an Authorization header value and
+// checks that it has the shape of a compact JWS.
 func BearerToken(header string) (string, Reason) {
+	tok, r := cutBearer(header)
+	if r != ReasonNone {
+		return "", r
+	}
+	if r := checkShape(tok); r != ReasonNone {
+		return "", r
+	}
+	return tok, ReasonNone
+}
+
+// cutBearer is the part of BearerToken the hot path does before the token
+// cache: the scheme and the size. The shape is checked only on a cache miss,
+// since a cached token was well-formed when it was first seen.
+func cutBearer(header string) (string, Reason) {
 	if header == "" {
 		return "", ReasonMissingToken
 	}
@@ -96,20 +111,24 @@ func BearerToken(header string) (string, Reason) {
 	if len(tok) > maxTokenLen {
 		return "", ReasonMalformedToken
 	}
+	return tok, ReasonNone
+}
+
+// checkShape: three base64url segments, nothing else.
+func checkShape(tok string) Reason {
 	dots := 0
 	for i := 0; i < len(tok); i++ {
 		switch jwsChar[tok[i]] {
 		case 0:
-			return "", ReasonMalformedToken
+			return ReasonMalformedToken
 		case 2:
 			dots++
 		}
 	}
-	// A service-account token is a compact JWS: three base64url segments.
 	if dots != 2 || tok[0] == '.' || tok[len(tok)-1] == '.' || strings.Contains(tok, "..") {
-		return "", ReasonMalformedToken
+		return ReasonMalformedToken
 	}
-	return tok, ReasonNone
+	return ReasonNone
 }
 
 // Claims are the unverified claims credinject reads from a token's payload.
@@ -259,6 +278,9 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 	if ok {
 		c.metrics.tokenHit.Inc()
 	} else {
+		if r := checkShape(token); r != ReasonNone {
+			return Identity{}, r
+		}
 		c.metrics.tokenMiss.Inc()
 		var err error
 		res, err = c.fill(ctx, token, mac)

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,7 +45,6 @@ type JWKSValidator struct {
 	keys      atomic.Pointer[jose.JSONWebKeySet]
 	lastFetch atomic.Int64
 	flight    singleflight.Group
-	mu        sync.Mutex
 }
 
 var _ Validator = (*JWKSValidator)(nil)

@@ -32,7 +32,7 @@ func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	rest := fs.Args()
 	if len(rest) < 2 {
-		return usageError{errors.New("want NAMESPACE/SERVICEACCOUNT key=value ...")}
+		return usageError{errors.New("want NAMESPACE/SERVICEACCOUNT and at least one key=value")}
 	}
 	ns, sa, ok := strings.Cut(rest[0], "/")
 	rot := events.Rotation{Namespace: ns, ServiceAccount: sa, Route: *route}

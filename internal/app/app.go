@@ -191,7 +191,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 				return a.watcher.Refresh(ctx, r.Namespace, r.ServiceAccount, r.Route)
 			}),
 			Resyncer:   events.ResyncerFunc(a.watcher.ResyncAll),
-			Logger:     a.log.With("component", "events"),
+			Logger:     a.log,
 			Registerer: a.reg,
 			Name:       "credinject",
 		})

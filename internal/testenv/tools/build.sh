@@ -19,11 +19,20 @@ key() {
   echo "$root/$1-$2-$sum"
 }
 
+# lock NAME: one build of a tool at a time (test binaries ask in parallel).
+lock() {
+  exec 9>"$root/.lock-$1"
+  if command -v flock >/dev/null 2>&1; then flock 9; fi
+}
+
 build_vault() {
   local out; out=$(key vault 1.21.4)
   if [ -x "$out/vaultdev" ]; then echo "vault: cached in $out"; return; fi
+  lock vault
+  if [ -x "$out/vaultdev" ]; then echo "vault: cached in $out"; return; fi
   local t0=$SECONDS
   echo "vault: building the real Vault 1.21.4 server (cold: 10+ minutes on 2 cores)…"
+  rm -rf "$out.tmp"
   (cd "$here/vault" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/vaultdev" .)
   mv "$out.tmp" "$out"
   echo "vault: built in $((SECONDS - t0))s -> $out"
@@ -32,9 +41,12 @@ build_vault() {
 build_kube() {
   local out; out=$(key kube 1.37.2)
   if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then echo "kube: cached in $out"; return; fi
+  lock kube
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then echo "kube: cached in $out"; return; fi
   local t0=$SECONDS
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
   echo "kube: building kube-apiserver and kubectl 1.37.2 (cold: 6-12 minutes on 2 cores)…"
+  rm -rf "$out.tmp"
   (cd "$here/kube" && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
     && go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl)
   mv "$out.tmp" "$out"

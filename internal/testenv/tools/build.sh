@@ -34,7 +34,7 @@ build_vault() {
   echo "vault: building the real Vault 1.21.4 server (cold: 10+ minutes on 2 cores)…"
   rm -rf "$out.tmp"
   (cd "$here/vault" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/vaultdev" .)
-  mv "$out.tmp" "$out"
+  rm -rf "$out"; mv "$out.tmp" "$out"
   echo "vault: built in $((SECONDS - t0))s -> $out"
 }
 
@@ -49,7 +49,7 @@ build_kube() {
   rm -rf "$out.tmp"
   (cd "$here/kube" && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
     && go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl)
-  mv "$out.tmp" "$out"
+  rm -rf "$out"; mv "$out.tmp" "$out"
   echo "kube: built in $((SECONDS - t0))s -> $out"
 }
 

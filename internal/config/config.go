@@ -209,7 +209,12 @@ func (c *Config) Validate() error {
 		bad("vault.address", "%q is not an http(s) URL", c.Vault.Address)
 	}
 	switch c.Vault.AuthMethod {
-	case "kubernetes", "jwt":
+	case "jwt":
+		// authMount follows the method unless it was set otherwise.
+		if c.Vault.AuthMount == Default().Vault.AuthMount {
+			c.Vault.AuthMount = "jwt"
+		}
+	case "kubernetes":
 	default:
 		bad("vault.authMethod", "%q is not one of kubernetes, jwt", c.Vault.AuthMethod)
 	}

@@ -57,6 +57,20 @@ func TestEmptyIsDefault(t *testing.T) {
 	}
 }
 
+func TestJWTAuthMount(t *testing.T) {
+	c, err := Parse(strings.NewReader("vault: {authMethod: jwt}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Vault.AuthMount != "jwt" {
+		t.Fatalf("authMount = %q, want jwt", c.Vault.AuthMount)
+	}
+	c, err = Parse(strings.NewReader("vault: {authMethod: jwt, authMount: oidc-k8s}"))
+	if err != nil || c.Vault.AuthMount != "oidc-k8s" {
+		t.Fatalf("explicit mount: %q %v", c.Vault.AuthMount, err)
+	}
+}
+
 func TestParseRefuses(t *testing.T) {
 	cases := map[string]struct{ yaml, wantInError string }{
 		"unknown top-level key":    {"listne: {grpc: x}", "listne"},

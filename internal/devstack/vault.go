@@ -267,8 +267,11 @@ func (v *Vault) Stop() {
 	})
 }
 
-func (v *Vault) tail(n int) string {
-	b, err := os.ReadFile(v.logPath)
+func (v *Vault) tail(n int) string { return Tail(v.logPath, n) }
+
+// Tail returns the last n lines of a log file ("" if it cannot be read).
+func Tail(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}

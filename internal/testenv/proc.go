@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/credinject/credinject/internal/devstack"
 )
 
 // proc is one server process with its log file.
@@ -87,17 +89,7 @@ func (p *proc) stop() {
 	}
 }
 
-func (p *proc) tail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *proc) tail(n int) string { return devstack.Tail(p.logPath, n) }
 
 // waitFor polls check until it succeeds, the process exits or the deadline
 // passes. It is how servers are waited for: a condition, not a sleep.

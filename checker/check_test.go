@@ -258,6 +258,15 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 		t.Fatalf("panic: %q", got)
 	}
 
+	// A negative entry whose reason is outside the closed set is internal.
+	now := *r.now.Load()
+	if err := r.creds.Set(&cache.Entry{Identity: "ns/sa", Denied: "made_up", ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
+		t.Fatalf("unknown reason: %q", got)
+	}
+
 	// Filled: fresh, then stale within grace, then expired with Vault away.
 	r.put(t, "", "ns", "sa", "authorization", "Bearer sk-1")
 	calls := r.calls.Load()

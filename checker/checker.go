@@ -115,7 +115,14 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
 			d = Decision{Reason: ReasonInternal}
 		}
-		c.cfg.Metrics.checks[d.Reason].Inc()
+		counter, known := c.cfg.Metrics.checks[d.Reason]
+		if !known {
+			// A reason outside the closed set (a corrupt negative entry)
+			// is an internal error, never a panic in the deferred path.
+			d = Decision{Reason: ReasonInternal}
+			counter = c.cfg.Metrics.checks[ReasonInternal]
+		}
+		counter.Inc()
 		c.cfg.Metrics.duration.Observe(c.cfg.Now().Sub(start).Seconds())
 	}()
 	token, r := cutBearer(authorization)

@@ -302,8 +302,8 @@ func (w *Watcher) startLoop(id *ident) {
 func (w *Watcher) loop(ctx context.Context, id *ident) {
 	failures := 0
 	wait := w.nextWait(id)
-	trigger := "schedule"
 	for {
+		var trigger string
 		t := w.cfg.Clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -502,15 +502,9 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *ident, route, trigger st
 		fresh, expires := lifetimes(now, w.cfg.Refresh, w.cfg.StaleGrace)
 		e = &cache.Entry{Route: route, Identity: id.key, Header: rt.Header, Value: val, Version: s.version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
 	case errors.Is(err, ErrDenied):
-		e, result = w.negative(id, route, reasonVaultDenied, now), "denied"
-		if route != "" || len(w.routes) > 1 {
-			// A refusal applies to the identity: stop serving every route.
-			for name := range w.routes {
-				if name != route {
-					w.store(id, name, seq, w.negative(id, name, reasonVaultDenied, now))
-				}
-			}
-		}
+		// A refusal applies to the identity: stop serving every route.
+		w.refresh.WithLabelValues(trigger, "denied").Inc()
+		return w.denyAll(id, seq, now, route), err
 	case errors.Is(err, ErrNoCredential):
 		e, result = w.negative(id, route, reasonNoCredential, now), "not_found"
 	default:
@@ -527,15 +521,26 @@ func (w *Watcher) refuseAll(id *ident, err error) error {
 	if !errors.Is(err, ErrDenied) {
 		return err
 	}
-	now := w.cfg.Clock.Now()
 	id.mu.Lock()
 	id.seq++
 	seq := id.seq
 	id.mu.Unlock()
-	for name := range w.routes {
-		w.store(id, name, seq, w.negative(id, name, reasonVaultDenied, now))
-	}
+	w.denyAll(id, seq, w.cfg.Clock.Now(), "")
 	return err
+}
+
+// denyAll stores a vault_denied entry for every route of id and returns the
+// one for route.
+func (w *Watcher) denyAll(id *ident, seq uint64, now time.Time, route string) *cache.Entry {
+	var mine *cache.Entry
+	for name := range w.routes {
+		e := w.negative(id, name, reasonVaultDenied, now)
+		w.store(id, name, seq, e)
+		if name == route {
+			mine = e
+		}
+	}
+	return mine
 }
 
 func (w *Watcher) negative(id *ident, route, reason string, now time.Time) *cache.Entry {

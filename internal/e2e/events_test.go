@@ -34,6 +34,23 @@ func boundIdentity(ctx context.Context, t testing.TB, env *testenv.Env, prefix, 
 	return ns, sa, tok
 }
 
+// eventReplica starts a credinject whose refresh interval is an hour, so only
+// an event can explain a change, checks that tok gets key, and waits for its
+// NATS subscription.
+func eventReplica(tb testing.TB, env *testenv.Env, tok, key string) *apptest.Running {
+	tb.Helper()
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Refresh = time.Hour
+	r := apptest.Start(tb, env, cfg)
+	if got := r.Check(tb, tok, "api.openai.com"); got != "allow authorization=Bearer "+key {
+		tb.Fatalf("before: %q", got)
+	}
+	apptest.Eventually(tb, 10*time.Second, "NATS subscription", func() bool {
+		return r.Counter(tb, "credinject_events_connected", nil) == 1
+	})
+	return r
+}
+
 func publisher(t testing.TB, env *testenv.Env) *events.Publisher {
 	t.Helper()
 	nc, err := nats.Connect(env.NATS.URL)
@@ -51,18 +68,8 @@ func TestRotationReachesEveryReplica(t *testing.T) {
 	env := testenv.Get(t)
 	ctx := context.Background()
 	ns, sa, tok := boundIdentity(ctx, t, env, "rot", "sk-v1")
-	cfg := apptest.Config(env)
-	cfg.Prefetch.Refresh = time.Hour // only the event can explain a change
-	r1 := apptest.Start(t, env, cfg)
-	r2 := apptest.Start(t, env, cfg)
-	for _, r := range []*apptest.Running{r1, r2} {
-		if got := r.Check(t, tok, "api.openai.com"); got != "allow authorization=Bearer sk-v1" {
-			t.Fatalf("before: %q", got)
-		}
-		apptest.Eventually(t, 10*time.Second, "NATS subscription", func() bool {
-			return r.Counter(t, "credinject_events_connected", nil) == 1
-		})
-	}
+	r1 := eventReplica(t, env, tok, "sk-v1")
+	r2 := eventReplica(t, env, tok, "sk-v1")
 	cmd := exec.Command(credinjectBinary(t), "rotate", "--vault-addr", env.Vault.Addr, "--nats-url", env.NATS.URL, ns+"/"+sa, "api_key=sk-v2")
 	cmd.Env = append(cmd.Environ(), "VAULT_TOKEN="+env.Vault.RootToken)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -109,13 +116,7 @@ func TestNATSOutageResync(t *testing.T) {
 	env := testenv.Get(t)
 	ctx := context.Background()
 	ns, sa, tok := boundIdentity(ctx, t, env, "nats-out", "sk-before")
-	cfg := apptest.Config(env)
-	cfg.Prefetch.Refresh = time.Hour
-	r := apptest.Start(t, env, cfg)
-	if got := r.Check(t, tok, "h"); got != "allow authorization=Bearer sk-before" {
-		t.Fatalf("before: %q", got)
-	}
-	apptest.Eventually(t, 10*time.Second, "connected", func() bool { return r.Counter(t, "credinject_events_connected", nil) == 1 })
+	r := eventReplica(t, env, tok, "sk-before")
 
 	env.NATS.Stop()
 	restarted := false
@@ -150,13 +151,7 @@ func BenchmarkRotationPropagation(b *testing.B) {
 	env := testenv.Get(b)
 	ctx := context.Background()
 	ns, sa, tok := boundIdentity(ctx, b, env, "prop", "sk-0")
-	cfg := apptest.Config(env)
-	cfg.Prefetch.Refresh = time.Hour
-	r := apptest.Start(b, env, cfg)
-	if got := r.Check(b, tok, "h"); got != "allow authorization=Bearer sk-0" {
-		b.Fatalf("warm-up: %q", got)
-	}
-	apptest.Eventually(b, 10*time.Second, "connected", func() bool { return r.Counter(b, "credinject_events_connected", nil) == 1 })
+	r := eventReplica(b, env, tok, "sk-0")
 	pub := publisher(b, env)
 	n := max(b.N, 200)
 	lat := make([]time.Duration, 0, n)
@@ -221,13 +216,7 @@ func TestPlainVaultWritePropagates(t *testing.T) {
 	}()
 
 	ns, sa, tok := boundIdentity(ctx, t, env, "bridge", "sk-plain-1")
-	cfg := apptest.Config(env)
-	cfg.Prefetch.Refresh = time.Hour
-	r := apptest.Start(t, env, cfg)
-	if got := r.Check(t, tok, "h"); got != "allow authorization=Bearer sk-plain-1" {
-		t.Fatalf("before: %q", got)
-	}
-	apptest.Eventually(t, 10*time.Second, "connected", func() bool { return r.Counter(t, "credinject_events_connected", nil) == 1 })
+	r := eventReplica(t, env, tok, "sk-plain-1")
 	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": "sk-plain-2"}); err != nil {
 		t.Fatal(err)
 	}

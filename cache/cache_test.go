@@ -2,15 +2,18 @@ package cache_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
 
 func entry(route, id, value string, now time.Time) *cache.Entry {
-	return &cache.Entry{Route: route, Identity: id, Header: "authorization", Value: value, ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(10 * time.Minute)}
+	ns, sa, _ := strings.Cut(id, "/")
+	return &cache.Entry{Route: route, Identity: authz.NewIdentity(ns, sa), Header: "authorization", Value: value, ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(10 * time.Minute)}
 }
 
 // TestCredentialsNeverLose100k: every credential the watcher stores stays
@@ -51,7 +54,7 @@ func TestCredentialsNeverLose100k(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s lost", id)
 		}
-		if e.Identity != id || e.Value != "v-"+id {
+		if e.Identity.Key != id || e.Value != "v-"+id {
 			t.Fatalf("%s got another identity's entry: %s %s", id, e.Identity, e.Value)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/dgraph-io/ristretto/v2"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // Freshness says how the checker may use an entry at a given time.
@@ -27,8 +29,8 @@ const (
 // Entry is one identity's credential for one route. Entries are immutable once
 // stored: a refresh stores a new Entry, so readers never see a torn update.
 type Entry struct {
-	Route    string // route name ("" is the default route)
-	Identity string // "namespace/serviceaccount"
+	Route    string         // route name ("" is the default route)
+	Identity authz.Identity // whose credential this is
 
 	// Header and Value are the rendered injection (header name lower-case).
 	Header string
@@ -37,8 +39,8 @@ type Entry struct {
 	Version int64
 
 	// Denied, when set, makes this a negative entry: Vault refused the
-	// identity or holds no usable credential; the value is the deny reason.
-	Denied string
+	// identity or holds no usable credential; it is the deny reason.
+	Denied authz.Reason
 
 	ReadAt     time.Time // last successful read from the source
 	FreshUntil time.Time // when a refresh is due
@@ -118,11 +120,11 @@ func credKey(route, identity string) uint64 {
 	return xxhash.Sum64String(identity) ^ (xxhash.Sum64String(route) * 0x9E3779B97F4A7C15)
 }
 
-// Get returns the entry for (route, identity). It does no I/O and does not
-// allocate.
+// Get returns the entry for (route, identity), identity being an
+// authz.Identity's Key. It does no I/O and does not allocate.
 func (c *Credentials) Get(route, identity string) (*Entry, bool) {
 	e, ok := c.c.Get(credKey(route, identity))
-	if !ok || e.Identity != identity || e.Route != route {
+	if !ok || e.Identity.Key != identity || e.Route != route {
 		return nil, false
 	}
 	return e, true
@@ -131,12 +133,12 @@ func (c *Credentials) Get(route, identity string) (*Entry, bool) {
 // Set stores e, replacing any entry for the same (route, identity). When it
 // returns nil the entry is visible to every later Get.
 func (c *Credentials) Set(e *Entry) error {
-	k := credKey(e.Route, e.Identity)
+	k := credKey(e.Route, e.Identity.Key)
 	mu := &c.locks[k%uint64(len(c.locks))]
 	mu.Lock()
 	defer mu.Unlock()
 	prev, existed := c.c.Get(k)
-	existed = existed && prev.Identity == e.Identity && prev.Route == e.Route
+	existed = existed && prev.Identity.Key == e.Identity.Key && prev.Route == e.Route
 	if !existed && c.size.Load() >= c.capacity {
 		return ErrFull
 	}
@@ -145,12 +147,12 @@ func (c *Credentials) Set(e *Entry) error {
 	for i := 0; !c.c.Set(k, e, 1); i++ {
 		c.c.Wait()
 		if i > 100 {
-			return fmt.Errorf("cache: set %s %q: dropped by ristretto", e.Identity, e.Route)
+			return fmt.Errorf("cache: set %s %q: dropped by ristretto", e.Identity.Key, e.Route)
 		}
 	}
 	c.c.Wait()
 	if _, ok := c.c.Get(k); !ok {
-		return fmt.Errorf("cache: set %s %q: rejected by ristretto", e.Identity, e.Route)
+		return fmt.Errorf("cache: set %s %q: rejected by ristretto", e.Identity.Key, e.Route)
 	}
 	if !existed {
 		c.size.Add(1)
@@ -164,7 +166,7 @@ func (c *Credentials) Delete(route, identity string) {
 	mu := &c.locks[k%uint64(len(c.locks))]
 	mu.Lock()
 	defer mu.Unlock()
-	if e, ok := c.c.Get(k); ok && e.Identity == identity && e.Route == route {
+	if e, ok := c.c.Get(k); ok && e.Identity.Key == identity && e.Route == route {
 		c.c.Del(k)
 		c.c.Wait()
 		c.size.Add(-1)

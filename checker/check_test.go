@@ -13,6 +13,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/internal/satoken"
@@ -28,15 +29,15 @@ type rig struct {
 	c      *checker.Checker
 	g      *checker.GRPC
 	now    atomic.Pointer[time.Time]
-	source func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error)
+	source func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
 	calls  atomic.Int64
 	gone   sync.Map // identity keys whose ServiceAccount is deleted
 }
 
-type sourceFunc func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error)
+type sourceFunc func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
 
-func (f sourceFunc) Credential(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
-	return f(ctx, route, id, token)
+func (f sourceFunc) Credential(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
+	return f(ctx, route, id, token, exp)
 }
 
 type saFunc func(key, uid string) bool
@@ -64,15 +65,15 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	r.source = func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
-		return nil, checker.Deny(checker.ReasonVaultUnavailable, errors.New("no source in this test"))
+	r.source = func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
+		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}
 	r.c, err = checker.New(checker.Config{
 		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Now: clock,
 		ServiceAccounts: saFunc(func(key, uid string) bool { _, gone := r.gone.Load(key); return !gone }),
-		Source: sourceFunc(func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
+		Source: sourceFunc(func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
 			r.calls.Add(1)
-			return r.source(ctx, route, id, token)
+			return r.source(ctx, route, id, token, exp)
 		}),
 		Metrics: checker.NewMetrics(prometheus.NewRegistry()),
 	})
@@ -104,7 +105,7 @@ func (r *rig) token(tb testing.TB, ns, sa string, auds ...string) string {
 func (r *rig) put(tb testing.TB, route, ns, sa, header, value string) {
 	tb.Helper()
 	now := *r.now.Load()
-	if err := r.creds.Set(&cache.Entry{Route: route, Identity: ns + "/" + sa, Header: header, Value: value, ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
+	if err := r.creds.Set(&cache.Entry{Route: route, Identity: authz.NewIdentity(ns, sa), Header: header, Value: value, ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -232,8 +233,8 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 	r := newRig(t, nil, true)
 	tok := "Bearer " + r.token(t, "ns", "sa")
 	var mu sync.Mutex
-	answer := func() (*cache.Entry, error) { return nil, checker.Deny(checker.ReasonVaultDenied, nil) }
-	r.source = func(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
+	answer := func() (*cache.Entry, error) { return nil, authz.Deny(authz.ReasonVaultDenied, nil) }
+	r.source = func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return answer()
@@ -243,12 +244,12 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 	if got := outcome(check(t, r, tok, "h")); got != "deny 403 vault_denied" {
 		t.Fatalf("refused identity: %q", got)
 	}
-	set(func() (*cache.Entry, error) { return nil, checker.Deny(checker.ReasonNoCredential, nil) })
+	set(func() (*cache.Entry, error) { return nil, authz.Deny(authz.ReasonNoCredential, nil) })
 	if got := outcome(check(t, r, tok, "h")); got != "deny 403 no_credential" {
 		t.Fatalf("no credential: %q", got)
 	}
 	set(func() (*cache.Entry, error) {
-		return &cache.Entry{Identity: "other/sa", Header: "authorization", Value: "Bearer stolen"}, nil
+		return &cache.Entry{Identity: authz.NewIdentity("other", "sa"), Header: "authorization", Value: "Bearer stolen"}, nil
 	})
 	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
 		t.Fatalf("foreign entry must be refused: %q", got)
@@ -260,7 +261,7 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 
 	// A negative entry whose reason is outside the closed set is internal.
 	now := *r.now.Load()
-	if err := r.creds.Set(&cache.Entry{Identity: "ns/sa", Denied: "made_up", ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Minute)}); err != nil {
+	if err := r.creds.Set(&cache.Entry{Identity: authz.NewIdentity("ns", "sa"), Denied: "made_up", ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
@@ -282,7 +283,7 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 	}
 	r.advance(10 * time.Minute)
 	tok = "Bearer " + r.token(t, "ns", "sa")
-	set(func() (*cache.Entry, error) { return nil, checker.Deny(checker.ReasonVaultUnavailable, nil) })
+	set(func() (*cache.Entry, error) { return nil, authz.Deny(authz.ReasonVaultUnavailable, nil) })
 	if got := outcome(check(t, r, tok, "h")); got != "deny 503 vault_unavailable" {
 		t.Fatalf("expired with Vault away: %q", got)
 	}

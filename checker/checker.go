@@ -7,16 +7,19 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/credinject/credinject/authz"
+
 	"github.com/credinject/credinject/cache"
 )
 
-// CredentialSource fills the credential cache on a miss. The watcher
-// implements it: it logs in to Vault as the identity (with the presented,
-// already validated token), reads the credential, stores it in the cache and
-// returns it. Errors carry a Reason (vault_denied, no_credential,
-// vault_unavailable, ...). A returned entry may be negative (Denied set).
+// CredentialSource fills the credential cache on a miss: it obtains the
+// credential of (route, id), logging in to Vault as id with token (the
+// presented token, already validated, valid until tokenExpires), stores it in
+// the cache and returns it. Errors are *authz.Error (vault_denied,
+// no_credential, vault_unavailable, ...). A returned entry may be negative
+// (Denied set). *watcher.Watcher satisfies it.
 type CredentialSource interface {
-	Credential(ctx context.Context, route string, id Identity, token string) (*cache.Entry, error)
+	Credential(ctx context.Context, route string, id authz.Identity, token string, tokenExpires time.Time) (*cache.Entry, error)
 }
 
 // credentialCache is what the checker reads: *cache.Credentials.
@@ -97,10 +100,10 @@ func (c *Checker) Close() { c.tcache.Close() }
 // Decision is the outcome of one check.
 type Decision struct {
 	// Reason is empty for an allow.
-	Reason Reason
+	Reason authz.Reason
 	// Entry is the credential served (allow only).
 	Entry    *cache.Entry
-	Identity Identity
+	Identity authz.Identity
 	// Stale is set when Entry is past its refresh time but within grace.
 	Stale bool
 }
@@ -113,43 +116,45 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 	defer func() {
 		if p := recover(); p != nil {
 			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
-			d = Decision{Reason: ReasonInternal}
+			d = Decision{Reason: authz.ReasonInternal}
 		}
 		counter, known := c.cfg.Metrics.checks[d.Reason]
 		if !known {
 			// A reason outside the closed set (a corrupt negative entry)
 			// is an internal error, never a panic in the deferred path.
-			d = Decision{Reason: ReasonInternal}
-			counter = c.cfg.Metrics.checks[ReasonInternal]
+			d = Decision{Reason: authz.ReasonInternal}
+			counter = c.cfg.Metrics.checks[authz.ReasonInternal]
 		}
 		counter.Inc()
 		c.cfg.Metrics.duration.Observe(c.cfg.Now().Sub(start).Seconds())
 	}()
 	token, r := cutBearer(authorization)
-	if r != ReasonNone {
+	if r != authz.ReasonNone {
 		c.cfg.Log.Debug("deny", "reason", string(r))
 		return Decision{Reason: r}
 	}
 	var mac cache.MAC
 	c.hash.mac(token, &mac)
-	id, r := c.tokens.validate(ctx, token, &mac)
-	if r != ReasonNone {
+	ti, r := c.tokens.validate(ctx, token, &mac)
+	if r != authz.ReasonNone {
 		c.cfg.Log.Debug("deny", "reason", string(r), "token", tokenTag(&mac))
 		return Decision{Reason: r}
 	}
+	id := ti.Identity
 	route, ok := c.cfg.Router.Match(host)
 	if !ok {
-		c.cfg.Log.Debug("deny", "reason", string(ReasonNoRoute), "identity", id.Key, "host", host)
-		return Decision{Reason: ReasonNoRoute, Identity: id}
+		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key, "host", host)
+		return Decision{Reason: authz.ReasonNoRoute, Identity: id}
 	}
-	d = c.credential(ctx, route, id, token, start)
+	d = c.credential(ctx, route, ti, token, start)
 	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
 		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "route", route, "token", tokenTag(&mac), "stale", d.Stale)
 	}
 	return d
 }
 
-func (c *Checker) credential(ctx context.Context, route string, id Identity, token string, now time.Time) Decision {
+func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, token string, now time.Time) Decision {
+	id := ti.Identity
 	e, ok := c.cfg.Credentials.Get(route, id.Key)
 	if ok {
 		switch e.State(now) {
@@ -158,7 +163,7 @@ func (c *Checker) credential(ctx context.Context, route string, id Identity, tok
 			return entryDecision(e, id, false)
 		case cache.Stale:
 			c.cfg.Metrics.credHit.Inc()
-			if e.Denied == "" {
+			if e.Denied == authz.ReasonNone {
 				c.cfg.Metrics.stale.Inc()
 				c.cfg.Log.Info("serving a stale credential", "identity", id.Key, "route", route, "readAt", e.ReadAt)
 			}
@@ -168,24 +173,24 @@ func (c *Checker) credential(ctx context.Context, route string, id Identity, tok
 	c.cfg.Metrics.credMiss.Inc()
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.SourceTimeout)
 	defer cancel()
-	e, err := c.cfg.Source.Credential(sctx, route, id, token)
+	e, err := c.cfg.Source.Credential(sctx, route, id, token, ti.Expires)
 	if err != nil {
-		return Decision{Reason: ReasonOf(err), Identity: id}
+		return Decision{Reason: authz.ReasonOf(err), Identity: id}
 	}
-	if e == nil || e.Identity != id.Key || e.Route != route {
+	if e == nil || e.Identity.Key != id.Key || e.Route != route {
 		// Never serve an entry that is not this identity's own.
 		c.cfg.Log.Error("credential source returned a foreign entry; denying", "identity", id.Key, "route", route)
-		return Decision{Reason: ReasonInternal, Identity: id}
+		return Decision{Reason: authz.ReasonInternal, Identity: id}
 	}
-	if e.State(now) == cache.Expired && e.Denied == "" {
-		return Decision{Reason: ReasonVaultUnavailable, Identity: id}
+	if e.State(now) == cache.Expired && e.Denied == authz.ReasonNone {
+		return Decision{Reason: authz.ReasonVaultUnavailable, Identity: id}
 	}
 	return entryDecision(e, id, false)
 }
 
-func entryDecision(e *cache.Entry, id Identity, stale bool) Decision {
-	if e.Denied != "" {
-		return Decision{Reason: Reason(e.Denied), Identity: id}
+func entryDecision(e *cache.Entry, id authz.Identity, stale bool) Decision {
+	if e.Denied != authz.ReasonNone {
+		return Decision{Reason: e.Denied, Identity: id}
 	}
 	return Decision{Entry: e, Identity: id, Stale: stale}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 
+	"github.com/credinject/credinject/authz"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -25,13 +27,13 @@ const (
 type GRPC struct {
 	authv3.UnimplementedAuthorizationServer
 	c      *Checker
-	denied map[Reason]*authv3.CheckResponse
+	denied map[authz.Reason]*authv3.CheckResponse
 }
 
 // NewGRPC wraps c as an ext_authz server.
 func NewGRPC(c *Checker) *GRPC {
-	g := &GRPC{c: c, denied: map[Reason]*authv3.CheckResponse{}}
-	for _, r := range append([]Reason{ReasonInternal}, Reasons...) {
+	g := &GRPC{c: c, denied: map[authz.Reason]*authv3.CheckResponse{}}
+	for _, r := range append([]authz.Reason{authz.ReasonInternal}, authz.Reasons...) {
 		g.denied[r] = deniedResponse(r)
 	}
 	return g
@@ -44,12 +46,12 @@ var _ authv3.AuthorizationServer = (*GRPC)(nil)
 // failure_mode_allow through.
 func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	authz, host := requestHeaders(httpReq)
-	d := g.c.Decide(ctx, authz, host)
-	if d.Reason != ReasonNone {
+	authorization, host := requestHeaders(httpReq)
+	d := g.c.Decide(ctx, authorization, host)
+	if d.Reason != authz.ReasonNone {
 		resp, ok := g.denied[d.Reason]
 		if !ok {
-			resp = g.denied[ReasonInternal]
+			resp = g.denied[authz.ReasonInternal]
 		}
 		return resp, nil
 	}
@@ -90,7 +92,6 @@ func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authz, host string)
 }
 
 func okResponse(e *cache.Entry) any {
-	ns, sa, _ := cutIdentity(e.Identity)
 	ok := &authv3.OkHttpResponse{
 		Headers: []*corev3.HeaderValueOption{{
 			Header:       &corev3.HeaderValue{Key: e.Header, Value: e.Value},
@@ -101,7 +102,7 @@ func okResponse(e *cache.Entry) any {
 		// The workload's token must never reach the upstream.
 		ok.HeadersToRemove = []string{headerAuthorization}
 	}
-	md, _ := structpb.NewStruct(map[string]any{"namespace": ns, "serviceaccount": sa, "route": e.Route})
+	md, _ := structpb.NewStruct(map[string]any{"namespace": e.Identity.Namespace, "serviceaccount": e.Identity.ServiceAccount, "route": e.Route})
 	return &authv3.CheckResponse{
 		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
@@ -109,7 +110,7 @@ func okResponse(e *cache.Entry) any {
 	}
 }
 
-func deniedResponse(r Reason) *authv3.CheckResponse {
+func deniedResponse(r authz.Reason) *authv3.CheckResponse {
 	code := codes.PermissionDenied
 	switch r.Status() {
 	case 401:
@@ -135,13 +136,4 @@ func deniedResponse(r Reason) *authv3.CheckResponse {
 			Body:    strconv.Itoa(r.Status()) + " " + string(r) + "\n",
 		}},
 	}
-}
-
-func cutIdentity(key string) (ns, sa string, ok bool) {
-	for i := 0; i < len(key); i++ {
-		if key[i] == '/' {
-			return key[:i], key[i+1:], true
-		}
-	}
-	return key, "", false
 }

@@ -3,6 +3,8 @@ package checker
 import (
 	"net/http"
 	"strconv"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // HTTP is the forward-auth endpoint (/check) for nginx auth_request, Traefik
@@ -32,7 +34,7 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := h.c.Decide(r.Context(), r.Header.Get("Authorization"), host)
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
-	if d.Reason != ReasonNone {
+	if d.Reason != authz.ReasonNone {
 		st := d.Reason.Status()
 		hdr["X-Credinject-Reason"] = []string{string(d.Reason)}
 		if st == http.StatusUnauthorized {

@@ -8,9 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/credinject/credinject/authz"
+	"k8s.io/client-go/rest"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -36,6 +41,64 @@ type JWKSConfig struct {
 	MinRefetch time.Duration
 	Now        func() time.Time
 	Log        *slog.Logger
+}
+
+// LoadJWKSFile reads a JSON Web Key Set (RFC 7517) from the file at path
+// (kubernetes.jwksFile). Errors name the file.
+func LoadJWKSFile(path string) (*jose.JSONWebKeySet, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(b, &set); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &set, nil
+}
+
+// FromAPIServer points c at the API server of rc: the key set at
+// /openid/v1/jwks fetched with rc's credentials, and, when c.Issuer is empty,
+// the issuer its /.well-known/openid-configuration names.
+func (c *JWKSConfig) FromAPIServer(ctx context.Context, rc *rest.Config) error {
+	hc, err := rest.HTTPClientFor(rc)
+	if err != nil {
+		return fmt.Errorf("jwks client: %w", err)
+	}
+	host := strings.TrimSuffix(rc.Host, "/")
+	if c.Issuer == "" {
+		if c.Issuer, err = discoverIssuer(ctx, hc, host); err != nil {
+			return err
+		}
+	}
+	c.URL, c.Client = host+"/openid/v1/jwks", hc
+	return nil
+}
+
+// discoverIssuer reads "issuer" from the OIDC discovery document at host.
+func discoverIssuer(ctx context.Context, hc *http.Client, host string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, host+"/.well-known/openid-configuration", nil)
+	if err != nil {
+		return "", fmt.Errorf("issuer discovery: %w", err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("issuer discovery: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("issuer discovery: status %d", resp.StatusCode)
+	}
+	var doc struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		return "", fmt.Errorf("issuer discovery: %w", err)
+	}
+	if doc.Issuer == "" {
+		return "", errors.New("issuer discovery: no issuer in the document")
+	}
+	return doc.Issuer, nil
 }
 
 // JWKSValidator verifies tokens offline: signature, iss, aud, exp/nbf and the
@@ -136,19 +199,19 @@ func (v *JWKSValidator) key(ctx context.Context, kid string) (*jose.JSONWebKey, 
 		return k, nil
 	}
 	if v.cfg.Keys != nil {
-		return nil, Deny(ReasonInvalidToken, errors.New("jwks: unknown key id"))
+		return nil, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: unknown key id"))
 	}
 	// An unknown kid may be a rotated signing key: re-fetch, but not more
 	// often than MinRefetch, so garbage tokens cannot hammer the API server.
 	if time.Duration(v.cfg.Now().UnixNano()-v.lastFetch.Load()) >= v.cfg.MinRefetch {
 		if err := v.fetch(ctx); err != nil {
-			return nil, Deny(ReasonTokenReviewUnavailable, err)
+			return nil, authz.Deny(authz.ReasonTokenReviewUnavailable, err)
 		}
 		if k := findKey(v.keys.Load(), kid); k != nil {
 			return k, nil
 		}
 	}
-	return nil, Deny(ReasonInvalidToken, errors.New("jwks: unknown key id"))
+	return nil, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: unknown key id"))
 }
 
 func findKey(set *jose.JSONWebKeySet, kid string) *jose.JSONWebKey {
@@ -164,42 +227,42 @@ func findKey(set *jose.JSONWebKeySet, kid string) *jose.JSONWebKey {
 }
 
 // Validate verifies token offline.
-func (v *JWKSValidator) Validate(ctx context.Context, token string) (Identity, error) {
+func (v *JWKSValidator) Validate(ctx context.Context, token string) (TokenInfo, error) {
 	tok, err := jwt.ParseSigned(token, jwtAlgs)
 	if err != nil {
-		return Identity{}, Deny(ReasonMalformedToken, fmt.Errorf("jwks: %w", err))
+		return TokenInfo{}, authz.Deny(authz.ReasonMalformedToken, fmt.Errorf("jwks: %w", err))
 	}
 	if len(tok.Headers) != 1 {
-		return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: want exactly one signature"))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: want exactly one signature"))
 	}
 	k, err := v.key(ctx, tok.Headers[0].KeyID)
 	if err != nil {
-		return Identity{}, err
+		return TokenInfo{}, err
 	}
 	var std jwt.Claims
 	var priv struct {
 		K8s *kubernetesInfo `json:"kubernetes.io"`
 	}
 	if err := tok.Claims(k.Key, &std, &priv); err != nil {
-		return Identity{}, Deny(ReasonInvalidToken, fmt.Errorf("jwks: signature: %w", err))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("jwks: signature: %w", err))
 	}
 	now := v.cfg.Now()
 	if std.Expiry == nil {
-		return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: token has no exp"))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: token has no exp"))
 	}
 	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: v.cfg.Audiences, Time: now}, 0); err != nil {
-		return Identity{}, Deny(ReasonInvalidToken, fmt.Errorf("jwks: %w", err))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("jwks: %w", err))
 	}
 	ns, name, ok := ParseServiceAccountUser(std.Subject)
 	if !ok {
-		return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: subject is not a service account"))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: subject is not a service account"))
 	}
 	uid := ""
 	if priv.K8s != nil {
 		if priv.K8s.Namespace != ns || priv.K8s.ServiceAccount.Name != name {
-			return Identity{}, Deny(ReasonInvalidToken, errors.New("jwks: kubernetes.io claims do not match the subject"))
+			return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: kubernetes.io claims do not match the subject"))
 		}
 		uid = priv.K8s.ServiceAccount.UID
 	}
-	return NewIdentity(ns, name, uid, std.Expiry.Time()), nil
+	return NewTokenInfo(ns, name, uid, std.Expiry.Time()), nil
 }

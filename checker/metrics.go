@@ -1,13 +1,14 @@
 package checker
 
 import (
+	"github.com/credinject/credinject/authz"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Metrics are the checker's Prometheus metrics. Counters for every (result,
 // reason) pair are created up front so the hot path does no label lookup.
 type Metrics struct {
-	checks     map[Reason]prometheus.Counter
+	checks     map[authz.Reason]prometheus.Counter
 	duration   prometheus.Observer
 	stale      prometheus.Counter
 	credHit    prometheus.Counter
@@ -46,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(checks, dur, stale, hits, misses, calls)
 	}
 	m := &Metrics{
-		checks:     map[Reason]prometheus.Counter{ReasonNone: checks.WithLabelValues("allow", "")},
+		checks:     map[authz.Reason]prometheus.Counter{authz.ReasonNone: checks.WithLabelValues("allow", "")},
 		duration:   dur,
 		stale:      stale,
 		credHit:    hits.WithLabelValues("credential"),
@@ -55,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		tokenMiss:  misses.WithLabelValues("token"),
 		TokenCalls: calls,
 	}
-	for _, r := range Reasons {
+	for _, r := range authz.Reasons {
 		m.checks[r] = checks.WithLabelValues("deny", string(r))
 	}
 	return m

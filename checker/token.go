@@ -19,40 +19,40 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/credinject/credinject/authz"
+
 	"golang.org/x/sync/singleflight"
 
 	"github.com/credinject/credinject/cache"
 )
 
-// Identity is the workload identity a valid token maps to.
-type Identity struct {
-	Namespace      string
-	ServiceAccount string
+// TokenInfo is what a valid service-account token says: its workload
+// identity and the facts the checker needs to keep trusting it.
+type TokenInfo struct {
+	Identity authz.Identity
 	// UID is the ServiceAccount's uid, when the validator knows it.
 	UID string
-	// Key is "namespace/serviceaccount", the cache and informer key.
-	Key string
 	// Expires is the token's expiry (zero if unknown).
 	Expires time.Time
 }
 
-// NewIdentity builds an Identity with its Key.
-func NewIdentity(namespace, serviceAccount, uid string, expires time.Time) Identity {
-	return Identity{Namespace: namespace, ServiceAccount: serviceAccount, UID: uid, Key: namespace + "/" + serviceAccount, Expires: expires}
+// NewTokenInfo builds a TokenInfo for namespace/serviceAccount.
+func NewTokenInfo(namespace, serviceAccount, uid string, expires time.Time) TokenInfo {
+	return TokenInfo{Identity: authz.NewIdentity(namespace, serviceAccount), UID: uid, Expires: expires}
 }
 
-// Validator validates a service-account token. Errors carry a Reason
-// (ReasonInvalidToken for a rejected token, ReasonTokenReviewUnavailable when
+// Validator validates a service-account token. Errors carry an authz.Reason
+// (authz.ReasonInvalidToken for a rejected token, authz.ReasonTokenReviewUnavailable when
 // the answer could not be had).
 type Validator interface {
-	Validate(ctx context.Context, token string) (Identity, error)
+	Validate(ctx context.Context, token string) (TokenInfo, error)
 }
 
 // ValidatorFunc adapts a function to Validator.
-type ValidatorFunc func(ctx context.Context, token string) (Identity, error)
+type ValidatorFunc func(ctx context.Context, token string) (TokenInfo, error)
 
 // Validate calls f.
-func (f ValidatorFunc) Validate(ctx context.Context, token string) (Identity, error) {
+func (f ValidatorFunc) Validate(ctx context.Context, token string) (TokenInfo, error) {
 	return f(ctx, token)
 }
 
@@ -83,52 +83,52 @@ var jwsChar = func() (t [256]byte) {
 
 // BearerToken extracts the token from an Authorization header value and
 // checks that it has the shape of a compact JWS.
-func BearerToken(header string) (string, Reason) {
+func BearerToken(header string) (string, authz.Reason) {
 	tok, r := cutBearer(header)
-	if r != ReasonNone {
+	if r != authz.ReasonNone {
 		return "", r
 	}
-	if r := checkShape(tok); r != ReasonNone {
+	if r := checkShape(tok); r != authz.ReasonNone {
 		return "", r
 	}
-	return tok, ReasonNone
+	return tok, authz.ReasonNone
 }
 
 // cutBearer is the part of BearerToken the hot path does before the token
 // cache: the scheme and the size. The shape is checked only on a cache miss,
 // since a cached token was well-formed when it was first seen.
-func cutBearer(header string) (string, Reason) {
+func cutBearer(header string) (string, authz.Reason) {
 	if header == "" {
-		return "", ReasonMissingToken
+		return "", authz.ReasonMissingToken
 	}
 	if len(header) < 7 || !strings.EqualFold(header[:7], "bearer ") {
-		return "", ReasonMalformedToken
+		return "", authz.ReasonMalformedToken
 	}
 	tok := strings.TrimLeft(header[7:], " ")
 	if tok == "" {
-		return "", ReasonMissingToken
+		return "", authz.ReasonMissingToken
 	}
 	if len(tok) > maxTokenLen {
-		return "", ReasonMalformedToken
+		return "", authz.ReasonMalformedToken
 	}
-	return tok, ReasonNone
+	return tok, authz.ReasonNone
 }
 
 // checkShape: three base64url segments, nothing else.
-func checkShape(tok string) Reason {
+func checkShape(tok string) authz.Reason {
 	dots := 0
 	for i := 0; i < len(tok); i++ {
 		switch jwsChar[tok[i]] {
 		case 0:
-			return ReasonMalformedToken
+			return authz.ReasonMalformedToken
 		case 2:
 			dots++
 		}
 	}
 	if dots != 2 || tok[0] == '.' || tok[len(tok)-1] == '.' || strings.Contains(tok, "..") {
-		return ReasonMalformedToken
+		return authz.ReasonMalformedToken
 	}
-	return ReasonNone
+	return authz.ReasonNone
 }
 
 // Claims are the unverified claims credinject reads from a token's payload.
@@ -244,8 +244,8 @@ func (h *hasher) mac(token string, out *cache.MAC) {
 func tokenTag(mac *cache.MAC) string { return hex.EncodeToString(mac[:4]) }
 
 type tokenResult struct {
-	id     Identity
-	reason Reason
+	id     TokenInfo
+	reason authz.Reason
 }
 
 // TokenCacheConfig sets the token-result cache's lifetimes.
@@ -272,34 +272,34 @@ type cachedValidator struct {
 }
 
 // validate returns the identity for token, or a deny reason.
-func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC) (Identity, Reason) {
+func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC) (TokenInfo, authz.Reason) {
 	now := c.now()
 	res, ok := c.cache.Get(mac, now)
 	if ok {
 		c.metrics.tokenHit.Inc()
 	} else {
-		if r := checkShape(token); r != ReasonNone {
-			return Identity{}, r
+		if r := checkShape(token); r != authz.ReasonNone {
+			return TokenInfo{}, r
 		}
 		c.metrics.tokenMiss.Inc()
 		var err error
 		res, err = c.fill(ctx, token, mac)
 		if err != nil {
-			return Identity{}, ReasonOf(err)
+			return TokenInfo{}, authz.ReasonOf(err)
 		}
 	}
-	if res.reason != ReasonNone {
-		return Identity{}, res.reason
+	if res.reason != authz.ReasonNone {
+		return TokenInfo{}, res.reason
 	}
 	if !res.id.Expires.IsZero() && !now.Before(res.id.Expires) {
-		return Identity{}, ReasonInvalidToken
+		return TokenInfo{}, authz.ReasonInvalidToken
 	}
 	// Revocation: a deleted (or deleted and re-created) ServiceAccount's
 	// tokens stop working as soon as the informer sees it.
-	if c.sas != nil && !c.sas.Exists(res.id.Key, res.id.UID) {
-		return Identity{}, ReasonUnknownServiceAccount
+	if c.sas != nil && !c.sas.Exists(res.id.Identity.Key, res.id.UID) {
+		return TokenInfo{}, authz.ReasonUnknownServiceAccount
 	}
-	return res.id, ReasonNone
+	return res.id, authz.ReasonNone
 }
 
 func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MAC) (tokenResult, error) {
@@ -317,8 +317,8 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 		defer cancel()
 		id, err := c.v.Validate(fctx, token)
 		now = c.now()
-		switch r := ReasonOf(err); r {
-		case ReasonNone:
+		switch r := authz.ReasonOf(err); r {
+		case authz.ReasonNone:
 			exp := now.Add(c.cfg.TTL)
 			if !id.Expires.IsZero() && id.Expires.Before(exp) {
 				exp = id.Expires
@@ -326,7 +326,7 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 			res := tokenResult{id: id}
 			c.cache.Set(mac, res, now, exp)
 			return res, nil
-		case ReasonInvalidToken, ReasonMalformedToken, ReasonUnknownServiceAccount:
+		case authz.ReasonInvalidToken, authz.ReasonMalformedToken, authz.ReasonUnknownServiceAccount:
 			c.log.Debug("token rejected", "token", tokenTag(mac), "reason", string(r), "error", err)
 			res := tokenResult{reason: r}
 			c.cache.Set(mac, res, now, now.Add(c.cfg.NegativeTTL))
@@ -344,6 +344,6 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 		}
 		return r.Val.(tokenResult), nil
 	case <-ctx.Done():
-		return tokenResult{}, Deny(ReasonTokenReviewUnavailable, ctx.Err())
+		return tokenResult{}, authz.Deny(authz.ReasonTokenReviewUnavailable, ctx.Err())
 	}
 }

@@ -3,6 +3,8 @@ package checker
 import (
 	"strings"
 	"testing"
+
+	"github.com/credinject/credinject/authz"
 )
 
 func TestBearerToken(t *testing.T) {
@@ -10,25 +12,25 @@ func TestBearerToken(t *testing.T) {
 	cases := map[string]struct {
 		header string
 		token  string
-		reason Reason
+		reason authz.Reason
 	}{
-		"empty":                 {"", "", ReasonMissingToken},
-		"bearer only":           {"Bearer ", "", ReasonMissingToken},
-		"bearer spaces":         {"Bearer    ", "", ReasonMissingToken},
-		"basic scheme":          {"Basic dXNlcjpwYXNz", "", ReasonMalformedToken},
-		"no scheme":             {jwt, "", ReasonMalformedToken},
-		"lower-case scheme":     {"bearer " + jwt, jwt, ReasonNone},
-		"extra spaces":          {"Bearer   " + jwt, jwt, ReasonNone},
-		"valid":                 {"Bearer " + jwt, jwt, ReasonNone},
-		"two segments":          {"Bearer abc.def", "", ReasonMalformedToken},
-		"four segments":         {"Bearer a.b.c.d", "", ReasonMalformedToken},
-		"empty segment":         {"Bearer a..c", "", ReasonMalformedToken},
-		"leading dot":           {"Bearer .b.c", "", ReasonMalformedToken},
-		"trailing space inside": {"Bearer a.b.c d", "", ReasonMalformedToken},
-		"control character":     {"Bearer a.b.c\r\nx", "", ReasonMalformedToken},
-		"non-base64url":         {"Bearer a+b.c/d.e=", "", ReasonMalformedToken},
-		"too long":              {"Bearer " + strings.Repeat("a", maxTokenLen) + ".b.c", "", ReasonMalformedToken},
-		"utf-8":                 {"Bearer ä.b.c", "", ReasonMalformedToken},
+		"empty":                 {"", "", authz.ReasonMissingToken},
+		"bearer only":           {"Bearer ", "", authz.ReasonMissingToken},
+		"bearer spaces":         {"Bearer    ", "", authz.ReasonMissingToken},
+		"basic scheme":          {"Basic dXNlcjpwYXNz", "", authz.ReasonMalformedToken},
+		"no scheme":             {jwt, "", authz.ReasonMalformedToken},
+		"lower-case scheme":     {"bearer " + jwt, jwt, authz.ReasonNone},
+		"extra spaces":          {"Bearer   " + jwt, jwt, authz.ReasonNone},
+		"valid":                 {"Bearer " + jwt, jwt, authz.ReasonNone},
+		"two segments":          {"Bearer abc.def", "", authz.ReasonMalformedToken},
+		"four segments":         {"Bearer a.b.c.d", "", authz.ReasonMalformedToken},
+		"empty segment":         {"Bearer a..c", "", authz.ReasonMalformedToken},
+		"leading dot":           {"Bearer .b.c", "", authz.ReasonMalformedToken},
+		"trailing space inside": {"Bearer a.b.c d", "", authz.ReasonMalformedToken},
+		"control character":     {"Bearer a.b.c\r\nx", "", authz.ReasonMalformedToken},
+		"non-base64url":         {"Bearer a+b.c/d.e=", "", authz.ReasonMalformedToken},
+		"too long":              {"Bearer " + strings.Repeat("a", maxTokenLen) + ".b.c", "", authz.ReasonMalformedToken},
+		"utf-8":                 {"Bearer ä.b.c", "", authz.ReasonMalformedToken},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -107,7 +109,7 @@ func FuzzBearerToken(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, header string) {
 		tok, r := BearerToken(header)
-		if r == ReasonNone {
+		if r == authz.ReasonNone {
 			if tok == "" || strings.Count(tok, ".") != 2 || !strings.Contains(header, tok) {
 				t.Fatalf("accepted %q as %q", header, tok)
 			}

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/credinject/credinject/authz"
+
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -37,11 +39,11 @@ var _ Validator = (*TokenReviewValidator)(nil)
 
 // Validate asks the API server whether token is a valid service-account
 // token for the configured audiences.
-func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (Identity, error) {
+func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (TokenInfo, error) {
 	res, err := v.reviews.Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: v.audiences}}, metav1.CreateOptions{})
 	if err != nil {
 		v.observe("error")
-		return Identity{}, Deny(ReasonTokenReviewUnavailable, fmt.Errorf("tokenreview: %w", err))
+		return TokenInfo{}, authz.Deny(authz.ReasonTokenReviewUnavailable, fmt.Errorf("tokenreview: %w", err))
 	}
 	st := res.Status
 	if !st.Authenticated {
@@ -50,15 +52,15 @@ func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (Iden
 		if msg == "" {
 			msg = "unauthenticated"
 		}
-		return Identity{}, Deny(ReasonInvalidToken, errors.New("tokenreview: "+msg))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: "+msg))
 	}
 	v.observe("ok")
 	if len(v.audiences) > 0 && !intersects(st.Audiences, v.audiences) {
-		return Identity{}, Deny(ReasonInvalidToken, errors.New("tokenreview: audience not accepted"))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: audience not accepted"))
 	}
 	ns, name, ok := ParseServiceAccountUser(st.User.Username)
 	if !ok {
-		return Identity{}, Deny(ReasonInvalidToken, errors.New("tokenreview: not a service-account token"))
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: not a service-account token"))
 	}
 	var exp time.Time
 	if c, err := UnverifiedClaims(token); err == nil && c.Expiry > 0 {
@@ -66,7 +68,7 @@ func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (Iden
 		// how long the result may be cached.
 		exp = time.Unix(c.Expiry, 0)
 	}
-	return NewIdentity(ns, name, st.User.UID, exp), nil
+	return NewTokenInfo(ns, name, st.User.UID, exp), nil
 }
 
 func intersects(a, b []string) bool {

@@ -13,13 +13,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"mime"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // The event format. FORMAT.md documents it for publishers.
@@ -40,11 +39,6 @@ const (
 	// MaxIDLength and MaxSourceLength cap the id and source attributes.
 	MaxIDLength     = 256
 	MaxSourceLength = 1024
-
-	maxNamespaceLength      = 63  // a DNS-1123 label
-	maxServiceAccountLength = 253 // a DNS-1123 subdomain
-	maxRouteLength          = 253
-	maxQuoted               = 64 // bytes of a bad value echoed in an error
 )
 
 var (
@@ -55,18 +49,13 @@ var (
 	// exceeds MaxEventSize.
 	ErrTooLarge = errors.New("event too large")
 	// ErrInvalidRotation is wrapped by Rotation.Validate and NewEvent errors.
-	ErrInvalidRotation = errors.New("invalid rotation")
+	ErrInvalidRotation = authz.ErrInvalidScope
 )
 
-// Rotation says whose credentials changed. Empty fields widen the scope:
-// Namespace and ServiceAccount empty mean every identity, ServiceAccount
-// empty means every service account of Namespace, Route empty means every
-// route. A ServiceAccount without a Namespace is invalid.
-type Rotation struct {
-	Namespace      string
-	ServiceAccount string
-	Route          string
-}
+// Rotation says whose credentials changed: a Scope of the shared vocabulary
+// (empty fields widen it; Validate, Covers, String and LogValue are its
+// methods).
+type Rotation = authz.Scope
 
 // Meta is the envelope of a parsed event, for logs and deduplication.
 type Meta struct {
@@ -74,66 +63,6 @@ type Meta struct {
 	Source string
 	// Time is the producer's timestamp; zero when the event carried none.
 	Time time.Time
-}
-
-// Validate reports whether r names Kubernetes objects and a route in the
-// forms credinject accepts. Errors wrap ErrInvalidRotation.
-func (r Rotation) Validate() error {
-	if r.Namespace == "" && r.ServiceAccount != "" {
-		return fmt.Errorf("%w: serviceAccount %s without a namespace", ErrInvalidRotation, quote(r.ServiceAccount))
-	}
-	if r.Namespace != "" && !isDNSLabel(r.Namespace) {
-		return fmt.Errorf("%w: namespace %s is not a DNS-1123 label (lower-case alphanumerics and '-', at most %d)",
-			ErrInvalidRotation, quote(r.Namespace), maxNamespaceLength)
-	}
-	if r.ServiceAccount != "" && !isDNSSubdomain(r.ServiceAccount) {
-		return fmt.Errorf("%w: serviceAccount %s is not a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most %d)",
-			ErrInvalidRotation, quote(r.ServiceAccount), maxServiceAccountLength)
-	}
-	if r.Route != "" && !isRouteName(r.Route) {
-		return fmt.Errorf("%w: route %s is not a route name (lower-case alphanumerics, '.', '_' and '-', at most %d)",
-			ErrInvalidRotation, quote(r.Route), maxRouteLength)
-	}
-	return nil
-}
-
-// Covers reports whether the identity namespace/serviceAccount falls within
-// r's scope (the route is the caller's business).
-func (r Rotation) Covers(namespace, serviceAccount string) bool {
-	switch {
-	case r.Namespace == "":
-		return true
-	case r.Namespace != namespace:
-		return false
-	default:
-		return r.ServiceAccount == "" || r.ServiceAccount == serviceAccount
-	}
-}
-
-// String renders r as namespace/serviceaccount with "*" for an empty field,
-// followed by " route=NAME" when a route is set.
-func (r Rotation) String() string {
-	s := "*"
-	if r.Namespace != "" {
-		sa := r.ServiceAccount
-		if sa == "" {
-			sa = "*"
-		}
-		s = r.Namespace + "/" + sa
-	}
-	if r.Route != "" {
-		s += " route=" + r.Route
-	}
-	return s
-}
-
-// LogValue makes slog print a Rotation as a group of its fields.
-func (r Rotation) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.String("namespace", r.Namespace),
-		slog.String("serviceAccount", r.ServiceAccount),
-		slog.String("route", r.Route),
-	)
 }
 
 // wire is the encoded event; field order is the order of the example in
@@ -329,69 +258,4 @@ func jsonErr(err error) string {
 	return err.Error()
 }
 
-// quote renders a bad value for an error message, cut to maxQuoted bytes
-// (on a rune boundary) so a message never echoes more than a short prefix.
-func quote(s string) string {
-	if len(s) <= maxQuoted {
-		return fmt.Sprintf("%q", s)
-	}
-	cut := maxQuoted
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%q… (%d bytes)", s[:cut], len(s))
-}
-
-func isDNSLabel(s string) bool {
-	if len(s) == 0 || len(s) > maxNamespaceLength {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case isLowerAlnum(c):
-		case c == '-' && i > 0 && i < len(s)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func isDNSSubdomain(s string) bool {
-	if len(s) == 0 || len(s) > maxServiceAccountLength {
-		return false
-	}
-	for {
-		label, rest, more := strings.Cut(s, ".")
-		// A subdomain's labels have no length limit of their own beyond the
-		// total (Kubernetes IsDNS1123Subdomain), so only check their shape.
-		if len(label) == 0 || !isLowerAlnum(label[0]) || !isLowerAlnum(label[len(label)-1]) {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			if c := label[i]; !isLowerAlnum(c) && c != '-' {
-				return false
-			}
-		}
-		if !more {
-			return true
-		}
-		s = rest
-	}
-}
-
-// isRouteName matches the config's route names: ^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$.
-func isRouteName(s string) bool {
-	if len(s) == 0 || len(s) > maxRouteLength || !isLowerAlnum(s[0]) || !isLowerAlnum(s[len(s)-1]) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !isLowerAlnum(c) && c != '.' && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
-func isLowerAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
+func quote(s string) string { return authz.Quote(s) }

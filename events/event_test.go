@@ -270,29 +270,6 @@ func TestNewEventInvalid(t *testing.T) {
 	}
 }
 
-func TestRotationCovers(t *testing.T) {
-	tests := map[string]struct {
-		r      Rotation
-		ns, sa string
-		want   bool
-	}{
-		"all":                 {Rotation{}, "a", "b", true},
-		"namespace match":     {Rotation{Namespace: "a"}, "a", "b", true},
-		"namespace mismatch":  {Rotation{Namespace: "a"}, "c", "b", false},
-		"identity match":      {Rotation{Namespace: "a", ServiceAccount: "b"}, "a", "b", true},
-		"identity other sa":   {Rotation{Namespace: "a", ServiceAccount: "b"}, "a", "c", false},
-		"identity other ns":   {Rotation{Namespace: "a", ServiceAccount: "b"}, "x", "b", false},
-		"route is not scoped": {Rotation{Namespace: "a", Route: "r"}, "a", "z", true},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			if got := tc.r.Covers(tc.ns, tc.sa); got != tc.want {
-				t.Errorf("%v.Covers(%q, %q) = %v, want %v", tc.r, tc.ns, tc.sa, got, tc.want)
-			}
-		})
-	}
-}
-
 func TestRotationString(t *testing.T) {
 	tests := map[string]struct {
 		r    Rotation

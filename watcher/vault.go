@@ -28,13 +28,39 @@ var (
 	errForbidden = errors.New("watcher: vault refused the read")
 )
 
-// The deny reasons the watcher writes into negative cache entries (the
-// checker's closed set).
-const (
-	reasonVaultDenied       = "vault_denied"
-	reasonNoCredential      = "no_credential"
-	reasonInvalidCredential = "invalid_credential"
-)
+// VaultClientConfig says how to reach Vault. The client it builds carries no
+// token: the watcher gives each identity's calls that identity's own.
+type VaultClientConfig struct {
+	// Address is Vault's URL (vault.address).
+	Address string
+	// Concurrency sizes the idle connection pool to the watcher's bound on
+	// concurrent calls (vault.concurrency).
+	Concurrency int
+	// Timeout bounds one HTTP call (default 10s).
+	Timeout time.Duration
+}
+
+// NewVaultClient builds the Vault API client the watcher clones per
+// identity: no retries of its own (the watcher backs off), no token whatever
+// VAULT_TOKEN says.
+func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
+	vcfg := vaultapi.DefaultConfig()
+	vcfg.Address = cfg.Address
+	vcfg.MaxRetries = 0
+	vcfg.Timeout = cfg.Timeout
+	if vcfg.Timeout <= 0 {
+		vcfg.Timeout = 10 * time.Second
+	}
+	if t, ok := vcfg.HttpClient.Transport.(*http.Transport); ok && cfg.Concurrency > 0 {
+		t.MaxIdleConnsPerHost = cfg.Concurrency
+	}
+	vc, err := vaultapi.NewClient(vcfg)
+	if err != nil {
+		return nil, fmt.Errorf("vault client: %w", err)
+	}
+	vc.ClearToken()
+	return vc, nil
+}
 
 type vaultOps struct {
 	base      *vaultapi.Client

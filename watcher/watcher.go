@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
 
@@ -35,9 +36,10 @@ type Store interface {
 
 var _ Store = (*cache.Credentials)(nil)
 
-// TokenMinter mints a short-lived token for a ServiceAccount (TokenRequest).
+// TokenMinter mints a short-lived token for a ServiceAccount (TokenRequest;
+// kube.TokenRequester satisfies it).
 type TokenMinter interface {
-	Token(ctx context.Context, namespace, serviceAccount string) (token string, expires time.Time, err error)
+	Token(ctx context.Context, id authz.Identity) (token string, expires time.Time, err error)
 }
 
 // Config configures a Watcher. It is copied by New.
@@ -444,7 +446,7 @@ func (w *Watcher) loginLocked(ctx context.Context, id *ident, now time.Time) (st
 	if jwt == "" || (!id.saExp.IsZero() && !now.Before(id.saExp.Add(-10*time.Second))) {
 		jwt = ""
 		if id.prefetch && w.cfg.Minter != nil {
-			t, exp, err := w.cfg.Minter.Token(ctx, id.ns, id.sa)
+			t, exp, err := w.cfg.Minter.Token(ctx, authz.NewIdentity(id.ns, id.sa))
 			if err != nil {
 				return "", fmt.Errorf("%w: token request: %v", ErrUnavailable, err)
 			}
@@ -496,17 +498,17 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *ident, route, trigger st
 		val, rerr := Render(rt.Value, s.data)
 		if rerr != nil {
 			w.cfg.Log.Warn("credential is not injectable; denying", "identity", id.key, "route", route, "version", s.version, "error", rerr)
-			e, err, result = w.negative(id, route, reasonInvalidCredential, now), rerr, "invalid"
+			e, err, result = w.negative(id, route, authz.ReasonInvalidCredential, now), rerr, "invalid"
 			break
 		}
 		fresh, expires := lifetimes(now, w.cfg.Refresh, w.cfg.StaleGrace)
-		e = &cache.Entry{Route: route, Identity: id.key, Header: rt.Header, Value: val, Version: s.version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
+		e = &cache.Entry{Route: route, Identity: authz.NewIdentity(id.ns, id.sa), Header: rt.Header, Value: val, Version: s.version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
 	case errors.Is(err, ErrDenied):
 		// A refusal applies to the identity: stop serving every route.
 		w.refresh.WithLabelValues(trigger, "denied").Inc()
 		return w.denyAll(id, seq, now, route), err
 	case errors.Is(err, ErrNoCredential):
-		e, result = w.negative(id, route, reasonNoCredential, now), "not_found"
+		e, result = w.negative(id, route, authz.ReasonNoCredential, now), "not_found"
 	default:
 		w.refresh.WithLabelValues(trigger, "unavailable").Inc()
 		return nil, err
@@ -534,7 +536,7 @@ func (w *Watcher) refuseAll(id *ident, err error) error {
 func (w *Watcher) denyAll(id *ident, seq uint64, now time.Time, route string) *cache.Entry {
 	var mine *cache.Entry
 	for name := range w.routes {
-		e := w.negative(id, name, reasonVaultDenied, now)
+		e := w.negative(id, name, authz.ReasonVaultDenied, now)
 		w.store(id, name, seq, e)
 		if name == route {
 			mine = e
@@ -543,9 +545,9 @@ func (w *Watcher) denyAll(id *ident, seq uint64, now time.Time, route string) *c
 	return mine
 }
 
-func (w *Watcher) negative(id *ident, route, reason string, now time.Time) *cache.Entry {
+func (w *Watcher) negative(id *ident, route string, reason authz.Reason, now time.Time) *cache.Entry {
 	exp := now.Add(w.cfg.DeniedTTL)
-	return &cache.Entry{Route: route, Identity: id.key, Denied: reason, ReadAt: now, FreshUntil: exp, ExpiresAt: exp}
+	return &cache.Entry{Route: route, Identity: authz.NewIdentity(id.ns, id.sa), Denied: reason, ReadAt: now, FreshUntil: exp, ExpiresAt: exp}
 }
 
 // store writes e unless a read that started later has already been stored,
@@ -556,7 +558,7 @@ func (w *Watcher) store(id *ident, route string, seq uint64, e *cache.Entry) {
 	if seq < id.applied[route] {
 		return
 	}
-	if e.Denied == "" {
+	if e.Denied == authz.ReasonNone {
 		// A read that finishes after its identity was forgotten (a deleted
 		// ServiceAccount) must not bring its credential back.
 		w.mu.Lock()

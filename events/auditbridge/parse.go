@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/events"
 )
 
@@ -368,5 +369,5 @@ func covers(a, b events.Rotation) bool {
 	if b.Namespace == "" {
 		return false
 	}
-	return a.Covers(b.Namespace, b.ServiceAccount)
+	return a.Covers(authz.NewIdentity(b.Namespace, b.ServiceAccount))
 }

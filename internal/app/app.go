@@ -7,38 +7,30 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	jose "github.com/go-jose/go-jose/v4"
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/kube"
 	"github.com/credinject/credinject/watcher"
 )
 
@@ -72,7 +64,7 @@ type App struct {
 	checker  *checker.Checker
 	creds    *cache.Credentials
 	watcher  *watcher.Watcher
-	sas      *watcher.ServiceAccounts
+	sas      *kube.ServiceAccounts
 	prefetch *watcher.Prefetcher
 	jwks     *checker.JWKSValidator
 	sub      *events.Subscriber
@@ -101,23 +93,24 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}()
 
-	var kube kubernetes.Interface
+	var kc kubernetes.Interface
 	var rc *rest.Config
 	if !opts.NoKubernetes {
 		var err error
-		rc, err = restConfig(opts)
-		if err != nil {
-			return nil, err
+		if opts.RestConfig != nil {
+			rc = rest.CopyConfig(opts.RestConfig)
+		} else if rc, err = kube.RESTConfig(cfg.Kubernetes.Kubeconfig); err != nil {
+			return nil, fmt.Errorf("kubernetes: %w", err)
 		}
 		rc.QPS, rc.Burst = cfg.Kubernetes.QPS, cfg.Kubernetes.Burst
-		if kube, err = kubernetes.NewForConfig(rc); err != nil {
+		if kc, err = kubernetes.NewForConfig(rc); err != nil {
 			return nil, fmt.Errorf("kubernetes client: %w", err)
 		}
-		a.sas = watcher.NewServiceAccounts(kube, 0)
+		a.sas = kube.NewServiceAccounts(kc, 0)
 	}
 
 	metrics := checker.NewMetrics(a.reg)
-	validator, err := a.validator(ctx, kube, rc, metrics)
+	validator, err := a.validator(ctx, kc, rc, metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -130,23 +123,15 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
 	}, func() float64 { return float64(a.creds.Len()) }))
 
-	vcfg := vaultapi.DefaultConfig()
-	vcfg.Address = cfg.Vault.Address
-	vcfg.MaxRetries = 0
-	vcfg.Timeout = 10 * time.Second
-	if t, ok := vcfg.HttpClient.Transport.(*http.Transport); ok {
-		t.MaxIdleConnsPerHost = cfg.Vault.Concurrency
-	}
-	vc, err := vaultapi.NewClient(vcfg)
+	vc, err := watcher.NewVaultClient(watcher.VaultClientConfig{Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency})
 	if err != nil {
-		return nil, fmt.Errorf("vault client: %w", err)
+		return nil, fmt.Errorf("vault: %w", err)
 	}
-	vc.ClearToken() // never a token of its own, whatever VAULT_TOKEN says
 	a.vault = vc
 
 	var minter watcher.TokenMinter
-	if kube != nil && len(cfg.Prefetch.Namespaces) > 0 {
-		minter = watcher.KubeTokens{Client: kube, Audiences: cfg.Kubernetes.Audiences, TTL: time.Hour}
+	if kc != nil && len(cfg.Prefetch.Namespaces) > 0 {
+		minter = kube.TokenRequester{Client: kc, Audiences: cfg.Kubernetes.Audiences, TTL: time.Hour}
 	}
 	a.watcher, err = watcher.New(watcher.Config{
 		Vault: vc, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
@@ -200,51 +185,11 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}
 
-	a.grpcSrv = grpc.NewServer(
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(1<<20),
-	)
-	authv3.RegisterAuthorizationServer(a.grpcSrv, checker.NewGRPC(a.checker))
-	a.health = health.NewServer()
-	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	a.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
-	reflection.Register(a.grpcSrv)
-
-	mux := http.NewServeMux()
-	mux.Handle("/check", checker.NewHTTP(a.checker))
-	mux.Handle("/check/", checker.NewHTTP(a.checker))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", a.readyz)
-	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
-	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
-
-	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
-		return nil, fmt.Errorf("listen.grpc: %w", err)
-	}
-	if a.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
-		return nil, fmt.Errorf("listen.http: %w", err)
+	if err := a.listen(); err != nil {
+		return nil, err
 	}
 	ok = true
 	return a, nil
-}
-
-func restConfig(opts Options) (*rest.Config, error) {
-	if opts.RestConfig != nil {
-		return rest.CopyConfig(opts.RestConfig), nil
-	}
-	if p := opts.Config.Kubernetes.Kubeconfig; p != "" {
-		rc, err := clientcmd.BuildConfigFromFlags("", p)
-		if err != nil {
-			return nil, fmt.Errorf("kubernetes.kubeconfig: %w", err)
-		}
-		return rc, nil
-	}
-	rc, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes: not in a cluster and kubernetes.kubeconfig is empty: %w", err)
-	}
-	return rc, nil
 }
 
 func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest.Config, m *checker.Metrics) (checker.Validator, error) {
@@ -257,32 +202,20 @@ func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest
 			func(res string) { m.TokenCalls.WithLabelValues(res).Inc() }), nil
 	}
 	jc := checker.JWKSConfig{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: a.opts.JWKS, Now: a.opts.Clock.Now, Log: a.log.With("component", "jwks")}
-	if jc.Keys == nil && cfg.JWKSFile != "" {
-		b, err := os.ReadFile(cfg.JWKSFile)
+	switch {
+	case jc.Keys != nil:
+	case cfg.JWKSFile != "":
+		keys, err := checker.LoadJWKSFile(cfg.JWKSFile)
 		if err != nil {
 			return nil, fmt.Errorf("kubernetes.jwksFile: %w", err)
 		}
-		var set jose.JSONWebKeySet
-		if err := json.Unmarshal(b, &set); err != nil {
-			return nil, fmt.Errorf("kubernetes.jwksFile: %w", err)
+		jc.Keys = keys
+	case rc != nil:
+		if err := jc.FromAPIServer(ctx, rc); err != nil {
+			return nil, err
 		}
-		jc.Keys = &set
-	}
-	if jc.Keys == nil {
-		if rc == nil {
-			return nil, errors.New("kubernetes.tokenValidation jwks needs an API server or a key file")
-		}
-		hc, err := rest.HTTPClientFor(rc)
-		if err != nil {
-			return nil, fmt.Errorf("jwks client: %w", err)
-		}
-		host := strings.TrimSuffix(rc.Host, "/")
-		if jc.Issuer == "" {
-			if jc.Issuer, err = discoverIssuer(ctx, hc, host); err != nil {
-				return nil, err
-			}
-		}
-		jc.URL, jc.Client = host+"/openid/v1/jwks", hc
+	default:
+		return nil, errors.New("kubernetes.tokenValidation jwks needs an API server or a key file")
 	}
 	if jc.Issuer == "" {
 		return nil, errors.New("kubernetes.issuer is required with a fixed key set")
@@ -293,28 +226,6 @@ func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest
 	}
 	a.jwks = v
 	return v, nil
-}
-
-func discoverIssuer(ctx context.Context, hc *http.Client, host string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, host+"/.well-known/openid-configuration", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("issuer discovery: %w", err)
-	}
-	defer resp.Body.Close()
-	var doc struct {
-		Issuer string `json:"issuer"`
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("issuer discovery: status %d", resp.StatusCode)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || doc.Issuer == "" {
-		return "", fmt.Errorf("issuer discovery: no issuer (%v)", err)
-	}
-	return doc.Issuer, nil
 }
 
 func watcherRoutes(cfg config.Config) []watcher.Route {
@@ -334,122 +245,6 @@ func checkerRoutes(cfg config.Config) []checker.Route {
 		rs = append(rs, checker.Route{Name: r.Name, Hosts: r.Hosts})
 	}
 	return rs
-}
-
-// GRPCAddr and HTTPAddr are the bound addresses (useful with port 0).
-func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
-
-// HTTPAddr is the bound HTTP address.
-func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
-
-// Registry is the metrics registry.
-func (a *App) Registry() *prometheus.Registry { return a.reg }
-
-// Ready reports readiness: listeners up, informer synced, first prefetch
-// pass done.
-func (a *App) Ready() bool { return a.ready.Load() }
-
-func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
-	var b strings.Builder
-	ready := a.ready.Load()
-	fmt.Fprintf(&b, "ready: %v\n", ready)
-	if a.sas != nil {
-		fmt.Fprintf(&b, "serviceaccounts: synced=%v\n", a.sas.HasSynced())
-	}
-	if a.prefetch != nil {
-		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())
-	}
-	if a.sub != nil {
-		fmt.Fprintf(&b, "events: %s\n", a.sub.Status())
-	} else {
-		fmt.Fprintf(&b, "events: disabled\n")
-	}
-	if !ready {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	_, _ = w.Write([]byte(b.String()))
-}
-
-// Run serves until ctx ends, then shuts down gracefully.
-func (a *App) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
-	goSafe := func(name string, f func() error) {
-		g.Go(func() (err error) {
-			defer func() {
-				if p := recover(); p != nil {
-					err = fmt.Errorf("%s: panic: %v", name, p)
-				}
-			}()
-			return f()
-		})
-	}
-	goSafe("grpc", func() error {
-		if err := a.grpcSrv.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("grpc: %w", err)
-		}
-		return nil
-	})
-	goSafe("http", func() error {
-		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http: %w", err)
-		}
-		return nil
-	})
-	if a.sas != nil {
-		goSafe("informer", func() error { a.sas.Run(gctx); return nil })
-	}
-	if a.prefetch != nil {
-		goSafe("prefetch", func() error { a.prefetch.Run(gctx); return nil })
-	}
-	if a.jwks != nil {
-		goSafe("jwks", func() error { a.jwks.Run(gctx); return nil })
-	}
-	if a.sub != nil {
-		goSafe("events", func() error { return a.sub.Run(gctx) })
-	}
-	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
-	goSafe("shutdown", func() error {
-		<-gctx.Done()
-		a.ready.Store(false)
-		a.health.Shutdown()
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		_ = a.httpSrv.Shutdown(sctx)
-		stopped := make(chan struct{})
-		go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-sctx.Done():
-			a.grpcSrv.Stop()
-		}
-		return nil
-	})
-	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "tokenValidation", a.cfg.Kubernetes.TokenValidation)
-	err := g.Wait()
-	a.close()
-	return err
-}
-
-func (a *App) waitReady(ctx context.Context) {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		ok := (a.sas == nil || a.sas.HasSynced()) && (a.prefetch == nil || a.prefetch.Ready())
-		if ok {
-			a.ready.Store(true)
-			a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-			a.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-			a.log.Info("ready")
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func (a *App) close() {
@@ -473,27 +268,27 @@ func (a *App) close() {
 	}
 }
 
-// source adapts the watcher to the checker's CredentialSource, mapping the
-// watcher's errors to deny reasons.
+// source adapts the watcher to the checker's CredentialSource until the
+// watcher returns typed denies itself.
 type source struct{ w *watcher.Watcher }
 
-func (s source) Credential(ctx context.Context, route string, id checker.Identity, token string) (*cache.Entry, error) {
-	e, err := s.w.Credential(ctx, route, id.Namespace, id.ServiceAccount, token, id.Expires)
+func (s source) Credential(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
+	e, err := s.w.Credential(ctx, route, id.Namespace, id.ServiceAccount, token, exp)
 	if e != nil {
 		return e, nil
 	}
 	switch {
 	case err == nil:
-		return nil, checker.Deny(checker.ReasonInternal, errors.New("no entry"))
+		return nil, authz.Deny(authz.ReasonInternal, errors.New("no entry"))
 	case errors.Is(err, watcher.ErrDenied):
-		return nil, checker.Deny(checker.ReasonVaultDenied, err)
+		return nil, authz.Deny(authz.ReasonVaultDenied, err)
 	case errors.Is(err, watcher.ErrNoCredential):
-		return nil, checker.Deny(checker.ReasonNoCredential, err)
+		return nil, authz.Deny(authz.ReasonNoCredential, err)
 	case errors.Is(err, watcher.ErrInvalidValue):
-		return nil, checker.Deny(checker.ReasonInvalidCredential, err)
+		return nil, authz.Deny(authz.ReasonInvalidCredential, err)
 	case errors.Is(err, watcher.ErrUnavailable), errors.Is(err, watcher.ErrNoToken):
-		return nil, checker.Deny(checker.ReasonVaultUnavailable, err)
+		return nil, authz.Deny(authz.ReasonVaultUnavailable, err)
 	default:
-		return nil, checker.Deny(checker.ReasonInternal, err)
+		return nil, authz.Deny(authz.ReasonInternal, err)
 	}
 }

@@ -155,7 +155,7 @@ func TestStack(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", id.Name(), err)
 			}
-			if got.Namespace != id.Namespace || got.ServiceAccount != id.ServiceAccount {
+			if got.Identity.Namespace != id.Namespace || got.Identity.ServiceAccount != id.ServiceAccount {
 				t.Fatalf("%s: validated as %+v", id.Name(), got)
 			}
 			if time.Until(got.Expires) < 23*time.Hour {

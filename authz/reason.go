@@ -1,0 +1,123 @@
+package authz
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Reason is a deny reason: a closed set of snake_case codes that appear in the
+// x-credinject-reason header and as the metrics' reason label. The zero
+// value, ReasonNone, is an allow.
+type Reason string
+
+// The closed set of reasons. Extend, never rename: gateways and dashboards
+// match on them.
+const (
+	ReasonNone                  Reason = ""
+	ReasonMissingToken          Reason = "missing_token"
+	ReasonMalformedToken        Reason = "malformed_token"
+	ReasonInvalidToken          Reason = "invalid_token"
+	ReasonUnknownServiceAccount Reason = "unknown_serviceaccount"
+	ReasonVaultDenied           Reason = "vault_denied"
+	ReasonNoCredential          Reason = "no_credential"
+	ReasonNoRoute               Reason = "no_route"
+	ReasonInvalidCredential     Reason = "invalid_credential"
+	ReasonVaultUnavailable      Reason = "vault_unavailable"
+	// ReasonTokenReviewUnavailable: the token could not be checked, because
+	// the API server's TokenReview or the issuer's JWKS could not be reached.
+	ReasonTokenReviewUnavailable Reason = "tokenreview_unavailable"
+	ReasonInternal               Reason = "internal"
+)
+
+// Reasons lists every deny reason, in the order of the README.
+var Reasons = []Reason{
+	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
+	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
+	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonInternal,
+}
+
+// Known reports whether r is ReasonNone or one of Reasons.
+func (r Reason) Known() bool {
+	if r == ReasonNone {
+		return true
+	}
+	for _, k := range Reasons {
+		if r == k {
+			return true
+		}
+	}
+	return false
+}
+
+// Status is the HTTP status a reason maps to: 200 for ReasonNone, 401 for a
+// missing or bad token, 403 for an identity without a credential, 503 when a
+// dependency is down, 500 otherwise.
+func (r Reason) Status() int {
+	switch r {
+	case ReasonNone:
+		return 200
+	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount:
+		return 401
+	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential:
+		return 403
+	case ReasonVaultUnavailable, ReasonTokenReviewUnavailable:
+		return 503
+	default:
+		return 500
+	}
+}
+
+// Error is a deny: a decision's reason and its cause. Validators and the
+// credential layer return it (or wrap it) so the checker answers precisely.
+//
+// errors.Is(err, &Error{Reason: r}) matches any *Error with reason r in err's
+// chain; the Err… values below are such targets.
+type Error struct {
+	Reason Reason
+	Err    error
+}
+
+// Targets for errors.Is, one per reason a caller tests for.
+var (
+	ErrVaultDenied       = &Error{Reason: ReasonVaultDenied}
+	ErrNoCredential      = &Error{Reason: ReasonNoCredential}
+	ErrInvalidCredential = &Error{Reason: ReasonInvalidCredential}
+	ErrVaultUnavailable  = &Error{Reason: ReasonVaultUnavailable}
+)
+
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return string(e.Reason)
+	}
+	return fmt.Sprintf("%s: %v", e.Reason, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is matches a target *Error with the same reason and no cause.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Err == nil && t.Reason == e.Reason
+}
+
+// Deny returns an *Error with reason r and cause err (which may be nil).
+func Deny(r Reason, err error) error { return &Error{Reason: r, Err: err} }
+
+// Denyf is Deny with a formatted cause (use %w to keep a cause's chain).
+func Denyf(r Reason, format string, a ...any) error {
+	return &Error{Reason: r, Err: fmt.Errorf(format, a...)}
+}
+
+// ReasonOf returns the reason of the first *Error in err's chain:
+// ReasonNone for nil, ReasonInternal for an error that carries no reason or
+// a reason outside the closed set.
+func ReasonOf(err error) Reason {
+	if err == nil {
+		return ReasonNone
+	}
+	var e *Error
+	if errors.As(err, &e) && e.Reason != ReasonNone && e.Reason.Known() {
+		return e.Reason
+	}
+	return ReasonInternal
+}

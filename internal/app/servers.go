@@ -1,0 +1,171 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/credinject/credinject/checker"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+)
+
+// listen builds the gRPC server (ext_authz, health, reflection) and the HTTP
+// server (/check, /healthz, /readyz, /metrics) and binds both listeners.
+func (a *App) listen() error {
+	cfg := a.cfg
+	var err error
+	a.grpcSrv = grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(1<<20),
+	)
+	authv3.RegisterAuthorizationServer(a.grpcSrv, checker.NewGRPC(a.checker))
+	a.health = health.NewServer()
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	a.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
+	reflection.Register(a.grpcSrv)
+
+	mux := http.NewServeMux()
+	mux.Handle("/check", checker.NewHTTP(a.checker))
+	mux.Handle("/check/", checker.NewHTTP(a.checker))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", a.readyz)
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+
+	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
+		return fmt.Errorf("listen.grpc: %w", err)
+	}
+	if a.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+		return fmt.Errorf("listen.http: %w", err)
+	}
+	return nil
+}
+
+// GRPCAddr and HTTPAddr are the bound addresses (useful with port 0).
+func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
+
+// HTTPAddr is the bound HTTP address.
+func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// Registry is the metrics registry.
+func (a *App) Registry() *prometheus.Registry { return a.reg }
+
+// Ready reports readiness: listeners up, informer synced, first prefetch
+// pass done.
+func (a *App) Ready() bool { return a.ready.Load() }
+
+func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
+	var b strings.Builder
+	ready := a.ready.Load()
+	fmt.Fprintf(&b, "ready: %v\n", ready)
+	if a.sas != nil {
+		fmt.Fprintf(&b, "serviceaccounts: synced=%v\n", a.sas.HasSynced())
+	}
+	if a.prefetch != nil {
+		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())
+	}
+	if a.sub != nil {
+		fmt.Fprintf(&b, "events: %s\n", a.sub.Status())
+	} else {
+		fmt.Fprintf(&b, "events: disabled\n")
+	}
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = w.Write([]byte(b.String()))
+}
+
+// Run serves until ctx ends, then shuts down gracefully.
+func (a *App) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	goSafe := func(name string, f func() error) {
+		g.Go(func() (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("%s: panic: %v", name, p)
+				}
+			}()
+			return f()
+		})
+	}
+	goSafe("grpc", func() error {
+		if err := a.grpcSrv.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc: %w", err)
+		}
+		return nil
+	})
+	goSafe("http", func() error {
+		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	if a.sas != nil {
+		goSafe("informer", func() error { a.sas.Run(gctx); return nil })
+	}
+	if a.prefetch != nil {
+		goSafe("prefetch", func() error { a.prefetch.Run(gctx); return nil })
+	}
+	if a.jwks != nil {
+		goSafe("jwks", func() error { a.jwks.Run(gctx); return nil })
+	}
+	if a.sub != nil {
+		goSafe("events", func() error { return a.sub.Run(gctx) })
+	}
+	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
+	goSafe("shutdown", func() error {
+		<-gctx.Done()
+		a.ready.Store(false)
+		a.health.Shutdown()
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = a.httpSrv.Shutdown(sctx)
+		stopped := make(chan struct{})
+		go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-sctx.Done():
+			a.grpcSrv.Stop()
+		}
+		return nil
+	})
+	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "tokenValidation", a.cfg.Kubernetes.TokenValidation)
+	err := g.Wait()
+	a.close()
+	return err
+}
+
+func (a *App) waitReady(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ok := (a.sas == nil || a.sas.HasSynced()) && (a.prefetch == nil || a.prefetch.Ready())
+		if ok {
+			a.ready.Store(true)
+			a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+			a.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+			a.log.Info("ready")
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

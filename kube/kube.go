@@ -1,0 +1,145 @@
+// Package kube holds credinject's views of the Kubernetes API that more than
+// one part uses: a cluster-wide ServiceAccount informer (the checker asks it
+// whether a token's ServiceAccount still exists; the prefetcher discovers
+// identities from it), the TokenRequest minter the credential layer logs in to
+// Vault with, and the REST configuration both are built from.
+//
+// It does not validate tokens and knows nothing of Vault or Envoy.
+package kube
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/credinject/credinject/authz"
+)
+
+// ServiceAccounts is a cluster-wide ServiceAccount informer. The checker asks
+// it, with no I/O, whether a token's ServiceAccount still exists; the
+// prefetcher discovers identities from it.
+type ServiceAccounts struct {
+	factory  informers.SharedInformerFactory
+	informer toolscache.SharedIndexInformer
+}
+
+// NewServiceAccounts builds the informer (started by Run).
+func NewServiceAccounts(client kubernetes.Interface, resync time.Duration) *ServiceAccounts {
+	f := informers.NewSharedInformerFactory(client, resync)
+	inf := f.Core().V1().ServiceAccounts().Informer()
+	return &ServiceAccounts{factory: f, informer: inf}
+}
+
+// Run starts the informer and blocks until ctx ends.
+func (s *ServiceAccounts) Run(ctx context.Context) {
+	s.factory.Start(ctx.Done())
+	<-ctx.Done()
+	s.factory.Shutdown()
+}
+
+// WaitForSync blocks until the informer holds the full list or ctx ends.
+func (s *ServiceAccounts) WaitForSync(ctx context.Context) bool {
+	return toolscache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced)
+}
+
+// HasSynced reports whether the first list is in.
+func (s *ServiceAccounts) HasSynced() bool { return s.informer.HasSynced() }
+
+// Exists reports whether the ServiceAccount "namespace/name" exists (with
+// this uid, when uid is not empty). Before the first list is in, it answers
+// false: fail closed.
+func (s *ServiceAccounts) Exists(key, uid string) bool {
+	obj, ok, err := s.informer.GetIndexer().GetByKey(key)
+	if err != nil || !ok {
+		return false
+	}
+	sa, isSA := obj.(*corev1.ServiceAccount)
+	return isSA && (uid == "" || sa.UID == types.UID(uid))
+}
+
+// AddHandler registers add/delete callbacks.
+func (s *ServiceAccounts) AddHandler(onAdd, onDelete func(namespace, name string)) error {
+	_, err := s.informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if sa, ok := obj.(*corev1.ServiceAccount); ok {
+				onAdd(sa.Namespace, sa.Name)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.ServiceAccount)
+			n, ok2 := newObj.(*corev1.ServiceAccount)
+			if ok1 && ok2 && o.UID != n.UID {
+				onDelete(o.Namespace, o.Name)
+				onAdd(n.Namespace, n.Name)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if sa, ok := obj.(*corev1.ServiceAccount); ok {
+				onDelete(sa.Namespace, sa.Name)
+			}
+		},
+	})
+	return err
+}
+
+// List returns the ServiceAccount keys of a namespace from the informer.
+func (s *ServiceAccounts) List(namespace string) []string {
+	keys, _ := s.informer.GetIndexer().IndexKeys(toolscache.NamespaceIndex, namespace)
+	slices.Sort(keys)
+	return keys
+}
+
+// TokenRequester mints service-account tokens with TokenRequest (needs
+// serviceaccounts/token create in the prefetch namespaces).
+type TokenRequester struct {
+	Client    kubernetes.Interface
+	Audiences []string
+	// TTL is the requested lifetime; the API server's minimum, 10 minutes,
+	// applies below it.
+	TTL time.Duration
+}
+
+// Token mints a token for id. It returns the token and its expiry, or the
+// API server's error.
+func (k TokenRequester) Token(ctx context.Context, id authz.Identity) (string, time.Time, error) {
+	ttl := max(k.TTL, 10*time.Minute)
+	secs := int64(ttl / time.Second)
+	tr, err := k.Client.CoreV1().ServiceAccounts(id.Namespace).CreateToken(ctx, id.ServiceAccount, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{Audiences: k.Audiences, ExpirationSeconds: &secs},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("token request %s: %w", id, err)
+	}
+	return tr.Status.Token, tr.Status.ExpirationTimestamp.Time, nil
+}
+
+// RESTConfig is the API server client configuration: from the kubeconfig
+// file when path is set, else in-cluster. Errors name the source tried.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+		return rc, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("not in a cluster and no kubeconfig given: %w", err)
+	}
+	return rc, nil
+}

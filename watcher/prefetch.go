@@ -1,0 +1,136 @@
+package watcher
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// ServiceAccounts is the informer the Prefetcher follows
+// (*kube.ServiceAccounts satisfies it).
+type ServiceAccounts interface {
+	WaitForSync(ctx context.Context) bool
+	List(namespace string) []string
+	Exists(key, uid string) bool
+	AddHandler(onAdd, onDelete func(namespace, name string)) error
+}
+
+// Prefetcher feeds the watcher the ServiceAccounts of the prefetch
+// namespaces as the informer sees them, through a rate-limited work queue
+// with a bounded number of workers (no thundering herd at start-up), and
+// makes every watched identity forget a deleted ServiceAccount.
+type Prefetcher struct {
+	w          *Watcher
+	sas        ServiceAccounts
+	namespaces map[string]bool
+	workers    int
+	log        *slog.Logger
+	queue      workqueue.TypedRateLimitingInterface[string]
+
+	initial sync.WaitGroup
+	pending sync.Map // keys of the first pass not yet done
+	ready   atomic.Bool
+}
+
+// NewPrefetcher wires w to the informer. namespaces empty: nothing is
+// prefetched, but deletions are still followed.
+func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers int, log *slog.Logger) (*Prefetcher, error) {
+	if workers <= 0 {
+		workers = 4
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Prefetcher{
+		w: w, sas: sas, namespaces: map[string]bool{}, workers: workers, log: log,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 30*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "credinject-prefetch"}),
+	}
+	for _, ns := range namespaces {
+		p.namespaces[ns] = true
+	}
+	err := sas.AddHandler(
+		func(ns, name string) {
+			if p.namespaces[ns] {
+				p.queue.Add(ns + "/" + name)
+			}
+		},
+		func(ns, name string) {
+			p.log.Info("serviceaccount deleted; evicting its credentials", "identity", ns+"/"+name)
+			p.w.Forget(ns, name)
+		})
+	return p, err
+}
+
+// Ready reports whether the first prefetch pass is done.
+func (p *Prefetcher) Ready() bool { return p.ready.Load() }
+
+// Run processes the queue until ctx ends. The first pass is every
+// ServiceAccount of the prefetch namespaces present when the informer
+// synced; Ready turns true when each was tried once.
+func (p *Prefetcher) Run(ctx context.Context) {
+	defer p.queue.ShutDown()
+	if !p.sas.WaitForSync(ctx) {
+		return
+	}
+	for ns := range p.namespaces {
+		for _, key := range p.sas.List(ns) {
+			p.initial.Add(1)
+			p.pending.Store(key, true)
+		}
+	}
+	go func() {
+		p.initial.Wait()
+		p.ready.Store(true)
+		p.log.Info("first prefetch pass done", "identities", p.w.Len())
+	}()
+	var wg sync.WaitGroup
+	for i := 0; i < p.workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p.work(ctx) {
+			}
+		}()
+	}
+	<-ctx.Done()
+	p.queue.ShutDown()
+	wg.Wait()
+}
+
+func (p *Prefetcher) work(ctx context.Context) bool {
+	key, quit := p.queue.Get()
+	if quit {
+		return false
+	}
+	defer p.queue.Done(key)
+	ns, name, _ := toolscache.SplitMetaNamespaceKey(key)
+	if !p.sas.Exists(key, "") {
+		p.queue.Forget(key)
+		p.firstDone(key)
+		return true
+	}
+	err := p.w.Prefetch(ctx, ns, name)
+	p.firstDone(key)
+	if err != nil && ctx.Err() == nil {
+		p.log.Warn("prefetch failed", "identity", key, "error", err)
+		if isRetryable(err) {
+			p.queue.AddRateLimited(key)
+			return true
+		}
+	}
+	p.queue.Forget(key)
+	return true
+}
+
+func (p *Prefetcher) firstDone(key string) {
+	if _, ok := p.pending.LoadAndDelete(key); ok {
+		p.initial.Done()
+	}
+}

@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
@@ -28,7 +29,7 @@ type rig struct {
 	creds  *cache.Credentials
 	c      *checker.Checker
 	g      *checker.GRPC
-	now    atomic.Pointer[time.Time]
+	clock  *clocktesting.FakeClock
 	source func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
 	calls  atomic.Int64
 	gone   sync.Map // identity keys whose ServiceAccount is deleted
@@ -47,14 +48,12 @@ func (f saFunc) Exists(key, uid string) bool { return f(key, uid) }
 func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 	tb.Helper()
 	r := &rig{}
-	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	r.now.Store(&now)
-	clock := func() time.Time { return *r.now.Load() }
+	r.clock = clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	var err error
 	if r.iss, err = satoken.New("https://issuer.test"); err != nil {
 		tb.Fatal(err)
 	}
-	v, err := checker.NewJWKSValidator(context.Background(), checker.JWKSConfig{Issuer: r.iss.URL, Audiences: []string{aud}, Keys: r.iss.JWKS(), Now: clock})
+	v, err := checker.NewJWKSValidator(context.Background(), checker.JWKSConfig{Issuer: r.iss.URL, Audiences: []string{aud}, Keys: r.iss.JWKS(), Clock: r.clock})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -69,7 +68,7 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}
 	r.c, err = checker.New(checker.Config{
-		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Now: clock,
+		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: saFunc(func(key, uid string) bool { _, gone := r.gone.Load(key); return !gone }),
 		Source: sourceFunc(func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
 			r.calls.Add(1)
@@ -85,17 +84,14 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 	return r
 }
 
-func (r *rig) advance(d time.Duration) {
-	n := r.now.Load().Add(d)
-	r.now.Store(&n)
-}
+func (r *rig) advance(d time.Duration) { r.clock.Step(d) }
 
 func (r *rig) token(tb testing.TB, ns, sa string, auds ...string) string {
 	tb.Helper()
 	if len(auds) == 0 {
 		auds = []string{aud}
 	}
-	tok, err := r.iss.Mint(satoken.Token{Namespace: ns, ServiceAccount: sa, UID: "uid-" + sa, Audiences: auds, IssuedAt: *r.now.Load(), TTL: time.Hour})
+	tok, err := r.iss.Mint(satoken.Token{Namespace: ns, ServiceAccount: sa, UID: "uid-" + sa, Audiences: auds, IssuedAt: r.clock.Now(), TTL: time.Hour})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -104,7 +100,7 @@ func (r *rig) token(tb testing.TB, ns, sa string, auds ...string) string {
 
 func (r *rig) put(tb testing.TB, route, ns, sa, header, value string) {
 	tb.Helper()
-	now := *r.now.Load()
+	now := r.clock.Now()
 	if err := r.creds.Set(&cache.Entry{Route: route, Identity: authz.NewIdentity(ns, sa), Header: header, Value: value, ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
 		tb.Fatal(err)
 	}
@@ -163,7 +159,7 @@ func TestDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged, _ := other.Mint(satoken.Token{Namespace: "team-a", ServiceAccount: "app", Audiences: []string{aud}, IssuedAt: *r.now.Load(), TTL: time.Hour})
+	forged, _ := other.Mint(satoken.Token{Namespace: "team-a", ServiceAccount: "app", Audiences: []string{aud}, IssuedAt: r.clock.Now(), TTL: time.Hour})
 
 	cases := map[string]struct {
 		authz, host, want string
@@ -260,7 +256,7 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 	}
 
 	// A negative entry whose reason is outside the closed set is internal.
-	now := *r.now.Load()
+	now := r.clock.Now()
 	if err := r.creds.Set(&cache.Entry{Identity: authz.NewIdentity("ns", "sa"), Denied: "made_up", ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}

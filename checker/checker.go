@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/credinject/credinject/authz"
+	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/cache"
 )
@@ -45,7 +46,8 @@ type Config struct {
 	SourceTimeout time.Duration
 	Metrics       *Metrics
 	Log           *slog.Logger
-	Now           func() time.Time
+	// Clock tells the time (default the real clock); tests move a fake one.
+	Clock clock.WithTicker
 }
 
 // Checker makes decisions. It is safe for concurrent use.
@@ -67,8 +69,8 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.TokenCache.TTL <= 0 {
 		cfg.TokenCache.TTL = 30 * time.Second
@@ -89,7 +91,7 @@ func New(cfg Config) (*Checker, error) {
 	c := &Checker{cfg: cfg, hash: newHasher(cfg.Audiences), tcache: tc}
 	c.tokens = &cachedValidator{
 		v: cfg.Validator, sas: cfg.ServiceAccounts, cache: tc, cfg: cfg.TokenCache,
-		now: cfg.Now, metrics: cfg.Metrics, log: cfg.Log,
+		clock: cfg.Clock, metrics: cfg.Metrics, log: cfg.Log,
 	}
 	return c, nil
 }
@@ -112,7 +114,7 @@ type Decision struct {
 // and finds the credential. It never panics and never returns an allow
 // without a credential of the identity's own.
 func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Decision) {
-	start := c.cfg.Now()
+	start := c.cfg.Clock.Now()
 	defer func() {
 		if p := recover(); p != nil {
 			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
@@ -126,7 +128,7 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 			counter = c.cfg.Metrics.checks[authz.ReasonInternal]
 		}
 		counter.Inc()
-		c.cfg.Metrics.duration.Observe(c.cfg.Now().Sub(start).Seconds())
+		c.cfg.Metrics.duration.Observe(c.cfg.Clock.Now().Sub(start).Seconds())
 	}()
 	token, r := cutBearer(authorization)
 	if r != authz.ReasonNone {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/credinject/credinject/authz"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -39,8 +40,9 @@ type JWKSConfig struct {
 	// unknown kid triggers a fetch at most every MinRefetch (default 10s).
 	Refresh    time.Duration
 	MinRefetch time.Duration
-	Now        func() time.Time
-	Log        *slog.Logger
+	// Clock tells the time and ticks the refresh (default the real clock).
+	Clock clock.WithTicker
+	Log   *slog.Logger
 }
 
 // LoadJWKSFile reads a JSON Web Key Set (RFC 7517) from the file at path
@@ -125,8 +127,8 @@ func NewJWKSValidator(ctx context.Context, cfg JWKSConfig) (*JWKSValidator, erro
 	if cfg.MinRefetch <= 0 {
 		cfg.MinRefetch = 10 * time.Second
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -151,13 +153,13 @@ func (v *JWKSValidator) Run(ctx context.Context) {
 	if v.cfg.Keys != nil {
 		return
 	}
-	t := time.NewTicker(v.cfg.Refresh)
+	t := v.cfg.Clock.NewTicker(v.cfg.Refresh)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 			if err := v.fetch(ctx); err != nil {
 				v.cfg.Log.Warn("jwks refresh failed; keeping the previous keys", "error", err)
 			}
@@ -188,7 +190,7 @@ func (v *JWKSValidator) fetch(ctx context.Context) error {
 			return nil, fmt.Errorf("jwks: decode: %w", err)
 		}
 		v.keys.Store(&set)
-		v.lastFetch.Store(v.cfg.Now().UnixNano())
+		v.lastFetch.Store(v.cfg.Clock.Now().UnixNano())
 		return nil, nil
 	})
 	return err
@@ -203,7 +205,7 @@ func (v *JWKSValidator) key(ctx context.Context, kid string) (*jose.JSONWebKey, 
 	}
 	// An unknown kid may be a rotated signing key: re-fetch, but not more
 	// often than MinRefetch, so garbage tokens cannot hammer the API server.
-	if time.Duration(v.cfg.Now().UnixNano()-v.lastFetch.Load()) >= v.cfg.MinRefetch {
+	if time.Duration(v.cfg.Clock.Now().UnixNano()-v.lastFetch.Load()) >= v.cfg.MinRefetch {
 		if err := v.fetch(ctx); err != nil {
 			return nil, authz.Deny(authz.ReasonTokenReviewUnavailable, err)
 		}
@@ -246,7 +248,7 @@ func (v *JWKSValidator) Validate(ctx context.Context, token string) (TokenInfo, 
 	if err := tok.Claims(k.Key, &std, &priv); err != nil {
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("jwks: signature: %w", err))
 	}
-	now := v.cfg.Now()
+	now := v.cfg.Clock.Now()
 	if std.Expiry == nil {
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: token has no exp"))
 	}

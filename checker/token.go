@@ -20,6 +20,7 @@ import (
 	"unsafe"
 
 	"github.com/credinject/credinject/authz"
+	"k8s.io/utils/clock"
 
 	"golang.org/x/sync/singleflight"
 
@@ -265,7 +266,7 @@ type cachedValidator struct {
 	sas     ServiceAccounts
 	cache   *cache.Tokens[tokenResult]
 	cfg     TokenCacheConfig
-	now     func() time.Time
+	clock   clock.PassiveClock
 	flight  singleflight.Group
 	metrics *Metrics
 	log     *slog.Logger
@@ -273,7 +274,7 @@ type cachedValidator struct {
 
 // validate returns the identity for token, or a deny reason.
 func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC) (TokenInfo, authz.Reason) {
-	now := c.now()
+	now := c.clock.Now()
 	res, ok := c.cache.Get(mac, now)
 	if ok {
 		c.metrics.tokenHit.Inc()
@@ -309,14 +310,14 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 	ch := c.flight.DoChan(string(mac[:]), func() (any, error) {
 		// The flight outlives any one caller: it runs detached, with its own
 		// timeout, and re-checks the cache first.
-		now := c.now()
+		now := c.clock.Now()
 		if res, ok := c.cache.Get(mac, now); ok {
 			return res, nil
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()
 		id, err := c.v.Validate(fctx, token)
-		now = c.now()
+		now = c.clock.Now()
 		switch r := authz.ReasonOf(err); r {
 		case authz.ReasonNone:
 			exp := now.Add(c.cfg.TTL)

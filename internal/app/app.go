@@ -163,7 +163,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Source: source{w: a.watcher}, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Metrics: metrics, Log: a.log.With("component", "checker"),
-		Now: opts.Clock.Now,
+		Clock: opts.Clock,
 	})
 	if err != nil {
 		return nil, err
@@ -201,7 +201,7 @@ func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest
 		return checker.NewTokenReviewValidator(kube.AuthenticationV1().TokenReviews(), cfg.Audiences,
 			func(res string) { m.TokenCalls.WithLabelValues(res).Inc() }), nil
 	}
-	jc := checker.JWKSConfig{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: a.opts.JWKS, Now: a.opts.Clock.Now, Log: a.log.With("component", "jwks")}
+	jc := checker.JWKSConfig{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: a.opts.JWKS, Clock: a.opts.Clock, Log: a.log.With("component", "jwks")}
 	switch {
 	case jc.Keys != nil:
 	case cfg.JWKSFile != "":

@@ -1,4 +1,4 @@
-package checker_test
+package e2e_test
 
 import (
 	"context"

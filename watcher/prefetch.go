@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credinject/credinject/authz"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -63,7 +64,7 @@ func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers
 		},
 		func(ns, name string) {
 			p.log.Info("serviceaccount deleted; evicting its credentials", "identity", ns+"/"+name)
-			p.w.Forget(ns, name)
+			p.w.Forget(authz.NewIdentity(ns, name))
 		})
 	return p, err
 }
@@ -116,7 +117,7 @@ func (p *Prefetcher) work(ctx context.Context) bool {
 		p.firstDone(key)
 		return true
 	}
-	err := p.w.Prefetch(ctx, ns, name)
+	err := p.w.Prefetch(ctx, authz.NewIdentity(ns, name))
 	p.firstDone(key)
 	if err != nil && ctx.Err() == nil {
 		p.log.Warn("prefetch failed", "identity", key, "error", err)

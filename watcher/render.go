@@ -1,13 +1,15 @@
 package watcher
 
 import (
-	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/credinject/credinject/authz"
 )
 
-// ErrInvalidValue marks a secret that cannot be injected as a header value.
-var ErrInvalidValue = errors.New("watcher: credential is not a valid header value")
+// ErrInvalidValue marks a secret that cannot be injected as a header value:
+// Render's errors wrap it, and it is authz.ErrInvalidCredential.
+var ErrInvalidValue = authz.ErrInvalidCredential
 
 // Render fills a template like "Bearer {api_key}" from the secret's fields and
 // checks that the result is a legal HTTP header value. Errors never contain
@@ -70,9 +72,4 @@ func checkHeaderValue(v string) error {
 		}
 	}
 	return nil
-}
-
-// expandPath fills {namespace} and {serviceaccount} in a Vault path template.
-func expandPath(tmpl, ns, sa string) string {
-	return strings.NewReplacer("{namespace}", ns, "{serviceaccount}", sa).Replace(tmpl)
 }

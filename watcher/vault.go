@@ -2,30 +2,49 @@ package watcher
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
-	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/authz"
 )
 
-// Sentinel errors: what Vault said, in the terms the checker answers with.
+// vault is the part of Vault's API the watcher uses, each call made with the
+// token given (an identity's own, never credinject's). It is declared here,
+// where it is used, so the session and refresh state machines are tested with
+// a fake. vaultClient is the real one.
+//
+// Errors: errForbidden for a refused call (the token is unknown to Vault or
+// its policy does not allow the path), errNotFound for nothing at the path,
+// authz.ErrVaultDenied for a refused login, authz.ErrVaultUnavailable when
+// Vault could not be asked.
+type vault interface {
+	// Login logs in to the auth method with a service-account token.
+	Login(ctx context.Context, jwt string) (vaultLogin, error)
+	// RenewSelf extends token's lease; it returns the new TTL.
+	RenewSelf(ctx context.Context, token string) (time.Duration, error)
+	// Read reads path (a full logical path, e.g. "secret/data/egress/ns/sa").
+	Read(ctx context.Context, token, path string) (*vaultapi.Secret, error)
+	// RevokeSelf revokes token.
+	RevokeSelf(ctx context.Context, token string) error
+}
+
+// vaultLogin is a Vault token obtained by a login.
+type vaultLogin struct {
+	Token     string
+	TTL       time.Duration
+	Renewable bool
+}
+
 var (
-	// ErrDenied: Vault refused the identity (login refused, or its token may
-	// not read the path).
-	ErrDenied = errors.New("watcher: vault denied the identity")
-	// ErrNoCredential: the identity may read its path but nothing is there.
-	ErrNoCredential = errors.New("watcher: no credential at the identity's path")
-	// ErrUnavailable: Vault could not be asked (network, 5xx, sealed).
-	ErrUnavailable = errors.New("watcher: vault unavailable")
-	// ErrNoToken: no valid service-account token to log in with.
-	ErrNoToken = errors.New("watcher: no valid service-account token to log in with")
-	// errForbidden: a read was refused; the Vault token may be unknown to
-	// Vault (expired, revoked, lost in a restart) or the policy changed.
-	errForbidden = errors.New("watcher: vault refused the read")
+	// errForbidden: Vault refused a call; the token may be unknown to Vault
+	// (expired, revoked, lost in a restart) or the policy changed.
+	errForbidden = errors.New("vault refused the call")
+	// errNotFound: the token may read the path but nothing is there.
+	errNotFound = errors.New("nothing at the path")
 )
 
 // VaultClientConfig says how to reach Vault. The client it builds carries no
@@ -40,9 +59,9 @@ type VaultClientConfig struct {
 	Timeout time.Duration
 }
 
-// NewVaultClient builds the Vault API client the watcher clones per
-// identity: no retries of its own (the watcher backs off), no token whatever
-// VAULT_TOKEN says.
+// NewVaultClient builds the Vault API client the watcher clones per call: no
+// retries of its own (the watcher backs off), no token whatever VAULT_TOKEN
+// says.
 func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 	vcfg := vaultapi.DefaultConfig()
 	vcfg.Address = cfg.Address
@@ -62,185 +81,135 @@ func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 	return vc, nil
 }
 
-type vaultOps struct {
+// vaultClient is vault over vault/api, with a bound on concurrent calls and
+// a counter of calls by operation and result.
+type vaultClient struct {
 	base      *vaultapi.Client
 	authMount string
 	role      string
-	kvMount   string
 	sem       chan struct{}
-	calls     *prometheus.CounterVec
+	calls     callCounter
 }
 
-type login struct {
-	token     string
-	issued    time.Time
-	expires   time.Time
-	renewable bool
-}
+// callCounter counts one Vault call by operation and result.
+type callCounter func(op, result string)
 
-func (o *vaultOps) acquire(ctx context.Context) error {
+var _ vault = (*vaultClient)(nil)
+
+func (c *vaultClient) acquire(ctx context.Context) error {
 	select {
-	case o.sem <- struct{}{}:
+	case c.sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+		return authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
 	}
 }
 
-func (o *vaultOps) release() { <-o.sem }
+func (c *vaultClient) release() { <-c.sem }
 
-func (o *vaultOps) client(token string) (*vaultapi.Client, error) {
-	c, err := o.base.Clone()
+// with runs f with a clone of the base client carrying token, under the
+// concurrency bound, and counts the call.
+func (c *vaultClient) with(ctx context.Context, op, token string, f func(*vaultapi.Client) error) error {
+	if err := c.acquire(ctx); err != nil {
+		return err
+	}
+	defer c.release()
+	vc, err := c.base.Clone()
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("vault client: %w", err)
 	}
-	c.SetToken(token)
-	return c, nil
+	vc.SetToken(token)
+	err = f(vc)
+	c.calls(op, resultOf(err))
+	return err
 }
 
-// classify maps a Vault API error to the watcher's sentinels.
+func (c *vaultClient) Login(ctx context.Context, jwt string) (vaultLogin, error) {
+	var l vaultLogin
+	err := c.with(ctx, "login", "", func(vc *vaultapi.Client) error {
+		s, err := vc.Logical().WriteWithContext(ctx, "auth/"+c.authMount+"/login", map[string]any{"role": c.role, "jwt": jwt})
+		if err != nil {
+			err = classify(err)
+			if errors.Is(err, errForbidden) || errors.Is(err, errNotFound) {
+				return authz.Deny(authz.ReasonVaultDenied, fmt.Errorf("login refused: %w", err))
+			}
+			return err
+		}
+		if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+			return authz.Deny(authz.ReasonVaultUnavailable, errors.New("login returned no token"))
+		}
+		l = vaultLogin{Token: s.Auth.ClientToken, TTL: time.Duration(s.Auth.LeaseDuration) * time.Second, Renewable: s.Auth.Renewable}
+		return nil
+	})
+	return l, err
+}
+
+func (c *vaultClient) RenewSelf(ctx context.Context, token string) (time.Duration, error) {
+	var ttl time.Duration
+	err := c.with(ctx, "renew", token, func(vc *vaultapi.Client) error {
+		s, err := vc.Auth().Token().RenewSelfWithContext(ctx, 0)
+		if err != nil {
+			return classify(err)
+		}
+		if s == nil || s.Auth == nil {
+			return authz.Deny(authz.ReasonVaultUnavailable, errors.New("renew returned no auth"))
+		}
+		ttl = time.Duration(s.Auth.LeaseDuration) * time.Second
+		return nil
+	})
+	return ttl, err
+}
+
+func (c *vaultClient) Read(ctx context.Context, token, path string) (*vaultapi.Secret, error) {
+	var s *vaultapi.Secret
+	err := c.with(ctx, "read", token, func(vc *vaultapi.Client) error {
+		var err error
+		s, err = vc.Logical().ReadWithContext(ctx, path)
+		if err != nil {
+			return classify(err)
+		}
+		if s == nil {
+			return errNotFound
+		}
+		return nil
+	})
+	return s, err
+}
+
+func (c *vaultClient) RevokeSelf(ctx context.Context, token string) error {
+	return c.with(ctx, "revoke", token, func(vc *vaultapi.Client) error {
+		if err := vc.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+			return classify(err)
+		}
+		return nil
+	})
+}
+
+// classify maps a Vault API error to the watcher's errors.
 func classify(err error) error {
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) {
-		switch {
-		case re.StatusCode == http.StatusForbidden, re.StatusCode == http.StatusUnauthorized, re.StatusCode == http.StatusBadRequest:
+		switch re.StatusCode {
+		case http.StatusForbidden, http.StatusUnauthorized, http.StatusBadRequest:
 			return fmt.Errorf("%w: status %d", errForbidden, re.StatusCode)
-		case re.StatusCode == http.StatusNotFound:
-			return ErrNoCredential
+		case http.StatusNotFound:
+			return errNotFound
 		}
-		return fmt.Errorf("%w: status %d", ErrUnavailable, re.StatusCode)
+		return authz.Denyf(authz.ReasonVaultUnavailable, "status %d", re.StatusCode)
 	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	return authz.Deny(authz.ReasonVaultUnavailable, err)
 }
 
-func (o *vaultOps) observe(op string, err error) {
-	res := "ok"
+// resultOf is a call's result label: ok, denied, not_found or error.
+func resultOf(err error) string {
 	switch {
 	case err == nil:
-	case errors.Is(err, errForbidden), errors.Is(err, ErrDenied):
-		res = "denied"
-	case errors.Is(err, ErrNoCredential):
-		res = "not_found"
+		return "ok"
+	case errors.Is(err, errForbidden), errors.Is(err, authz.ErrVaultDenied):
+		return "denied"
+	case errors.Is(err, errNotFound):
+		return "not_found"
 	default:
-		res = "error"
+		return "error"
 	}
-	o.calls.WithLabelValues(op, res).Inc()
-}
-
-// login logs in to Vault as the identity whose token jwt is.
-func (o *vaultOps) login(ctx context.Context, now time.Time, jwt string) (login, error) {
-	if err := o.acquire(ctx); err != nil {
-		return login{}, err
-	}
-	defer o.release()
-	c, err := o.client("")
-	if err != nil {
-		return login{}, err
-	}
-	s, err := c.Logical().WriteWithContext(ctx, "auth/"+o.authMount+"/login", map[string]any{"role": o.role, "jwt": jwt})
-	if err != nil {
-		err = classify(err)
-		if errors.Is(err, errForbidden) || errors.Is(err, ErrNoCredential) {
-			err = fmt.Errorf("%w: login refused", ErrDenied)
-		}
-		o.observe("login", err)
-		return login{}, err
-	}
-	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
-		err := fmt.Errorf("%w: login returned no token", ErrUnavailable)
-		o.observe("login", err)
-		return login{}, err
-	}
-	o.observe("login", nil)
-	return login{
-		token:     s.Auth.ClientToken,
-		issued:    now,
-		expires:   now.Add(time.Duration(s.Auth.LeaseDuration) * time.Second),
-		renewable: s.Auth.Renewable,
-	}, nil
-}
-
-// renew extends the Vault token's lease.
-func (o *vaultOps) renew(ctx context.Context, now time.Time, token string) (time.Time, error) {
-	if err := o.acquire(ctx); err != nil {
-		return time.Time{}, err
-	}
-	defer o.release()
-	c, err := o.client(token)
-	if err != nil {
-		return time.Time{}, err
-	}
-	s, err := c.Auth().Token().RenewSelfWithContext(ctx, 0)
-	if err != nil {
-		err = classify(err)
-		o.observe("renew", err)
-		return time.Time{}, err
-	}
-	o.observe("renew", nil)
-	if s == nil || s.Auth == nil {
-		return time.Time{}, fmt.Errorf("%w: renew returned no auth", ErrUnavailable)
-	}
-	return now.Add(time.Duration(s.Auth.LeaseDuration) * time.Second), nil
-}
-
-// secret is one KV v2 read.
-type secret struct {
-	data    map[string]any
-	version int64
-}
-
-// read reads kvMount/data/path with the identity's Vault token.
-func (o *vaultOps) read(ctx context.Context, token, path string) (secret, error) {
-	if err := o.acquire(ctx); err != nil {
-		return secret{}, err
-	}
-	defer o.release()
-	c, err := o.client(token)
-	if err != nil {
-		return secret{}, err
-	}
-	s, err := c.Logical().ReadWithContext(ctx, o.kvMount+"/data/"+path)
-	if err != nil {
-		err = classify(err)
-		o.observe("read", err)
-		return secret{}, err
-	}
-	if s == nil || s.Data == nil {
-		o.observe("read", ErrNoCredential)
-		return secret{}, ErrNoCredential
-	}
-	data, _ := s.Data["data"].(map[string]any)
-	if data == nil {
-		// A deleted or destroyed latest version.
-		o.observe("read", ErrNoCredential)
-		return secret{}, ErrNoCredential
-	}
-	var version int64
-	if md, ok := s.Data["metadata"].(map[string]any); ok {
-		if v, ok := md["version"].(json.Number); ok {
-			version, _ = v.Int64()
-		}
-	}
-	o.observe("read", nil)
-	return secret{data: data, version: version}, nil
-}
-
-// isRetryable: Vault or the API server could not be asked; try again later.
-func isRetryable(err error) bool { return errors.Is(err, ErrUnavailable) }
-
-// revoke revokes a superseded Vault token, best effort.
-func (o *vaultOps) revoke(ctx context.Context, token string) {
-	if err := o.acquire(ctx); err != nil {
-		return
-	}
-	defer o.release()
-	c, err := o.client(token)
-	if err != nil {
-		return
-	}
-	err = c.Auth().Token().RevokeSelfWithContext(ctx, "")
-	if err != nil {
-		err = classify(err)
-	}
-	o.observe("revoke", err)
 }

@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
-	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
@@ -160,7 +159,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	}
 	a.checker, err = checker.New(checker.Config{
 		Validator: validator, ServiceAccounts: sas, Credentials: a.creds,
-		Source: source{w: a.watcher}, Router: router, Audiences: cfg.Kubernetes.Audiences,
+		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Metrics: metrics, Log: a.log.With("component", "checker"),
 		Clock: opts.Clock,
@@ -172,10 +171,8 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	if cfg.Events.NatsURL != "" {
 		a.sub, err = events.NewSubscriber(events.SubscriberConfig{
 			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject,
-			Refresher: events.RefresherFunc(func(ctx context.Context, r events.Rotation) error {
-				return a.watcher.Refresh(ctx, r.Namespace, r.ServiceAccount, r.Route)
-			}),
-			Resyncer:   events.ResyncerFunc(a.watcher.ResyncAll),
+			Refresher:  a.watcher,
+			Resyncer:   a.watcher,
 			Logger:     a.log,
 			Registerer: a.reg,
 			Name:       "credinject",
@@ -265,30 +262,5 @@ func (a *App) close() {
 	}
 	if a.httpLn != nil {
 		a.httpLn.Close()
-	}
-}
-
-// source adapts the watcher to the checker's CredentialSource until the
-// watcher returns typed denies itself.
-type source struct{ w *watcher.Watcher }
-
-func (s source) Credential(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
-	e, err := s.w.Credential(ctx, route, id.Namespace, id.ServiceAccount, token, exp)
-	if e != nil {
-		return e, nil
-	}
-	switch {
-	case err == nil:
-		return nil, authz.Deny(authz.ReasonInternal, errors.New("no entry"))
-	case errors.Is(err, watcher.ErrDenied):
-		return nil, authz.Deny(authz.ReasonVaultDenied, err)
-	case errors.Is(err, watcher.ErrNoCredential):
-		return nil, authz.Deny(authz.ReasonNoCredential, err)
-	case errors.Is(err, watcher.ErrInvalidValue):
-		return nil, authz.Deny(authz.ReasonInvalidCredential, err)
-	case errors.Is(err, watcher.ErrUnavailable), errors.Is(err, watcher.ErrNoToken):
-		return nil, authz.Deny(authz.ReasonVaultUnavailable, err)
-	default:
-		return nil, authz.Deny(authz.ReasonInternal, err)
 	}
 }

@@ -1,4 +1,4 @@
-package watcher_test
+package e2e_test
 
 import (
 	"context"

@@ -1,0 +1,43 @@
+package watcher
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the watcher's Prometheus metrics.
+type metrics struct {
+	calls      *prometheus.CounterVec
+	identities prometheus.Gauge
+	refreshes  *prometheus.CounterVec
+}
+
+// newMetrics builds the watcher's metrics and registers them on reg (nil:
+// not registered).
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credinject_vault_requests_total",
+			Help: "Vault calls made by the watcher, by operation (login, read, renew, revoke) and result (ok, denied, not_found, error).",
+		}, []string{"op", "result"}),
+		identities: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "credinject_watcher_identities",
+			Help: "Identities whose credentials the watcher keeps fresh.",
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credinject_watcher_refreshes_total",
+			Help: "Credential refreshes by trigger (miss, schedule, event, prefetch) and result (ok, denied, not_found, invalid, unavailable).",
+		}, []string{"trigger", "result"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.calls, m.identities, m.refreshes} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("watcher: metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) call(op, result string) { m.calls.WithLabelValues(op, result).Inc() }

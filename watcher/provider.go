@@ -1,0 +1,97 @@
+package watcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/credinject/credinject/authz"
+)
+
+// Provider obtains one kind of credential for an identity: how the
+// credential of (route, identity) is read or minted. The refresh loop, its
+// schedule and the cache's ordering talk only to this seam.
+//
+// Fetch returns the credential's fields, or an *authz.Error:
+// authz.ErrVaultDenied (Vault refused the identity), authz.ErrNoCredential
+// (nothing to read), authz.ErrVaultUnavailable (try again later).
+type Provider interface {
+	Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error)
+}
+
+// TokenSource hands a Provider the identity's own Vault token (a session
+// satisfies it).
+type TokenSource interface {
+	// VaultToken returns a usable token; fresh forces a new login, after
+	// Vault refused a call with the current one.
+	VaultToken(ctx context.Context, fresh bool) (string, error)
+}
+
+// Credential is what a Provider obtained.
+type Credential struct {
+	// Data holds the fields the route's inject template reads.
+	Data map[string]any
+	// Version is the source's version of the value (KV v2's version), 0
+	// when the source has none.
+	Version int64
+}
+
+// kvProvider reads a KV v2 secret at mount/data/<route path>.
+type kvProvider struct {
+	vault vault
+	mount string
+}
+
+var _ Provider = kvProvider{}
+
+func (p kvProvider) Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error) {
+	path := p.mount + "/data/" + authz.ExpandPath(rt.Path, id)
+	s, err := readAs(ctx, p.vault, tokens, path)
+	if err != nil {
+		return Credential{}, err
+	}
+	data, _ := s.Data["data"].(map[string]any)
+	if data == nil {
+		// A deleted or destroyed latest version.
+		return Credential{}, authz.Deny(authz.ReasonNoCredential, errNotFound)
+	}
+	var version int64
+	if md, ok := s.Data["metadata"].(map[string]any); ok {
+		if v, ok := md["version"].(json.Number); ok {
+			version, _ = v.Int64()
+		}
+	}
+	return Credential{Data: data, Version: version}, nil
+}
+
+// readAs reads path with the identity's token. A refused read is retried
+// once after a fresh login: Vault answers 403 both for a policy that no
+// longer allows the path and for a token it no longer knows.
+func readAs(ctx context.Context, v vault, tokens TokenSource, path string) (*vaultapi.Secret, error) {
+	tok, err := tokens.VaultToken(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	s, err := v.Read(ctx, tok, path)
+	if errors.Is(err, errForbidden) {
+		if tok, err = tokens.VaultToken(ctx, true); err != nil {
+			return nil, err
+		}
+		s, err = v.Read(ctx, tok, path)
+		if errors.Is(err, errForbidden) {
+			return nil, authz.Deny(authz.ReasonVaultDenied, fmt.Errorf("read %s: %w", path, err))
+		}
+	}
+	switch {
+	case errors.Is(err, errNotFound):
+		return nil, authz.Deny(authz.ReasonNoCredential, err)
+	case err != nil:
+		return nil, err
+	case s.Data == nil:
+		return nil, authz.Deny(authz.ReasonNoCredential, errNotFound)
+	}
+	return s, nil
+}

@@ -1,0 +1,262 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
+)
+
+// identity is one identity the watcher keeps fresh: its session, the routes
+// it was asked for, the order of its reads, and its refresher goroutine.
+type identity struct {
+	authz.Identity
+	session *session
+	// resync asks the refresher to re-read now.
+	resync chan struct{}
+
+	mu      sync.Mutex // guards what follows; never held across I/O
+	routes  map[string]bool
+	seq     uint64            // reads started
+	applied map[string]uint64 // per route: seq of the read last stored
+	running bool
+	cancel  context.CancelFunc
+}
+
+func newIdentity(id authz.Identity, s *session) *identity {
+	return &identity{Identity: id, session: s, resync: make(chan struct{}, 1), routes: map[string]bool{}, applied: map[string]uint64{}}
+}
+
+// watch adds route to the routes refreshed for the identity.
+func (id *identity) watch(route string) {
+	id.mu.Lock()
+	id.routes[route] = true
+	id.mu.Unlock()
+}
+
+func (id *identity) watched() []string {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	rs := make([]string, 0, len(id.routes))
+	for r := range id.routes {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+func (id *identity) watches(route string) bool {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.routes[route]
+}
+
+// nextSeq numbers a read about to start.
+func (id *identity) nextSeq() uint64 {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	id.seq++
+	return id.seq
+}
+
+// start runs the identity's refresher once; it returns false if one runs.
+func (id *identity) start(base context.Context) (context.Context, bool) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.running {
+		return nil, false
+	}
+	id.running = true
+	ctx, cancel := context.WithCancel(base)
+	id.cancel = cancel
+	return ctx, true
+}
+
+// stop cancels the identity's refresher, if any.
+func (id *identity) stop() {
+	id.mu.Lock()
+	cancel := id.cancel
+	id.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// startLoop starts id's refresher after a successful first read.
+func (w *Watcher) startLoop(id *identity) {
+	ctx, ok := id.start(w.base)
+	if !ok {
+		return
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				w.cfg.Log.Error("panic in an identity's refresher; forgetting it", "identity", id.Key, "panic", fmt.Sprint(p))
+				w.Forget(id.Identity)
+			}
+		}()
+		w.loop(ctx, id)
+	}()
+}
+
+// loop refreshes id on schedule, on a resync, and with backoff after
+// failures, until ctx ends or the identity is refused or forgotten.
+func (w *Watcher) loop(ctx context.Context, id *identity) {
+	failures := 0
+	wait := w.nextWait(id)
+	for {
+		var trigger string
+		t := w.cfg.Clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+			trigger = "schedule"
+		case <-id.resync:
+			t.Stop()
+			trigger = "event"
+		}
+		err := w.refreshAll(ctx, id, trigger)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, authz.ErrVaultDenied):
+			w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", id.Key)
+			w.forgetLoop(id)
+			return
+		case errors.Is(err, errNoToken):
+			w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", id.Key)
+			w.Forget(id.Identity)
+			return
+		case errors.Is(err, authz.ErrVaultUnavailable):
+			failures++
+			wait = Backoff(failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
+			w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", id.Key, "attempt", failures, "retryIn", wait, "error", err)
+		default:
+			failures = 0
+			wait = w.nextWait(id)
+		}
+	}
+}
+
+func (w *Watcher) nextWait(id *identity) time.Duration {
+	now := w.cfg.Clock.Now()
+	d := NextRefresh(now, w.cfg.Refresh, id.session.Expires(), w.cfg.Jitter()).Sub(now)
+	return max(d, 100*time.Millisecond)
+}
+
+// refreshAll re-reads every watched route of id. It returns the most
+// significant failure: denied, then no token, then unavailable.
+func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) error {
+	routes := id.watched()
+	if trigger == "schedule" {
+		_, err := id.session.Token(ctx, relogin)
+		if err != nil && (!errors.Is(err, authz.ErrVaultUnavailable) || errors.Is(err, errNoToken)) {
+			if errors.Is(err, authz.ErrVaultDenied) {
+				w.denyAll(id, id.nextSeq(), w.cfg.Clock.Now(), "")
+			}
+			return err
+		}
+	}
+	var worst error
+	for _, r := range routes {
+		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
+		_, err := w.refreshRoute(cctx, id, r, trigger)
+		cancel()
+		switch {
+		case err == nil, errors.Is(err, authz.ErrNoCredential), errors.Is(err, authz.ErrInvalidCredential):
+		case errors.Is(err, authz.ErrVaultDenied):
+			return err
+		case errors.Is(err, errNoToken):
+			worst = err
+		default:
+			if worst == nil {
+				worst = err
+			}
+		}
+	}
+	return worst
+}
+
+// refreshRoute fetches id's credential for route and stores the outcome: a
+// fresh entry, a negative entry (denied, nothing there, not injectable), or,
+// when Vault is unreachable, nothing (the cached entry keeps being served
+// until it expires).
+func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger string) (*cache.Entry, error) {
+	rt := w.routes[route]
+	seq := id.nextSeq()
+	cred, err := w.provider.Fetch(ctx, id.session, id.Identity, rt)
+	now := w.cfg.Clock.Now()
+	var e *cache.Entry
+	result := "ok"
+	switch {
+	case err == nil:
+		val, rerr := Render(rt.Value, cred.Data)
+		if rerr != nil {
+			w.cfg.Log.Warn("credential is not injectable; denying", "identity", id.Key, "route", route, "version", cred.Version, "error", rerr)
+			e, err, result = w.negative(id, route, authz.ReasonInvalidCredential, now), rerr, "invalid"
+			break
+		}
+		fresh, expires := lifetimes(now, w.cfg.Refresh, w.cfg.StaleGrace)
+		e = &cache.Entry{Route: route, Identity: id.Identity, Header: rt.Header, Value: val, Version: cred.Version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
+	case errors.Is(err, authz.ErrVaultDenied):
+		// A refusal applies to the identity: stop serving every route.
+		w.metrics.refreshes.WithLabelValues(trigger, "denied").Inc()
+		return w.denyAll(id, seq, now, route), err
+	case errors.Is(err, authz.ErrNoCredential):
+		e, result = w.negative(id, route, authz.ReasonNoCredential, now), "not_found"
+	default:
+		w.metrics.refreshes.WithLabelValues(trigger, "unavailable").Inc()
+		return nil, err
+	}
+	w.metrics.refreshes.WithLabelValues(trigger, result).Inc()
+	w.store(id, route, seq, e)
+	return e, err
+}
+
+// denyAll stores a vault_denied entry for every route of id and returns the
+// one for route.
+func (w *Watcher) denyAll(id *identity, seq uint64, now time.Time, route string) *cache.Entry {
+	var mine *cache.Entry
+	for name := range w.routes {
+		e := w.negative(id, name, authz.ReasonVaultDenied, now)
+		w.store(id, name, seq, e)
+		if name == route {
+			mine = e
+		}
+	}
+	return mine
+}
+
+func (w *Watcher) negative(id *identity, route string, reason authz.Reason, now time.Time) *cache.Entry {
+	exp := now.Add(w.cfg.DeniedTTL)
+	return &cache.Entry{Route: route, Identity: id.Identity, Denied: reason, ReadAt: now, FreshUntil: exp, ExpiresAt: exp}
+}
+
+// store writes e unless a read that started later has already been stored,
+// so an event-driven read is never overwritten by an older scheduled one.
+// The identity's lock is held across the cache write (memory only) so two
+// stores of one route cannot pass each other.
+func (w *Watcher) store(id *identity, route string, seq uint64, e *cache.Entry) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if seq < id.applied[route] {
+		return
+	}
+	// A read that finishes after its identity was forgotten (a deleted
+	// ServiceAccount) must not bring its credential back.
+	if e.Denied == authz.ReasonNone && !w.current(id) {
+		return
+	}
+	if err := w.cfg.Store.Set(e); err != nil {
+		w.cfg.Log.Error("credential cache refused an entry", "identity", id.Key, "route", route, "error", err)
+		return
+	}
+	id.applied[route] = seq
+}

@@ -1,0 +1,280 @@
+package watcher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
+)
+
+// fakeVault models the part of Vault the watcher uses: logins with
+// service-account tokens ("jwt:<namespace>/<serviceaccount>:<n>") for bound
+// identities, tokens with a TTL, renewal, KV v2 reads of an identity's own
+// path only, revocation, and an outage switch.
+type fakeVault struct {
+	clock *clocktesting.FakeClock
+	ttl   time.Duration
+
+	mu       sync.Mutex
+	down     bool
+	bound    map[string]bool           // identity key -> may log in
+	live     map[string]fakeToken      // Vault token -> its identity and expiry
+	data     map[string]map[string]any // KV path (egress/ns/sa) -> fields
+	version  map[string]int64
+	n        int
+	calls    map[string]int // by operation
+	readGate chan struct{}  // when set, every Read waits on it
+}
+
+type fakeToken struct {
+	identity string
+	expires  time.Time
+}
+
+func newFakeVault(c *clocktesting.FakeClock) *fakeVault {
+	return &fakeVault{clock: c, ttl: time.Hour, bound: map[string]bool{}, live: map[string]fakeToken{},
+		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{}}
+}
+
+func (v *fakeVault) put(key, apiKey string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.data["egress/"+key] = map[string]any{"api_key": apiKey}
+	v.version["egress/"+key]++
+}
+
+func (v *fakeVault) bind(key string, ok bool) {
+	v.mu.Lock()
+	v.bound[key] = ok
+	v.mu.Unlock()
+}
+
+func (v *fakeVault) setDown(down bool) {
+	v.mu.Lock()
+	v.down = down
+	v.mu.Unlock()
+}
+
+// forgetTokens drops every live token, as a Vault restart with in-memory
+// storage does.
+func (v *fakeVault) forgetTokens() {
+	v.mu.Lock()
+	v.live = map[string]fakeToken{}
+	v.mu.Unlock()
+}
+
+func (v *fakeVault) count(op string) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.calls[op]
+}
+
+func (v *fakeVault) liveTokens() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.live)
+}
+
+func (v *fakeVault) enter(op string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.calls[op]++
+	if v.down {
+		return authz.Deny(authz.ReasonVaultUnavailable, fmt.Errorf("%s: connection refused", op))
+	}
+	return nil
+}
+
+func (v *fakeVault) Login(_ context.Context, jwt string) (vaultLogin, error) {
+	if err := v.enter("login"); err != nil {
+		return vaultLogin{}, err
+	}
+	parts := strings.Split(jwt, ":")
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(parts) != 3 || parts[0] != "jwt" || !v.bound[parts[1]] {
+		return vaultLogin{}, authz.Deny(authz.ReasonVaultDenied, fmt.Errorf("login refused: %w", errForbidden))
+	}
+	v.n++
+	tok := fmt.Sprintf("hvs.%d", v.n)
+	v.live[tok] = fakeToken{identity: parts[1], expires: v.clock.Now().Add(v.ttl)}
+	return vaultLogin{Token: tok, TTL: v.ttl, Renewable: true}, nil
+}
+
+func (v *fakeVault) token(tok string) (fakeToken, bool) {
+	t, ok := v.live[tok]
+	if !ok || !v.clock.Now().Before(t.expires) {
+		return fakeToken{}, false
+	}
+	return t, true
+}
+
+func (v *fakeVault) RenewSelf(_ context.Context, tok string) (time.Duration, error) {
+	if err := v.enter("renew"); err != nil {
+		return 0, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t, ok := v.token(tok)
+	if !ok {
+		return 0, errForbidden
+	}
+	t.expires = v.clock.Now().Add(v.ttl)
+	v.live[tok] = t
+	return v.ttl, nil
+}
+
+func (v *fakeVault) Read(ctx context.Context, tok, path string) (*vaultapi.Secret, error) {
+	if err := v.enter("read"); err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	gate := v.readGate
+	v.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t, ok := v.token(tok)
+	kv, _ := strings.CutPrefix(path, "secret/data/")
+	if !ok || kv != "egress/"+t.identity {
+		return nil, errForbidden
+	}
+	d := v.data[kv]
+	if d == nil {
+		return nil, errNotFound
+	}
+	return &vaultapi.Secret{Data: map[string]any{
+		"data":     d,
+		"metadata": map[string]any{"version": json.Number(fmt.Sprint(v.version[kv]))},
+	}}, nil
+}
+
+func (v *fakeVault) RevokeSelf(_ context.Context, tok string) error {
+	if err := v.enter("revoke"); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	delete(v.live, tok)
+	v.mu.Unlock()
+	return nil
+}
+
+// fakeMinter mints service-account tokens the fake Vault accepts.
+type fakeMinter struct {
+	clock *clocktesting.FakeClock
+	mu    sync.Mutex
+	n     int
+}
+
+func (m *fakeMinter) Token(_ context.Context, id authz.Identity) (string, time.Time, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.n++
+	return fmt.Sprintf("jwt:%s:m%d", id.Key, m.n), m.clock.Now().Add(time.Hour), nil
+}
+
+func (m *fakeMinter) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n
+}
+
+// rig is a Watcher over the fake Vault, a real credential cache and a fake
+// clock.
+type rig struct {
+	t      *testing.T
+	clock  *clocktesting.FakeClock
+	vault  *fakeVault
+	minter *fakeMinter
+	creds  *cache.Credentials
+	w      *Watcher
+}
+
+var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+
+func newRig(t *testing.T, routes ...Route) *rig {
+	t.Helper()
+	if len(routes) == 0 {
+		routes = []Route{{Name: "", Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {api_key}"}}
+	}
+	c := clocktesting.NewFakeClock(t0)
+	r := &rig{t: t, clock: c, vault: newFakeVault(c), minter: &fakeMinter{clock: c}}
+	var err error
+	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1024}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.w, err = newWatcher(Config{
+		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
+		Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
+	}, r.vault, kvProvider{vault: r.vault, mount: "secret"}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.w.Close(); r.creds.Close() })
+	return r
+}
+
+// identity binds ns/sa in the fake Vault with apiKey and returns it with a
+// presented token.
+func (r *rig) identity(ns, sa, apiKey string) (authz.Identity, string) {
+	id := authz.NewIdentity(ns, sa)
+	r.vault.bind(id.Key, true)
+	if apiKey != "" {
+		r.vault.put(id.Key, apiKey)
+	}
+	return id, "jwt:" + id.Key + ":presented"
+}
+
+func (r *rig) miss(route string, id authz.Identity, token string) (*cache.Entry, error) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return r.w.Credential(ctx, route, id, token, r.clock.Now().Add(time.Hour))
+}
+
+// entry is the cached entry of (route, id), or nil.
+func (r *rig) entry(route string, id authz.Identity) *cache.Entry {
+	e, ok := r.creds.Get(route, id.Key)
+	if !ok {
+		return nil
+	}
+	return e
+}
+
+// eventually polls cond until it holds or 10 s pass.
+func (r *rig) eventually(what string, cond func() bool) {
+	r.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond) // polling a condition with a deadline
+	}
+}
+
+// step moves the fake clock once the refresher goroutines wait on it.
+func (r *rig) step(d time.Duration) {
+	r.t.Helper()
+	r.eventually("a refresher waiting on the clock", r.clock.HasWaiters)
+	r.clock.Step(d)
+}

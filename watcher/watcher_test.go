@@ -162,8 +162,12 @@ func TestMissPath(t *testing.T) {
 		value  string
 		reason authz.Reason // of the entry or the error
 	}{
-		"own credential":    {setup: func(*rig, authz.Identity) {}, value: "Bearer key-a"},
-		"nothing stored":    {setup: func(r *rig, id authz.Identity) { r.vault.mu.Lock(); delete(r.vault.data, "egress/"+id.Key); r.vault.mu.Unlock() }, reason: authz.ReasonNoCredential},
+		"own credential": {setup: func(*rig, authz.Identity) {}, value: "Bearer key-a"},
+		"nothing stored": {setup: func(r *rig, id authz.Identity) {
+			r.vault.mu.Lock()
+			delete(r.vault.data, "egress/"+id.Key)
+			r.vault.mu.Unlock()
+		}, reason: authz.ReasonNoCredential},
 		"unbound namespace": {setup: func(r *rig, id authz.Identity) { r.vault.bind(id.Key, false) }, reason: authz.ReasonVaultDenied},
 		"vault down":        {setup: func(r *rig, id authz.Identity) { r.vault.setDown(true) }, reason: authz.ReasonVaultUnavailable},
 		"not injectable":    {setup: func(r *rig, id authz.Identity) { r.vault.put(id.Key, "bad\r\nvalue") }, reason: authz.ReasonInvalidCredential},

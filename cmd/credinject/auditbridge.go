@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/events/auditbridge"
+	"github.com/credinject/credinject/internal/config"
 )
 
 const defaultAuditListen = "127.0.0.1:9090"
@@ -26,6 +26,7 @@ const defaultAuditListen = "127.0.0.1:9090"
 // stream (socket device, file device or both) and publishes a rotation event
 // for every successful write or delete of a watched KV v2 path.
 func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
+	def := config.Default()
 	fs := flag.NewFlagSet("vault-audit-bridge", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", defaultAuditListen,
@@ -34,11 +35,11 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 	var files, paths, routes auditFlagList
 	fs.Var(&files, "file", "path of a Vault file audit device to follow (repeatable)")
 	fromStart := fs.Bool("from-start", false, "read files that exist at startup from their beginning instead of their end")
-	kvMount := fs.String("kv-mount", auditbridge.DefaultKVMount, "KV v2 mount")
-	fs.Var(&paths, "path", "watched path template under the mount, placeholders {namespace} and {serviceaccount} (repeatable; default "+auditbridge.DefaultPath+")")
+	kvMount := fs.String("kv-mount", def.Vault.KVMount, "KV v2 mount")
+	fs.Var(&paths, "path", "watched path template under the mount, placeholders {namespace} and {serviceaccount} (repeatable; default "+def.Vault.Path+")")
 	fs.Var(&routes, "route", "NAME=TEMPLATE: a watched path template whose events carry route NAME (repeatable)")
 	natsURL := fs.String("nats-url", envOr("NATS_URL", auditbridge.DefaultNATSURL), "NATS URL to publish on")
-	subject := fs.String("subject", events.DefaultSubject, "NATS subject")
+	subject := fs.String("subject", def.Events.Subject, "NATS subject")
 	source := fs.String("source", auditbridge.DefaultSource, "CloudEvents source of the events")
 	maxPending := fs.Int("max-pending", auditbridge.DefaultMaxPending, "events buffered while NATS is unreachable before they collapse into one event for every identity")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")

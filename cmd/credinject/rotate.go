@@ -12,19 +12,22 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/config"
 )
 
 // rotate writes a new credential version to Vault KV v2 and publishes the
 // rotation event, saying exactly which step failed.
 func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	def := config.Default()
 	fs := flag.NewFlagSet("rotate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	vaultAddr := fs.String("vault-addr", envOr("VAULT_ADDR", "http://127.0.0.1:8200"), "Vault address (token from VAULT_TOKEN)")
 	natsURL := fs.String("nats-url", envOr("NATS_URL", "nats://127.0.0.1:4222"), "NATS URL to publish the event on (empty: do not publish)")
-	kvMount := fs.String("kv-mount", "secret", "KV v2 mount")
-	pathTmpl := fs.String("path", "egress/{namespace}/{serviceaccount}", "path template under the mount")
-	subject := fs.String("subject", "credinject.rotated", "NATS subject")
+	kvMount := fs.String("kv-mount", def.Vault.KVMount, "KV v2 mount")
+	pathTmpl := fs.String("path", def.Vault.Path, "path template under the mount")
+	subject := fs.String("subject", def.Events.Subject, "NATS subject")
 	route := fs.String("route", "", "route name to put in the event (optional)")
 	timeout := fs.Duration("timeout", 10*time.Second, "timeout of each step")
 	if err := fs.Parse(args); err != nil {
@@ -34,11 +37,11 @@ func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(rest) < 2 {
 		return usageError{errors.New("want NAMESPACE/SERVICEACCOUNT and at least one key=value")}
 	}
-	ns, sa, ok := strings.Cut(rest[0], "/")
-	rot := events.Rotation{Namespace: ns, ServiceAccount: sa, Route: *route}
-	if !ok || ns == "" || sa == "" {
-		return usageError{fmt.Errorf("%q is not NAMESPACE/SERVICEACCOUNT", rest[0])}
+	id, err := authz.ParseIdentity(rest[0])
+	if err != nil {
+		return usageError{fmt.Errorf("%q is not NAMESPACE/SERVICEACCOUNT: %w", rest[0], err)}
 	}
+	rot := events.Rotation{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Route: *route}
 	if err := rot.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -54,7 +57,7 @@ func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if token == "" {
 		return usageError{errors.New("VAULT_TOKEN is not set")}
 	}
-	path := strings.NewReplacer("{namespace}", ns, "{serviceaccount}", sa).Replace(*pathTmpl)
+	path := authz.ExpandPath(*pathTmpl, id)
 
 	cfg := vaultapi.DefaultConfig()
 	cfg.Address = *vaultAddr

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // Config is the whole configuration file.
@@ -173,7 +175,6 @@ var (
 	placeholder = regexp.MustCompile(`\{([^{}]*)\}`)
 	fieldName   = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 	hostPattern = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$`)
-	routeName   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
 )
 
 // Validate checks every value and normalises header names to lower case.
@@ -274,7 +275,7 @@ func (c *Config) Validate() error {
 		if r.Name == "" && len(r.Hosts) > 0 {
 			r.Name = strings.TrimPrefix(r.Hosts[0], "*.")
 		}
-		if !routeName.MatchString(r.Name) || r.Name == "default" {
+		if !authz.IsRouteName(r.Name) || r.Name == "default" {
 			bad(key+".name", "%q is not a valid route name", r.Name)
 		}
 		if names[r.Name] {

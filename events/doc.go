@@ -7,8 +7,8 @@
 // queue, a slow-consumer drop).
 //
 // It does not know what a credential is, where it lives or how it is cached:
-// Refresher and Resyncer are declared here and implemented by the watcher,
-// and cmd joins the two. It knows nothing of Envoy or Vault. Events are hints
+// Refresher and Resyncer are declared here; *watcher.Watcher satisfies both
+// and internal/app hands it to the Subscriber. It knows nothing of Envoy or Vault. Events are hints
 // that something changed, never carriers of secrets; the periodic refresh of
 // the watcher stays the safety net while NATS is unreachable.
 package events

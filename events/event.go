@@ -84,8 +84,8 @@ type wireData struct {
 }
 
 // NewEvent encodes r as a structured-mode CloudEvent from source, with a
-// random UUID as id and the current UTC time.
-func NewEvent(source string, r Rotation) ([]byte, error) {
+// random UUID as id and at (in UTC) as its time.
+func NewEvent(source string, r Rotation, at time.Time) ([]byte, error) {
 	if source == "" {
 		return nil, fmt.Errorf("events: new event: %w: empty source", ErrInvalidRotation)
 	}
@@ -100,7 +100,7 @@ func NewEvent(source string, r Rotation) ([]byte, error) {
 		Type:            EventType,
 		Source:          source,
 		ID:              uuid.NewString(),
-		Time:            time.Now().UTC().Format(time.RFC3339Nano),
+		Time:            at.UTC().Format(time.RFC3339Nano),
 		DataContentType: DataContentType,
 		Data:            wireData(r),
 	})

@@ -209,7 +209,7 @@ func TestNewEventRoundTrip(t *testing.T) {
 	for name, r := range tests {
 		t.Run(name, func(t *testing.T) {
 			before := time.Now()
-			b, err := NewEvent("credinject/rotate", r)
+			b, err := NewEvent("credinject/rotate", r, testTime)
 			if err != nil {
 				t.Fatalf("NewEvent: %v", err)
 			}
@@ -241,8 +241,8 @@ func TestNewEventRoundTrip(t *testing.T) {
 			}
 		})
 	}
-	a, _ := NewEvent("s", Rotation{})
-	b, _ := NewEvent("s", Rotation{})
+	a, _ := NewEvent("s", Rotation{}, testTime)
+	b, _ := NewEvent("s", Rotation{}, testTime)
 	_, ma, _ := Parse(a)
 	_, mb, _ := Parse(b)
 	if ma.ID == mb.ID {
@@ -263,12 +263,14 @@ func TestNewEventInvalid(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if b, err := NewEvent(tc.source, tc.r); !errors.Is(err, ErrInvalidRotation) {
+			if b, err := NewEvent(tc.source, tc.r, testTime); !errors.Is(err, ErrInvalidRotation) {
 				t.Errorf("NewEvent = %s, %v; want ErrInvalidRotation", b, err)
 			}
 		})
 	}
 }
+
+var testTime = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 
 func TestRotationString(t *testing.T) {
 	tests := map[string]struct {
@@ -319,7 +321,7 @@ func FuzzParse(f *testing.F) {
 		if meta.ID == "" || meta.Source == "" {
 			t.Fatalf("Parse accepted empty id or source: %+v", meta)
 		}
-		again, err := NewEvent(meta.Source, r)
+		again, err := NewEvent(meta.Source, r, testTime)
 		if err != nil {
 			t.Fatalf("NewEvent(%q, %+v): %v", meta.Source, r, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"k8s.io/utils/clock"
 )
 
 // DefaultConnectTimeout bounds Connect and a Publish whose context has no
@@ -21,6 +22,7 @@ var ErrNoConnection = errors.New("events: no NATS connection")
 
 // Publisher sends rotation events. It is safe for concurrent use.
 type Publisher struct {
+	clock   clock.PassiveClock
 	nc      *nats.Conn
 	subject string
 	source  string
@@ -36,7 +38,7 @@ func NewPublisher(nc *nats.Conn, subject, source string) *Publisher {
 	if source == "" {
 		source = DefaultSource
 	}
-	return &Publisher{nc: nc, subject: subject, source: source}
+	return &Publisher{nc: nc, subject: subject, source: source, clock: clock.RealClock{}}
 }
 
 // Publish sends r as a CloudEvent and waits until the server has it (a
@@ -53,7 +55,7 @@ func (p *Publisher) Publish(ctx context.Context, r Rotation) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("events: publish: %w", err)
 	}
-	b, err := NewEvent(p.source, r)
+	b, err := NewEvent(p.source, r, p.clock.Now())
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
 )
 
 // Refresher re-reads the credentials a rotation event names. The watcher
@@ -84,6 +85,9 @@ type SubscriberConfig struct {
 	// Resyncer is asked to re-read everything when events may have been
 	// missed. Required unless disabled.
 	Resyncer Resyncer
+	// Clock times refreshes and resyncs for the logs (default the real
+	// clock).
+	Clock clock.PassiveClock
 	// Logger; nil discards logs.
 	Logger *slog.Logger
 	// Registerer receives the credinject_events_* metrics; nil skips
@@ -157,6 +161,9 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = DefaultConnectionName
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	cfg.Options = slices.Clone(cfg.Options)
 	disabled := strings.TrimSpace(cfg.URL) == ""
@@ -352,7 +359,7 @@ func (s *Subscriber) work(ctx context.Context) {
 func (s *Subscriber) refresh(ctx context.Context, q queued) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
 	defer cancel()
-	start := time.Now()
+	start := s.cfg.Clock.Now()
 	err := guard(func() error { return s.cfg.Refresher.Refresh(ctx, q.r) })
 	if err != nil {
 		s.m.refreshErrs.Inc()
@@ -360,19 +367,19 @@ func (s *Subscriber) refresh(ctx context.Context, q queued) {
 		return
 	}
 	s.log.Debug("events: refreshed", "id", q.meta.ID, "source", q.meta.Source, "rotation", q.r,
-		"duration", time.Since(start))
+		"duration", s.cfg.Clock.Since(start))
 }
 
 func (s *Subscriber) resyncAll(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ResyncTimeout)
 	defer cancel()
-	start := time.Now()
+	start := s.cfg.Clock.Now()
 	if err := guard(func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
 		s.m.resyncErrs.Inc()
 		s.log.Warn("events: resync failed", "err", err)
 		return
 	}
-	s.log.Info("events: resynced", "duration", time.Since(start))
+	s.log.Info("events: resynced", "duration", s.cfg.Clock.Since(start))
 }
 
 // guard turns a panic of the Refresher or Resyncer into an error, so one bad

@@ -9,6 +9,7 @@ import (
 
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
+	"github.com/credinject/credinject/internal/backoff"
 )
 
 // identity is one identity the watcher keeps fresh: its session, the routes
@@ -136,7 +137,7 @@ func (w *Watcher) loop(ctx context.Context, id *identity) {
 			return
 		case errors.Is(err, authz.ErrVaultUnavailable):
 			failures++
-			wait = Backoff(failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
+			wait = backoff.Delay(failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
 			w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", id.Key, "attempt", failures, "retryIn", wait, "error", err)
 		default:
 			failures = 0

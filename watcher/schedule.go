@@ -27,28 +27,6 @@ func NextRefresh(readAt time.Time, refresh time.Duration, tokenExpires time.Time
 	return readAt.Add(d)
 }
 
-// Backoff is the wait before retry attempt n (1-based) after a failure:
-// exponential from base, capped at max, with jitter in [-1, 1] spreading it by
-// ±20 %.
-func Backoff(n int, base, max time.Duration, jitter float64) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	d := base
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	if jitter > 1 {
-		jitter = 1
-	} else if jitter < -1 {
-		jitter = -1
-	}
-	return time.Duration(float64(d) * (1 + 0.2*jitter))
-}
-
 // Lifetimes of a credential read at readAt: fresh until the refresh interval
 // has passed, served (stale) until staleGrace after the read, whichever is
 // later.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/events"
 )
@@ -84,6 +85,9 @@ type Config struct {
 	// buffered; default DefaultDrainTimeout.
 	DrainTimeout time.Duration
 
+	// Clock drives the file poll, coalescing and retry timers (default the
+	// real clock).
+	Clock clock.WithTicker
 	// Logger; nil discards logs.
 	Logger *slog.Logger
 	// Registerer receives the credinject_audit_* metrics; nil skips
@@ -126,6 +130,9 @@ func New(cfg Config) (*Bridge, error) {
 	}
 	if strings.TrimSpace(cfg.NATSURL) == "" {
 		cfg.NATSURL = DefaultNATSURL
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Subject == "" {
 		cfg.Subject = events.DefaultSubject
@@ -231,6 +238,7 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	}()
 
 	p := &publisher{
+		clock:     b.cfg.Clock,
 		q:         b.q,
 		send:      events.NewPublisher(nc, b.cfg.Subject, b.cfg.Source),
 		connected: nc.IsConnected,
@@ -267,11 +275,11 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 		})
 	}
 	if b.cfg.Listener != nil {
-		s := &socketServer{ln: b.cfg.Listener, handle: b.handle, log: b.log, m: b.m}
+		s := &socketServer{clock: b.cfg.Clock, ln: b.cfg.Listener, handle: b.handle, log: b.log, m: b.m}
 		start("socket input", s.serve)
 	}
 	for _, path := range b.cfg.Files {
-		f := &follower{path: path, fromStart: b.cfg.FromStart, poll: b.cfg.PollInterval, handle: b.handle, log: b.log}
+		f := &follower{clock: b.cfg.Clock, path: path, fromStart: b.cfg.FromStart, poll: b.cfg.PollInterval, handle: b.handle, log: b.log}
 		start("file input "+path, f.run)
 	}
 	b.log.Info("auditbridge: running", "nats", redactURL(b.cfg.NATSURL), "subject", b.cfg.Subject,

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // DefaultPollInterval is how often a followed file is checked for new lines
@@ -21,7 +23,8 @@ const DefaultPollInterval = 250 * time.Millisecond
 // file-system events: one stat per interval at the end of the file works on
 // every file system, including network and overlay ones.
 type follower struct {
-	path string
+	clock clock.WithTicker
+	path  string
 	// fromStart reads a file that exists at startup from its beginning;
 	// otherwise only lines appended after startup are read. A file that
 	// appears later (or replaces the first one) is always read whole.
@@ -46,13 +49,13 @@ func (f *follower) run(ctx context.Context) error {
 	input := "file " + f.path
 	sp := newSplitter(MaxLineSize, func(line []byte, tooLong bool) { f.handle(input, line, tooLong) })
 	buf := make([]byte, 64<<10)
-	tick := time.NewTicker(f.poll)
+	tick := f.clock.NewTicker(f.poll)
 	defer tick.Stop()
 	wait := func() bool {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-tick.C:
+		case <-tick.C():
 			return true
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"k8s.io/utils/clock"
 )
 
 type followRun struct {
@@ -23,7 +24,7 @@ func startFollower(t *testing.T, path string, fromStart bool) *followRun {
 	t.Helper()
 	r := &followRun{lines: make(chan emitted, 100), notes: make(chan string, 100)}
 	f := &follower{
-		path: path, fromStart: fromStart, poll: 2 * time.Millisecond, log: slog.New(slog.DiscardHandler),
+		clock: clock.RealClock{}, path: path, fromStart: fromStart, poll: 2 * time.Millisecond, log: slog.New(slog.DiscardHandler),
 		handle: func(_ string, line []byte, tooLong bool) { r.lines <- emitted{string(line), tooLong} },
 		notify: func(what string) { r.notes <- what },
 	}

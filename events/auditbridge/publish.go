@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/backoff"
+	"k8s.io/utils/clock"
 )
 
 // Retry pauses after a failed publish while the connection is up (a flush
@@ -25,6 +27,7 @@ var _ sender = (*events.Publisher)(nil)
 
 // publisher is the single consumer of the queue.
 type publisher struct {
+	clock     clock.WithTicker
 	q         *queue
 	send      sender
 	connected func() bool
@@ -52,12 +55,12 @@ func (p *publisher) run(ctx context.Context, drain time.Duration) {
 		// Let writes that come together (a put and a metadata update, a
 		// script touching many keys) coalesce for a moment.
 		if p.coalesce > 0 {
-			t := time.NewTimer(p.coalesce)
+			t := p.clock.NewTimer(p.coalesce)
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return
-			case <-t.C:
+			case <-t.C():
 			}
 		}
 		p.sendAll(ctx)
@@ -68,7 +71,7 @@ func (p *publisher) run(ctx context.Context, drain time.Duration) {
 // connection is down it leaves the events in the queue and waits for the
 // reconnect.
 func (p *publisher) sendAll(ctx context.Context) {
-	retry := minRetry
+	failures := 0
 	for ctx.Err() == nil {
 		if !p.connected() {
 			// The reconnect handler wakes us; the timer is a safety net.
@@ -81,25 +84,25 @@ func (p *publisher) sendAll(ctx context.Context) {
 		}
 		n, err := p.sendBatch(ctx, batch)
 		if err == nil {
-			retry = minRetry
+			failures = 0
 			continue
 		}
 		if p.q.requeue(batch[n:]) {
 			p.overflow()
 		}
-		p.wait(ctx, retry)
-		retry = min(2*retry, maxRetry)
+		failures++
+		p.wait(ctx, backoff.Delay(failures, minRetry, maxRetry, 0))
 	}
 }
 
 // wait pauses for d, or until the connection comes back or ctx is done.
 func (p *publisher) wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
+	t := p.clock.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-p.up:
-	case <-t.C:
+	case <-t.C():
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/events"
 )
@@ -51,7 +52,7 @@ func startPublisher(t *testing.T, connected bool, coalesce time.Duration) *pubRu
 	q := newQueue(100)
 	q.gauge = m.pending
 	r.p = &publisher{
-		q: q, send: r.s, connected: r.conn.Load, up: r.up, coalesce: coalesce, timeout: waitTimeout, m: m,
+		clock: clock.RealClock{}, q: q, send: r.s, connected: r.conn.Load, up: r.up, coalesce: coalesce, timeout: waitTimeout, m: m,
 		log: slog.New(slog.DiscardHandler),
 	}
 	ctx, cancel := context.WithCancel(context.Background())

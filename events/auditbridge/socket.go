@@ -9,6 +9,9 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/credinject/credinject/internal/backoff"
+	"k8s.io/utils/clock"
 )
 
 // lineFunc receives the lines of one input; input names it for logs.
@@ -19,6 +22,7 @@ type lineFunc func(input string, line []byte, tooLong bool)
 // after a write fails), so it accepts any number of successive or parallel
 // connections, one goroutine each.
 type socketServer struct {
+	clock  clock.WithTicker
 	ln     net.Listener
 	handle lineFunc
 	log    *slog.Logger
@@ -52,7 +56,7 @@ func (s *socketServer) serve(ctx context.Context) error {
 
 	addr := s.ln.Addr().String()
 	s.log.Info("auditbridge: listening for Vault's socket audit device", "addr", addr)
-	backoff := 5 * time.Millisecond
+	failures := 0
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -64,16 +68,16 @@ func (s *socketServer) serve(ctx context.Context) error {
 			}
 			// Out of file descriptors and the like: wait, do not spin.
 			s.log.Warn("auditbridge: accept failed", "addr", addr, "err", err)
-			t := time.NewTimer(backoff)
+			failures++
+			t := s.clock.NewTimer(backoff.Delay(failures, 5*time.Millisecond, time.Second, 0))
 			select {
 			case <-ctx.Done():
-			case <-t.C:
+			case <-t.C():
 			}
 			t.Stop()
-			backoff = min(2*backoff, time.Second)
 			continue
 		}
-		backoff = 5 * time.Millisecond
+		failures = 0
 		mu.Lock()
 		if done {
 			mu.Unlock()

@@ -151,6 +151,8 @@ func (a *App) Run(ctx context.Context) error {
 }
 
 func (a *App) waitReady(ctx context.Context) {
+	// Wall-clock polling of in-process state: the injected clock is for the
+	// parts' logic, and tests freeze it.
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {

@@ -123,7 +123,7 @@ func StartCredinject(ctx context.Context, env *testenv.Env, cfg config.Config, l
 		select {
 		case err := <-c.done:
 			cancel()
-			return nil, fmt.Errorf("bench: credinject stopped before ready: %v", err)
+			return nil, fmt.Errorf("bench: credinject stopped before ready: %w", err)
 		case <-deadline:
 			_ = c.Stop()
 			return nil, errors.New("bench: credinject not ready after a minute")

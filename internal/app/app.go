@@ -92,66 +92,103 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}()
 
-	var kc kubernetes.Interface
-	var rc *rest.Config
-	if !opts.NoKubernetes {
-		var err error
-		if opts.RestConfig != nil {
-			rc = rest.CopyConfig(opts.RestConfig)
-		} else if rc, err = kube.RESTConfig(cfg.Kubernetes.Kubeconfig); err != nil {
-			return nil, fmt.Errorf("kubernetes: %w", err)
-		}
-		rc.QPS, rc.Burst = cfg.Kubernetes.QPS, cfg.Kubernetes.Burst
-		if kc, err = kubernetes.NewForConfig(rc); err != nil {
-			return nil, fmt.Errorf("kubernetes client: %w", err)
-		}
-		a.sas = kube.NewServiceAccounts(kc, 0)
-	}
-
-	metrics := checker.NewMetrics(a.reg)
-	validator, err := a.validator(ctx, kc, rc, metrics)
+	kc, rc, err := a.kubernetes()
 	if err != nil {
 		return nil, err
 	}
+	if err := a.credentialLayer(kc); err != nil {
+		return nil, err
+	}
+	if err := a.hotPath(ctx, kc, rc); err != nil {
+		return nil, err
+	}
+	if cfg.Events.NatsURL != "" {
+		a.sub, err = events.NewSubscriber(events.SubscriberConfig{
+			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject,
+			Refresher: a.watcher, Resyncer: a.watcher,
+			Logger: a.log, Registerer: a.reg, Name: "credinject",
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := a.listen(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return a, nil
+}
 
+// kubernetes builds the API server client and the ServiceAccount informer
+// (nil, nil without Kubernetes).
+func (a *App) kubernetes() (kubernetes.Interface, *rest.Config, error) {
+	if a.opts.NoKubernetes {
+		return nil, nil, nil
+	}
+	var rc *rest.Config
+	if a.opts.RestConfig != nil {
+		rc = rest.CopyConfig(a.opts.RestConfig)
+	} else {
+		var err error
+		if rc, err = kube.RESTConfig(a.cfg.Kubernetes.Kubeconfig); err != nil {
+			return nil, nil, fmt.Errorf("kubernetes: %w", err)
+		}
+	}
+	rc.QPS, rc.Burst = a.cfg.Kubernetes.QPS, a.cfg.Kubernetes.Burst
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	a.sas = kube.NewServiceAccounts(kc, 0)
+	return kc, rc, nil
+}
+
+// credentialLayer builds the credential cache, the Vault client, the
+// watcher and the prefetcher.
+func (a *App) credentialLayer(kc kubernetes.Interface) error {
+	cfg := a.cfg
+	var err error
 	a.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
 	}, func() float64 { return float64(a.creds.Len()) }))
-
-	vc, err := watcher.NewVaultClient(watcher.VaultClientConfig{Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency})
-	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
+	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency}); err != nil {
+		return fmt.Errorf("vault: %w", err)
 	}
-	a.vault = vc
-
 	var minter watcher.TokenMinter
 	if kc != nil && len(cfg.Prefetch.Namespaces) > 0 {
 		minter = kube.TokenRequester{Client: kc, Audiences: cfg.Kubernetes.Audiences, TTL: time.Hour}
 	}
 	a.watcher, err = watcher.New(watcher.Config{
-		Vault: vc, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
+		Vault: a.vault, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
 		Routes:  watcherRoutes(cfg),
 		Refresh: cfg.Prefetch.Refresh, StaleGrace: cfg.Prefetch.StaleGrace, DeniedTTL: cfg.Cache.DeniedTTL,
 		Concurrency: cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
-		Clock: opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
+		Clock: a.opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if a.sas != nil {
 		a.prefetch, err = watcher.NewPrefetcher(a.watcher, a.sas, cfg.Prefetch.Namespaces, cfg.Vault.Concurrency, a.log.With("component", "prefetch"))
-		if err != nil {
-			return nil, err
-		}
 	}
+	return err
+}
 
+// hotPath builds the token validator, the router and the checker.
+func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Config) error {
+	cfg := a.cfg
+	metrics := checker.NewMetrics(a.reg)
+	validator, err := a.validator(ctx, kc, rc, metrics)
+	if err != nil {
+		return err
+	}
 	router, err := checker.NewRouter(checkerRoutes(cfg), cfg.HasDefaultRoute())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var sas checker.ServiceAccounts
 	if a.sas != nil {
@@ -162,31 +199,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Metrics: metrics, Log: a.log.With("component", "checker"),
-		Clock: opts.Clock,
+		Clock: a.opts.Clock,
 	})
-	if err != nil {
-		return nil, err
-	}
-
-	if cfg.Events.NatsURL != "" {
-		a.sub, err = events.NewSubscriber(events.SubscriberConfig{
-			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject,
-			Refresher:  a.watcher,
-			Resyncer:   a.watcher,
-			Logger:     a.log,
-			Registerer: a.reg,
-			Name:       "credinject",
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-
-	if err := a.listen(); err != nil {
-		return nil, err
-	}
-	ok = true
-	return a, nil
+	return err
 }
 
 func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest.Config, m *checker.Metrics) (checker.Validator, error) {

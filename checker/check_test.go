@@ -74,7 +74,7 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 			r.calls.Add(1)
 			return r.source(ctx, route, id, token, exp)
 		}),
-		Metrics: checker.NewMetrics(prometheus.NewRegistry()),
+		Registerer: prometheus.NewRegistry(), TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 	})
 	if err != nil {
 		tb.Fatal(err)

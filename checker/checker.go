@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/credinject/credinject/authz"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/cache"
@@ -44,18 +45,21 @@ type Config struct {
 	TokenCacheSize int64
 	// SourceTimeout bounds a miss's call to the Source.
 	SourceTimeout time.Duration
-	Metrics       *Metrics
-	Log           *slog.Logger
+	// Registerer receives the credinject_check_*, cache and stale-answer
+	// metrics (nil: not registered).
+	Registerer prometheus.Registerer
+	Log        *slog.Logger
 	// Clock tells the time (default the real clock); tests move a fake one.
 	Clock clock.WithTicker
 }
 
 // Checker makes decisions. It is safe for concurrent use.
 type Checker struct {
-	cfg    Config
-	tokens *cachedValidator
-	hash   *hasher
-	tcache *cache.Tokens[tokenResult]
+	cfg     Config
+	metrics *metrics
+	tokens  *cachedValidator
+	hash    *hasher
+	tcache  *cache.Tokens[tokenResult]
 }
 
 // New builds a Checker.
@@ -63,20 +67,14 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.Validator == nil || cfg.Credentials == nil || cfg.Source == nil || cfg.Router == nil {
 		return nil, errors.New("checker: Validator, Credentials, Source and Router are required")
 	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = NewMetrics(nil)
-	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	if cfg.TokenCache.TTL <= 0 {
-		cfg.TokenCache.TTL = 30 * time.Second
-	}
-	if cfg.TokenCache.NegativeTTL <= 0 {
-		cfg.TokenCache.NegativeTTL = 5 * time.Second
+	if cfg.TokenCache.TTL <= 0 || cfg.TokenCache.NegativeTTL <= 0 {
+		return nil, fmt.Errorf("checker: TokenCache.TTL (%v) and NegativeTTL (%v) must be positive (cache.tokenTTL, cache.tokenNegativeTTL)", cfg.TokenCache.TTL, cfg.TokenCache.NegativeTTL)
 	}
 	if cfg.TokenCache.Timeout <= 0 {
 		cfg.TokenCache.Timeout = 5 * time.Second
@@ -84,14 +82,18 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.SourceTimeout <= 0 {
 		cfg.SourceTimeout = 10 * time.Second
 	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	tc, err := cache.NewTokens[tokenResult](cache.TokensConfig{MaxEntries: cfg.TokenCacheSize})
 	if err != nil {
 		return nil, err
 	}
-	c := &Checker{cfg: cfg, hash: newHasher(cfg.Audiences), tcache: tc}
+	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc}
 	c.tokens = &cachedValidator{
 		v: cfg.Validator, sas: cfg.ServiceAccounts, cache: tc, cfg: cfg.TokenCache,
-		clock: cfg.Clock, metrics: cfg.Metrics, log: cfg.Log,
+		clock: cfg.Clock, metrics: m, log: cfg.Log,
 	}
 	return c, nil
 }
@@ -120,15 +122,15 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
 			d = Decision{Reason: authz.ReasonInternal}
 		}
-		counter, known := c.cfg.Metrics.checks[d.Reason]
+		counter, known := c.metrics.checks[d.Reason]
 		if !known {
 			// A reason outside the closed set (a corrupt negative entry)
 			// is an internal error, never a panic in the deferred path.
 			d = Decision{Reason: authz.ReasonInternal}
-			counter = c.cfg.Metrics.checks[authz.ReasonInternal]
+			counter = c.metrics.checks[authz.ReasonInternal]
 		}
 		counter.Inc()
-		c.cfg.Metrics.duration.Observe(c.cfg.Clock.Now().Sub(start).Seconds())
+		c.metrics.duration.Observe(c.cfg.Clock.Now().Sub(start).Seconds())
 	}()
 	token, r := cutBearer(authorization)
 	if r != authz.ReasonNone {
@@ -161,18 +163,18 @@ func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, to
 	if ok {
 		switch e.State(now) {
 		case cache.Fresh:
-			c.cfg.Metrics.credHit.Inc()
+			c.metrics.credHit.Inc()
 			return entryDecision(e, id, false)
 		case cache.Stale:
-			c.cfg.Metrics.credHit.Inc()
+			c.metrics.credHit.Inc()
 			if e.Denied == authz.ReasonNone {
-				c.cfg.Metrics.stale.Inc()
+				c.metrics.stale.Inc()
 				c.cfg.Log.Info("serving a stale credential", "identity", id.Key, "route", route, "readAt", e.ReadAt)
 			}
 			return entryDecision(e, id, true)
 		}
 	}
-	c.cfg.Metrics.credMiss.Inc()
+	c.metrics.credMiss.Inc()
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.SourceTimeout)
 	defer cancel()
 	e, err := c.cfg.Source.Credential(sctx, route, id, token, ti.Expires)

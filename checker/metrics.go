@@ -1,25 +1,27 @@
 package checker
 
 import (
+	"fmt"
+
 	"github.com/credinject/credinject/authz"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the checker's Prometheus metrics. Counters for every (result,
+// metrics are the checker's Prometheus metrics. Counters for every (result,
 // reason) pair are created up front so the hot path does no label lookup.
-type Metrics struct {
-	checks     map[authz.Reason]prometheus.Counter
-	duration   prometheus.Observer
-	stale      prometheus.Counter
-	credHit    prometheus.Counter
-	credMiss   prometheus.Counter
-	tokenHit   prometheus.Counter
-	tokenMiss  prometheus.Counter
-	TokenCalls *prometheus.CounterVec
+type metrics struct {
+	checks    map[authz.Reason]prometheus.Counter
+	duration  prometheus.Observer
+	stale     prometheus.Counter
+	credHit   prometheus.Counter
+	credMiss  prometheus.Counter
+	tokenHit  prometheus.Counter
+	tokenMiss prometheus.Counter
 }
 
-// NewMetrics registers the checker's metrics on reg (nil: not registered).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// newMetrics builds the checker's metrics and registers them on reg (nil:
+// not registered).
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	checks := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credinject_check_total",
 		Help: "Decisions made, by result (allow, deny) and reason.",
@@ -39,25 +41,42 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	misses := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credinject_cache_misses_total", Help: "Cache misses by cache (credential, token).",
 	}, []string{"cache"})
-	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "credinject_tokenreview_requests_total",
-		Help: "Token validations sent to the API server (TokenReview), by result (ok, rejected, error).",
-	}, []string{"result"})
-	if reg != nil {
-		reg.MustRegister(checks, dur, stale, hits, misses, calls)
+	if err := register(reg, checks, dur, stale, hits, misses); err != nil {
+		return nil, err
 	}
-	m := &Metrics{
-		checks:     map[authz.Reason]prometheus.Counter{authz.ReasonNone: checks.WithLabelValues("allow", "")},
-		duration:   dur,
-		stale:      stale,
-		credHit:    hits.WithLabelValues("credential"),
-		credMiss:   misses.WithLabelValues("credential"),
-		tokenHit:   hits.WithLabelValues("token"),
-		tokenMiss:  misses.WithLabelValues("token"),
-		TokenCalls: calls,
+	m := &metrics{
+		checks:    map[authz.Reason]prometheus.Counter{authz.ReasonNone: checks.WithLabelValues("allow", "")},
+		duration:  dur,
+		stale:     stale,
+		credHit:   hits.WithLabelValues("credential"),
+		credMiss:  misses.WithLabelValues("credential"),
+		tokenHit:  hits.WithLabelValues("token"),
+		tokenMiss: misses.WithLabelValues("token"),
 	}
 	for _, r := range authz.Reasons {
 		m.checks[r] = checks.WithLabelValues("deny", string(r))
 	}
-	return m
+	return m, nil
+}
+
+// newTokenReviewMetrics builds the TokenReview validator's call counter and
+// registers it on reg (nil: not registered).
+func newTokenReviewMetrics(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credinject_tokenreview_requests_total",
+		Help: "Token validations sent to the API server (TokenReview), by result (ok, rejected, error).",
+	}, []string{"result"})
+	return calls, register(reg, calls)
+}
+
+func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("checker: metrics: %w", err)
+		}
+	}
+	return nil
 }

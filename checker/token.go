@@ -268,7 +268,7 @@ type cachedValidator struct {
 	cfg     TokenCacheConfig
 	clock   clock.PassiveClock
 	flight  singleflight.Group
-	metrics *Metrics
+	metrics *metrics
 	log     *slog.Logger
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/credinject/credinject/authz"
+	"github.com/prometheus/client_golang/prometheus"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,13 +27,16 @@ type TokenReviewValidator struct {
 	observe   func(result string)
 }
 
-// NewTokenReviewValidator builds a validator for the given audiences.
-// observe, if set, is told each call's result (ok, rejected, error).
-func NewTokenReviewValidator(reviews tokenReviews, audiences []string, observe func(result string)) *TokenReviewValidator {
-	if observe == nil {
-		observe = func(string) {}
+// NewTokenReviewValidator builds a validator for the given audiences. It
+// counts its calls by result (ok, rejected, error) in
+// credinject_tokenreview_requests_total on reg (nil: not registered).
+func NewTokenReviewValidator(reviews tokenReviews, audiences []string, reg prometheus.Registerer) (*TokenReviewValidator, error) {
+	calls, err := newTokenReviewMetrics(reg)
+	if err != nil {
+		return nil, err
 	}
-	return &TokenReviewValidator{reviews: reviews, audiences: slices.Clone(audiences), observe: observe}
+	observe := func(result string) { calls.WithLabelValues(result).Inc() }
+	return &TokenReviewValidator{reviews: reviews, audiences: slices.Clone(audiences), observe: observe}, nil
 }
 
 var _ Validator = (*TokenReviewValidator)(nil)

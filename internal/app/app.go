@@ -181,8 +181,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 // hotPath builds the token validator, the router and the checker.
 func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Config) error {
 	cfg := a.cfg
-	metrics := checker.NewMetrics(a.reg)
-	validator, err := a.validator(ctx, kc, rc, metrics)
+	validator, err := a.validator(ctx, kc, rc)
 	if err != nil {
 		return err
 	}
@@ -198,20 +197,19 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		Validator: validator, ServiceAccounts: sas, Credentials: a.creds,
 		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
-		TokenCacheSize: cfg.Cache.Capacity, Metrics: metrics, Log: a.log.With("component", "checker"),
+		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.log.With("component", "checker"),
 		Clock: a.opts.Clock,
 	})
 	return err
 }
 
-func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest.Config, m *checker.Metrics) (checker.Validator, error) {
+func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest.Config) (checker.Validator, error) {
 	cfg := a.cfg.Kubernetes
 	if cfg.TokenValidation == "tokenreview" {
 		if kube == nil {
 			return nil, errors.New("kubernetes.tokenValidation tokenreview needs an API server")
 		}
-		return checker.NewTokenReviewValidator(kube.AuthenticationV1().TokenReviews(), cfg.Audiences,
-			func(res string) { m.TokenCalls.WithLabelValues(res).Inc() }), nil
+		return checker.NewTokenReviewValidator(kube.AuthenticationV1().TokenReviews(), cfg.Audiences, a.reg)
 	}
 	jc := checker.JWKSConfig{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: a.opts.JWKS, Clock: a.opts.Clock, Log: a.log.With("component", "jwks")}
 	switch {

@@ -78,12 +78,6 @@ func (v *fakeVault) count(op string) int {
 	return v.calls[op]
 }
 
-func (v *fakeVault) liveTokens() int {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return len(v.live)
-}
-
 func (v *fakeVault) enter(op string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -44,6 +44,11 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hdr[http.CanonicalHeaderKey(d.Entry.Header)] = []string{d.Entry.Value}
+	if d.Entry.Header != headerAuthorization {
+		// Another header is injected: the workload's token must not go on.
+		// Envoy's HTTP ext_authz removes the headers this one names.
+		hdr["X-Envoy-Auth-Headers-To-Remove"] = []string{headerAuthorization}
+	}
 	hdr["X-Credinject-Namespace"] = []string{d.Identity.Namespace}
 	hdr["X-Credinject-Serviceaccount"] = []string{d.Identity.ServiceAccount}
 	w.WriteHeader(http.StatusOK)

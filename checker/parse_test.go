@@ -44,7 +44,7 @@ func TestHTTPAnyMethod(t *testing.T) {
 				req.Header.Set("Authorization", tok)
 				w = httptest.NewRecorder()
 				h.ServeHTTP(w, req)
-				if w.Code != http.StatusOK || w.Header().Get("X-Api-Key") != "ak-a" {
+				if w.Code != http.StatusOK || w.Header().Get("X-Api-Key") != "ak-a" || w.Header().Get("X-Envoy-Auth-Headers-To-Remove") != "authorization" {
 					t.Fatalf("routed allow: %d %v", w.Code, w.Header())
 				}
 				req = httptest.NewRequest(m, p, nil)

@@ -93,21 +93,13 @@ func (u *echoUpstream) everything() []string {
 	return vs
 }
 
-// render fills a deploy/ template's __NAME__ placeholders and fails if one is
-// left: the tests run the documented files, not copies of them.
+// render fills a deploy/ template's placeholders (testenv.Render): the tests
+// run the documented files, not copies of them.
 func render(t *testing.T, rel string, values map[string]string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), rel))
+	s, err := testenv.Render(rel, values)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var pairs []string
-	for k, v := range values {
-		pairs = append(pairs, "__"+k+"__", v)
-	}
-	s := strings.NewReplacer(pairs...).Replace(string(b))
-	if i := strings.Index(s, "__"); i >= 0 {
-		t.Fatalf("%s: a placeholder is left: %q", rel, s[i:min(len(s), i+40)])
 	}
 	return s
 }
@@ -167,8 +159,6 @@ func gatewayBinary(t *testing.T, name string) string {
 // the gateway's base URL once Envoy's admin /ready says LIVE.
 func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) string {
 	t.Helper()
-	bin := gatewayBinary(t, "envoy")
-	dir := t.TempDir()
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -179,36 +169,17 @@ func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) string {
 		"LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": fmt.Sprint(port), "ADMIN_PORT": "0",
 		"CREDINJECT_ADDRESS": ah, "CREDINJECT_PORT": ap, "UPSTREAM_ADDRESS": uh, "UPSTREAM_PORT": up,
 	})
-	confPath := filepath.Join(dir, "envoy.yaml")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := testenv.StartEnvoy(ctx, t.TempDir(), conf)
+	if err != nil {
 		t.Fatal(err)
 	}
-	adminPath := filepath.Join(dir, "admin-address")
-	// --use-dynamic-base-id: Envoys running at once (other tests, other
-	// users of this machine) must not share a base id.
-	exited := gatewayProc(t, "envoy", filepath.Join(dir, "envoy.log"), exec.Command(bin,
-		"-c", confPath, "--use-dynamic-base-id", "--concurrency", "1", "-l", "warn",
-		"--admin-address-path", adminPath))
-	client := &http.Client{Timeout: time.Second}
-	waitUntil(t, 30*time.Second, "envoy ready", func() error {
-		select {
-		case <-exited:
-			t.Fatal("envoy exited at start")
-		default:
+	t.Cleanup(func() {
+		e.Stop()
+		if t.Failed() {
+			t.Logf("envoy log:\n%s", e.Log())
 		}
-		admin, err := os.ReadFile(adminPath)
-		if err != nil || len(admin) == 0 {
-			return fmt.Errorf("no admin address yet: %v", err)
-		}
-		resp, err := client.Get("http://" + strings.TrimSpace(string(admin)) + "/ready")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/ready: %d", resp.StatusCode)
-		}
-		return nil
 	})
 	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"image/color"
+	"path/filepath"
 	"slices"
 
 	"gonum.org/v1/plot"
@@ -17,14 +18,43 @@ var targetColors = map[string]color.RGBA{
 	bench.TargetNoop:       {R: 0x70, G: 0x70, B: 0x70, A: 0xff},
 	bench.TargetCredinject: {R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
 	bench.TargetReference:  {R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	bench.GatewayNone:      {R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	bench.GatewayNoop:      {R: 0x70, G: 0x70, B: 0x70, A: 0xff},
+	bench.GatewayGRPC:      {R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	bench.GatewayHTTP:      {R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	bench.GatewayReference: {R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+}
+
+// plots are the files drawn from a run's sweep: the direct gRPC Checks, and
+// the same behind Envoy.
+var plots = []struct {
+	file    string
+	targets []string
+	title   string
+}{
+	{"latency-vs-rate.png", bench.AllTargets, "ext_authz Check latency"},
+	{"gateway-latency-vs-rate.png", bench.GatewayTargets, "Request latency through Envoy to an echo upstream"},
+}
+
+// plotAll draws each plot whose targets are in the sweep, into dir.
+func plotAll(rep *bench.Report, dir string) error {
+	for _, pl := range plots {
+		if !slices.ContainsFunc(rep.Sweep, func(r *bench.Result) bool { return slices.Contains(pl.targets, r.Target) }) {
+			continue
+		}
+		if err := plotSweep(rep, filepath.Join(dir, pl.file), pl.targets, pl.title); err != nil {
+			return fmt.Errorf("%s: %w", pl.file, err)
+		}
+	}
+	return nil
 }
 
 // plotSweep draws p50 (solid) and p99 (dashed) latency against the offered
-// rate for each target, both axes logarithmic: the targets are orders of
+// rate for each of targets, both axes logarithmic: the targets are orders of
 // magnitude apart on both.
-func plotSweep(rep *bench.Report, file string) error {
+func plotSweep(rep *bench.Report, file string, targets []string, title string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("ext_authz Check latency, from the intended send time, vs offered rate (open loop, %d identities, %d CPUs)", rep.Identities, rep.Machine.NumCPU)
+	p.Title.Text = fmt.Sprintf("%s, from the intended send time, vs offered rate (open loop, %d identities, %d CPUs)", title, rep.Identities, rep.Machine.NumCPU)
 	p.Title.Padding = vg.Points(8)
 	p.X.Label.Text = "offered rate (requests/s, log scale)"
 	// Short: gonum places a log axis's label box by the mean of the data
@@ -39,14 +69,20 @@ func plotSweep(rep *bench.Report, file string) error {
 	p.Legend.XOffs, p.Legend.YOffs = 3.3*vg.Inch, 0.1*vg.Inch
 	p.Legend.ThumbnailWidth = vg.Points(30)
 
-	var order []string
+	var sweep []*bench.Result
 	for _, s := range rep.Sweep {
+		if slices.Contains(targets, s.Target) {
+			sweep = append(sweep, s)
+		}
+	}
+	var order []string
+	for _, s := range sweep {
 		if !slices.Contains(order, s.Target) {
 			order = append(order, s.Target)
 		}
 	}
 	lo, hi := 0.0, 0.0
-	for _, s := range rep.Sweep {
+	for _, s := range sweep {
 		if s.OK == 0 {
 			continue
 		}
@@ -57,7 +93,7 @@ func plotSweep(rep *bench.Report, file string) error {
 	}
 	for _, target := range order {
 		var p50, p99 plotter.XYs
-		for _, s := range rep.Sweep {
+		for _, s := range sweep {
 			if s.Target != target || s.OK == 0 {
 				continue
 			}

@@ -108,18 +108,19 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 	}
 
-	if len(r.AddedToGateway) > 0 {
-		base := r.ClosedFor(GatewayNone)
+	if len(r.AddedToGateway) > 0 || r.Ratios.GatewayVsNoop != nil || r.Ratios.GatewayVsReference != nil || r.Ratios.GatewayHTTPVsNoop != nil {
 		fmt.Fprintln(w, "\nBEHIND ENVOY (closed loop: client -> Envoy -> echo upstream; added = this target minus envoy alone)")
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "target\tok/s\tp50\tp99\tadded p50\tadded p99\t")
-		fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t-\t-\t\n", base.Target, base.Throughput, fmtMs(base.Latency.P50), fmtMs(base.Latency.P99))
-		for _, a := range r.AddedToGateway {
-			c := r.ClosedFor(a.Target)
-			fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t%s\t%s\t\n", c.Target, c.Throughput, fmtMs(c.Latency.P50), fmtMs(c.Latency.P99), fmtDelta(a.P50), fmtDelta(a.P99))
-		}
-		if err := tw.Flush(); err != nil {
-			return err
+		if base := r.ClosedFor(GatewayNone); base != nil {
+			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "target\tok/s\tp50\tp99\tadded p50\tadded p99\t")
+			fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t-\t-\t\n", base.Target, base.Throughput, fmtMs(base.Latency.P50), fmtMs(base.Latency.P99))
+			for _, a := range r.AddedToGateway {
+				c := r.ClosedFor(a.Target)
+				fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t%s\t%s\t\n", c.Target, c.Throughput, fmtMs(c.Latency.P50), fmtMs(c.Latency.P99), fmtDelta(a.P50), fmtDelta(a.P99))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
 		}
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "\tthroughput\tp50\t")

@@ -114,7 +114,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Targets: knownTargets(), Identities: 100, PerNamespace: 10,
-		Concurrency: 32, Duration: 6 * time.Second, Warmup: time.Second, Rounds: 2, Conns: 2,
+		Concurrency: 32, Duration: 9 * time.Second, Warmup: time.Second, Rounds: 6, Conns: 2,
 		Timeout: 5 * time.Second,
 		Rates:   []Rate{{Fraction: .1}, {Fraction: .25}, {Fraction: .5}, {Fraction: .65}, {Fraction: .8}},
 		Step:    3 * time.Second, MaxInFlight: 1024, IdleSample: 2 * time.Second,

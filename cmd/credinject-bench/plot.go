@@ -31,9 +31,13 @@ var plots = []struct {
 	file    string
 	targets []string
 	title   string
+	// legendX places the legend in the empty middle of the log rate axis;
+	// compact gives it one line per target (five targets need it).
+	legendX vg.Length
+	compact bool
 }{
-	{"latency-vs-rate.png", bench.AllTargets, "ext_authz Check latency"},
-	{"gateway-latency-vs-rate.png", bench.GatewayTargets, "Request latency through Envoy to an echo upstream"},
+	{"latency-vs-rate.png", bench.AllTargets, "ext_authz Check latency", 3.3 * vg.Inch, false},
+	{"gateway-latency-vs-rate.png", bench.GatewayTargets, "Request latency through Envoy to an echo upstream", 0.3 * vg.Inch, true},
 }
 
 // plotAll draws each plot whose targets are in the sweep, into dir.
@@ -42,7 +46,7 @@ func plotAll(rep *bench.Report, dir string) error {
 		if !slices.ContainsFunc(rep.Sweep, func(r *bench.Result) bool { return slices.Contains(pl.targets, r.Target) }) {
 			continue
 		}
-		if err := plotSweep(rep, filepath.Join(dir, pl.file), pl.targets, pl.title); err != nil {
+		if err := plotSweep(rep, filepath.Join(dir, pl.file), pl.targets, pl.title, pl.legendX, pl.compact); err != nil {
 			return fmt.Errorf("%s: %w", pl.file, err)
 		}
 	}
@@ -52,11 +56,14 @@ func plotAll(rep *bench.Report, dir string) error {
 // plotSweep draws p50 (solid) and p99 (dashed) latency against the offered
 // rate for each of targets, both axes logarithmic: the targets are orders of
 // magnitude apart on both.
-func plotSweep(rep *bench.Report, file string, targets []string, title string) error {
+func plotSweep(rep *bench.Report, file string, targets []string, title string, legendX vg.Length, compact bool) error {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s, from the intended send time, vs offered rate (open loop, %d identities, %d CPUs)", title, rep.Identities, rep.Machine.NumCPU)
 	p.Title.Padding = vg.Points(8)
 	p.X.Label.Text = "offered rate (requests/s, log scale)"
+	if compact {
+		p.X.Label.Text += "; solid p50, dashed p99, dotted: closed-loop max"
+	}
 	// Short: gonum places a log axis's label box by the mean of the data
 	// range, so a long label pads the top of the plot.
 	p.Y.Label.Text = "ms (log)"
@@ -66,7 +73,12 @@ func plotSweep(rep *bench.Report, file string, targets []string, title string) e
 	// The middle of the log rate axis is empty (the targets are far
 	// apart): the legend goes there.
 	p.Legend.Top, p.Legend.Left = false, true
-	p.Legend.XOffs, p.Legend.YOffs = 3.3*vg.Inch, 0.1*vg.Inch
+	p.Legend.XOffs, p.Legend.YOffs = legendX, 0.1*vg.Inch
+	if compact {
+		// One line per target, at the top left: above the reference's
+		// p99 and left of the fast targets there is room.
+		p.Legend.Top, p.Legend.YOffs = true, -0.05*vg.Inch
+	}
 	p.Legend.ThumbnailWidth = vg.Points(30)
 
 	var sweep []*bench.Result
@@ -127,7 +139,16 @@ func plotSweep(rep *bench.Report, file string, targets []string, title string) e
 			}
 			sc.Color, sc.Shape, sc.Radius = c, series.shape, vg.Points(3)
 			p.Add(l, sc)
-			p.Legend.Add(series.name, l, sc)
+			switch {
+			case !compact:
+				p.Legend.Add(series.name, l, sc)
+			case !series.dashed:
+				name := target
+				if cl := rep.ClosedFor(target); cl != nil {
+					name = fmt.Sprintf("%s (closed-loop max %.0f/s)", target, cl.Throughput)
+				}
+				p.Legend.Add(name, l, sc)
+			}
 		}
 		// The closed-loop throughput the sweep's percentages refer to.
 		if cl := rep.ClosedFor(target); cl != nil && cl.Throughput > 0 && lo > 0 {
@@ -137,7 +158,9 @@ func plotSweep(rep *bench.Report, file string, targets []string, title string) e
 			}
 			l.Color, l.Width, l.Dashes = c, vg.Points(1), []vg.Length{vg.Points(1), vg.Points(3)}
 			p.Add(l)
-			p.Legend.Add(fmt.Sprintf("%s closed-loop max (%.0f/s)", target, cl.Throughput), l)
+			if !compact {
+				p.Legend.Add(fmt.Sprintf("%s closed-loop max (%.0f/s)", target, cl.Throughput), l)
+			}
 		}
 	}
 	return p.Save(10*vg.Inch, 6*vg.Inch, file)

@@ -110,7 +110,7 @@ type Options struct {
 }
 
 // DefaultOptions fit a full run (bed start, three direct targets and five
-// behind Envoy, sweep) in about six minutes on two cores.
+// behind Envoy, sweep) in about five minutes on two cores.
 func DefaultOptions() Options {
 	return Options{
 		Targets: knownTargets(), Identities: 100, PerNamespace: 10,

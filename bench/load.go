@@ -10,13 +10,38 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
 
-// Target is an ext_authz server under load, seen from the client.
+// Target is an ext_authz server under load, seen from the client: called
+// directly over gRPC (Client), or behind a gateway (Gateway: the workload's
+// HTTP request through Envoy to an echo upstream).
 type Target struct {
-	Name   string
-	Client authv3.AuthorizationClient
+	Name    string
+	Client  authv3.AuthorizationClient
+	Gateway *Gateway
 	// Want is the value an allow must inject for id (nil: "Bearer " +
 	// id.APIKey).
 	Want func(id *Identity) string
+}
+
+// next is the next identity and, for a gRPC target, its Check request (built
+// outside the timed call, as a gateway builds it before sending).
+func (t *Target) next(reqs *Requests) (*authv3.CheckRequest, *Identity) {
+	if t.Gateway != nil {
+		return nil, reqs.nextIdentity()
+	}
+	return reqs.Next()
+}
+
+// call sends one request and classifies its answer ("" = a correct allow);
+// err is a transport error. A gRPC target without req builds one.
+func (t *Target) call(ctx context.Context, req *authv3.CheckRequest, id *Identity) (string, error) {
+	if t.Gateway != nil {
+		return t.Gateway.Do(ctx, id, t.want(id))
+	}
+	if req == nil {
+		req = NewCheckRequest(id, 0)
+	}
+	resp, err := t.Client.Check(ctx, req)
+	return Classify(resp, err, t.want(id)), err
 }
 
 func (t *Target) want(id *Identity) string {
@@ -69,17 +94,17 @@ func RunClosed(ctx context.Context, t *Target, reqs *Requests, cfg Closed, cpu *
 		sh := tl.shard(w)
 		wg.Go(func() {
 			for !stop.Load() && ctx.Err() == nil {
-				req, id := reqs.Next()
+				req, id := t.next(reqs)
 				rctx, rcancel := context.WithTimeout(ctx, cfg.Timeout)
 				t0 := time.Now()
-				resp, err := t.Client.Check(rctx, req)
+				class, err := t.call(rctx, req, id)
 				lat := time.Since(t0)
 				rcancel()
 				if err != nil && ctx.Err() != nil {
 					sh.unanswered()
 					return
 				}
-				sh.record(lat, lat, Classify(resp, err, t.want(id)))
+				sh.record(lat, lat, class)
 			}
 		})
 	}
@@ -118,17 +143,17 @@ func RunOpen(ctx context.Context, t *Target, reqs *Requests, cfg Open, cpu *CPUM
 		sh := tl.shard(w)
 		wg.Go(func() {
 			for at := range due {
-				req, id := reqs.Next()
+				req, id := t.next(reqs)
 				rctx, rcancel := context.WithTimeout(ctx, cfg.Timeout)
 				sent := time.Now()
-				resp, err := t.Client.Check(rctx, req)
+				class, err := t.call(rctx, req, id)
 				done := time.Now()
 				rcancel()
 				if err != nil && ctx.Err() != nil {
 					sh.unanswered()
 					continue
 				}
-				sh.record(done.Sub(at), done.Sub(sent), Classify(resp, err, t.want(id)))
+				sh.record(done.Sub(at), done.Sub(sent), class)
 			}
 		})
 	}

@@ -39,6 +39,17 @@ func fmtRatio(x float64) string {
 	}
 }
 
+// fmtDelta prints a latency difference with its sign.
+func fmtDelta(ms float64) string {
+	if ms < 0 {
+		return "-" + fmtMs(-ms)
+	}
+	if ms == 0 {
+		return "0"
+	}
+	return "+" + fmtMs(ms)
+}
+
 func fmtCPU(us float64) string {
 	if us >= 10000 {
 		return fmt.Sprintf("%.1fms", us/1000)
@@ -75,7 +86,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if noop := r.ClosedFor(TargetNoop); noop != nil {
 		for _, c := range r.Closed {
-			if c.Target != TargetNoop && c.CPU.Process > 0 {
+			if c.Target != TargetNoop && c.CPU.Process > 0 && !slices.Contains(GatewayTargets, c.Target) {
 				fmt.Fprintf(w, "  %s: %+.0fµs of CPU per request in this process compared with noop, %+.0fµs in the bed\n",
 					c.Target, c.CPU.Process-noop.CPU.Process, c.CPU.Bed-noop.CPU.Bed)
 			}
@@ -91,6 +102,39 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		if x := r.Ratios.VsReference; x != nil {
 			fmt.Fprintf(tw, "credinject / reference\t%s\t%s\t\n", fmtRatio(x.Throughput), fmtRatio(x.P50))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	if len(r.AddedToGateway) > 0 || r.Ratios.GatewayVsNoop != nil || r.Ratios.GatewayVsReference != nil || r.Ratios.GatewayHTTPVsNoop != nil {
+		fmt.Fprintln(w, "\nBEHIND ENVOY (closed loop: client -> Envoy -> echo upstream; added = this target minus envoy alone)")
+		if base := r.ClosedFor(GatewayNone); base != nil {
+			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "target\tok/s\tp50\tp99\tadded p50\tadded p99\t")
+			fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t-\t-\t\n", base.Target, base.Throughput, fmtMs(base.Latency.P50), fmtMs(base.Latency.P99))
+			for _, a := range r.AddedToGateway {
+				c := r.ClosedFor(a.Target)
+				fmt.Fprintf(tw, "%s\t%.1f\t%s\t%s\t%s\t%s\t\n", c.Target, c.Throughput, fmtMs(c.Latency.P50), fmtMs(c.Latency.P99), fmtDelta(a.P50), fmtDelta(a.P99))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+		}
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "\tthroughput\tp50\t")
+		for _, x := range []struct {
+			name string
+			r    *Ratio
+		}{
+			{"envoy+credinject-grpc / envoy+noop", r.Ratios.GatewayVsNoop},
+			{"envoy+credinject-http / envoy+noop", r.Ratios.GatewayHTTPVsNoop},
+			{"envoy+credinject-grpc / envoy+reference", r.Ratios.GatewayVsReference},
+		} {
+			if x.r != nil {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t\n", x.name, fmtRatio(x.r.Throughput), fmtRatio(x.r.P50))
+			}
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -130,7 +174,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		if res.Mode == "open" {
 			step = fmt.Sprintf("open %.1f/s", res.OfferedRate)
 		}
-		fmt.Fprintf(w, "  %-10s %-16s %s\n", res.Target, step, strings.Join(parts, " "))
+		fmt.Fprintf(w, "  %-21s %-16s %s\n", res.Target, step, strings.Join(parts, " "))
 	}
 	if !found {
 		fmt.Fprintln(w, "  none")

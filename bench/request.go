@@ -51,8 +51,14 @@ func NewRequests(ids []Identity) *Requests {
 
 // Next returns a fresh request for the next identity, and that identity.
 func (r *Requests) Next() (*authv3.CheckRequest, *Identity) {
-	id := &r.ids[(r.seq.Add(1)-1)%uint64(len(r.ids))]
+	id := r.nextIdentity()
 	return NewCheckRequest(id, r.stream.Add(1)), id
+}
+
+// nextIdentity returns the next identity, for targets that send their own
+// requests (behind a gateway).
+func (r *Requests) nextIdentity() *Identity {
+	return &r.ids[(r.seq.Add(1)-1)%uint64(len(r.ids))]
 }
 
 // NewCheckRequest builds the request Envoy's ext_authz HTTP filter sends for

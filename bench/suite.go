@@ -24,8 +24,11 @@ const (
 	TargetReference  = "reference"
 )
 
-// AllTargets are the targets of a default run, in the order they run.
+// AllTargets are the direct (gRPC Check) targets, in the order they run.
 var AllTargets = []string{TargetNoop, TargetCredinject, TargetReference}
+
+// knownTargets is every target a run may name.
+func knownTargets() []string { return append(slices.Clone(AllTargets), GatewayTargets...) }
 
 // Rate is one step of the open-loop sweep: a fraction of the target's
 // measured closed-loop throughput, or a fixed rate.
@@ -106,12 +109,12 @@ type Options struct {
 	Progress io.Writer
 }
 
-// DefaultOptions fit a full run (bed start, three targets, sweep) in about
-// three minutes on two cores.
+// DefaultOptions fit a full run (bed start, three direct targets and five
+// behind Envoy, sweep) in about five minutes on two cores.
 func DefaultOptions() Options {
 	return Options{
-		Targets: slices.Clone(AllTargets), Identities: 100, PerNamespace: 10,
-		Concurrency: 32, Duration: 6 * time.Second, Warmup: time.Second, Rounds: 2, Conns: 2,
+		Targets: knownTargets(), Identities: 100, PerNamespace: 10,
+		Concurrency: 32, Duration: 9 * time.Second, Warmup: time.Second, Rounds: 6, Conns: 2,
 		Timeout: 5 * time.Second,
 		Rates:   []Rate{{Fraction: .1}, {Fraction: .25}, {Fraction: .5}, {Fraction: .65}, {Fraction: .8}},
 		Step:    3 * time.Second, MaxInFlight: 1024, IdleSample: 2 * time.Second,
@@ -133,6 +136,19 @@ type Ratios struct {
 	// Throughput and P50 are credinject's value divided by the other's.
 	VsNoop      *Ratio `json:"credinjectVsNoop,omitempty"`
 	VsReference *Ratio `json:"credinjectVsReference,omitempty"`
+	// Behind Envoy: credinject over gRPC ext_authz divided by the noop
+	// authorizer's and by the reference flow's, and over HTTP by noop's.
+	GatewayVsNoop      *Ratio `json:"envoyCredinjectGRPCVsNoop,omitempty"`
+	GatewayVsReference *Ratio `json:"envoyCredinjectGRPCVsReference,omitempty"`
+	GatewayHTTPVsNoop  *Ratio `json:"envoyCredinjectHTTPVsNoop,omitempty"`
+}
+
+// Added is the latency a behind-Envoy target adds to Envoy alone (closed
+// loop, milliseconds).
+type Added struct {
+	Target string  `json:"target"`
+	P50    float64 `json:"p50"`
+	P99    float64 `json:"p99"`
 }
 
 // Ratio is credinject's value over another target's.
@@ -171,7 +187,9 @@ type Report struct {
 	Closed   []*Result `json:"closed"`
 	Sweep    []*Result `json:"sweep"`
 	Ratios   Ratios    `json:"ratios"`
-	Notes    []string  `json:"notes"`
+	// AddedToGateway is what each ext_authz target adds to Envoy alone.
+	AddedToGateway []Added  `json:"addedToGateway,omitempty"`
+	Notes          []string `json:"notes"`
 }
 
 // ClosedFor returns the closed-loop result of target, or nil.
@@ -186,8 +204,7 @@ func (r *Report) ClosedFor(target string) *Result {
 
 type running struct {
 	target *Target
-	conns  *Conns
-	stop   func() error
+	close  func()
 }
 
 // Run starts the bed, the identities and the targets, runs the closed loops
@@ -203,8 +220,8 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		return nil, ErrNoTargets
 	}
 	for i, t := range opts.Targets {
-		if !slices.Contains(AllTargets, t) {
-			return nil, fmt.Errorf("bench: unknown target %q (have %s)", t, strings.Join(AllTargets, ", "))
+		if !slices.Contains(knownTargets(), t) {
+			return nil, fmt.Errorf("bench: unknown target %q (have %s)", t, strings.Join(knownTargets(), ", "))
 		}
 		if slices.Contains(opts.Targets[:i], t) {
 			return nil, fmt.Errorf("bench: target %q named twice", t)
@@ -243,16 +260,17 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	progress("bed: %d identities in %d namespaces, keys in Vault (%v)", len(ids), (len(ids)+opts.PerNamespace-1)/opts.PerNamespace, time.Since(t0).Round(time.Millisecond))
 
 	targets := map[string]*running{}
+	back := &backends{env: env, opts: opts, dir: dir}
 	defer func() {
 		for _, r := range targets {
-			r.conns.Close()
-			if e := r.stop(); e != nil && err == nil {
-				err = e
-			}
+			r.close()
+		}
+		if e := back.stop(); e != nil && err == nil {
+			err = e
 		}
 	}()
 	for _, name := range opts.Targets {
-		r, err := startTarget(ctx, name, env, ids, opts)
+		r, err := back.start(ctx, name, ids)
 		if err != nil {
 			return nil, err
 		}
@@ -290,13 +308,14 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 				return nil, err
 			}
 			parts[name] = append(parts[name], res)
-			progress("closed %-10s round %d/%d c=%d  %9.1f ok/s  p50 %s  p99 %s  errors %d", name, round+1, rounds, closed.Concurrency, res.Throughput, fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), res.ErrorCount())
+			progress("closed %-21s round %d/%d c=%d  %9.1f ok/s  p50 %s  p99 %s  errors %d", name, round+1, rounds, closed.Concurrency, res.Throughput, fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), res.ErrorCount())
 		}
 	}
 	for _, name := range opts.Targets {
 		rep.Closed = append(rep.Closed, Merge(parts[name]...))
 	}
 	rep.Ratios = ratios(rep)
+	rep.AddedToGateway = added(rep)
 
 	for _, name := range opts.Targets {
 		t := targets[name].target
@@ -312,7 +331,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 				return nil, err
 			}
 			rep.Sweep = append(rep.Sweep, res)
-			progress("open   %-10s %6s = %9.1f/s  p50 %s  p99 %s  errors %d", name, rt, rate, fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), res.ErrorCount())
+			progress("open   %-21s %6s = %9.1f/s  p50 %s  p99 %s  errors %d", name, rt, rate, fmtMs(res.Latency.P50), fmtMs(res.Latency.P99), res.ErrorCount())
 		}
 	}
 	rep.Notes = notes(rep, opts)
@@ -325,75 +344,195 @@ func stepFor(step time.Duration, rate float64) time.Duration {
 	return max(step, min(want, 8*time.Second))
 }
 
-func startTarget(ctx context.Context, name string, env *testenv.Env, ids []Identity, opts Options) (*running, error) {
-	var addr string
-	var stop func() error
-	var want func(*Identity) string
-	switch name {
-	case TargetNoop:
+// backends are the servers the targets share, started on first use: one
+// noop server, one credinject, one reference server, one echo upstream, and
+// an Envoy per gateway target.
+type backends struct {
+	env  *testenv.Env
+	opts Options
+	dir  string
+
+	noop   *Server
+	ci     *Credinject
+	ref    *Server
+	echo   *Echo
+	envoys []*testenv.Envoy
+}
+
+func (b *backends) noopAddr() (string, error) {
+	if b.noop == nil {
 		s, err := Serve(NewNoop())
 		if err != nil {
-			return nil, err
+			return "", err
 		}
-		addr, stop, want = s.Addr, s.Stop, func(*Identity) string { return NoopValue }
-	case TargetCredinject:
-		c, err := StartCredinject(ctx, env, CredinjectConfig(env), opts.Log.With("target", name))
+		b.noop = s
+	}
+	return b.noop.Addr, nil
+}
+
+func (b *backends) credinject(ctx context.Context) (*Credinject, error) {
+	if b.ci == nil {
+		c, err := StartCredinject(ctx, b.env, CredinjectConfig(b.env), b.opts.Log.With("target", TargetCredinject))
 		if err != nil {
 			return nil, err
 		}
-		addr, stop = c.Addr(), c.Stop
-	case TargetReference:
+		b.ci = c
+	}
+	return b.ci, nil
+}
+
+func (b *backends) referenceAddr() (string, error) {
+	if b.ref == nil {
 		ref, err := NewReference(ReferenceConfig{
-			RestConfig: env.Kube.RestConfig(), QPS: opts.ReferenceQPS, Burst: opts.ReferenceBurst,
-			Audiences: []string{testenv.Audience}, VaultAddr: env.Vault.Addr, AuthMount: testenv.VaultKubeMount,
+			RestConfig: b.env.Kube.RestConfig(), QPS: b.opts.ReferenceQPS, Burst: b.opts.ReferenceBurst,
+			Audiences: []string{testenv.Audience}, VaultAddr: b.env.Vault.Addr, AuthMount: testenv.VaultKubeMount,
 			Role: testenv.VaultRole, KVMount: testenv.VaultKVMount,
 		})
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		s, err := Serve(ref)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
-		addr, stop = s.Addr, s.Stop
+		b.ref = s
 	}
-	conns, err := Dial(ctx, addr, opts.Conns)
+	return b.ref.Addr, nil
+}
+
+func (b *backends) echoAddr() (string, error) {
+	if b.echo == nil {
+		e, err := StartEcho()
+		if err != nil {
+			return "", err
+		}
+		b.echo = e
+	}
+	return b.echo.Addr, nil
+}
+
+// authzAddr is the address a target's Envoy (or gRPC client) talks to.
+func (b *backends) authzAddr(ctx context.Context, name string) (string, error) {
+	switch name {
+	case TargetNoop, GatewayNoop:
+		return b.noopAddr()
+	case TargetCredinject, GatewayGRPC:
+		c, err := b.credinject(ctx)
+		if err != nil {
+			return "", err
+		}
+		return c.Addr(), nil
+	case GatewayHTTP:
+		c, err := b.credinject(ctx)
+		if err != nil {
+			return "", err
+		}
+		return c.App.HTTPAddr(), nil
+	case TargetReference, GatewayReference:
+		return b.referenceAddr()
+	}
+	return "", nil // GatewayNone
+}
+
+func (b *backends) start(ctx context.Context, name string, ids []Identity) (*running, error) {
+	addr, err := b.authzAddr(ctx, name)
 	if err != nil {
-		_ = stop()
 		return nil, err
 	}
-	r := &running{target: &Target{Name: name, Client: conns, Want: want}, conns: conns, stop: stop}
-	if name == TargetCredinject {
+	t := &Target{Name: name}
+	var r *running
+	if slices.Contains(GatewayTargets, name) {
+		up, err := b.echoAddr()
+		if err != nil {
+			return nil, err
+		}
+		e, url, err := startGateway(ctx, b.dir, name, addr, up, b.opts.Timeout)
+		if err != nil {
+			return nil, err
+		}
+		b.envoys = append(b.envoys, e)
+		t.Gateway = NewGateway(url, 2*b.opts.Concurrency)
+		r = &running{target: t, close: t.Gateway.Close}
+	} else {
+		conns, err := Dial(ctx, addr, b.opts.Conns)
+		if err != nil {
+			return nil, err
+		}
+		t.Client = conns
+		r = &running{target: t, close: conns.Close}
+	}
+	switch name {
+	case TargetNoop, GatewayNoop:
+		t.Want = func(*Identity) string { return NoopValue }
+	case GatewayNone:
+		// No authorizer: the workload's own token goes upstream.
+		t.Want = func(id *Identity) string { return "Bearer " + id.Token }
+	}
+	if name == TargetCredinject || name == GatewayGRPC || name == GatewayHTTP {
 		// Fill its caches: the run measures credinject as it serves, cache
 		// first, not its first contact with each identity.
-		if err := Warm(ctx, r.target, ids, time.Minute); err != nil {
-			conns.Close()
-			_ = stop()
+		if err := Warm(ctx, t, ids, time.Minute); err != nil {
+			r.close()
 			return nil, err
 		}
 	}
 	return r, nil
 }
 
-func ratios(rep *Report) Ratios {
-	var out Ratios
-	ci := rep.ClosedFor(TargetCredinject)
-	if ci == nil {
-		return out
+func (b *backends) stop() error {
+	var errs []error
+	for _, e := range b.envoys {
+		e.Stop()
 	}
+	if b.echo != nil {
+		errs = append(errs, b.echo.Stop())
+	}
+	if b.noop != nil {
+		errs = append(errs, b.noop.Stop())
+	}
+	if b.ref != nil {
+		errs = append(errs, b.ref.Stop())
+	}
+	if b.ci != nil {
+		errs = append(errs, b.ci.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+func ratios(rep *Report) Ratios {
 	div := func(a, b float64) float64 {
 		if b == 0 {
 			return 0
 		}
 		return a / b
 	}
-	of := func(o *Result) *Ratio {
-		if o == nil {
+	of := func(a, o *Result) *Ratio {
+		if a == nil || o == nil {
 			return nil
 		}
-		return &Ratio{Throughput: div(ci.Throughput, o.Throughput), P50: div(ci.Latency.P50, o.Latency.P50)}
+		return &Ratio{Throughput: div(a.Throughput, o.Throughput), P50: div(a.Latency.P50, o.Latency.P50)}
 	}
-	out.VsNoop, out.VsReference = of(rep.ClosedFor(TargetNoop)), of(rep.ClosedFor(TargetReference))
+	ci, gc, gh := rep.ClosedFor(TargetCredinject), rep.ClosedFor(GatewayGRPC), rep.ClosedFor(GatewayHTTP)
+	return Ratios{
+		VsNoop: of(ci, rep.ClosedFor(TargetNoop)), VsReference: of(ci, rep.ClosedFor(TargetReference)),
+		GatewayVsNoop: of(gc, rep.ClosedFor(GatewayNoop)), GatewayVsReference: of(gc, rep.ClosedFor(GatewayReference)),
+		GatewayHTTPVsNoop: of(gh, rep.ClosedFor(GatewayNoop)),
+	}
+}
+
+// added is the latency each behind-Envoy ext_authz target adds to Envoy
+// alone, closed loop.
+func added(rep *Report) []Added {
+	base := rep.ClosedFor(GatewayNone)
+	if base == nil {
+		return nil
+	}
+	var out []Added
+	for _, name := range GatewayTargets[1:] {
+		if c := rep.ClosedFor(name); c != nil {
+			out = append(out, Added{Target: name, P50: c.Latency.P50 - base.Latency.P50, P99: c.Latency.P99 - base.Latency.P99})
+		}
+	}
 	return out
 }
 
@@ -406,10 +545,33 @@ func notes(rep *Report, opts Options) []string {
 		fmt.Sprintf("reference: TokenReview via client-go at QPS %g / burst %d (Authorino's --kube-client-qps/--kube-client-burst defaults), then Vault login and read, per request, no cache.", opts.ReferenceQPS, opts.ReferenceBurst),
 		"credinject: default configuration, tokenreview mode, warmed (token results cached 30s, credentials refreshed in the background); a cached token result that expires costs one TokenReview on the request path.",
 	}
+	if slices.ContainsFunc(opts.Targets, func(t string) bool { return slices.Contains(GatewayTargets, t) }) {
+		n = append(n, fmt.Sprintf("envoy*: a workload's HTTP POST through a real Envoy %s (deploy/envoy/envoy-grpc.yaml or envoy-http.yaml as shipped, --concurrency 1, ext_authz timeout raised to %s) to an echo upstream that reports the authorization it received; 'envoy' has no ext_authz filter. One Envoy per target, all on the same 2 cores as everything else.", testenv.EnvoyVersion, opts.Timeout))
+		n = append(n, goals(rep)...)
+	}
 	for _, r := range append(slices.Clone(rep.Closed), rep.Sweep...) {
 		if r.Errors[ErrWrongKey] > 0 {
 			n = append(n, fmt.Sprintf("WRONG KEYS: %s answered %d requests with a key that is not the identity's own.", r.Target, r.Errors[ErrWrongKey]))
 		}
+	}
+	return n
+}
+
+// goals states the behind-Envoy goals and whether this run met them.
+func goals(rep *Report) []string {
+	var n []string
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "MISSED"
+	}
+	if r := rep.Ratios.GatewayVsNoop; r != nil {
+		n = append(n, fmt.Sprintf("goal envoy+credinject-grpc >= 0.9 x envoy+noop in throughput: %.2fx, %s; p50 <= 1.1 x envoy+noop's: %.2fx, %s.",
+			r.Throughput, verdict(r.Throughput >= 0.9), r.P50, verdict(r.P50 <= 1.1)))
+	}
+	if r := rep.Ratios.GatewayVsReference; r != nil {
+		n = append(n, fmt.Sprintf("goal envoy+credinject-grpc >= 100 x envoy+reference in throughput: %.0fx, %s.", r.Throughput, verdict(r.Throughput >= 100)))
 	}
 	return n
 }

@@ -45,3 +45,32 @@ func BenchmarkCheck(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCheckHeaderCase: a headers map with "Authorization" capitalised
+// (gRPC clients other than Envoy) takes the case-insensitive fallback; it
+// must stay at 0 allocations like the lower-case path.
+func BenchmarkCheckHeaderCase(b *testing.B) {
+	for _, name := range []string{"authorization", "Authorization"} {
+		b.Run("header="+name, func(b *testing.B) {
+			r := newRig(b, nil, true)
+			r.put(b, "", "ns", "sa", "authorization", "Bearer key")
+			q := request("", "api.openai.com")
+			q.Attributes.Request.Http.Headers[name] = "Bearer " + r.token(b, "ns", "sa")
+			q.Attributes.Request.Http.Headers["user-agent"] = "bench"
+			q.Attributes.Request.Http.Headers["x-request-id"] = "1"
+			ctx := context.Background()
+			for range 3 {
+				if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {
+					b.Fatalf("not allowed: %v", outcome(resp))
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {
+					b.Fatalf("not allowed: %v", outcome(resp))
+				}
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package checker
 import (
 	"context"
 	"strconv"
+	"strings"
 
 	"github.com/credinject/credinject/authz"
 
@@ -59,27 +60,30 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 	return d.Entry.Memo(okResponse).(*authv3.CheckResponse), nil
 }
 
+// requestHeaders finds the token and the host. Envoy sends header names in
+// lower case; other gRPC clients may not, so a missing lower-case key falls
+// back to a case-insensitive scan (no allocation either way).
 func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authz, host string) {
 	if h == nil {
 		return "", ""
 	}
 	host = h.GetHost()
 	if hs := h.GetHeaders(); len(hs) > 0 {
-		authz = hs[headerAuthorization]
+		authz = header(hs, headerAuthorization)
 		if host == "" {
-			host = hs[":authority"]
+			host = header(hs, ":authority")
 		}
 		return authz, host
 	}
 	// Envoy with encode_raw_headers sends a HeaderMap instead.
 	for _, kv := range h.GetHeaderMap().GetHeaders() {
-		switch kv.GetKey() {
-		case headerAuthorization:
+		switch k := kv.GetKey(); {
+		case strings.EqualFold(k, headerAuthorization):
 			authz = string(kv.GetRawValue())
 			if authz == "" {
 				authz = kv.GetValue()
 			}
-		case ":authority":
+		case strings.EqualFold(k, ":authority"):
 			if host == "" {
 				host = string(kv.GetRawValue())
 				if host == "" {
@@ -89,6 +93,19 @@ func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authz, host string)
 		}
 	}
 	return authz, host
+}
+
+// header returns the value of the header named name (lower case) in any case.
+func header(hs map[string]string, name string) string {
+	if v, ok := hs[name]; ok {
+		return v
+	}
+	for k, v := range hs {
+		if strings.EqualFold(k, name) {
+			return v
+		}
+	}
+	return ""
 }
 
 func okResponse(e *cache.Entry) any {

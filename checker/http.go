@@ -15,15 +15,13 @@ type HTTP struct{ c *Checker }
 // NewHTTP wraps c as a forward-auth handler.
 func NewHTTP(c *Checker) *HTTP { return &HTTP{c: c} }
 
-// ServeHTTP answers GET and POST /check. The original request's host is
-// taken from X-Forwarded-Host (Traefik, Caddy, the nginx example), then
-// X-Original-Host, then Host.
+// ServeHTTP answers /check and /check/<path> for every method: Envoy's HTTP
+// ext_authz keeps the original request's method and appends its path, so a
+// PUT or DELETE through the gateway arrives here as a PUT or DELETE. The
+// request body, if any, is not read. The original request's host is taken
+// from X-Forwarded-Host (Traefik, Caddy, the nginx example), then
+// X-Original-Host, then Host (Envoy sends the original one).
 func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodPost && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, POST, HEAD")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
 	host := r.Header.Get("X-Forwarded-Host")
 	if host == "" {
 		host = r.Header.Get("X-Original-Host")
@@ -46,6 +44,11 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hdr[http.CanonicalHeaderKey(d.Entry.Header)] = []string{d.Entry.Value}
+	if d.Entry.Header != headerAuthorization {
+		// Another header is injected: the workload's token must not go on.
+		// Envoy's HTTP ext_authz removes the headers this one names.
+		hdr["X-Envoy-Auth-Headers-To-Remove"] = []string{headerAuthorization}
+	}
 	hdr["X-Credinject-Namespace"] = []string{d.Identity.Namespace}
 	hdr["X-Credinject-Serviceaccount"] = []string{d.Identity.ServiceAccount}
 	w.WriteHeader(http.StatusOK)

@@ -3,7 +3,6 @@ package checker
 import (
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 )
 
@@ -30,27 +29,28 @@ func NewRouter(routes []Route, hasDefault bool) (*Router, error) {
 			return nil, errors.New("router: a route needs a name")
 		}
 		for _, h := range rt.Hosts {
-			h = strings.ToLower(h)
 			if suf, ok := strings.CutPrefix(h, "*"); ok {
+				suf = strings.ToLower(strings.TrimSuffix(suf, "."))
 				if !strings.HasPrefix(suf, ".") || len(suf) < 2 {
 					return nil, fmt.Errorf("router: bad wildcard %q", h)
 				}
 				r.wildcard[suf] = rt.Name
 				continue
 			}
-			r.exact[h] = rt.Name
+			r.exact[normalizeHost(h)] = rt.Name
 		}
 	}
 	return r, nil
 }
 
-// Match returns the route for host (an :authority, port allowed).
+// Match returns the route for host: an :authority or Host header in any
+// case, with or without a port, in absolute form ("api.example.com.") or as
+// an IPv6 literal ("[::1]:8080").
 func (r *Router) Match(host string) (string, bool) {
 	if len(r.exact) == 0 && len(r.wildcard) == 0 {
 		return "", r.hasDefault
 	}
-	host = stripPort(host)
-	host = strings.ToLower(host)
+	host = normalizeHost(host)
 	if name, ok := r.exact[host]; ok {
 		return name, true
 	}
@@ -65,15 +65,18 @@ func (r *Router) Match(host string) (string, bool) {
 	return "", r.hasDefault
 }
 
-func stripPort(host string) string {
-	if strings.HasPrefix(host, "[") {
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			return h
+// normalizeHost reduces a host name to the form routes are keyed by: no
+// port, no brackets around an IPv6 literal, no trailing dot, lower case. It
+// allocates only when the name has upper-case letters.
+func normalizeHost(h string) string {
+	if strings.HasPrefix(h, "[") {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			h = h[1:i]
 		}
-		return host
+	} else if i := strings.IndexByte(h, ':'); i >= 0 && strings.IndexByte(h[i+1:], ':') < 0 {
+		// host:port; a bare IPv6 literal has more than one colon and is kept.
+		h = h[:i]
 	}
-	if i := strings.LastIndexByte(host, ':'); i >= 0 {
-		return host[:i]
-	}
-	return host
+	h = strings.TrimSuffix(h, ".")
+	return strings.ToLower(h)
 }

@@ -68,6 +68,8 @@ func TestRouterMatch(t *testing.T) {
 	r, err := NewRouter([]Route{
 		{Name: "openai", Hosts: []string{"api.openai.com"}},
 		{Name: "anthropic", Hosts: []string{"api.anthropic.com", "*.anthropic.com"}},
+		{Name: "configured loosely", Hosts: []string{"API.Example.COM.", "*.Example.NET.", "[FE80::1]"}},
+		{Name: "loopback", Hosts: []string{"::1"}},
 	}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +89,20 @@ func TestRouterMatch(t *testing.T) {
 		"lookalike suffix": {"evilanthropic.com", "", false},
 		"unknown":          {"example.com", "", false},
 		"empty":            {"", "", false},
-		"ipv6":             {"[::1]:8080", "", false},
+		"ipv6 with port":   {"[::1]:8080", "loopback", true},
+		"ipv6 bracketed":   {"[::1]", "loopback", true},
+		"ipv6 bare":        {"::1", "loopback", true},
+		"ipv6 other":       {"[::2]:8080", "", false},
+		"ipv6 upper case":  {"[fe80::1]:443", "configured loosely", true},
+		"ipv6 bad bracket": {"[::1", "", false},
+		"trailing dot":     {"api.openai.com.", "openai", true},
+		"dot, port, case":  {"API.OPENAI.COM.:443", "openai", true},
+		"two dots":         {"api.openai.com..", "", false},
+		"wildcard dot":     {"eu.anthropic.com.", "anthropic", true},
+		"configured forms": {"api.example.com", "configured loosely", true},
+		"configured wild":  {"x.example.net:80", "configured loosely", true},
+		"only a dot":       {".", "", false},
+		"only a port":      {":443", "", false},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -104,7 +119,7 @@ func TestRouterMatch(t *testing.T) {
 }
 
 func FuzzBearerToken(f *testing.F) {
-	for _, s := range []string{"", "Bearer ", "Bearer a.b.c", "bearer x", "Basic abc", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "Bearer \x00.\xff.a", "Bearer a.b.c.d"} {
+	for _, s := range []string{"", "Bearer ", "Bearer a.b.c", "bearer x", "Basic abc", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "Bearer \x00.\xff.a", "Bearer a.b.c.d", "BEARER a.b.c", "bEaReR  a.b.c"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, header string) {
@@ -119,6 +134,45 @@ func FuzzBearerToken(f *testing.F) {
 			t.Fatalf("rejected with a token: %q", tok)
 		}
 	})
+}
+
+// FuzzRouterMatch: any host string is answered without a panic, and ASCII
+// case, a port and one trailing dot never change the answer.
+func FuzzRouterMatch(f *testing.F) {
+	for _, s := range []string{"api.openai.com", "API.OpenAI.com.:443", "eu.anthropic.com.", "[::1]:8080", "::1", "[::1", "]", ":", ".", "a..b", "[fe80::1%eth0]:1", "\x00.anthropic.com"} {
+		f.Add(s)
+	}
+	r, err := NewRouter([]Route{
+		{Name: "openai", Hosts: []string{"api.openai.com"}},
+		{Name: "anthropic", Hosts: []string{"*.anthropic.com"}},
+		{Name: "loopback", Hosts: []string{"::1"}},
+	}, false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		route, ok := r.Match(host)
+		if strings.ContainsAny(host, ":[]") || strings.HasSuffix(host, ".") {
+			return
+		}
+		if !isASCII(host) {
+			return
+		}
+		for _, v := range []string{strings.ToUpper(host), host + ".", host + ":443", strings.ToUpper(host) + ".:8443"} {
+			if r2, ok2 := r.Match(v); r2 != route || ok2 != ok {
+				t.Fatalf("Match(%q) = %q %v but Match(%q) = %q %v", host, route, ok, v, r2, ok2)
+			}
+		}
+	})
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func FuzzUnverifiedClaims(f *testing.F) {

@@ -1,15 +1,18 @@
 // Command credinject-bench runs credinject's benchmark: it starts the test
 // bed (kube-apiserver, etcd, Vault, NATS on loopback), creates the
 // identities, starts the targets (noop, credinject, reference) in this
-// process, drives each with the same load (closed loop, then an open-loop
-// sweep), and writes the results as a table (stdout and results.txt), JSON
-// (results.json) and a latency-vs-rate plot (latency-vs-rate.png).
+// process, and the same behind a real Envoy (envoy alone, envoy+noop,
+// envoy+credinject-grpc, envoy+credinject-http, envoy+reference, each a
+// workload's HTTP request to an echo upstream), drives each with the same load
+// (closed loop, then an open-loop sweep), and writes the results as a table
+// (stdout and results.txt), JSON (results.json) and latency-vs-rate plots
+// (latency-vs-rate.png, gateway-latency-vs-rate.png).
 //
 // It is a binary of its own so that its plotting libraries never link into
 // credinject.
 //
 //	go run ./cmd/credinject-bench [--duration 6s] [--concurrency 32] [--identities 100]
-//	    [--rates 10%,25%,50%,65%,80%] [--targets noop,credinject,reference] [--out DIR]
+//	    [--rates 10%,25%,50%,65%,80%] [--targets noop,credinject,reference,envoy,envoy+noop,…] [--out DIR]
 package main
 
 import (
@@ -53,7 +56,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	rates := fs.String("rates", "10%,25%,50%,65%,80%", "open-loop sweep: percentages of each target's closed-loop throughput, or requests/s; empty: no sweep")
 	step := fs.Duration("step", def.Step, "open-loop step duration (low rates run longer, to ~50 requests, up to 8s)")
 	maxInFlight := fs.Int("max-inflight", def.MaxInFlight, "open loop: most outstanding requests")
-	targets := fs.String("targets", strings.Join(def.Targets, ","), "targets to run: noop, credinject, reference")
+	targets := fs.String("targets", strings.Join(def.Targets, ","), "targets to run: "+strings.Join(def.Targets, ", "))
 	refQPS := fs.Float64("reference-qps", bench.ReferenceQPS, "reference: QPS of its Kubernetes client (Authorino's default 20; client-go's 5)")
 	refBurst := fs.Int("reference-burst", bench.ReferenceBurst, "reference: burst of its Kubernetes client (Authorino's default 30; client-go's 10)")
 	out := fs.String("out", "", "results folder (default bench/results/<timestamp>)")
@@ -75,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if err := json.Unmarshal(b, &rep); err != nil {
 			return fmt.Errorf("%s: %w", *replot, err)
 		}
-		return plotSweep(&rep, filepath.Join(filepath.Dir(*replot), "latency-vs-rate.png"))
+		return plotAll(&rep, filepath.Dir(*replot))
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -151,10 +154,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.json"), js.Bytes(), 0o644); err != nil {
 		return err
 	}
-	if len(rep.Sweep) > 0 {
-		if err := plotSweep(rep, filepath.Join(dir, "latency-vs-rate.png")); err != nil {
-			return fmt.Errorf("plot: %w", err)
-		}
+	if err := plotAll(rep, dir); err != nil {
+		return fmt.Errorf("plot: %w", err)
 	}
 	fmt.Fprintf(stderr, "done in %v; results in %s\n", time.Since(t0).Round(time.Second), dir)
 	return nil

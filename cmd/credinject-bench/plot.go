@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"image/color"
+	"path/filepath"
 	"slices"
 
 	"gonum.org/v1/plot"
@@ -17,16 +18,52 @@ var targetColors = map[string]color.RGBA{
 	bench.TargetNoop:       {R: 0x70, G: 0x70, B: 0x70, A: 0xff},
 	bench.TargetCredinject: {R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
 	bench.TargetReference:  {R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	bench.GatewayNone:      {R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	bench.GatewayNoop:      {R: 0x70, G: 0x70, B: 0x70, A: 0xff},
+	bench.GatewayGRPC:      {R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	bench.GatewayHTTP:      {R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	bench.GatewayReference: {R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+}
+
+// plots are the files drawn from a run's sweep: the direct gRPC Checks, and
+// the same behind Envoy.
+var plots = []struct {
+	file    string
+	targets []string
+	title   string
+	// legendX places the legend in the empty middle of the log rate axis;
+	// compact gives it one line per target (five targets need it).
+	legendX vg.Length
+	compact bool
+}{
+	{"latency-vs-rate.png", bench.AllTargets, "ext_authz Check latency", 3.3 * vg.Inch, false},
+	{"gateway-latency-vs-rate.png", bench.GatewayTargets, "Request latency through Envoy to an echo upstream", 0.3 * vg.Inch, true},
+}
+
+// plotAll draws each plot whose targets are in the sweep, into dir.
+func plotAll(rep *bench.Report, dir string) error {
+	for _, pl := range plots {
+		if !slices.ContainsFunc(rep.Sweep, func(r *bench.Result) bool { return slices.Contains(pl.targets, r.Target) }) {
+			continue
+		}
+		if err := plotSweep(rep, filepath.Join(dir, pl.file), pl.targets, pl.title, pl.legendX, pl.compact); err != nil {
+			return fmt.Errorf("%s: %w", pl.file, err)
+		}
+	}
+	return nil
 }
 
 // plotSweep draws p50 (solid) and p99 (dashed) latency against the offered
-// rate for each target, both axes logarithmic: the targets are orders of
+// rate for each of targets, both axes logarithmic: the targets are orders of
 // magnitude apart on both.
-func plotSweep(rep *bench.Report, file string) error {
+func plotSweep(rep *bench.Report, file string, targets []string, title string, legendX vg.Length, compact bool) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("ext_authz Check latency, from the intended send time, vs offered rate (open loop, %d identities, %d CPUs)", rep.Identities, rep.Machine.NumCPU)
+	p.Title.Text = fmt.Sprintf("%s, from the intended send time, vs offered rate (open loop, %d identities, %d CPUs)", title, rep.Identities, rep.Machine.NumCPU)
 	p.Title.Padding = vg.Points(8)
 	p.X.Label.Text = "offered rate (requests/s, log scale)"
+	if compact {
+		p.X.Label.Text += "; solid p50, dashed p99, dotted: closed-loop max"
+	}
 	// Short: gonum places a log axis's label box by the mean of the data
 	// range, so a long label pads the top of the plot.
 	p.Y.Label.Text = "ms (log)"
@@ -36,17 +73,28 @@ func plotSweep(rep *bench.Report, file string) error {
 	// The middle of the log rate axis is empty (the targets are far
 	// apart): the legend goes there.
 	p.Legend.Top, p.Legend.Left = false, true
-	p.Legend.XOffs, p.Legend.YOffs = 3.3*vg.Inch, 0.1*vg.Inch
+	p.Legend.XOffs, p.Legend.YOffs = legendX, 0.1*vg.Inch
+	if compact {
+		// One line per target, at the top left: above the reference's
+		// p99 and left of the fast targets there is room.
+		p.Legend.Top, p.Legend.YOffs = true, -0.05*vg.Inch
+	}
 	p.Legend.ThumbnailWidth = vg.Points(30)
 
-	var order []string
+	var sweep []*bench.Result
 	for _, s := range rep.Sweep {
+		if slices.Contains(targets, s.Target) {
+			sweep = append(sweep, s)
+		}
+	}
+	var order []string
+	for _, s := range sweep {
 		if !slices.Contains(order, s.Target) {
 			order = append(order, s.Target)
 		}
 	}
 	lo, hi := 0.0, 0.0
-	for _, s := range rep.Sweep {
+	for _, s := range sweep {
 		if s.OK == 0 {
 			continue
 		}
@@ -57,7 +105,7 @@ func plotSweep(rep *bench.Report, file string) error {
 	}
 	for _, target := range order {
 		var p50, p99 plotter.XYs
-		for _, s := range rep.Sweep {
+		for _, s := range sweep {
 			if s.Target != target || s.OK == 0 {
 				continue
 			}
@@ -91,7 +139,16 @@ func plotSweep(rep *bench.Report, file string) error {
 			}
 			sc.Color, sc.Shape, sc.Radius = c, series.shape, vg.Points(3)
 			p.Add(l, sc)
-			p.Legend.Add(series.name, l, sc)
+			switch {
+			case !compact:
+				p.Legend.Add(series.name, l, sc)
+			case !series.dashed:
+				name := target
+				if cl := rep.ClosedFor(target); cl != nil {
+					name = fmt.Sprintf("%s (closed-loop max %.0f/s)", target, cl.Throughput)
+				}
+				p.Legend.Add(name, l, sc)
+			}
 		}
 		// The closed-loop throughput the sweep's percentages refer to.
 		if cl := rep.ClosedFor(target); cl != nil && cl.Throughput > 0 && lo > 0 {
@@ -101,7 +158,9 @@ func plotSweep(rep *bench.Report, file string) error {
 			}
 			l.Color, l.Width, l.Dashes = c, vg.Points(1), []vg.Length{vg.Points(1), vg.Points(3)}
 			p.Add(l)
-			p.Legend.Add(fmt.Sprintf("%s closed-loop max (%.0f/s)", target, cl.Throughput), l)
+			if !compact {
+				p.Legend.Add(fmt.Sprintf("%s closed-loop max (%.0f/s)", target, cl.Throughput), l)
+			}
 		}
 	}
 	return p.Save(10*vg.Inch, 6*vg.Inch, file)

@@ -81,11 +81,22 @@ func (s *syncBuffer) String() string {
 // Kubernetes auth, NATS events) on free loopback ports, until the test ends.
 func startCredinject(t *testing.T) *app.App {
 	t.Helper()
+	a, _ := startCredinjectWith(t, nil)
+	return a
+}
+
+// startCredinjectWith is startCredinject with the configuration changed by
+// configure (nil: as is); stop stops it before the test ends (idempotent).
+func startCredinjectWith(t *testing.T, configure func(*config.Config)) (a *app.App, stop func()) {
+	t.Helper()
 	env := testenv.Get(t)
 	cfg := config.Default()
 	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0"}
 	cfg.Vault.Address = env.Vault.Addr
 	cfg.Events.NatsURL = env.NATS.URL
+	if configure != nil {
+		configure(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,11 +112,18 @@ func startCredinject(t *testing.T) *app.App {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("credinject run: %v", err)
+			}
+			done <- nil
+		})
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("credinject run: %v", err)
-		}
+		stop()
 		if t.Failed() {
 			t.Logf("credinject log:\n%s", logs.String())
 		}
@@ -122,7 +140,7 @@ func startCredinject(t *testing.T) *app.App {
 		}
 		return nil
 	})
-	return a
+	return a, stop
 }
 
 var errNotYet = errors.New("not yet")

@@ -53,16 +53,18 @@ type BoundObjectsFunc func(kind BoundKind, key, uid string) bool
 // Exists calls f.
 func (f BoundObjectsFunc) Exists(kind BoundKind, key, uid string) bool { return f(kind, key, uid) }
 
-// kubernetesInfo is the private "kubernetes.io" claim of a TokenRequest token.
-type kubernetesInfo struct {
+// KubernetesInfo is the private "kubernetes.io" claim of a TokenRequest token:
+// the ServiceAccount and the objects the token is bound to.
+type KubernetesInfo struct {
 	Namespace      string     `json:"namespace"`
-	ServiceAccount objectRef  `json:"serviceaccount"`
-	Pod            *objectRef `json:"pod"`
-	Secret         *objectRef `json:"secret"`
-	Node           *objectRef `json:"node"`
+	ServiceAccount ObjectRef  `json:"serviceaccount"`
+	Pod            *ObjectRef `json:"pod"`
+	Secret         *ObjectRef `json:"secret"`
+	Node           *ObjectRef `json:"node"`
 }
 
-type objectRef struct {
+// ObjectRef names an object by name and uid.
+type ObjectRef struct {
 	Name string `json:"name"`
 	UID  string `json:"uid"`
 }
@@ -70,7 +72,7 @@ type objectRef struct {
 // saClaims are the claims of a service-account token.
 type saClaims struct {
 	jwt.Claims
-	K8s *kubernetesInfo `json:"kubernetes.io"`
+	K8s *KubernetesInfo `json:"kubernetes.io"`
 }
 
 // expected is what a token's claims must say.
@@ -120,11 +122,14 @@ func checkClaims(c *saClaims, want expected, now time.Time) (TokenInfo, error) {
 	return ti, nil
 }
 
-// boundRefs lists the objects a token is bound to. A reference without a
-// name or a uid cannot be checked, so it is refused.
-func boundRefs(k *kubernetesInfo) ([]BoundRef, error) {
+// boundRefs lists the objects a token is bound to, as the API server's own
+// authenticator checks them: the Secret and the Pod; the Node only when the
+// token is bound to the Node itself (in a pod-bound token the node claim is
+// informational, and its uid may be empty). A reference without a name or a
+// uid cannot be checked, so it is refused.
+func boundRefs(k *KubernetesInfo) ([]BoundRef, error) {
 	var refs []BoundRef
-	add := func(kind BoundKind, r *objectRef, namespaced bool) error {
+	add := func(kind BoundKind, r *ObjectRef, namespaced bool) error {
 		if r == nil {
 			return nil
 		}
@@ -138,7 +143,11 @@ func boundRefs(k *kubernetesInfo) ([]BoundRef, error) {
 		refs = append(refs, BoundRef{Kind: kind, Key: key, UID: r.UID})
 		return nil
 	}
-	if err := errors.Join(add(BoundPod, k.Pod, true), add(BoundSecret, k.Secret, true), add(BoundNode, k.Node, false)); err != nil {
+	node := k.Node
+	if k.Pod != nil {
+		node = nil
+	}
+	if err := errors.Join(add(BoundPod, k.Pod, true), add(BoundSecret, k.Secret, true), add(BoundNode, node, false)); err != nil {
 		return nil, err
 	}
 	return refs, nil

@@ -27,9 +27,9 @@ func claimsAt(iat time.Time) *saClaims {
 			Issuer: testIssuer, Subject: "system:serviceaccount:ns:sa", Audience: jwt.Audience{testAud},
 			IssuedAt: jwt.NewNumericDate(iat), NotBefore: jwt.NewNumericDate(iat), Expiry: jwt.NewNumericDate(iat.Add(time.Hour)),
 		},
-		K8s: &kubernetesInfo{
-			Namespace: "ns", ServiceAccount: objectRef{Name: "sa", UID: "sa-uid"},
-			Pod: &objectRef{Name: "p", UID: "pod-uid"}, Node: &objectRef{Name: "n1", UID: "node-uid"},
+		K8s: &KubernetesInfo{
+			Namespace: "ns", ServiceAccount: ObjectRef{Name: "sa", UID: "sa-uid"},
+			Pod: &ObjectRef{Name: "p", UID: "pod-uid"}, Node: &ObjectRef{Name: "n1", UID: "node-uid"},
 		},
 	}
 }
@@ -57,8 +57,10 @@ func TestCheckClaims(t *testing.T) {
 		"kubernetes.io namespace differs": {now: t0, edit: func(c *saClaims) { c.K8s.Namespace = "other" }, reason: authz.ReasonInvalidToken},
 		"service account uid missing":     {now: t0, edit: func(c *saClaims) { c.K8s.ServiceAccount.UID = "" }, reason: authz.ReasonInvalidToken},
 		"pod without uid":                 {now: t0, edit: func(c *saClaims) { c.K8s.Pod.UID = "" }, reason: authz.ReasonInvalidToken},
-		"secret without name":             {now: t0, edit: func(c *saClaims) { c.K8s.Secret = &objectRef{UID: "x"} }, reason: authz.ReasonInvalidToken},
+		"secret without name":             {now: t0, edit: func(c *saClaims) { c.K8s.Secret = &ObjectRef{UID: "x"} }, reason: authz.ReasonInvalidToken},
 		"unbound":                         {now: t0, edit: func(c *saClaims) { c.K8s.Pod, c.K8s.Node = nil, nil }},
+		"pod-bound, node without uid":     {now: t0, edit: func(c *saClaims) { c.K8s.Node.UID = "" }},
+		"node-bound without uid":          {now: t0, edit: func(c *saClaims) { c.K8s.Pod, c.K8s.Node.UID = nil, "" }, reason: authz.ReasonInvalidToken},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -77,14 +79,18 @@ func TestCheckClaims(t *testing.T) {
 	}
 	t.Run("bound references", func(t *testing.T) {
 		c := claimsAt(t0)
-		c.K8s.Secret = &objectRef{Name: "s", UID: "secret-uid"}
+		c.K8s.Secret = &ObjectRef{Name: "s", UID: "secret-uid"}
 		ti, err := checkClaims(c, want, t0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantRefs := []BoundRef{{BoundPod, "ns/p", "pod-uid"}, {BoundSecret, "ns/s", "secret-uid"}, {BoundNode, "n1", "node-uid"}}
+		wantRefs := []BoundRef{{BoundPod, "ns/p", "pod-uid"}, {BoundSecret, "ns/s", "secret-uid"}}
 		if !slices.Equal(ti.Bound, wantRefs) {
 			t.Fatalf("bound %+v, want %+v", ti.Bound, wantRefs)
+		}
+		c.K8s.Pod, c.K8s.Secret = nil, nil
+		if ti, err = checkClaims(c, want, t0); err != nil || !slices.Equal(ti.Bound, []BoundRef{{BoundNode, "n1", "node-uid"}}) {
+			t.Fatalf("node-bound: %+v, %v", ti.Bound, err)
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 	"k8s.io/utils/clock"
 
@@ -68,8 +69,9 @@ type BudgetConfig struct {
 	// subject names no existing ServiceAccount.
 	ServiceAccounts ServiceAccounts
 	Clock           clock.PassiveClock
-	// Exhausted is called with "unknown" or "seen" when a budget refuses.
-	Exhausted func(budget string)
+	// Registerer receives credinject_tokenreview_budget_exhausted_total
+	// (nil: not registered).
+	Registerer prometheus.Registerer
 }
 
 // Budgeted is the fallback when tokens cannot be verified offline: online is
@@ -77,17 +79,19 @@ type BudgetConfig struct {
 // service account that exists, and fit the budget of the identity they name.
 // A token over budget is refused with tokenreview_unavailable (503, not
 // cached): the API server was not asked.
-func Budgeted(online Validator, cfg BudgetConfig) Validator {
+func Budgeted(online Validator, cfg BudgetConfig) (Validator, error) {
 	if cfg.MaxIdentities <= 0 {
 		cfg.MaxIdentities = 100_000
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	if cfg.Exhausted == nil {
-		cfg.Exhausted = func(string) {}
+	exhausted, err := newBudgetMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
 	}
-	return &budgeted{online: online, cfg: cfg, unknown: rate.NewLimiter(cfg.Rate, cfg.Burst), seen: map[string]*rate.Limiter{}}
+	return &budgeted{online: online, cfg: cfg, unknown: rate.NewLimiter(cfg.Rate, cfg.Burst),
+		exhausted: exhausted, seen: map[string]*rate.Limiter{}}, nil
 }
 
 type budgeted struct {
@@ -96,6 +100,8 @@ type budgeted struct {
 	unknown *rate.Limiter
 	mu      sync.Mutex
 	seen    map[string]*rate.Limiter
+	// exhausted counts refusals by budget.
+	exhausted *prometheus.CounterVec
 }
 
 func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error) {
@@ -123,7 +129,7 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 		lim, budget = b.unknown, "unknown"
 	}
 	if !lim.AllowN(now, 1) {
-		b.cfg.Exhausted(budget)
+		b.exhausted.WithLabelValues(budget).Inc()
 		return TokenInfo{}, authz.Denyf(authz.ReasonTokenReviewUnavailable, "tokenreview budget of %s identities exhausted", budget)
 	}
 	ti, err := b.online.Validate(ctx, token)

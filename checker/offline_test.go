@@ -13,6 +13,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credinject/credinject/authz"
@@ -142,8 +144,12 @@ func TestOfflineFirst(t *testing.T) {
 // forgeries, is always asked about and allowed.
 func TestBudgetKeepsCapacityForSeenIdentities(t *testing.T) {
 	r := newOfflineRig(t)
-	var exhausted atomic.Int64
-	v := Budgeted(r.online, BudgetConfig{Rate: 10, Burst: 20, Clock: r.clk, Exhausted: func(string) { exhausted.Add(1) }})
+	reg := prometheus.NewRegistry()
+	v, err := Budgeted(r.online, BudgetConfig{Rate: 10, Burst: 20, Clock: r.clk, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exhausted := func() int { return int(testutil.ToFloat64(v.(*budgeted).exhausted.WithLabelValues("unknown"))) }
 	ctx := context.Background()
 	if _, err := v.Validate(ctx, r.mint(t, "real", t0)); err != nil {
 		t.Fatalf("first token of a real identity: %v", err)
@@ -170,8 +176,8 @@ func TestBudgetKeepsCapacityForSeenIdentities(t *testing.T) {
 	}
 	reviews := r.online.calls.Load() - before - int64(fresh)
 	t.Logf("2000 forged tokens: %d reached the API server, %d refused by the budget; %d fresh real tokens all allowed", reviews, refused, fresh)
-	if reviews > 20 || refused != 2000-int(reviews) || exhausted.Load() != int64(refused) {
-		t.Fatalf("%d forged tokens reached the API server (budget 20), %d refused, %d counted", reviews, refused, exhausted.Load())
+	if reviews > 20 || refused != 2000-int(reviews) || exhausted() != refused {
+		t.Fatalf("%d forged tokens reached the API server (budget 20), %d refused, %d counted", reviews, refused, exhausted())
 	}
 	// The unknown budget refills with time.
 	r.clk.Step(time.Second)
@@ -182,8 +188,11 @@ func TestBudgetKeepsCapacityForSeenIdentities(t *testing.T) {
 
 func TestBudgetRefusesOffline(t *testing.T) {
 	r := newOfflineRig(t)
-	v := Budgeted(r.online, BudgetConfig{Rate: 10, Burst: 20, Clock: r.clk,
+	v, err := Budgeted(r.online, BudgetConfig{Rate: 10, Burst: 20, Clock: r.clk,
 		ServiceAccounts: saExists(func(key, _ string) bool { return key == "ns/sa" })})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	cases := map[string]struct {
 		token  string

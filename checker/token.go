@@ -143,7 +143,7 @@ type Claims struct {
 	Expiry    int64           `json:"exp"`
 	NotBefore int64           `json:"nbf"`
 	IssuedAt  int64           `json:"iat"`
-	K8s       *kubernetesInfo `json:"kubernetes.io"`
+	K8s       *KubernetesInfo `json:"kubernetes.io"`
 }
 
 type audience []string

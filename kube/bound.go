@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 )
 
 // The kinds a service-account token can be bound to, with their resources.
@@ -34,13 +36,19 @@ var boundResources = []struct {
 type BoundObjects struct {
 	factory   metadatainformer.SharedInformerFactory
 	informers map[string]toolscache.SharedIndexInformer
+	clock     clock.PassiveClock
 }
+
+// deletionLeeway: an object being deleted still vouches for its tokens until
+// this long after its deletionTimestamp, as the API server's authenticator
+// decides (jwt.DefaultLeeway), so a terminating pod can finish its work.
+const deletionLeeway = time.Minute
 
 // NewBoundObjects builds the informers (started by Run). log receives list
 // and watch errors (a missing permission shows there, and in CheckAccess).
-func NewBoundObjects(client metadata.Interface, log *slog.Logger) (*BoundObjects, error) {
+func NewBoundObjects(client metadata.Interface, clk clock.PassiveClock, log *slog.Logger) (*BoundObjects, error) {
 	f := metadatainformer.NewSharedInformerFactoryWithOptions(client, 0, metadatainformer.WithTransform(trimMetadata))
-	b := &BoundObjects{factory: f, informers: map[string]toolscache.SharedIndexInformer{}}
+	b := &BoundObjects{factory: f, informers: map[string]toolscache.SharedIndexInformer{}, clock: clk}
 	for _, r := range boundResources {
 		inf := f.ForResource(r.gvr).Informer()
 		res := r.gvr.Resource
@@ -62,6 +70,7 @@ func trimMetadata(obj any) (any, error) {
 	}
 	return &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
 		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		DeletionTimestamp: m.DeletionTimestamp,
 	}}, nil
 }
 
@@ -83,8 +92,9 @@ func (b *BoundObjects) HasSynced() bool {
 }
 
 // Exists reports whether the object of kind ("Pod", "Secret", "Node") with
-// key ("namespace/name", or a Node's name) exists with this uid. Before the
-// first list is in, and for an unknown kind, it answers false: fail closed.
+// key ("namespace/name", or a Node's name) exists with this uid and is not
+// past deletionLeeway after its deletion began. Before the first list is in,
+// and for an unknown kind, it answers false: fail closed.
 func (b *BoundObjects) Exists(kind, key, uid string) bool {
 	inf, ok := b.informers[kind]
 	if !ok {
@@ -95,7 +105,10 @@ func (b *BoundObjects) Exists(kind, key, uid string) bool {
 		return false
 	}
 	m, ok := obj.(*metav1.PartialObjectMetadata)
-	return ok && string(m.UID) == uid
+	if !ok || string(m.UID) != uid {
+		return false
+	}
+	return m.DeletionTimestamp == nil || !m.DeletionTimestamp.Time.Before(b.clock.Now().Add(-deletionLeeway))
 }
 
 // Len is the number of objects held, all kinds together.

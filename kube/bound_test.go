@@ -16,6 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // podMeta is a Pod's metadata as a Deployment's pod carries it: labels,
@@ -41,10 +43,10 @@ func testScheme() *kruntime.Scheme {
 	return s
 }
 
-func startBound(tb testing.TB, objs ...kruntime.Object) (*BoundObjects, *metadatafake.FakeMetadataClient) {
+func startBound(tb testing.TB, clk clock.PassiveClock, objs ...kruntime.Object) (*BoundObjects, *metadatafake.FakeMetadataClient) {
 	tb.Helper()
 	client := metadatafake.NewSimpleMetadataClient(testScheme(), objs...)
-	b, err := NewBoundObjects(client, slog.New(slog.DiscardHandler))
+	b, err := NewBoundObjects(client, clk, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -63,7 +65,12 @@ func startBound(tb testing.TB, objs ...kruntime.Object) (*BoundObjects, *metadat
 func TestBoundObjectsExists(t *testing.T) {
 	pod := podMeta(1)
 	node := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}, ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "node-uid"}}
-	b, client := startBound(t, pod, node)
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
+	// A terminating pod: its grace period ended 30 s ago.
+	ending := podMeta(2)
+	ending.DeletionTimestamp = &metav1.Time{Time: clk.Now().Add(-30 * time.Second)}
+	b, client := startBound(t, clk, pod, node, ending)
+	endingKey := ending.Namespace + "/" + ending.Name
 	podKey := pod.Namespace + "/" + pod.Name
 	cases := map[string]struct {
 		kind, key, uid string
@@ -75,6 +82,7 @@ func TestBoundObjectsExists(t *testing.T) {
 		"node":          {"Node", "n1", "node-uid", true},
 		"no secret":     {"Secret", podKey, string(pod.UID), false},
 		"unknown kind":  {"ConfigMap", podKey, string(pod.UID), false},
+		"terminating":   {"Pod", endingKey, string(ending.UID), true},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -82,6 +90,10 @@ func TestBoundObjectsExists(t *testing.T) {
 				t.Fatalf("Exists(%s, %s, %s) = %v", c.kind, c.key, c.uid, got)
 			}
 		})
+	}
+	clk.SetTime(clk.Now().Add(31 * time.Second))
+	if b.Exists("Pod", endingKey, string(ending.UID)) {
+		t.Fatal("a pod 61 s past its deletion still vouches for its tokens")
 	}
 	if err := client.Resource(boundResources[0].gvr).Namespace(pod.Namespace).Delete(context.Background(), pod.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -124,7 +136,7 @@ func BenchmarkBoundObjectsHeap(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		bo, err := NewBoundObjects(client, slog.New(slog.DiscardHandler))
+		bo, err := NewBoundObjects(client, clock.RealClock{}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
 )
 
 // OfflineFirst checks every token offline (signature and claims against the
@@ -62,8 +63,9 @@ type BudgetConfig struct {
 	// capacity that real workloads' new tokens need.
 	Rate  rate.Limit
 	Burst int
-	// MaxIdentities bounds the confirmed identities remembered (default
-	// 100,000); beyond it new identities share the unknown budget.
+	// MaxIdentities bounds the confirmed identities, and the confirmed
+	// tokens, remembered (default 100,000 each); beyond it new identities
+	// share the unknown budget.
 	MaxIdentities int
 	// ServiceAccounts, if set, refuses offline a token whose (unverified)
 	// subject names no existing ServiceAccount.
@@ -79,6 +81,11 @@ type BudgetConfig struct {
 // service account that exists, and fit the budget of the identity they name.
 // A token over budget is refused with tokenreview_unavailable (503, not
 // cached): the API server was not asked.
+//
+// A token the API server has confirmed before (its cached result expired)
+// is asked about again outside any budget: the workloads already running
+// keep working through a flood. What a flood can still delay is a new token
+// of the identity the forgeries name.
 func Budgeted(online Validator, cfg BudgetConfig) (Validator, error) {
 	if cfg.MaxIdentities <= 0 {
 		cfg.MaxIdentities = 100_000
@@ -90,8 +97,8 @@ func Budgeted(online Validator, cfg BudgetConfig) (Validator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &budgeted{online: online, cfg: cfg, unknown: rate.NewLimiter(cfg.Rate, cfg.Burst),
-		exhausted: exhausted, seen: map[string]*rate.Limiter{}}, nil
+	return &budgeted{online: online, cfg: cfg, unknown: rate.NewLimiter(cfg.Rate, cfg.Burst), hash: newHasher(nil),
+		exhausted: exhausted, seen: map[string]*rate.Limiter{}, confirmed: map[cache.MAC]time.Time{}}, nil
 }
 
 type budgeted struct {
@@ -100,8 +107,12 @@ type budgeted struct {
 	unknown *rate.Limiter
 	mu      sync.Mutex
 	seen    map[string]*rate.Limiter
+	hash    *hasher
 	// exhausted counts refusals by budget.
 	exhausted *prometheus.CounterVec
+	// confirmed holds the MAC of each token the API server accepted, with
+	// its expiry (never the token itself).
+	confirmed map[cache.MAC]time.Time
 }
 
 func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error) {
@@ -121,25 +132,49 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 	if b.cfg.ServiceAccounts != nil && !b.cfg.ServiceAccounts.Exists(key, "") {
 		return TokenInfo{}, authz.Denyf(authz.ReasonUnknownServiceAccount, "no service account %s", key)
 	}
+	var sum cache.MAC
+	b.hash.mac(token, &sum)
 	b.mu.Lock()
+	_, confirmed := b.confirmed[sum]
 	lim, seen := b.seen[key]
 	b.mu.Unlock()
-	budget := "seen"
-	if !seen {
-		lim, budget = b.unknown, "unknown"
-	}
-	if !lim.AllowN(now, 1) {
-		b.exhausted.WithLabelValues(budget).Inc()
-		return TokenInfo{}, authz.Denyf(authz.ReasonTokenReviewUnavailable, "tokenreview budget of %s identities exhausted", budget)
+	if !confirmed {
+		budget := "seen"
+		if !seen {
+			lim, budget = b.unknown, "unknown"
+		}
+		if !lim.AllowN(now, 1) {
+			b.exhausted.WithLabelValues(budget).Inc()
+			return TokenInfo{}, authz.Denyf(authz.ReasonTokenReviewUnavailable, "tokenreview budget of %s identities exhausted", budget)
+		}
 	}
 	ti, err := b.online.Validate(ctx, token)
-	if err != nil || seen {
+	if err != nil {
+		if confirmed && authz.ReasonOf(err) != authz.ReasonTokenReviewUnavailable {
+			b.mu.Lock()
+			delete(b.confirmed, sum)
+			b.mu.Unlock()
+		}
 		return ti, err
 	}
+	exp := ti.Expires
+	if exp.IsZero() {
+		exp = now.Add(time.Hour)
+	}
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if _, ok := b.seen[ti.Identity.Key]; !ok && len(b.seen) < b.cfg.MaxIdentities {
 		b.seen[ti.Identity.Key] = rate.NewLimiter(b.cfg.Rate, b.cfg.Burst)
 	}
-	b.mu.Unlock()
+	if len(b.confirmed) >= b.cfg.MaxIdentities {
+		for k, e := range b.confirmed {
+			if !now.Before(e) {
+				delete(b.confirmed, k)
+			}
+		}
+	}
+	if len(b.confirmed) < b.cfg.MaxIdentities {
+		b.confirmed[sum] = exp
+	}
 	return ti, nil
 }

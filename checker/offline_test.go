@@ -179,6 +179,23 @@ func TestBudgetKeepsCapacityForSeenIdentities(t *testing.T) {
 	if reviews > 20 || refused != 2000-int(reviews) || exhausted() != refused {
 		t.Fatalf("%d forged tokens reached the API server (budget 20), %d refused, %d counted", reviews, refused, exhausted())
 	}
+	// Forgeries naming the confirmed identity itself spend its own budget
+	// (a new token of it waits), but a token confirmed before is asked about
+	// again outside any budget: running workloads keep working.
+	r.clk.Step(2 * time.Second)
+	running := r.mint(t, "real", t0.Add(time.Second))
+	if _, err := v.Validate(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		_, _ = v.Validate(ctx, forge(t, r.mint(t, "real", t0)))
+	}
+	if _, err := v.Validate(ctx, r.mint(t, "real", t0.Add(2*time.Second))); authz.ReasonOf(err) != authz.ReasonTokenReviewUnavailable {
+		t.Fatalf("a new token of an identity under attack: %v", err)
+	}
+	if _, err := v.Validate(ctx, running); err != nil {
+		t.Fatalf("a confirmed token under attack: %v", err)
+	}
 	// The unknown budget refills with time.
 	r.clk.Step(time.Second)
 	if _, err := v.Validate(ctx, r.mint(t, "another", t0)); err != nil {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -230,4 +232,104 @@ func TestJWKSModeNeedsBoundObjectRBAC(t *testing.T) {
 		}
 	}
 	t.Logf("start-up error: %v", err)
+}
+
+// TestFloodWithoutIssuerKeys: an API server that does not serve its keys to
+// credinject (here a client transport that answers 404 for the issuer
+// discovery paths; TokenReviews still go to the real API server). tokenreview
+// mode says so in /readyz and falls back to TokenReview for every new token,
+// within budgets: 2,000 forgeries of identity A's token reach the API server
+// at most A's budget (burst + rate × duration), and fresh tokens of identity B,
+// confirmed before, are all allowed during the flood.
+func TestFloodWithoutIssuerKeys(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	cfg := apptest.Config(env)
+	cfg.Events.NatsURL = ""
+	srv := apptest.StartWith(t, env, cfg, func(o *app.Options) {
+		o.RestConfig.Wrap(func(rt http.RoundTripper) http.RoundTripper { return noIssuerKeys{rt} })
+	})
+	resp, err := http.Get(srv.HTTPURL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "no offline verification") {
+		t.Fatalf("/readyz does not say that tokens are not verified offline:\n%s", body)
+	}
+	_, _, tokA := boundIdentity(ctx, t, env, "nokeys-a", "sk-a")
+	nsB, saB, tokB := boundIdentity(ctx, t, env, "nokeys-b", "sk-b")
+	for _, c := range [][2]string{{tokA, "sk-a"}, {tokB, "sk-b"}} {
+		if got := srv.Check(t, c[0], "h"); got != "allow authorization=Bearer "+c[1] {
+			t.Fatalf("before the flood: %q", got)
+		}
+	}
+	const forged, freshEvery = 2000, 100
+	toks := make([]string, forged)
+	for i := range toks {
+		toks[i] = forge(t, tokA)
+	}
+	before, err := env.Kube.RequestCount(ctx, "tokenreviews")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logins := srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"})
+	var next, fresh atomic.Int64
+	var answers sync.Map
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= forged {
+					return
+				}
+				answers.Store(srv.Check(t, toks[i], "h"), true)
+				if i%freshEvery == freshEvery-1 {
+					tok, err := env.Kube.Token(ctx, nsB, saB, nil, time.Hour)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					fresh.Add(1)
+					if got := srv.Check(t, tok, "h"); got != "allow authorization=Bearer sk-b" {
+						t.Errorf("fresh token of B during the flood: %q", got)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	after, err := env.Kube.RequestCount(ctx, "tokenreviews")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vaultLogins := srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"}) - logins
+	fromForged := after - before - float64(fresh.Load()) - vaultLogins
+	b := cfg.Kubernetes.TokenReviewBudget
+	limit := float64(b.Burst) + b.Rate*took.Seconds() + 1
+	var seen []string
+	answers.Range(func(k, _ any) bool { seen = append(seen, k.(string)); return true })
+	t.Logf("no issuer keys: %d forgeries of A in %v: answers %v; TokenReviews at the API server from forgeries: %.0f (budget %.0f), for %d fresh tokens of B (all allowed), %.0f for Vault logins; budget refusals %.0f",
+		forged, took.Round(time.Millisecond), seen, fromForged, limit, fresh.Load(), vaultLogins,
+		srv.Counter(t, "credinject_tokenreview_budget_exhausted_total", nil))
+	if fromForged > limit {
+		t.Fatalf("%.0f forgeries reached the API server, over the budget of %.0f", fromForged, limit)
+	}
+}
+
+// noIssuerKeys answers 404 for the issuer discovery documents, as an API
+// server that does not serve them to credinject.
+type noIssuerKeys struct{ rt http.RoundTripper }
+
+func (n noIssuerKeys) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasPrefix(r.URL.Path, "/openid/") || strings.HasPrefix(r.URL.Path, "/.well-known/") {
+		return &http.Response{StatusCode: http.StatusNotFound, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	}
+	return n.rt.RoundTrip(r)
 }

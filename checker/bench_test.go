@@ -2,8 +2,19 @@ package checker_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"fmt"
 	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/satoken"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
@@ -69,6 +80,50 @@ func BenchmarkCheckHeaderCase(b *testing.B) {
 			for b.Loop() {
 				if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {
 					b.Fatalf("not allowed: %v", outcome(resp))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkValidateOffline is the cost of verifying a token offline, what a
+// token-cache miss costs before (tokenreview) or instead of (jwks) the API
+// server: signature with the issuer's key (RS256 2048-bit, the kube-apiserver
+// default, and ES256), then the claim checks.
+func BenchmarkValidateOffline(b *testing.B) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	for _, c := range []struct {
+		name string
+		key  crypto.Signer
+		alg  jose.SignatureAlgorithm
+	}{{"RS256", rsaKey, jose.RS256}, {"ES256", ecKey, jose.ES256}} {
+		b.Run(c.name, func(b *testing.B) {
+			iss, err := satoken.FromKey("https://issuer.test", "k1", c.key, c.alg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			v, err := checker.NewJWKSValidator(context.Background(), checker.JWKSConfig{Issuer: iss.URL, Audiences: []string{aud}, Keys: iss.JWKS()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			tok, err := iss.Mint(satoken.Token{Namespace: "ns", ServiceAccount: "sa", UID: "u", Audiences: []string{aud}, IssuedAt: now, TTL: time.Hour,
+				Pod: satoken.ObjectRef{Name: "app-7d9f8b6c4-x2x7q", UID: "0b8f0c5e-6a57-4b8e-9d7a-2f3c1e4d5a6b"}, Node: satoken.ObjectRef{Name: "node-1", UID: "n"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.Validate(ctx, tok); err != nil {
+					b.Fatal(err)
 				}
 			}
 		})

@@ -32,7 +32,7 @@ func podMeta(i int) *metav1.PartialObjectMetadata {
 			Labels:          map[string]string{"app": "app", "pod-template-hash": "7d9f8b6c4", "team": ns},
 			Annotations:     map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-11-29T09:00:00Z", "prometheus.io/scrape": "true"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "app-7d9f8b6c4", UID: "rs-uid", Controller: new(bool)}},
-			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1", FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(strings.Repeat(`{"f:metadata":{}}`, 20))}}},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1", FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(strings.Repeat(`{"f:metadata":{}}`, 20))}},
 		},
 	}
 }

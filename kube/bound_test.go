@@ -91,6 +91,10 @@ func TestBoundObjectsExists(t *testing.T) {
 			}
 		})
 	}
+	// The hot path asks this for every cached bound token: no allocation.
+	if n := testing.AllocsPerRun(100, func() { b.Exists("Pod", podKey, string(pod.UID)) }); n != 0 {
+		t.Fatalf("Exists allocates %v times", n)
+	}
 	clk.SetTime(clk.Now().Add(31 * time.Second))
 	if b.Exists("Pod", endingKey, string(ending.UID)) {
 		t.Fatal("a pod 61 s past its deletion still vouches for its tokens")

@@ -28,7 +28,7 @@ func refusedWithin(t *testing.T, srv *apptest.Running, token string, since time.
 	return time.Since(since)
 }
 
-// TestBoundTokensRevoke: a token bound to a Pod or a Secret is allowed while
+// TestBoundTokensRevoke: a token bound to a Pod, a Secret or a Node is allowed while
 // the object lives, refused within 5 s of its deletion in jwks mode (within
 // the token-result TTL in tokenreview mode), and stays refused when an object
 // of the same name is re-created (new uid), while the new object's own token
@@ -50,15 +50,23 @@ func TestBoundTokensRevoke(t *testing.T) {
 			}
 			ns, sa, _ := boundIdentity(ctx, t, env, "bound-"+mode, "sk-bound-"+mode)
 			allow := "allow authorization=Bearer sk-bound-" + mode
-			for _, kind := range []string{"Pod", "Secret"} {
+			for _, kind := range []string{"Pod", "Secret", "Node"} {
 				t.Run(kind, func(t *testing.T) {
+					// Nodes are cluster-wide: a name of this run's own.
+					name := "obj-" + strings.ToLower(kind)
+					if kind == "Node" {
+						name = ns + "-node"
+					}
 					create := func() string {
 						var uid string
 						var err error
-						if kind == "Pod" {
-							uid, err = env.Kube.CreatePod(ctx, ns, "obj-"+strings.ToLower(kind), sa)
-						} else {
-							uid, err = env.Kube.CreateSecret(ctx, ns, "obj-"+strings.ToLower(kind))
+						switch kind {
+						case "Pod":
+							uid, err = env.Kube.CreatePod(ctx, ns, name, sa)
+						case "Secret":
+							uid, err = env.Kube.CreateSecret(ctx, ns, name)
+						default:
+							uid, err = env.Kube.CreateNode(ctx, name)
 						}
 						if err != nil {
 							t.Fatal(err)
@@ -67,16 +75,18 @@ func TestBoundTokensRevoke(t *testing.T) {
 					}
 					del := func() {
 						var err error
-						if kind == "Pod" {
-							err = env.Kube.DeletePod(ctx, ns, "obj-"+strings.ToLower(kind))
-						} else {
-							err = env.Kube.DeleteSecret(ctx, ns, "obj-"+strings.ToLower(kind))
+						switch kind {
+						case "Pod":
+							err = env.Kube.DeletePod(ctx, ns, name)
+						case "Secret":
+							err = env.Kube.DeleteSecret(ctx, ns, name)
+						default:
+							err = env.Kube.DeleteNode(ctx, name)
 						}
 						if err != nil {
 							t.Fatal(err)
 						}
 					}
-					name := "obj-" + strings.ToLower(kind)
 					uid := create()
 					tok, err := env.Kube.BoundToken(ctx, ns, sa, kind, name, uid)
 					if err != nil {

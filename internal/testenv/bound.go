@@ -64,8 +64,25 @@ func (k *Kube) DeleteSecret(ctx context.Context, namespace, name string) error {
 	return nil
 }
 
+// CreateNode creates a Node object (no kubelet behind it) and returns its uid.
+func (k *Kube) CreateNode(ctx context.Context, name string) (string, error) {
+	n, err := k.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("testenv: create node %s: %w", name, err)
+	}
+	return string(n.UID), nil
+}
+
+// DeleteNode deletes a Node object.
+func (k *Kube) DeleteNode(ctx context.Context, name string) error {
+	if err := k.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		return fmt.Errorf("testenv: delete node %s: %w", name, err)
+	}
+	return nil
+}
+
 // BoundToken mints a token for namespace/serviceAccount bound to the object
-// kind ("Pod", "Secret") name/uid, as the kubelet does for every pod.
+// kind ("Pod", "Secret", "Node") name/uid, as the kubelet does for every pod.
 func (k *Kube) BoundToken(ctx context.Context, namespace, serviceAccount, kind, name, uid string) (string, error) {
 	secs := int64(time.Hour / time.Second)
 	tr, err := k.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, serviceAccount, &authnv1.TokenRequest{

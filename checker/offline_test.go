@@ -135,6 +135,17 @@ func TestOfflineFirst(t *testing.T) {
 			}
 		})
 	}
+	t.Run("the offline claims add the bound objects", func(t *testing.T) {
+		tok, err := r.iss.Mint(satoken.Token{Namespace: "ns", ServiceAccount: "sa", UID: "u", Audiences: []string{testAud}, IssuedAt: t0, TTL: time.Hour,
+			Pod: satoken.ObjectRef{Name: "p", UID: "pod-uid"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ti, err := v.Validate(ctx, tok)
+		if err != nil || len(ti.Bound) != 1 || ti.Bound[0] != (BoundRef{BoundPod, "ns/p", "pod-uid"}) {
+			t.Fatalf("%+v, %v", ti.Bound, err)
+		}
+	})
 }
 
 // TestBudgetKeepsCapacityForSeenIdentities is the fallback without issuer

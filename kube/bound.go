@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
@@ -37,6 +38,8 @@ type BoundObjects struct {
 	factory   metadatainformer.SharedInformerFactory
 	informers map[string]toolscache.SharedIndexInformer
 	clock     clock.PassiveClock
+	// lastErr is the last list/watch failure, for Status.
+	lastErr atomic.Pointer[string]
 }
 
 // deletionLeeway: an object being deleted still vouches for its tokens until
@@ -53,7 +56,12 @@ func NewBoundObjects(client metadata.Interface, clk clock.PassiveClock, log *slo
 		inf := f.ForResource(r.gvr).Informer()
 		res := r.gvr.Resource
 		if err := inf.SetWatchErrorHandler(func(_ *toolscache.Reflector, err error) {
-			log.Error("bound-object informer: list/watch failed; tokens bound to these objects are refused until it recovers", "resource", res, "error", err)
+			// Until the first list is in, tokens bound to these objects are
+			// refused; after it, deletions are not seen until the watch
+			// recovers.
+			log.Error("bound-object informer: list/watch failed", "resource", res, "error", err)
+			msg := fmt.Sprintf("%s at %s: %v", res, clk.Now().UTC().Format(time.RFC3339), err)
+			b.lastErr.Store(&msg)
 		}); err != nil {
 			return nil, fmt.Errorf("bound objects: %s: %w", res, err)
 		}
@@ -109,6 +117,16 @@ func (b *BoundObjects) Exists(kind, key, uid string) bool {
 		return false
 	}
 	return m.DeletionTimestamp == nil || !m.DeletionTimestamp.Time.Before(b.clock.Now().Add(-deletionLeeway))
+}
+
+// Status is a line for /readyz: whether the first lists are in, and the
+// last list/watch failure, if any.
+func (b *BoundObjects) Status() string {
+	s := fmt.Sprintf("synced=%v", b.HasSynced())
+	if e := b.lastErr.Load(); e != nil {
+		s += "; last list/watch error: " + *e
+	}
+	return s
 }
 
 // Len is the number of objects held, all kinds together.

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -110,6 +111,35 @@ func TestBoundObjectsExists(t *testing.T) {
 			t.Fatal("the deleted pod is still known")
 		}
 		<-tick.C
+	}
+}
+
+// TestBoundObjectsStatus: a failing list shows in Status (and /readyz), and
+// the informer never syncs, so bound tokens stay refused.
+func TestBoundObjectsStatus(t *testing.T) {
+	client := metadatafake.NewSimpleMetadataClient(testScheme())
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, kruntime.Object, error) {
+		return true, nil, errors.New("pods is forbidden")
+	})
+	b, err := NewBoundObjects(client, clock.RealClock{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(b.Status(), "pods is forbidden") {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %q", b.Status())
+		}
+		<-tick.C
+	}
+	if b.HasSynced() || !strings.HasPrefix(b.Status(), "synced=false; last list/watch error: pods at ") {
+		t.Fatalf("status %q", b.Status())
 	}
 }
 

@@ -76,7 +76,7 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 	}
 	fmt.Fprintf(&b, "tokens: %s\n", a.offline)
 	if a.bound != nil {
-		fmt.Fprintf(&b, "bound objects: synced=%v\n", a.bound.HasSynced())
+		fmt.Fprintf(&b, "bound objects: %s\n", a.bound.Status())
 	}
 	if a.prefetch != nil {
 		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())

@@ -35,6 +35,8 @@ type rig struct {
 	gone   sync.Map // identity keys whose ServiceAccount is deleted
 	// objects are the bound objects that exist: "Kind:key" → uid.
 	objects sync.Map
+	// bound, if set, answers instead of objects (a benchmark's informer).
+	bound checker.BoundObjects
 }
 
 type sourceFunc func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
@@ -73,6 +75,9 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: saFunc(func(key, uid string) bool { _, gone := r.gone.Load(key); return !gone }),
 		BoundObjects: checker.BoundObjectsFunc(func(kind checker.BoundKind, key, uid string) bool {
+			if r.bound != nil {
+				return r.bound.Exists(kind, key, uid)
+			}
 			cur, ok := r.objects.Load(string(kind) + ":" + key)
 			return ok && cur == uid
 		}),

@@ -65,13 +65,13 @@ type App struct {
 	sas      *kube.ServiceAccounts
 	prefetch *watcher.Prefetcher
 	jwks     *checker.JWKSValidator
+	sub      *events.Subscriber
+	vault    *vaultapi.Client
+	ready    atomic.Bool
 	bound    *kube.BoundObjects
 	// offline says whether tokens are verified offline before anything
 	// else, and why not (logged at start, shown in /readyz).
 	offline string
-	sub     *events.Subscriber
-	vault   *vaultapi.Client
-	ready   atomic.Bool
 }
 
 // New builds every part and binds the listeners; Run starts them.

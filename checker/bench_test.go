@@ -2,8 +2,25 @@ package checker_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"fmt"
+	"log/slog"
 	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	metadatafake "k8s.io/client-go/metadata/fake"
+
+	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/satoken"
+	"github.com/credinject/credinject/kube"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
@@ -46,6 +63,60 @@ func BenchmarkCheck(b *testing.B) {
 	}
 }
 
+// BenchmarkCheckBound is BenchmarkCheck with every token bound to a Pod
+// that the real metadata informer (kube.BoundObjects over a fake API) holds:
+// the revocation check a jwks-mode hit adds.
+func BenchmarkCheckBound(b *testing.B) {
+	const n = 1_000
+	r := newRig(b, nil, true)
+	scheme := kruntime.NewScheme()
+	metav1.AddMetaToScheme(scheme)
+	pods := make([]kruntime.Object, n)
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range n {
+		ns, uid := fmt.Sprintf("ns-%d", i), fmt.Sprintf("pod-uid-%d", i)
+		pods[i] = &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+			ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns, UID: k8stypes.UID(uid)}}
+		r.put(b, "", ns, "sa", "authorization", fmt.Sprintf("Bearer key-%d", i))
+		tok, err := r.iss.Mint(satoken.Token{Namespace: ns, ServiceAccount: "sa", UID: "uid-sa", Audiences: []string{aud}, IssuedAt: r.clock.Now(), TTL: time.Hour,
+			Pod: satoken.ObjectRef{Name: "app", UID: uid}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs[i] = request("Bearer "+tok, "api.openai.com")
+	}
+	bo, err := kube.NewBoundObjects(metadatafake.NewSimpleMetadataClient(scheme, pods...), r.clock, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { bo.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	if !bo.WaitForSync(ctx) {
+		b.Fatal("informer did not sync")
+	}
+	r.bound = checker.BoundObjectsFunc(func(k checker.BoundKind, key, uid string) bool { return bo.Exists(string(k), key, uid) })
+	for range 3 {
+		for _, q := range reqs {
+			if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {
+				b.Fatalf("not allowed: %v", outcome(resp))
+			}
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
+				b.Fatalf("not allowed: %v", outcome(resp))
+			}
+			i += 7919
+		}
+	})
+}
+
 // BenchmarkCheckHeaderCase: a headers map with "Authorization" capitalised
 // (gRPC clients other than Envoy) takes the case-insensitive fallback; it
 // must stay at 0 allocations like the lower-case path.
@@ -69,6 +140,50 @@ func BenchmarkCheckHeaderCase(b *testing.B) {
 			for b.Loop() {
 				if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {
 					b.Fatalf("not allowed: %v", outcome(resp))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkValidateOffline is the cost of verifying a token offline, what a
+// token-cache miss costs before (tokenreview) or instead of (jwks) the API
+// server: signature with the issuer's key (RS256 2048-bit, the kube-apiserver
+// default, and ES256), then the claim checks.
+func BenchmarkValidateOffline(b *testing.B) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	for _, c := range []struct {
+		name string
+		key  crypto.Signer
+		alg  jose.SignatureAlgorithm
+	}{{"RS256", rsaKey, jose.RS256}, {"ES256", ecKey, jose.ES256}} {
+		b.Run(c.name, func(b *testing.B) {
+			iss, err := satoken.FromKey("https://issuer.test", "k1", c.key, c.alg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			v, err := checker.NewJWKSValidator(context.Background(), checker.JWKSConfig{Issuer: iss.URL, Audiences: []string{aud}, Keys: iss.JWKS()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			tok, err := iss.Mint(satoken.Token{Namespace: "ns", ServiceAccount: "sa", UID: "u", Audiences: []string{aud}, IssuedAt: now, TTL: time.Hour,
+				Pod: satoken.ObjectRef{Name: "app-7d9f8b6c4-x2x7q", UID: "0b8f0c5e-6a57-4b8e-9d7a-2f3c1e4d5a6b"}, Node: satoken.ObjectRef{Name: "node-1", UID: "n"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.Validate(ctx, tok); err != nil {
+					b.Fatal(err)
 				}
 			}
 		})

@@ -33,6 +33,10 @@ type rig struct {
 	source func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
 	calls  atomic.Int64
 	gone   sync.Map // identity keys whose ServiceAccount is deleted
+	// objects are the bound objects that exist: "Kind:key" → uid.
+	objects sync.Map
+	// bound, if set, answers instead of objects (a benchmark's informer).
+	bound checker.BoundObjects
 }
 
 type sourceFunc func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
@@ -70,6 +74,13 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 	r.c, err = checker.New(checker.Config{
 		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: saFunc(func(key, uid string) bool { _, gone := r.gone.Load(key); return !gone }),
+		BoundObjects: checker.BoundObjectsFunc(func(kind checker.BoundKind, key, uid string) bool {
+			if r.bound != nil {
+				return r.bound.Exists(kind, key, uid)
+			}
+			cur, ok := r.objects.Load(string(kind) + ":" + key)
+			return ok && cur == uid
+		}),
 		Source: sourceFunc(func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
 			r.calls.Add(1)
 			return r.source(ctx, route, id, token, exp)
@@ -200,6 +211,42 @@ func TestDecisions(t *testing.T) {
 		defer r.advance(-2 * time.Hour)
 		if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "deny 401 invalid_token www=Bearer" {
 			t.Fatalf("got %q", got)
+		}
+	})
+	t.Run("bound objects", func(t *testing.T) {
+		for _, kind := range []string{"Pod", "Secret", "Node"} {
+			t.Run(kind, func(t *testing.T) {
+				key := "team-a/obj"
+				ref := satoken.ObjectRef{Name: "obj", UID: "uid-1"}
+				tt := satoken.Token{Namespace: "team-a", ServiceAccount: "app", UID: "uid-app", Audiences: []string{aud}, IssuedAt: r.clock.Now(), TTL: time.Hour}
+				switch kind {
+				case "Pod":
+					tt.Pod = ref
+				case "Secret":
+					tt.Secret = ref
+				case "Node":
+					tt.Node, key = ref, "obj"
+				}
+				tok, err := r.iss.Mint(tt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				r.objects.Store(kind+":"+key, "uid-1")
+				if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "allow authorization=Bearer sk-a" {
+					t.Fatalf("while the %s exists: %q", kind, got)
+				}
+				// The cached positive result dies with the object...
+				r.objects.Delete(kind + ":" + key)
+				if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "deny 401 invalid_token www=Bearer" {
+					t.Fatalf("after the %s is deleted: %q", kind, got)
+				}
+				// ...and an object re-created under the same name does not
+				// revive it.
+				r.objects.Store(kind+":"+key, "uid-2")
+				if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "deny 401 invalid_token www=Bearer" {
+					t.Fatalf("after the %s is re-created: %q", kind, got)
+				}
+			})
 		}
 	})
 	t.Run("deleted service account", func(t *testing.T) {

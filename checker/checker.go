@@ -35,9 +35,12 @@ var _ credentialCache = (*cache.Credentials)(nil)
 type Config struct {
 	Validator       Validator
 	ServiceAccounts ServiceAccounts // nil: no existence check
-	Credentials     credentialCache
-	Source          CredentialSource
-	Router          *Router
+	// BoundObjects, if set, revokes tokens bound to a Pod, Secret or Node
+	// when the object is gone or has another uid (jwks mode).
+	BoundObjects BoundObjects
+	Credentials  credentialCache
+	Source       CredentialSource
+	Router       *Router
 	// Audiences are folded into the token MAC key.
 	Audiences  []string
 	TokenCache TokenCacheConfig
@@ -92,7 +95,7 @@ func New(cfg Config) (*Checker, error) {
 	}
 	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc}
 	c.tokens = &cachedValidator{
-		v: cfg.Validator, sas: cfg.ServiceAccounts, cache: tc, cfg: cfg.TokenCache,
+		v: cfg.Validator, sas: cfg.ServiceAccounts, bound: cfg.BoundObjects, cache: tc, cfg: cfg.TokenCache,
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
 	}
 	return c, nil

@@ -103,8 +103,8 @@ func discoverIssuer(ctx context.Context, hc *http.Client, host string) (string, 
 	return doc.Issuer, nil
 }
 
-// JWKSValidator verifies tokens offline: signature, iss, aud, exp/nbf and the
-// kubernetes.io claims.
+// JWKSValidator verifies tokens offline: signature, iss, aud, exp/nbf/iat and
+// the kubernetes.io claims (checkClaims).
 type JWKSValidator struct {
 	cfg       JWKSConfig
 	keys      atomic.Pointer[jose.JSONWebKeySet]
@@ -228,43 +228,32 @@ func findKey(set *jose.JSONWebKeySet, kid string) *jose.JSONWebKey {
 	return nil
 }
 
-// Validate verifies token offline.
+// Validate verifies token offline: the signature against the issuer's keys,
+// then the claims (checkClaims).
 func (v *JWKSValidator) Validate(ctx context.Context, token string) (TokenInfo, error) {
-	tok, err := jwt.ParseSigned(token, jwtAlgs)
-	if err != nil {
-		return TokenInfo{}, authz.Deny(authz.ReasonMalformedToken, fmt.Errorf("jwks: %w", err))
-	}
-	if len(tok.Headers) != 1 {
-		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: want exactly one signature"))
-	}
-	k, err := v.key(ctx, tok.Headers[0].KeyID)
+	c, err := v.verify(ctx, token)
 	if err != nil {
 		return TokenInfo{}, err
 	}
-	var std jwt.Claims
-	var priv struct {
-		K8s *kubernetesInfo `json:"kubernetes.io"`
+	return checkClaims(c, expected{Issuer: v.cfg.Issuer, Audiences: v.cfg.Audiences}, v.cfg.Clock.Now())
+}
+
+// verify checks token's signature and returns its claims, unchecked.
+func (v *JWKSValidator) verify(ctx context.Context, token string) (*saClaims, error) {
+	tok, err := jwt.ParseSigned(token, jwtAlgs)
+	if err != nil {
+		return nil, authz.Deny(authz.ReasonMalformedToken, fmt.Errorf("jwks: %w", err))
 	}
-	if err := tok.Claims(k.Key, &std, &priv); err != nil {
-		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("jwks: signature: %w", err))
+	if len(tok.Headers) != 1 {
+		return nil, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: want exactly one signature"))
 	}
-	now := v.cfg.Clock.Now()
-	if std.Expiry == nil {
-		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: token has no exp"))
+	k, err := v.key(ctx, tok.Headers[0].KeyID)
+	if err != nil {
+		return nil, err
 	}
-	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, AnyAudience: v.cfg.Audiences, Time: now}, 0); err != nil {
-		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("jwks: %w", err))
+	var c saClaims
+	if err := tok.Claims(k.Key, &c); err != nil {
+		return nil, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("jwks: signature: %w", err))
 	}
-	ns, name, ok := ParseServiceAccountUser(std.Subject)
-	if !ok {
-		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: subject is not a service account"))
-	}
-	uid := ""
-	if priv.K8s != nil {
-		if priv.K8s.Namespace != ns || priv.K8s.ServiceAccount.Name != name {
-			return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: kubernetes.io claims do not match the subject"))
-		}
-		uid = priv.K8s.ServiceAccount.UID
-	}
-	return NewTokenInfo(ns, name, uid, std.Expiry.Time()), nil
+	return &c, nil
 }

@@ -69,6 +69,16 @@ func newTokenReviewMetrics(reg prometheus.Registerer) (*prometheus.CounterVec, e
 	return calls, register(reg, calls)
 }
 
+// newBudgetMetrics builds the TokenReview budget's refusal counter and
+// registers it on reg (nil: not registered).
+func newBudgetMetrics(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+	exhausted := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credinject_tokenreview_budget_exhausted_total",
+		Help: "Tokens refused without a TokenReview because the budget was spent (tokenreview mode without issuer keys), by budget (unknown, seen).",
+	}, []string{"budget"})
+	return exhausted, register(reg, exhausted)
+}
+
 func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
 	if reg == nil {
 		return nil

@@ -35,6 +35,9 @@ type TokenInfo struct {
 	UID string
 	// Expires is the token's expiry (zero if unknown).
 	Expires time.Time
+	// Bound are the objects the token is bound to (from its verified
+	// claims): a cached result dies with any of them.
+	Bound []BoundRef
 }
 
 // NewTokenInfo builds a TokenInfo for namespace/serviceAccount.
@@ -140,15 +143,7 @@ type Claims struct {
 	Expiry    int64           `json:"exp"`
 	NotBefore int64           `json:"nbf"`
 	IssuedAt  int64           `json:"iat"`
-	K8s       *kubernetesInfo `json:"kubernetes.io"`
-}
-
-type kubernetesInfo struct {
-	Namespace      string `json:"namespace"`
-	ServiceAccount struct {
-		Name string `json:"name"`
-		UID  string `json:"uid"`
-	} `json:"serviceaccount"`
+	K8s       *KubernetesInfo `json:"kubernetes.io"`
 }
 
 type audience []string
@@ -264,6 +259,7 @@ type TokenCacheConfig struct {
 type cachedValidator struct {
 	v       Validator
 	sas     ServiceAccounts
+	bound   BoundObjects
 	cache   *cache.Tokens[tokenResult]
 	cfg     TokenCacheConfig
 	clock   clock.PassiveClock
@@ -299,6 +295,16 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 	// tokens stop working as soon as the informer sees it.
 	if c.sas != nil && !c.sas.Exists(res.id.Identity.Key, res.id.UID) {
 		return TokenInfo{}, authz.ReasonUnknownServiceAccount
+	}
+	// Likewise a token bound to a Pod, Secret or Node dies with it, as the
+	// API server's own authenticator refuses it.
+	if c.bound != nil {
+		for i := range res.id.Bound {
+			b := &res.id.Bound[i]
+			if !c.bound.Exists(b.Kind, b.Key, b.UID) {
+				return TokenInfo{}, authz.ReasonInvalidToken
+			}
+		}
 	}
 	return res.id, authz.ReasonNone
 }

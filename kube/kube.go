@@ -1,8 +1,10 @@
 // Package kube holds credinject's views of the Kubernetes API that more than
 // one part uses: a cluster-wide ServiceAccount informer (the checker asks it
 // whether a token's ServiceAccount still exists; the prefetcher discovers
-// identities from it), the TokenRequest minter the credential layer logs in to
-// Vault with, and the REST configuration both are built from.
+// identities from it), metadata-only informers of the Pods, Secrets and Nodes
+// tokens are bound to (the checker refuses a token whose object is gone), the
+// TokenRequest minter the credential layer logs in to Vault with, and the REST
+// configuration they are built from.
 //
 // It does not validate tokens and knows nothing of Vault or Envoy.
 package kube

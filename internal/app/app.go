@@ -7,7 +7,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -69,6 +68,10 @@ type App struct {
 	sub      *events.Subscriber
 	vault    *vaultapi.Client
 	ready    atomic.Bool
+	bound    *kube.BoundObjects
+	// offline says whether tokens are verified offline before anything
+	// else, and why not (logged at start, shown in /readyz).
+	offline string
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -193,49 +196,18 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 	if a.sas != nil {
 		sas = a.sas
 	}
+	var bound checker.BoundObjects
+	if a.bound != nil {
+		bound = checker.BoundObjectsFunc(func(k checker.BoundKind, key, uid string) bool { return a.bound.Exists(string(k), key, uid) })
+	}
 	a.checker, err = checker.New(checker.Config{
-		Validator: validator, ServiceAccounts: sas, Credentials: a.creds,
+		Validator: validator, ServiceAccounts: sas, BoundObjects: bound, Credentials: a.creds,
 		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.log.With("component", "checker"),
 		Clock: a.opts.Clock,
 	})
 	return err
-}
-
-func (a *App) validator(ctx context.Context, kube kubernetes.Interface, rc *rest.Config) (checker.Validator, error) {
-	cfg := a.cfg.Kubernetes
-	if cfg.TokenValidation == "tokenreview" {
-		if kube == nil {
-			return nil, errors.New("kubernetes.tokenValidation tokenreview needs an API server")
-		}
-		return checker.NewTokenReviewValidator(kube.AuthenticationV1().TokenReviews(), cfg.Audiences, a.reg)
-	}
-	jc := checker.JWKSConfig{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: a.opts.JWKS, Clock: a.opts.Clock, Log: a.log.With("component", "jwks")}
-	switch {
-	case jc.Keys != nil:
-	case cfg.JWKSFile != "":
-		keys, err := checker.LoadJWKSFile(cfg.JWKSFile)
-		if err != nil {
-			return nil, fmt.Errorf("kubernetes.jwksFile: %w", err)
-		}
-		jc.Keys = keys
-	case rc != nil:
-		if err := jc.FromAPIServer(ctx, rc); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, errors.New("kubernetes.tokenValidation jwks needs an API server or a key file")
-	}
-	if jc.Issuer == "" {
-		return nil, errors.New("kubernetes.issuer is required with a fixed key set")
-	}
-	v, err := checker.NewJWKSValidator(ctx, jc)
-	if err != nil {
-		return nil, err
-	}
-	a.jwks = v
-	return v, nil
 }
 
 func watcherRoutes(cfg config.Config) []watcher.Route {

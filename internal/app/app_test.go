@@ -18,6 +18,14 @@ func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
 // watcher refreshers, NATS subscriber, gRPC and HTTP servers), serves a few
 // decisions, stops it, and checks that none of its goroutines outlive Run.
 func TestShutdownLeavesNothingBehind(t *testing.T) {
+	for _, mode := range []string{"tokenreview", "jwks"} {
+		t.Run(mode, func(t *testing.T) { shutdownLeavesNothingBehind(t, mode) })
+	}
+}
+
+// shutdownLeavesNothingBehind runs the check in one token-validation mode
+// (jwks adds the bound-object informers).
+func shutdownLeavesNothingBehind(t *testing.T, mode string) {
 	env := testenv.Get(t)
 	ctx := context.Background()
 	ns, sa, tok, err := env.Kube.Identity(ctx, "leak")
@@ -34,6 +42,7 @@ func TestShutdownLeavesNothingBehind(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 
 	cfg := apptest.Config(env)
+	cfg.Kubernetes.TokenValidation = mode
 	cfg.Prefetch.Namespaces = []string{ns}
 	runCtx, cancel := context.WithCancel(ctx)
 	srv, done := apptest.Run(t, runCtx, env, cfg)

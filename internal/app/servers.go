@@ -74,6 +74,10 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 	if a.sas != nil {
 		fmt.Fprintf(&b, "serviceaccounts: synced=%v\n", a.sas.HasSynced())
 	}
+	fmt.Fprintf(&b, "tokens: %s\n", a.offline)
+	if a.bound != nil {
+		fmt.Fprintf(&b, "bound objects: %s\n", a.bound.Status())
+	}
 	if a.prefetch != nil {
 		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())
 	}
@@ -118,6 +122,9 @@ func (a *App) Run(ctx context.Context) error {
 	if a.sas != nil {
 		goSafe("informer", func() error { a.sas.Run(gctx); return nil })
 	}
+	if a.bound != nil {
+		goSafe("bound objects", func() error { a.bound.Run(gctx); return nil })
+	}
 	if a.prefetch != nil {
 		goSafe("prefetch", func() error { a.prefetch.Run(gctx); return nil })
 	}
@@ -144,7 +151,7 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "tokenValidation", a.cfg.Kubernetes.TokenValidation)
+	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
 	err := g.Wait()
 	a.close()
 	return err
@@ -156,7 +163,7 @@ func (a *App) waitReady(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		ok := (a.sas == nil || a.sas.HasSynced()) && (a.prefetch == nil || a.prefetch.Ready())
+		ok := (a.sas == nil || a.sas.HasSynced()) && (a.bound == nil || a.bound.HasSynced()) && (a.prefetch == nil || a.prefetch.Ready())
 		if ok {
 			a.ready.Store(true)
 			a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

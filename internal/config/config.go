@@ -56,6 +56,16 @@ type Kubernetes struct {
 	JWKSFile string  `yaml:"jwksFile"`
 	QPS      float32 `yaml:"qps"`
 	Burst    int     `yaml:"burst"`
+	// TokenReviewBudget bounds, in tokenreview mode when the issuer's keys
+	// cannot be fetched, the TokenReviews of tokens naming identities the
+	// API server never confirmed (each confirmed identity gets its own).
+	TokenReviewBudget Budget `yaml:"tokenReviewBudget"`
+}
+
+// Budget is a token bucket: Rate per second, Burst at once.
+type Budget struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
 }
 
 // Vault configures where credentials live and how credinject logs in.
@@ -110,10 +120,11 @@ func Default() Config {
 	return Config{
 		Listen: Listen{GRPC: "127.0.0.1:9191", HTTP: "127.0.0.1:8181"},
 		Kubernetes: Kubernetes{
-			Audiences:       []string{"https://kubernetes.default.svc.cluster.local"},
-			TokenValidation: "tokenreview",
-			QPS:             500,
-			Burst:           1000,
+			Audiences:         []string{"https://kubernetes.default.svc.cluster.local"},
+			TokenValidation:   "tokenreview",
+			QPS:               500,
+			Burst:             1000,
+			TokenReviewBudget: Budget{Rate: 20, Burst: 40},
 		},
 		Vault: Vault{
 			Address:     "http://vault.vault.svc.cluster.local:8200",
@@ -205,6 +216,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kubernetes.QPS <= 0 || c.Kubernetes.Burst <= 0 {
 		bad("kubernetes.qps/burst", "must be positive (qps %v, burst %d)", c.Kubernetes.QPS, c.Kubernetes.Burst)
+	}
+	if b := c.Kubernetes.TokenReviewBudget; b.Rate <= 0 || b.Burst <= 0 {
+		bad("kubernetes.tokenReviewBudget", "rate and burst must be positive (rate %v, burst %d)", b.Rate, b.Burst)
 	}
 	if !strings.HasPrefix(c.Vault.Address, "http://") && !strings.HasPrefix(c.Vault.Address, "https://") {
 		bad("vault.address", "%q is not an http(s) URL", c.Vault.Address)

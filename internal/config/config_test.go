@@ -93,6 +93,8 @@ func TestParseRefuses(t *testing.T) {
 		"duplicate host":           {"routes: [{hosts: [a.com]}, {hosts: [a.com]}]", "routes[1].hosts[0]"},
 		"nats url without scheme":  {"events: {natsURL: localhost:4222}", "events.natsURL"},
 		"not yaml":                 {"{{{", "parse"},
+		"zero review budget":       {"kubernetes: {tokenReviewBudget: {rate: 0, burst: 10}}", "kubernetes.tokenReviewBudget"},
+		"unknown budget key":       {"kubernetes: {tokenReviewBudget: {qps: 5}}", "qps"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

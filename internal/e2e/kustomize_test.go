@@ -11,9 +11,12 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/kube"
 )
 
 // TestKustomizeApplies renders deploy/kubernetes with kubectl kustomize and
@@ -95,6 +98,17 @@ func TestKustomizeApplies(t *testing.T) {
 				if err := get(); err != nil {
 					t.Fatal(err)
 				}
+			}
+
+			// What the manifests grant is what jwks mode checks for at start.
+			rc := env.Kube.RestConfig()
+			rc.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:credinject:credinject"}
+			as, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := kube.CheckAccess(ctx, as); err != nil {
+				t.Fatalf("credinject's ServiceAccount as deployed: %v", err)
 			}
 
 			cm, err := env.Kube.Client.CoreV1().ConfigMaps("credinject").Get(ctx, "credinject-config", metav1.GetOptions{})

@@ -58,7 +58,13 @@ type Token struct {
 	Audiences                      []string
 	IssuedAt                       time.Time
 	TTL                            time.Duration
+	// Pod, Secret and Node, when named, bind the token to that object, as
+	// TokenRequest's boundObjectRef does.
+	Pod, Secret, Node ObjectRef
 }
+
+// ObjectRef names a bound object.
+type ObjectRef struct{ Name, UID string }
 
 // Mint signs a service-account-shaped token.
 func (i *Issuer) Mint(t Token) (string, error) {
@@ -73,9 +79,15 @@ func (i *Issuer) Mint(t Token) (string, error) {
 		NotBefore: jwt.NewNumericDate(t.IssuedAt),
 		Expiry:    jwt.NewNumericDate(t.IssuedAt.Add(t.TTL)),
 	}
-	k8s := map[string]any{"kubernetes.io": map[string]any{
+	info := map[string]any{
 		"namespace":      t.Namespace,
 		"serviceaccount": map[string]any{"name": t.ServiceAccount, "uid": t.UID},
-	}}
+	}
+	for name, r := range map[string]ObjectRef{"pod": t.Pod, "secret": t.Secret, "node": t.Node} {
+		if r.Name != "" {
+			info[name] = map[string]any{"name": r.Name, "uid": r.UID}
+		}
+	}
+	k8s := map[string]any{"kubernetes.io": info}
 	return jwt.Signed(i.signer).Claims(claims).Claims(k8s).Serialize()
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/internal/tlsconfig"
 	"github.com/credinject/credinject/kube"
 	"github.com/credinject/credinject/watcher"
 )
@@ -51,24 +52,27 @@ type Options struct {
 
 // App is a wired, listening credinject.
 type App struct {
-	opts     Options
-	cfg      config.Config
-	log      *slog.Logger
-	reg      *prometheus.Registry
-	grpcLn   net.Listener
-	httpLn   net.Listener
-	grpcSrv  *grpc.Server
-	httpSrv  *http.Server
-	health   *health.Server
-	checker  *checker.Checker
-	creds    *cache.Credentials
-	watcher  *watcher.Watcher
-	sas      *kube.ServiceAccounts
-	prefetch *watcher.Prefetcher
-	jwks     *checker.JWKSValidator
-	sub      *events.Subscriber
-	vault    *vaultapi.Client
-	ready    atomic.Bool
+	opts      Options
+	cfg       config.Config
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	grpcLn    net.Listener
+	httpLn    net.Listener
+	grpcSrv   *grpc.Server
+	httpSrv   *http.Server
+	tls       *tlsconfig.Reloader // nil: plaintext
+	healthLn  net.Listener        // nil: no listen.health
+	healthSrv *http.Server
+	health    *health.Server
+	checker   *checker.Checker
+	creds     *cache.Credentials
+	watcher   *watcher.Watcher
+	sas       *kube.ServiceAccounts
+	prefetch  *watcher.Prefetcher
+	jwks      *checker.JWKSValidator
+	sub       *events.Subscriber
+	vault     *vaultapi.Client
+	ready     atomic.Bool
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -275,5 +279,8 @@ func (a *App) close() {
 	}
 	if a.httpLn != nil {
 		a.httpLn.Close()
+	}
+	if a.healthLn != nil {
+		a.healthLn.Close()
 	}
 }

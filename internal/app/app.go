@@ -159,8 +159,12 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
 	}, func() float64 { return float64(a.creds.Len()) }))
-	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency}); err != nil {
-		return fmt.Errorf("vault: %w", err)
+	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
+		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,
+		CAFile: cfg.Vault.CAFile, ClientCertFile: cfg.Vault.ClientCertFile, ClientKeyFile: cfg.Vault.ClientKeyFile,
+		TLSServerName: cfg.Vault.TLSServerName, Namespace: cfg.Vault.Namespace,
+	}); err != nil {
+		return fmt.Errorf("vault (vault.caFile, vault.clientCertFile, vault.clientKeyFile or VAULT_* environment): %w", err)
 	}
 	var minter watcher.TokenMinter
 	if kc != nil && len(cfg.Prefetch.Namespaces) > 0 {

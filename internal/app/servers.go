@@ -184,6 +184,7 @@ func (a *App) Run(ctx context.Context) error {
 		goSafe("events", func() error { return a.sub.Run(gctx) })
 	}
 	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
+	goSafe("vault-probe", func() error { a.probeVault(gctx); return nil })
 	goSafe("shutdown", func() error {
 		<-gctx.Done()
 		a.ready.Store(false)

@@ -83,6 +83,12 @@ func (ca *CA) Server(cn string, dnsNames ...string) (*Leaf, error) {
 		[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth})
 }
 
+// ServerOnly issues a serving certificate for the given DNS names only (no
+// loopback names or addresses), to test the name a client expects.
+func (ca *CA) ServerOnly(cn string, dnsNames ...string) (*Leaf, error) {
+	return ca.issue(cn, dnsNames, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
+}
+
 // Client issues a client certificate.
 func (ca *CA) Client(cn string) (*Leaf, error) {
 	return ca.issue(cn, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})

@@ -13,6 +13,13 @@
 // tls_require_and_verify_client_cert. The first start bootstraps over a
 // private plaintext loopback listener that is closed before the real one
 // opens, so bootstrapping needs no client certificate.
+//
+// Vault Community has no namespaces and ignores X-Vault-Namespace. With
+// -namespace NS every request on the listener except sys/health must carry
+// X-Vault-Namespace: NS, as a client of an Enterprise or HCP namespace does,
+// or it is refused with 400; the request is then served from the root
+// namespace. Tests use it to show that a client sends the namespace on every
+// call; it does not emulate namespaces.
 package main
 
 import (
@@ -57,8 +64,9 @@ func main() {
 	flag.StringVar(&tf.cert, "tls-cert", "", "serve HTTPS with this certificate (PEM; with -tls-key)")
 	flag.StringVar(&tf.key, "tls-key", "", "private key of -tls-cert (PEM)")
 	flag.StringVar(&tf.clientCA, "tls-client-ca", "", "require client certificates signed by this CA (PEM)")
+	ns := flag.String("namespace", "", "require X-Vault-Namespace: NS on every request but sys/health (Community Vault has no namespaces; see the package comment)")
 	flag.Parse()
-	if err := run(*addr, *dir, *rootToken, *logLevel, tf); err != nil {
+	if err := run(*addr, *dir, *rootToken, *logLevel, tf, *ns); err != nil {
 		fmt.Fprintln(os.Stderr, "vaultdev:", err)
 		os.Exit(1)
 	}
@@ -94,7 +102,20 @@ func (f tlsFiles) config() (*tls.Config, error) {
 	return cfg, nil
 }
 
-func run(addr, dir, rootToken, logLevel string, tf tlsFiles) error {
+// requireNamespace refuses requests that do not name namespace ns.
+func requireNamespace(ns string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if got := r.Header.Get("X-Vault-Namespace"); got != ns && r.URL.Path != "/v1/sys/health" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, "{\"errors\":[\"vaultdev: X-Vault-Namespace %q, want %q\"]}\n", got, ns)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func run(addr, dir, rootToken, logLevel string, tf tlsFiles, ns string) error {
 	tlsCfg, err := tf.config()
 	if err != nil {
 		return err
@@ -177,7 +198,11 @@ func run(addr, dir, rootToken, logLevel string, tf tlsFiles) error {
 		ln = tls.NewListener(ln, tlsCfg)
 		scheme = "https"
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	public := handler
+	if ns != "" {
+		public = requireNamespace(ns, handler)
+	}
+	srv := &http.Server{Handler: public, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 
 	// The line tests and scripts wait for.

@@ -96,6 +96,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}()
 
+	if err := a.loadTLS(); err != nil {
+		return nil, err
+	}
 	kc, rc, err := a.kubernetes()
 	if err != nil {
 		return nil, err
@@ -107,10 +110,18 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	if cfg.Events.NatsURL != "" {
+		natsOpts, err := events.Credentials{
+			CredsFile: cfg.Events.CredsFile, NKeyFile: cfg.Events.NKeyFile, TokenFile: cfg.Events.TokenFile,
+			CAFile: cfg.Events.CAFile, CertFile: cfg.Events.CertFile, KeyFile: cfg.Events.KeyFile,
+		}.Options()
+		if err != nil {
+			return nil, fmt.Errorf("events.%w", err)
+		}
 		a.sub, err = events.NewSubscriber(events.SubscriberConfig{
 			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject,
 			Refresher: a.watcher, Resyncer: a.watcher,
 			Logger: a.log, Registerer: a.reg, Name: "credinject",
+			Options: natsOpts,
 		})
 		if err != nil {
 			return nil, err

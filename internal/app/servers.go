@@ -41,12 +41,7 @@ func (a *App) listen() error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(1 << 20),
 	}
-	if t := cfg.Listen.TLS; t.Enabled() {
-		a.tls, err = tlsconfig.New(tlsconfig.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
-			tlsconfig.Options{Key: "listen.tls", Log: a.log.With("component", "tls"), Registerer: a.reg})
-		if err != nil {
-			return err
-		}
+	if a.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig("h2"))))
 	}
 	a.grpcSrv = grpc.NewServer(opts...)
@@ -90,6 +85,19 @@ func (a *App) probes(mux *http.ServeMux) {
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
 }
 
+// loadTLS reads the listeners' certificate files (listen.tls), first thing
+// at start: a missing or bad file is reported before anything is dialled.
+func (a *App) loadTLS() error {
+	t := a.cfg.Listen.TLS
+	if !t.Enabled() {
+		return nil
+	}
+	var err error
+	a.tls, err = tlsconfig.New(tlsconfig.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
+		tlsconfig.Options{Key: "listen.tls", Log: a.log.With("component", "tls"), Registerer: a.reg})
+	return err
+}
+
 // GRPCAddr and HTTPAddr are the bound addresses (useful with port 0).
 func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 
@@ -126,7 +134,11 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())
 	}
 	if a.sub != nil {
-		fmt.Fprintf(&b, "events: %s\n", a.sub.Status())
+		fmt.Fprintf(&b, "events: %s", a.sub.Status())
+		if err := a.sub.LastError(); err != nil {
+			fmt.Fprintf(&b, " (last error: %v)", err)
+		}
+		b.WriteString("\n")
 	} else {
 		fmt.Fprintf(&b, "events: disabled\n")
 	}

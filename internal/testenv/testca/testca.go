@@ -150,3 +150,21 @@ func Write(dir, name string, ca *CA, leaf *Leaf) (Files, error) {
 	}
 	return f, nil
 }
+
+// ServerTLS builds a server configuration: TLS 1.2 or later, the
+// certificate, and, with ClientCAs, client certificates required and
+// verified.
+type ServerTLS struct {
+	Cert      tls.Certificate
+	ClientCAs *x509.CertPool
+}
+
+// Config is the tls.Config.
+func (s *ServerTLS) Config() *tls.Config {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{s.Cert}}
+	if s.ClientCAs != nil {
+		c.ClientCAs = s.ClientCAs
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return c
+}

@@ -32,6 +32,8 @@ type listenerPKI struct {
 	files       testca.Files
 	client      tls.Certificate
 	otherClient tls.Certificate
+	// The client certificates as files (for gateways), and the other CA.
+	clientFiles, otherFiles testca.Files
 }
 
 func newListenerPKI(t *testing.T) listenerPKI {
@@ -44,7 +46,8 @@ func newListenerPKI(t *testing.T) listenerPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := testca.Write(t.TempDir(), "credinject", ca, srv)
+	dir := t.TempDir()
+	files, err := testca.Write(dir, "credinject", ca, srv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +64,12 @@ func newListenerPKI(t *testing.T) listenerPKI {
 		t.Fatal(err)
 	}
 	p := listenerPKI{ca: ca, files: files}
+	if p.clientFiles, err = testca.Write(dir, "client", ca, cl); err != nil {
+		t.Fatal(err)
+	}
+	if p.otherFiles, err = testca.Write(dir, "other-client", other, ocl); err != nil {
+		t.Fatal(err)
+	}
 	if p.client, err = cl.TLS(); err != nil {
 		t.Fatal(err)
 	}

@@ -171,9 +171,6 @@ func (st *state) config(nextProtos []string) *tls.Config {
 // MutualTLS reports whether client certificates are required.
 func (r *Reloader) MutualTLS() bool { return r.files.ClientCAFile != "" }
 
-// Certificate is the leaf certificate being served.
-func (r *Reloader) Certificate() *x509.Certificate { return r.cur.Load().cert.Leaf }
-
 // maybeReload looks at the files if the check interval has passed.
 func (r *Reloader) maybeReload() {
 	now := r.opts.Clock.Now()

@@ -19,10 +19,10 @@ import (
 	"github.com/credinject/credinject/watcher"
 )
 
-// fakeVault is an HTTPS server requiring a client certificate of ca; it
+// tlsVault is an HTTPS server requiring a client certificate of ca; it
 // answers a login and records what it saw. It stands in for Vault's
 // listener only: the real Vault over TLS is tested in internal/e2e.
-type fakeVault struct {
+type tlsVault struct {
 	url string
 	mu  sync.Mutex
 	// seen: namespace header and client certificate CN of each request.
@@ -30,9 +30,9 @@ type fakeVault struct {
 	clients    []string
 }
 
-func startFakeVault(t *testing.T, ca *testca.CA, srv *testca.Leaf) *fakeVault {
+func startTLSVault(t *testing.T, ca *testca.CA, srv *testca.Leaf) *tlsVault {
 	t.Helper()
-	fv := &fakeVault{}
+	fv := &tlsVault{}
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fv.mu.Lock()
 		fv.namespaces = append(fv.namespaces, r.Header.Get("X-Vault-Namespace"))
@@ -52,7 +52,7 @@ func startFakeVault(t *testing.T, ca *testca.CA, srv *testca.Leaf) *fakeVault {
 	return fv
 }
 
-func (fv *fakeVault) last() (namespace, client string) {
+func (fv *tlsVault) last() (namespace, client string) {
 	fv.mu.Lock()
 	defer fv.mu.Unlock()
 	if len(fv.namespaces) == 0 {
@@ -109,13 +109,13 @@ func TestVaultClientTLSAndNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fv := startFakeVault(t, ca, srvLeaf)
+	fv := startTLSVault(t, ca, srvLeaf)
 
 	named, err := ca.ServerOnly("vault-named", "vault.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fvNamed := startFakeVault(t, ca, named)
+	fvNamed := startTLSVault(t, ca, named)
 
 	full := watcher.VaultClientConfig{Address: fv.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key, Namespace: "admin/team-a"}
 	for name, tc := range map[string]struct {

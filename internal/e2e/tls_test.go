@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -315,4 +318,100 @@ func peerCN(t *testing.T, p *peer.Peer) string {
 		t.Fatalf("no TLS peer: %#v", p.AuthInfo)
 	}
 	return info.State.PeerCertificates[0].Subject.CommonName
+}
+
+// TestServeBinaryMutualTLS runs the real `credinject serve --config FILE`
+// with listen.tls (mutual TLS) and listen.health written in YAML, as a user
+// would: probes answer on the plaintext health port, ext_authz answers a
+// client with the CA's certificate, and the logs carry neither the token nor
+// the credential.
+func TestServeBinaryMutualTLS(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	_, _, tok := boundIdentity(ctx, t, env, "servetls", "sk-serve-tls")
+	p := newListenerPKI(t)
+	kubeconfig, err := env.Kube.Kubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports [3]int
+	for i := range ports {
+		if ports[i], err = testenv.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+listen:
+  grpc: "127.0.0.1:%d"
+  http: "127.0.0.1:%d"
+  health: "127.0.0.1:%d"
+  tls: {certFile: %q, keyFile: %q, clientCAFile: %q}
+kubernetes: {kubeconfig: %q, tokenValidation: tokenreview}
+vault: {address: %q}
+`, ports[0], ports[1], ports[2], p.files.Cert, p.files.Key, p.files.CA, kubeconfig, env.Vault.Addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	cmd := exec.Command(credinjectBinary(t), "serve", "--config", cfgPath, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("serve output:\n%s", logs.String())
+		}
+	}()
+	waitUntil(t, 30*time.Second, "/readyz on the health port", func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2]))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	resp, _, err := grpcCheck(t, addr, credentials.NewTLS(p.clientConfig(p.client)), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := apptest.Outcome(resp); got != "allow authorization=Bearer sk-serve-tls" {
+		t.Fatalf("Check: %q", got)
+	}
+	if _, _, err := grpcCheck(t, addr, credentials.NewTLS(p.clientConfig()), tok); err == nil {
+		t.Fatal("a client without a certificate got an answer")
+	}
+	hresp, err := httpsCheck(fmt.Sprintf("https://127.0.0.1:%d", ports[1]), p.clientConfig(p.client), tok)
+	if err != nil || hresp.StatusCode != http.StatusOK {
+		t.Fatalf("/check over mutual TLS: %v %v", hresp, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("serve exited with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
+	}
+	out := logs.String()
+	if strings.Contains(out, tok) || strings.Contains(out, "sk-serve-tls") {
+		t.Fatal("the logs contain the SA token or the credential")
+	}
+	if !strings.Contains(out, `"mutualTLS":true`) {
+		t.Fatalf("the start-up line does not say mutual TLS:\n%s", out)
+	}
 }

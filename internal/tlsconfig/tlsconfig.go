@@ -108,6 +108,7 @@ func New(files Files, opts Options) (*Reloader, error) {
 	}
 	r.cur.Store(st)
 	r.checked = opts.Clock.Now()
+	r.warnValidity(st)
 	if err := r.register(opts.Registerer); err != nil {
 		return nil, err
 	}
@@ -220,7 +221,21 @@ func (r *Reloader) check() error {
 	r.reloads.WithLabelValues("ok").Inc()
 	r.log.Info("tls: certificate reloaded", "subject", st.cert.Leaf.Subject.String(),
 		"notAfter", st.cert.Leaf.NotAfter, "mutualTLS", st.pool != nil)
+	r.warnValidity(st)
 	return nil
+}
+
+// warnValidity says so when the certificate just loaded is not valid now:
+// it is served anyway (the files are what the operator gave), but clients
+// will refuse it, and the log should say why before they do.
+func (r *Reloader) warnValidity(st *state) {
+	now, leaf := r.opts.Clock.Now(), st.cert.Leaf
+	switch {
+	case now.After(leaf.NotAfter):
+		r.log.Warn("tls: the certificate has expired; clients will refuse it", "file", r.files.CertFile, "notAfter", leaf.NotAfter)
+	case now.Before(leaf.NotBefore):
+		r.log.Warn("tls: the certificate is not valid yet; clients will refuse it", "file", r.files.CertFile, "notBefore", leaf.NotBefore)
+	}
 }
 
 func (r *Reloader) paths() [3]string {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -353,4 +354,20 @@ func reloads(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	}
 	t.Fatalf("no credinject_tls_reloads_total{result=%q}", result)
 	return 0
+}
+
+func TestWarnsAboutAnExpiredCertificate(t *testing.T) {
+	p := newPKI(t, t.TempDir(), "srv")
+	var logs strings.Builder
+	_, err := tlsconfig.New(tlsconfig.Files{CertFile: p.files.Cert, KeyFile: p.files.Key}, tlsconfig.Options{
+		Key:   "listen.tls",
+		Clock: clocktesting.NewFakePassiveClock(time.Now().Add(48 * time.Hour)),
+		Log:   slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatalf("an expired certificate is served (clients decide), not refused: %v", err)
+	}
+	if !strings.Contains(logs.String(), "the certificate has expired") {
+		t.Fatalf("no warning:\n%s", logs.String())
+	}
 }

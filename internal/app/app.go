@@ -52,27 +52,29 @@ type Options struct {
 
 // App is a wired, listening credinject.
 type App struct {
-	opts      Options
-	cfg       config.Config
-	log       *slog.Logger
-	reg       *prometheus.Registry
-	grpcLn    net.Listener
-	httpLn    net.Listener
-	grpcSrv   *grpc.Server
-	httpSrv   *http.Server
+	opts     Options
+	cfg      config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	grpcLn   net.Listener
+	httpLn   net.Listener
+	grpcSrv  *grpc.Server
+	httpSrv  *http.Server
+	health   *health.Server
+	checker  *checker.Checker
+	creds    *cache.Credentials
+	watcher  *watcher.Watcher
+	sas      *kube.ServiceAccounts
+	prefetch *watcher.Prefetcher
+	jwks     *checker.JWKSValidator
+	sub      *events.Subscriber
+	vault    *vaultapi.Client
+	ready    atomic.Bool
+
+	// Transport security: listen.tls, listen.health.
 	tls       *tlsconfig.Reloader // nil: plaintext
 	healthLn  net.Listener        // nil: no listen.health
 	healthSrv *http.Server
-	health    *health.Server
-	checker   *checker.Checker
-	creds     *cache.Credentials
-	watcher   *watcher.Watcher
-	sas       *kube.ServiceAccounts
-	prefetch  *watcher.Prefetcher
-	jwks      *checker.JWKSValidator
-	sub       *events.Subscriber
-	vault     *vaultapi.Client
-	ready     atomic.Bool
 }
 
 // New builds every part and binds the listeners; Run starts them.

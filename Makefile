@@ -33,7 +33,7 @@ test: setup tools lint
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:
-	$(GO) test -count=1 ./authz/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/
+	$(GO) test -count=1 ./authz/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/
 
 # Without the race detector, for a quick loop.
 test-short: setup tools

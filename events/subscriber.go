@@ -132,6 +132,7 @@ type Subscriber struct {
 
 	connected     atomic.Bool
 	connectFailed atomic.Bool // a connection attempt has failed
+	lastErr       atomic.Pointer[error]
 	running       atomic.Bool
 	stopping      atomic.Bool // Run is closing the connection on purpose
 }
@@ -215,6 +216,26 @@ func (s *Subscriber) Status() string {
 	}
 }
 
+// LastError is the error of the last failed connection attempt or
+// disconnection (an authorization violation, a TLS failure, a refused
+// dial); nil while connected or before any failure. It never holds a
+// credential: nats.go's errors name none.
+func (s *Subscriber) LastError() error {
+	if s == nil || s.connected.Load() {
+		return nil
+	}
+	if p := s.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (s *Subscriber) setLastError(err error) {
+	if err != nil {
+		s.lastErr.Store(&err)
+	}
+}
+
 // Run connects, subscribes and processes events until ctx is cancelled; then
 // it drains the subscription, closes the connection, stops the worker (events
 // still queued are abandoned: the process is stopping) and returns nil. NATS
@@ -255,6 +276,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		nats.PingInterval(20*time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.DrainTimeout(5*time.Second),
+		// Refused credentials (rotated, not yet authorised) must not
+		// close the connection for good: keep trying, and say why.
+		nats.IgnoreAuthErrorAbort(),
 		nats.ConnectHandler(s.onConnect),
 		nats.ReconnectHandler(s.onReconnect),
 		nats.DisconnectErrHandler(s.onDisconnect),
@@ -423,6 +447,7 @@ func (s *Subscriber) onReconnect(nc *nats.Conn) {
 
 func (s *Subscriber) onDisconnect(_ *nats.Conn, err error) {
 	s.setConnected(false)
+	s.setLastError(err)
 	if s.stopping.Load() {
 		return
 	}
@@ -430,6 +455,7 @@ func (s *Subscriber) onDisconnect(_ *nats.Conn, err error) {
 }
 
 func (s *Subscriber) onConnectError(_ *nats.Conn, err error) {
+	s.setLastError(err)
 	if !s.connectFailed.Swap(true) && !s.stopping.Load() {
 		s.log.Warn("events: cannot reach NATS, retrying; falling back to TTL refresh meanwhile",
 			"url", redactURL(s.cfg.URL), "err", err)
@@ -445,6 +471,7 @@ func (s *Subscriber) onAsyncError(_ *nats.Conn, _ *nats.Subscription, err error)
 		s.requestResync(TriggerSlowConsumer)
 		return
 	}
+	s.setLastError(err)
 	s.log.Warn("events: NATS error", "err", err)
 }
 

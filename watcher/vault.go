@@ -49,6 +49,12 @@ var (
 
 // VaultClientConfig says how to reach Vault. The client it builds carries no
 // token: the watcher gives each identity's calls that identity's own.
+//
+// The TLS settings and the namespace go through vault/api's own
+// configuration, on top of what the VAULT_* environment variables say
+// (VAULT_CACERT, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_TLS_SERVER_NAME,
+// VAULT_NAMESPACE, ...): a field that is set wins over its variable, an empty
+// one leaves the variable in force.
 type VaultClientConfig struct {
 	// Address is Vault's URL (vault.address).
 	Address string
@@ -57,15 +63,42 @@ type VaultClientConfig struct {
 	Concurrency int
 	// Timeout bounds one HTTP call (default 10s).
 	Timeout time.Duration
+	// CAFile verifies Vault's certificate (vault.caFile).
+	CAFile string
+	// ClientCertFile and ClientKeyFile are the client certificate presented
+	// to Vault (vault.clientCertFile, vault.clientKeyFile).
+	ClientCertFile string
+	ClientKeyFile  string
+	// TLSServerName is the name expected in Vault's certificate
+	// (vault.tlsServerName).
+	TLSServerName string
+	// Namespace is sent as X-Vault-Namespace on every call, of every clone
+	// (vault.namespace).
+	Namespace string
 }
 
-// NewVaultClient builds the Vault API client the watcher clones per call: no
-// retries of its own (the watcher backs off), no token whatever VAULT_TOKEN
-// says.
+// NewVaultClient builds the Vault API client the watcher clones per
+// call: no retries of its own (the watcher backs off), no token whatever
+// VAULT_TOKEN says, the namespace and TLS settings carried by every clone.
+// A file that cannot be read or parsed is an error naming it.
 func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 	vcfg := vaultapi.DefaultConfig()
+	if vcfg.Error != nil {
+		return nil, fmt.Errorf("vault client: VAULT_* environment: %w", vcfg.Error)
+	}
 	vcfg.Address = cfg.Address
 	vcfg.MaxRetries = 0
+	// Clones keep the headers, and so the namespace.
+	vcfg.CloneHeaders = true
+	if err := vcfg.ConfigureTLS(&vaultapi.TLSConfig{
+		CACert:        cfg.CAFile,
+		ClientCert:    cfg.ClientCertFile,
+		ClientKey:     cfg.ClientKeyFile,
+		TLSServerName: cfg.TLSServerName,
+	}); err != nil {
+		return nil, fmt.Errorf("vault client: TLS (caFile %q, clientCertFile %q, clientKeyFile %q): %w",
+			cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile, err)
+	}
 	vcfg.Timeout = cfg.Timeout
 	if vcfg.Timeout <= 0 {
 		vcfg.Timeout = 10 * time.Second
@@ -78,6 +111,9 @@ func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 		return nil, fmt.Errorf("vault client: %w", err)
 	}
 	vc.ClearToken()
+	if cfg.Namespace != "" {
+		vc.SetNamespace(cfg.Namespace)
+	}
 	return vc, nil
 }
 

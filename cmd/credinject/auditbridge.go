@@ -44,6 +44,7 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 	maxPending := fs.Int("max-pending", auditbridge.DefaultMaxPending, "events buffered while NATS is unreachable before they collapse into one event for every identity")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	metricsAddr := fs.String("metrics-addr", "", "address to serve /metrics and /healthz on (empty: none)")
+	natsCreds := addNATSFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,9 +75,13 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	// Check the paths before binding anything.
+	// Check the paths and the NATS files before binding anything.
 	if _, err := auditbridge.NewMatcher(*kvMount, templates); err != nil {
 		return usageError{err}
+	}
+	natsOpts, err := natsCreds.options()
+	if err != nil {
+		return err
 	}
 	var ln, metricsLn net.Listener
 	closeListeners := func() {
@@ -100,17 +105,18 @@ func auditBridge(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b, err := auditbridge.New(auditbridge.Config{
-		Listener:   ln,
-		Files:      files,
-		FromStart:  *fromStart,
-		KVMount:    *kvMount,
-		Templates:  templates,
-		NATSURL:    *natsURL,
-		Subject:    *subject,
-		Source:     *source,
-		MaxPending: *maxPending,
-		Logger:     log,
-		Registerer: reg,
+		Listener:    ln,
+		Files:       files,
+		FromStart:   *fromStart,
+		KVMount:     *kvMount,
+		Templates:   templates,
+		NATSURL:     *natsURL,
+		Subject:     *subject,
+		Source:      *source,
+		MaxPending:  *maxPending,
+		NATSOptions: natsOpts,
+		Logger:      log,
+		Registerer:  reg,
 	})
 	if err != nil {
 		closeListeners()

@@ -10,11 +10,12 @@ import (
 	"strings"
 	"time"
 
-	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/nats-io/nats.go"
 
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/watcher"
 )
 
 // rotate writes a new credential version to Vault KV v2 and publishes the
@@ -30,6 +31,8 @@ func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	subject := fs.String("subject", def.Events.Subject, "NATS subject")
 	route := fs.String("route", "", "route name to put in the event (optional)")
 	timeout := fs.Duration("timeout", 10*time.Second, "timeout of each step")
+	vaultTLS := addVaultTLSFlags(fs)
+	natsCreds := addNATSFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,11 +61,15 @@ func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return usageError{errors.New("VAULT_TOKEN is not set")}
 	}
 	path := authz.ExpandPath(*pathTmpl, id)
+	var natsOpts []nats.Option
+	if *natsURL != "" {
+		// Check the NATS files before writing anything.
+		if natsOpts, err = natsCreds.options(); err != nil {
+			return err
+		}
+	}
 
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = *vaultAddr
-	cfg.MaxRetries = 0
-	vc, err := vaultapi.NewClient(cfg)
+	vc, err := watcher.NewVaultClient(vaultTLS.clientConfig(*vaultAddr))
 	if err != nil {
 		return fmt.Errorf("step 1/2 (write to Vault): %w", err)
 	}
@@ -80,7 +87,7 @@ func rotate(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	pctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	nc, err := events.Connect(pctx, *natsURL)
+	nc, err := events.Connect(pctx, *natsURL, natsOpts...)
 	if err != nil {
 		return fmt.Errorf("step 2/2 (publish the event): the new version is in Vault, but NATS at %s: %w", *natsURL, err)
 	}

@@ -217,6 +217,9 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 		nats.ReconnectBufSize(-1),
 		nats.PingInterval(20*time.Second),
 		nats.MaxPingsOutstanding(3),
+		// Refused credentials keep the bridge retrying (and buffering)
+		// instead of closing the connection for good.
+		nats.IgnoreAuthErrorAbort(),
 		nats.ConnectHandler(b.onConnect),
 		nats.ReconnectHandler(b.onConnect),
 		nats.DisconnectErrHandler(b.onDisconnect),

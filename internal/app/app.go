@@ -28,6 +28,7 @@ import (
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/internal/tlsconfig"
 	"github.com/credinject/credinject/kube"
 	"github.com/credinject/credinject/watcher"
 )
@@ -72,6 +73,11 @@ type App struct {
 	// offline says whether tokens are verified offline before anything
 	// else, and why not (logged at start, shown in /readyz).
 	offline string
+
+	// Transport security: listen.tls, listen.health.
+	tls       *tlsconfig.Reloader // nil: plaintext
+	healthLn  net.Listener        // nil: no listen.health
+	healthSrv *http.Server
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -95,6 +101,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}()
 
+	if err := a.loadTLS(); err != nil {
+		return nil, err
+	}
 	kc, rc, err := a.kubernetes()
 	if err != nil {
 		return nil, err
@@ -106,10 +115,18 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	if cfg.Events.NatsURL != "" {
+		natsOpts, err := events.Credentials{
+			CredsFile: cfg.Events.CredsFile, NKeyFile: cfg.Events.NKeyFile, TokenFile: cfg.Events.TokenFile,
+			CAFile: cfg.Events.CAFile, CertFile: cfg.Events.CertFile, KeyFile: cfg.Events.KeyFile,
+		}.Options()
+		if err != nil {
+			return nil, fmt.Errorf("events.%w", err)
+		}
 		a.sub, err = events.NewSubscriber(events.SubscriberConfig{
 			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject,
 			Refresher: a.watcher, Resyncer: a.watcher,
 			Logger: a.log, Registerer: a.reg, Name: "credinject",
+			Options: natsOpts,
 		})
 		if err != nil {
 			return nil, err
@@ -158,8 +175,12 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
 	}, func() float64 { return float64(a.creds.Len()) }))
-	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency}); err != nil {
-		return fmt.Errorf("vault: %w", err)
+	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
+		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,
+		CAFile: cfg.Vault.CAFile, ClientCertFile: cfg.Vault.ClientCertFile, ClientKeyFile: cfg.Vault.ClientKeyFile,
+		TLSServerName: cfg.Vault.TLSServerName, Namespace: cfg.Vault.Namespace,
+	}); err != nil {
+		return fmt.Errorf("vault (vault.caFile, vault.clientCertFile, vault.clientKeyFile or VAULT_* environment): %w", err)
 	}
 	var minter watcher.TokenMinter
 	if kc != nil && len(cfg.Prefetch.Namespaces) > 0 {
@@ -247,5 +268,8 @@ func (a *App) close() {
 	}
 	if a.httpLn != nil {
 		a.httpLn.Close()
+	}
+	if a.healthLn != nil {
+		a.healthLn.Close()
 	}
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -10,11 +11,13 @@ import (
 	"time"
 
 	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/tlsconfig"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -22,14 +25,26 @@ import (
 )
 
 // listen builds the gRPC server (ext_authz, health, reflection) and the HTTP
-// server (/check, /healthz, /readyz, /metrics) and binds both listeners.
+// server (/check, /healthz, /readyz, /metrics) and binds both listeners,
+// with TLS (and mTLS) when listen.tls says so, and the plaintext health
+// listener when listen.health is set.
+//
+// Probes: with mutual TLS the kubelet cannot present a client certificate
+// (httpGet probes have none, gRPC probes speak no TLS at all) and Prometheus
+// would need one too. listen.health is therefore a separate plaintext port
+// serving only /healthz, /readyz and /metrics, which carry no credential;
+// /check and ext_authz never answer there.
 func (a *App) listen() error {
 	cfg := a.cfg
 	var err error
-	a.grpcSrv = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(1<<20),
-	)
+		grpc.MaxRecvMsgSize(1 << 20),
+	}
+	if a.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig("h2"))))
+	}
+	a.grpcSrv = grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(a.grpcSrv, checker.NewGRPC(a.checker))
 	a.health = health.NewServer()
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -40,9 +55,7 @@ func (a *App) listen() error {
 	mux := http.NewServeMux()
 	mux.Handle("/check", checker.NewHTTP(a.checker))
 	mux.Handle("/check/", checker.NewHTTP(a.checker))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", a.readyz)
-	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	a.probes(mux)
 	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
@@ -51,7 +64,38 @@ func (a *App) listen() error {
 	if a.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
 		return fmt.Errorf("listen.http: %w", err)
 	}
+	if a.tls != nil {
+		a.httpLn = tls.NewListener(a.httpLn, a.tls.ServerConfig("h2", "http/1.1"))
+	}
+	if cfg.Listen.Health != "" {
+		hmux := http.NewServeMux()
+		a.probes(hmux)
+		a.healthSrv = &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+		if a.healthLn, err = net.Listen("tcp", cfg.Listen.Health); err != nil {
+			return fmt.Errorf("listen.health: %w", err)
+		}
+	}
 	return nil
+}
+
+// probes adds /healthz, /readyz and /metrics to mux.
+func (a *App) probes(mux *http.ServeMux) {
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", a.readyz)
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+}
+
+// loadTLS reads the listeners' certificate files (listen.tls), first thing
+// at start: a missing or bad file is reported before anything is dialled.
+func (a *App) loadTLS() error {
+	t := a.cfg.Listen.TLS
+	if !t.Enabled() {
+		return nil
+	}
+	var err error
+	a.tls, err = tlsconfig.New(tlsconfig.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
+		tlsconfig.Options{Key: "listen.tls", Log: a.log.With("component", "tls"), Registerer: a.reg})
+	return err
 }
 
 // GRPCAddr and HTTPAddr are the bound addresses (useful with port 0).
@@ -59,6 +103,18 @@ func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 
 // HTTPAddr is the bound HTTP address.
 func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// HealthAddr is the bound plaintext health address ("" without
+// listen.health).
+func (a *App) HealthAddr() string {
+	if a.healthLn == nil {
+		return ""
+	}
+	return a.healthLn.Addr().String()
+}
+
+// TLS reports whether the gRPC and HTTP listeners serve TLS.
+func (a *App) TLS() bool { return a.tls != nil }
 
 // Registry is the metrics registry.
 func (a *App) Registry() *prometheus.Registry { return a.reg }
@@ -82,7 +138,11 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())
 	}
 	if a.sub != nil {
-		fmt.Fprintf(&b, "events: %s\n", a.sub.Status())
+		fmt.Fprintf(&b, "events: %s", a.sub.Status())
+		if err := a.sub.LastError(); err != nil {
+			fmt.Fprintf(&b, " (last error: %v)", err)
+		}
+		b.WriteString("\n")
 	} else {
 		fmt.Fprintf(&b, "events: disabled\n")
 	}
@@ -119,6 +179,14 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if a.healthSrv != nil {
+		goSafe("health", func() error {
+			if err := a.healthSrv.Serve(a.healthLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("health: %w", err)
+			}
+			return nil
+		})
+	}
 	if a.sas != nil {
 		goSafe("informer", func() error { a.sas.Run(gctx); return nil })
 	}
@@ -135,6 +203,7 @@ func (a *App) Run(ctx context.Context) error {
 		goSafe("events", func() error { return a.sub.Run(gctx) })
 	}
 	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
+	goSafe("vault-probe", func() error { a.probeVault(gctx); return nil })
 	goSafe("shutdown", func() error {
 		<-gctx.Done()
 		a.ready.Store(false)
@@ -142,6 +211,9 @@ func (a *App) Run(ctx context.Context) error {
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer scancel()
 		_ = a.httpSrv.Shutdown(sctx)
+		if a.healthSrv != nil {
+			_ = a.healthSrv.Shutdown(sctx)
+		}
 		stopped := make(chan struct{})
 		go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
 		select {
@@ -151,7 +223,8 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
+	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(),
+		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(), "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
 	err := g.Wait()
 	a.close()
 	return err

@@ -5,6 +5,7 @@ package apptest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/credinject/credinject/internal/app"
@@ -27,12 +29,15 @@ import (
 
 // Running is a started credinject.
 type Running struct {
-	App      *app.App
-	Config   config.Config
-	Client   authv3.AuthorizationClient
-	Conn     *grpc.ClientConn
-	HTTPURL  string
-	Registry *prometheus.Registry
+	App     *app.App
+	Config  config.Config
+	Client  authv3.AuthorizationClient
+	Conn    *grpc.ClientConn
+	HTTPURL string
+	// HTTPClient calls HTTPURL (it carries the client TLS configuration
+	// when the listeners serve TLS).
+	HTTPClient *http.Client
+	Registry   *prometheus.Registry
 }
 
 // Config is the bed's default configuration: ports picked by the kernel,
@@ -61,14 +66,19 @@ func Start(tb testing.TB, env *testenv.Env, cfg config.Config) *Running {
 // (for shutdown tests).
 func Run(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config) (*Running, <-chan error) {
 	tb.Helper()
-	return start(tb, ctx, env, cfg, nil)
+	return start(tb, ctx, env, cfg, nil, nil)
 }
 
 // StartWith is Start with a hook to adjust the app's options (a fake clock).
 func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) *Running {
 	tb.Helper()
+	return startUntilCleanup(tb, env, cfg, adjust, nil)
+}
+
+func startUntilCleanup(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*app.Options), client *tls.Config) *Running {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	r, done := start(tb, ctx, env, cfg, adjust)
+	r, done := start(tb, ctx, env, cfg, adjust, client)
 	tb.Cleanup(func() {
 		r.Conn.Close()
 		cancel()
@@ -79,7 +89,15 @@ func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*
 	return r
 }
 
-func start(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) (*Running, <-chan error) {
+// StartTLS is Start for listeners that serve TLS (listen.tls): the gRPC
+// connection and HTTPClient use client (its RootCAs, and its certificate for
+// mutual TLS).
+func StartTLS(tb testing.TB, env *testenv.Env, cfg config.Config, client *tls.Config) *Running {
+	tb.Helper()
+	return startUntilCleanup(tb, env, cfg, nil, client)
+}
+
+func start(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config, adjust func(*app.Options), client *tls.Config) (*Running, <-chan error) {
 	tb.Helper()
 	if err := cfg.Validate(); err != nil {
 		tb.Fatalf("config: %v", err)
@@ -104,7 +122,13 @@ func start(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Conf
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	conn, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, scheme, hc := insecure.NewCredentials(), "http", http.DefaultClient
+	if client != nil {
+		creds, scheme = credentials.NewTLS(client), "https"
+		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: client.Clone(), ForceAttemptHTTP2: true}}
+		tb.Cleanup(hc.CloseIdleConnections)
+	}
+	conn, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -119,7 +143,10 @@ func start(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Conf
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return &Running{App: a, Config: cfg, Client: authv3.NewAuthorizationClient(conn), Conn: conn, HTTPURL: "http://" + a.HTTPAddr(), Registry: reg}, done
+	return &Running{
+		App: a, Config: cfg, Client: authv3.NewAuthorizationClient(conn), Conn: conn,
+		HTTPURL: scheme + "://" + a.HTTPAddr(), HTTPClient: hc, Registry: reg,
+	}, done
 }
 
 // Request builds a CheckRequest like Envoy's.
@@ -183,7 +210,7 @@ func (r *Running) HTTPCheck(tb testing.TB, authz, host, header string) string {
 		req.Header.Set("Authorization", authz)
 	}
 	req.Header.Set("X-Forwarded-Host", host)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := r.HTTPClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -41,7 +41,24 @@ func (c *Config) HasDefaultRoute() bool { return c.DefaultRoute == nil || *c.Def
 type Listen struct {
 	GRPC string `yaml:"grpc"`
 	HTTP string `yaml:"http"`
+	// Health, when set, is a plaintext HTTP address serving only /healthz,
+	// /readyz and /metrics, for probes and scrapers that cannot present a
+	// client certificate (mTLS on the other two).
+	Health string    `yaml:"health"`
+	TLS    ListenTLS `yaml:"tls"`
 }
+
+// ListenTLS turns TLS on for both listeners (gRPC and HTTP). The files are
+// re-read when they change on disk.
+type ListenTLS struct {
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+	// ClientCAFile requires a client certificate signed by one of its CAs.
+	ClientCAFile string `yaml:"clientCAFile"`
+}
+
+// Enabled reports whether the listeners serve TLS.
+func (t ListenTLS) Enabled() bool { return t.CertFile != "" }
 
 // Kubernetes configures token validation and the API server client.
 type Kubernetes struct {
@@ -78,6 +95,19 @@ type Vault struct {
 	Path       string `yaml:"path"`
 	// Concurrency bounds concurrent Vault calls of the watcher.
 	Concurrency int `yaml:"concurrency"`
+	// CAFile verifies Vault's certificate (PEM); empty: VAULT_CACERT or the
+	// system roots.
+	CAFile string `yaml:"caFile"`
+	// ClientCertFile and ClientKeyFile are presented to Vault (TLS client
+	// authentication); empty: VAULT_CLIENT_CERT / VAULT_CLIENT_KEY.
+	ClientCertFile string `yaml:"clientCertFile"`
+	ClientKeyFile  string `yaml:"clientKeyFile"`
+	// TLSServerName is the name expected in Vault's certificate; empty:
+	// VAULT_TLS_SERVER_NAME or the address's host.
+	TLSServerName string `yaml:"tlsServerName"`
+	// Namespace is the Vault Enterprise / HCP namespace; empty:
+	// VAULT_NAMESPACE or none.
+	Namespace string `yaml:"namespace"`
 }
 
 // Inject says which header to set and how to render it from the secret.
@@ -86,10 +116,21 @@ type Inject struct {
 	Value  string `yaml:"value"`
 }
 
-// Events configures the NATS subscriber.
+// Events configures the NATS subscriber. Secrets are named by file, never
+// written here.
 type Events struct {
 	NatsURL string `yaml:"natsURL"`
 	Subject string `yaml:"subject"`
+	// At most one of CredsFile (a NATS user JWT and nkey seed), NKeyFile (an
+	// nkey seed) and TokenFile (a token).
+	CredsFile string `yaml:"credsFile"`
+	NKeyFile  string `yaml:"nkeyFile"`
+	TokenFile string `yaml:"tokenFile"`
+	// CAFile verifies the server's certificate; CertFile and KeyFile are
+	// the client certificate.
+	CAFile   string `yaml:"caFile"`
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
 }
 
 // Prefetch configures the watcher.
@@ -201,6 +242,14 @@ func (c *Config) Validate() error {
 	}
 	checkAddr("listen.grpc", c.Listen.GRPC)
 	checkAddr("listen.http", c.Listen.HTTP)
+	if c.Listen.Health != "" {
+		checkAddr("listen.health", c.Listen.Health)
+	}
+	if t := c.Listen.TLS; t.CertFile != "" || t.KeyFile != "" || t.ClientCAFile != "" {
+		if t.CertFile == "" || t.KeyFile == "" {
+			bad("listen.tls", "certFile and keyFile are both required (certFile %q, keyFile %q)", t.CertFile, t.KeyFile)
+		}
+	}
 	switch c.Kubernetes.TokenValidation {
 	case "tokenreview", "jwks":
 	default:
@@ -238,6 +287,19 @@ func (c *Config) Validate() error {
 			bad(key, "%q is empty or has illegal characters", v)
 		}
 	}
+	if (c.Vault.ClientCertFile == "") != (c.Vault.ClientKeyFile == "") {
+		bad("vault.clientCertFile/clientKeyFile", "both or neither (clientCertFile %q, clientKeyFile %q)", c.Vault.ClientCertFile, c.Vault.ClientKeyFile)
+	}
+	if strings.HasPrefix(c.Vault.Address, "http://") {
+		for key, v := range map[string]string{"vault.caFile": c.Vault.CAFile, "vault.clientCertFile": c.Vault.ClientCertFile, "vault.tlsServerName": c.Vault.TLSServerName} {
+			if v != "" {
+				bad(key, "is set, but vault.address %q is not https://", c.Vault.Address)
+			}
+		}
+	}
+	if ns := c.Vault.Namespace; ns != strings.TrimSpace(ns) || strings.ContainsAny(ns, "\r\n\x00") {
+		bad("vault.namespace", "%q has surrounding spaces or control characters", ns)
+	}
 	if c.Vault.Concurrency <= 0 {
 		bad("vault.concurrency", "must be positive, got %d", c.Vault.Concurrency)
 	}
@@ -252,6 +314,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.NatsURL != "" && !strings.Contains(c.Events.NatsURL, "://") {
 		bad("events.natsURL", "%q is not a URL (nats://host:port)", c.Events.NatsURL)
+	}
+	auth := 0
+	for _, f := range []string{c.Events.CredsFile, c.Events.NKeyFile, c.Events.TokenFile} {
+		if f != "" {
+			auth++
+		}
+	}
+	if auth > 1 {
+		bad("events.credsFile/nkeyFile/tokenFile", "at most one may be set")
+	}
+	if (c.Events.CertFile == "") != (c.Events.KeyFile == "") {
+		bad("events.certFile/keyFile", "both or neither (certFile %q, keyFile %q)", c.Events.CertFile, c.Events.KeyFile)
 	}
 	if c.Prefetch.Refresh <= 0 {
 		bad("prefetch.refresh", "must be positive, got %v", c.Prefetch.Refresh)

@@ -95,6 +95,16 @@ func TestParseRefuses(t *testing.T) {
 		"not yaml":                 {"{{{", "parse"},
 		"zero review budget":       {"kubernetes: {tokenReviewBudget: {rate: 0, burst: 10}}", "kubernetes.tokenReviewBudget"},
 		"unknown budget key":       {"kubernetes: {tokenReviewBudget: {qps: 5}}", "qps"},
+		"tls cert without key":     {"listen: {tls: {certFile: /c}}", "listen.tls"},
+		"tls client CA alone":      {"listen: {tls: {clientCAFile: /ca}}", "listen.tls"},
+		"bad health address":       {"listen: {health: localhost}", "listen.health"},
+		"unknown tls key":          {"listen: {tls: {cert: /c}}", "cert"},
+		"vault client cert alone":  {"vault: {address: https://v:8200, clientCertFile: /c}", "vault.clientCertFile/clientKeyFile"},
+		"vault CA over http":       {"vault: {address: http://v:8200, caFile: /ca}", "vault.caFile"},
+		"vault server name, http":  {"vault: {address: http://v:8200, tlsServerName: v}", "vault.tlsServerName"},
+		"vault namespace spaces":   {`vault: {namespace: " team "}`, "vault.namespace"},
+		"two nats credentials":     {"events: {natsURL: nats://n:4222, credsFile: /a, tokenFile: /b}", "events.credsFile/nkeyFile/tokenFile"},
+		"nats cert without key":    {"events: {natsURL: nats://n:4222, certFile: /c}", "events.certFile/keyFile"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -106,6 +116,44 @@ func TestParseRefuses(t *testing.T) {
 				t.Fatalf("error %q does not name %q", err, c.wantInError)
 			}
 		})
+	}
+}
+
+func TestParseTransportSecurity(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+listen:
+  health: "0.0.0.0:8182"
+  tls: {certFile: /tls/tls.crt, keyFile: /tls/tls.key, clientCAFile: /tls/ca.crt}
+vault:
+  address: https://vault.example:8200
+  caFile: /vault/ca.crt
+  clientCertFile: /vault/tls.crt
+  clientKeyFile: /vault/tls.key
+  tlsServerName: vault.example
+  namespace: admin/team-a
+events:
+  natsURL: tls://nats:4222
+  credsFile: /nats/user.creds
+  caFile: /nats/ca.crt
+  certFile: /nats/tls.crt
+  keyFile: /nats/tls.key
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ListenTLS{CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key", ClientCAFile: "/tls/ca.crt"}
+	if c.Listen.TLS != want || !c.Listen.TLS.Enabled() || c.Listen.Health != "0.0.0.0:8182" {
+		t.Fatalf("listen %+v", c.Listen)
+	}
+	if c.Vault.CAFile != "/vault/ca.crt" || c.Vault.ClientCertFile != "/vault/tls.crt" || c.Vault.ClientKeyFile != "/vault/tls.key" ||
+		c.Vault.TLSServerName != "vault.example" || c.Vault.Namespace != "admin/team-a" {
+		t.Fatalf("vault %+v", c.Vault)
+	}
+	if c.Events.CredsFile != "/nats/user.creds" || c.Events.CAFile != "/nats/ca.crt" || c.Events.CertFile != "/nats/tls.crt" || c.Events.KeyFile != "/nats/tls.key" {
+		t.Fatalf("events %+v", c.Events)
+	}
+	if d := Default(); d.Listen.TLS.Enabled() || d.Listen.Health != "" {
+		t.Fatal("TLS or the health port is on by default")
 	}
 }
 

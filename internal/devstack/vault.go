@@ -131,6 +131,24 @@ type VaultOptions struct {
 	// DataDir holds the storage, the unseal key and the log (vault.log); it
 	// survives restarts.
 	DataDir string
+	// TLS, when set, makes Vault serve HTTPS.
+	TLS *VaultTLS
+	// Namespace, when set, makes vaultdev refuse requests without
+	// X-Vault-Namespace: Namespace (Community Vault has no namespaces: this
+	// only shows that a client sends it); the Client sends it.
+	Namespace string
+}
+
+// VaultTLS makes vaultdev serve HTTPS (TLS 1.2 or later).
+type VaultTLS struct {
+	// CertFile and KeyFile are Vault's serving certificate.
+	CertFile, KeyFile string
+	// ClientCAFile, when set, makes Vault require client certificates
+	// signed by it.
+	ClientCAFile string
+	// CAFile, ClientCertFile and ClientKeyFile are what StartVault's own
+	// client (Vault.Client) trusts and presents.
+	CAFile, ClientCertFile, ClientKeyFile string
 }
 
 // Vault is a running vaultdev process: the real Vault server core, unsealed,
@@ -155,7 +173,17 @@ func StartVault(ctx context.Context, opts VaultOptions) (*Vault, error) {
 	if err != nil {
 		return nil, fmt.Errorf("devstack: vault log: %w", err)
 	}
-	cmd := exec.Command(opts.Bin, "-addr", opts.Addr, "-data", filepath.Join(opts.DataDir, "data"), "-root-token", RootToken)
+	args := []string{"-addr", opts.Addr, "-data", filepath.Join(opts.DataDir, "data"), "-root-token", RootToken}
+	if t := opts.TLS; t != nil {
+		args = append(args, "-tls-cert", t.CertFile, "-tls-key", t.KeyFile)
+		if t.ClientCAFile != "" {
+			args = append(args, "-tls-client-ca", t.ClientCAFile)
+		}
+	}
+	if opts.Namespace != "" {
+		args = append(args, "-namespace", opts.Namespace)
+	}
+	cmd := exec.Command(opts.Bin, args...)
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -211,11 +239,20 @@ func StartVault(ctx context.Context, opts VaultOptions) (*Vault, error) {
 	cfg.Address = v.Addr
 	cfg.MaxRetries = 0
 	cfg.Timeout = 10 * time.Second
+	if t := opts.TLS; t != nil {
+		if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: t.CAFile, ClientCert: t.ClientCertFile, ClientKey: t.ClientKeyFile}); err != nil {
+			v.Stop()
+			return nil, fmt.Errorf("devstack: vault client TLS: %w", err)
+		}
+	}
 	if v.Client, err = vaultapi.NewClient(cfg); err != nil {
 		v.Stop()
 		return nil, fmt.Errorf("devstack: vault client: %w", err)
 	}
 	v.Client.SetToken(RootToken)
+	if opts.Namespace != "" {
+		v.Client.SetNamespace(opts.Namespace)
+	}
 	if err := v.waitHealthy(ctx); err != nil {
 		v.Stop()
 		return nil, err
@@ -230,7 +267,7 @@ func (v *Vault) waitHealthy(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, v.Addr+"/v1/sys/health", nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := v.Client.CloneConfig().HttpClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

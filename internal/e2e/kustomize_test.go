@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -23,6 +26,13 @@ import (
 // applies it (server-side) to the real API server, then reads back what the
 // API server stored. The config.yaml of each ConfigMap must pass credinject's
 // own strict parser.
+//
+// The tls overlay holds a cert-manager Certificate; the bed runs no
+// cert-manager, so the test first installs a subset of cert-manager's
+// Certificate CRD (testdata/cert-manager-certificate-crd.yaml: its real
+// field names, types and enums, strict) and checks the object against it and
+// against the Deployment (the secret it mounts, the files the configuration
+// names, the probes on the health port).
 func TestKustomizeApplies(t *testing.T) {
 	env := testenv.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -53,14 +63,19 @@ func TestKustomizeApplies(t *testing.T) {
 		return stdout.Bytes()
 	}
 
+	run(t, nil, "apply", "--server-side", "--field-manager", "credinject-e2e", "-f", "internal/e2e/testdata/cert-manager-certificate-crd.yaml")
+	run(t, nil, "wait", "--for", "condition=Established", "--timeout", "60s", "crd/certificates.cert-manager.io")
+
 	for _, tc := range []struct {
 		dir        string
 		namespaces []string
 		natsURL    bool
+		tls        bool
 	}{
 		{dir: "deploy/kubernetes/base"},
 		{dir: "deploy/kubernetes/overlays/prefetch", namespaces: []string{"egress-test"}},
 		{dir: "deploy/kubernetes/overlays/nats", natsURL: true},
+		{dir: "deploy/kubernetes/overlays/tls", tls: true},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			manifests := run(t, nil, "kustomize", tc.dir)
@@ -130,6 +145,55 @@ func TestKustomizeApplies(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if cfg.Listen.TLS.Enabled() != tc.tls {
+				t.Fatalf("listen.tls %+v", cfg.Listen.TLS)
+			}
+			if tc.tls {
+				checkTLSOverlay(t, cfg, dep, string(run(t, nil, "get", "-n", "credinject", "certificate", "credinject-tls", "-o", "jsonpath={.spec.secretName}")))
+			}
 		})
+	}
+}
+
+// checkTLSOverlay: the Deployment mounts the Certificate's secret where the
+// configuration looks for the files, and probes the health port it opens.
+func checkTLSOverlay(t *testing.T, cfg config.Config, dep *appsv1.Deployment, secretName string) {
+	t.Helper()
+	if secretName != "credinject-tls" {
+		t.Fatalf("certificate secretName %q", secretName)
+	}
+	pod := dep.Spec.Template.Spec
+	mountPath := ""
+	for _, v := range pod.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == secretName {
+			for _, m := range pod.Containers[0].VolumeMounts {
+				if m.Name == v.Name && m.SubPath == "" {
+					mountPath = m.MountPath
+				}
+			}
+		}
+	}
+	if mountPath == "" {
+		t.Fatalf("the Deployment does not mount secret %s as a directory (subPath mounts are never updated)", secretName)
+	}
+	for key, f := range map[string]string{"listen.tls.certFile": cfg.Listen.TLS.CertFile, "listen.tls.keyFile": cfg.Listen.TLS.KeyFile} {
+		if filepath.Dir(f) != mountPath {
+			t.Fatalf("%s %q is not in the secret's mount %s", key, f, mountPath)
+		}
+	}
+	_, port, _ := strings.Cut(cfg.Listen.Health, ":")
+	healthPort := int32(0)
+	for _, p := range pod.Containers[0].Ports {
+		if p.Name == "health" {
+			healthPort = p.ContainerPort
+		}
+	}
+	if port == "" || fmt.Sprint(healthPort) != port {
+		t.Fatalf("listen.health %q, container port health %d", cfg.Listen.Health, healthPort)
+	}
+	for name, pr := range map[string]*corev1.Probe{"startup": pod.Containers[0].StartupProbe, "liveness": pod.Containers[0].LivenessProbe, "readiness": pod.Containers[0].ReadinessProbe} {
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Port.String() != "health" {
+			t.Fatalf("%s probe not on the health port: %+v", name, pr)
+		}
 	}
 }

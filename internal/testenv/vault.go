@@ -51,6 +51,22 @@ type Vault struct {
 // StartVault starts Vault in dir and, when kube is not nil, configures the
 // Kubernetes auth method against it.
 func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
+	return StartVaultWith(ctx, dir, kube, VaultOptions{})
+}
+
+// VaultOptions are a second Vault's differences from the bed's.
+type VaultOptions struct {
+	// TLS: serve HTTPS (Addr is then https://127.0.0.1:PORT, and Client
+	// trusts and presents what TLS says).
+	TLS *devstack.VaultTLS
+	// Namespace: refuse requests without this X-Vault-Namespace (see
+	// devstack.VaultOptions.Namespace); Client sends it.
+	Namespace string
+}
+
+// StartVaultWith is StartVault with options.
+func StartVaultWith(ctx context.Context, dir string, kube *Kube, o VaultOptions) (*Vault, error) {
+	tls := o.TLS
 	bin, err := devstack.VaultBinary(ctx, os.Stderr)
 	if err != nil {
 		return nil, err
@@ -59,17 +75,20 @@ func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
 	if err != nil {
 		return nil, err
 	}
+	scheme := "http"
+	if tls != nil {
+		scheme = "https"
+	}
 	v := &Vault{
-		Addr: "http://127.0.0.1:" + strconv.Itoa(port), RootToken: devstack.RootToken, bound: []string{BoundNamespace},
-		opts: devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir},
+		Addr: scheme + "://127.0.0.1:" + strconv.Itoa(port), RootToken: devstack.RootToken, bound: []string{BoundNamespace},
+		opts: devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir, TLS: tls, Namespace: o.Namespace},
 	}
 	if err := v.Start(ctx); err != nil {
 		return nil, err
 	}
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = v.Addr
-	cfg.MaxRetries = 0
-	v.Client, err = vaultapi.NewClient(cfg)
+	// The process's own client already carries the TLS settings and the
+	// namespace.
+	v.Client, err = v.proc.Client.CloneWithHeaders()
 	if err != nil {
 		v.Stop()
 		return nil, err

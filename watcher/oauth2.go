@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/authz"
 )
@@ -37,6 +39,7 @@ const (
 type oauth2Provider struct {
 	kv     kvProvider
 	client *http.Client
+	clock  clock.PassiveClock
 	calls  func(result string)
 }
 
@@ -51,6 +54,7 @@ func (p oauth2Provider) Fetch(ctx context.Context, tokens TokenSource, id authz.
 	if err != nil {
 		return Credential{}, err
 	}
+	now := p.clock.Now()
 	tok, err := cc.Token(context.WithValue(ctx, oauth2.HTTPClient, p.client))
 	if err != nil {
 		err = classifyTokenError(err)
@@ -62,7 +66,13 @@ func (p oauth2Provider) Fetch(ctx context.Context, tokens TokenSource, id authz.
 		return Credential{}, authz.Deny(authz.ReasonTokenEndpointUnavailable, errors.New("token endpoint returned no access token"))
 	}
 	data := map[string]any{"access_token": tok.AccessToken, "token_type": tok.TokenType}
-	return Credential{Data: data, Version: sec.Version, Expires: tok.Expiry}, nil
+	// The library dates expires_in on the wall clock; carry what is left
+	// over to the watcher's clock.
+	var expires time.Time
+	if !tok.Expiry.IsZero() {
+		expires = now.Add(time.Until(tok.Expiry))
+	}
+	return Credential{Data: data, Version: sec.Version, Expires: expires}, nil
 }
 
 // clientConfig builds the client credentials request from the identity's

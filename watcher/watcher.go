@@ -130,7 +130,7 @@ func providers(cfg Config, v vault, m *metrics) map[Source]Provider {
 	return map[Source]Provider{
 		SourceKV:            kv,
 		SourceVaultRead:     newLeaseProvider(v, cfg.Clock, cfg.Log.With("source", string(SourceVaultRead))),
-		SourceOAuth2:        oauth2Provider{kv: kv, client: client, calls: m.tokenCall},
+		SourceOAuth2:        oauth2Provider{kv: kv, client: client, clock: cfg.Clock, calls: m.tokenCall},
 		SourceIdentityToken: identityTokenProvider{vault: v, clock: cfg.Clock},
 	}
 }

@@ -1,0 +1,158 @@
+package watcher
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
+)
+
+// TestLeaseKept: a leased secret is renewed at about 2/3 of its TTL (same
+// value, no new read), read anew before its max TTL with the old lease
+// revoked, never held twice for long, and revoked with the identity's token
+// when the identity is forgotten.
+func TestLeaseKept(t *testing.T) {
+	r := newRig(t, Route{Name: "db", Source: SourceVaultRead, Path: "creds/{namespace}/{serviceaccount}", Header: "x-db", Value: "{username}"})
+	r.vault.leaseMax = 100 * time.Second // before the identity's full refresh (200 s)
+	id, tok := r.identity("ns", "sa", "")
+	e, err := r.miss("db", id, tok)
+	if err != nil || e.Value != "u2" {
+		t.Fatalf("first read: %+v, %v", e, err)
+	}
+	// Never served past the lease (1 min) less the margin.
+	if !e.ExpiresAt.Before(t0.Add(time.Minute)) || e.ExpiresAt.Before(t0.Add(45*time.Second)) {
+		t.Fatalf("served until %v; want just before the lease's end", e.ExpiresAt.Sub(t0))
+	}
+	r.step(41 * time.Second) // 2/3 of 60 s
+	r.eventually("a renewal", func() bool { return r.vault.count("renew_lease") == 1 })
+	r.eventually("the renewed entry", func() bool {
+		got := r.entry("db", id)
+		return got != nil && got.Value == "u2" && got.ExpiresAt.After(e.ExpiresAt)
+	})
+	if got := r.vault.count("read"); got != 1 {
+		t.Fatalf("reads = %d after a renewal; want 1", got)
+	}
+	// The max TTL caps a renewal; the next refresh reads anew. Over many
+	// refreshes the identity always has a valid credential and one lease.
+	values := map[string]bool{}
+	for range 120 {
+		r.step(5 * time.Second)
+		r.eventually("the refresh", func() bool { return r.clock.HasWaiters() })
+		if n := r.vault.liveLeases(); n > 1 {
+			t.Fatalf("%d live leases for one identity and route", n)
+		}
+		got := r.entry("db", id)
+		if got == nil || got.State(r.clock.Now()) == cache.Expired {
+			t.Fatalf("no valid credential at %v: %+v", r.clock.Now().Sub(t0), got)
+		}
+		values[got.Value] = true
+	}
+	if len(values) < 2 || r.vault.count("revoke_lease") == 0 {
+		t.Fatalf("values %v, revoked leases %d: want a new secret before the max TTL and the old lease revoked", values, r.vault.count("revoke_lease"))
+	}
+	r.w.Forget(id)
+	r.eventually("the lease revoked with the token", func() bool { return r.vault.liveLeases() == 0 })
+}
+
+// TestIdentityTokenRefreshed: an identity token is minted again before it
+// expires and never served past it.
+func TestIdentityTokenRefreshed(t *testing.T) {
+	r := newRig(t, Route{Name: "fed", Source: SourceIdentityToken, Path: "identity/oidc/token/egress-{namespace}", Header: "authorization", Value: "Bearer {token}"})
+	id, tok := r.identity("ns", "sa", "")
+	e, err := r.miss("fed", id, tok)
+	if err != nil || e.Denied != authz.ReasonNone {
+		t.Fatalf("first mint: %+v, %v", e, err)
+	}
+	if !e.FreshUntil.Before(t0.Add(time.Minute)) {
+		t.Fatalf("fresh until %v; want before the token's 60 s", e.FreshUntil.Sub(t0))
+	}
+	r.step(41 * time.Second)
+	r.eventually("a new token", func() bool {
+		got := r.entry("fed", id)
+		return got != nil && got.Value != e.Value
+	})
+	if got := r.vault.count("login"); got != 1 {
+		t.Fatalf("logins = %d; a token refresh needs no new login", got)
+	}
+}
+
+// tokenEndpoint is a fake OAuth2 token endpoint: it issues tokens for one
+// client, refuses others, and can be taken down.
+type tokenEndpoint struct {
+	mu     sync.Mutex
+	n      int
+	down   bool
+	client string
+}
+
+func (f *tokenEndpoint) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, secret, _ := req.BasicAuth()
+	switch {
+	case f.down:
+		http.Error(w, "down", http.StatusBadGateway)
+	case id != f.client || secret != "s3cret" || req.FormValue("grant_type") != "client_credentials":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"error":"invalid_client"}`)
+	default:
+		f.n++
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":"at-%d","token_type":"bearer","expires_in":60}`, f.n)
+	}
+}
+
+func (f *tokenEndpoint) set(down bool, client string) {
+	f.mu.Lock()
+	f.down, f.client = down, client
+	f.mu.Unlock()
+}
+
+// TestOAuth2ClientCredentials: the token is cached until its expiry less a
+// margin, refreshed ahead of it, served while the endpoint is down and still
+// valid, 503 after; a refused client is 403 token_endpoint_refused.
+func TestOAuth2ClientCredentials(t *testing.T) {
+	ep := &tokenEndpoint{client: "ns-sa"}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	r := newRig(t, Route{Name: "partner", Source: SourceOAuth2, Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {access_token}", TokenURL: srv.URL, ClientAuth: ClientAuthBasic})
+	id, tok := r.identity("ns", "sa", "")
+	r.vault.mu.Lock()
+	r.vault.data["egress/"+id.Key] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
+	r.vault.mu.Unlock()
+
+	e, err := r.miss("partner", id, tok)
+	if err != nil || e.Value != "Bearer at-1" {
+		t.Fatalf("first token: %+v, %v", e, err)
+	}
+	r.step(41 * time.Second)
+	r.eventually("a token refreshed ahead of expiry", func() bool {
+		got := r.entry("partner", id)
+		return got != nil && got.Value == "Bearer at-2"
+	})
+	ep.set(true, "ns-sa")
+	r.step(41 * time.Second)
+	r.eventually("a failed refresh", func() bool { return r.clock.HasWaiters() })
+	if got := r.entry("partner", id); got == nil || got.Value != "Bearer at-2" || got.State(r.clock.Now()) == cache.Expired {
+		t.Fatalf("endpoint down: %+v; want the still-valid token", got)
+	}
+	r.clock.Step(30 * time.Second) // past the token's expiry
+	if got := r.entry("partner", id); got != nil && got.State(r.clock.Now()) != cache.Expired {
+		t.Fatalf("served past the token's expiry: %+v", got)
+	}
+	r.w.Forget(id)
+	if _, err := r.miss("partner", id, tok); !errors.Is(err, authz.ErrTokenEndpointUnavailable) {
+		t.Fatalf("endpoint down, nothing cached: %v; want token_endpoint_unavailable", err)
+	}
+	ep.set(false, "someone-else")
+	if e, err := r.miss("partner", id, tok); err != nil || e == nil || e.Denied != authz.ReasonTokenEndpointRefused {
+		t.Fatalf("refused client: %+v, %v; want a token_endpoint_refused entry", e, err)
+	}
+}

@@ -26,6 +26,7 @@ type Env struct {
 	Kube  *Kube
 	Vault *Vault
 	NATS  *NATS
+	pg    *Postgres
 }
 
 var current *Env
@@ -116,6 +117,9 @@ func Start(ctx context.Context, dir string, parts Part) (*Env, error) {
 
 // Stop stops every part.
 func (e *Env) Stop() {
+	if e.pg != nil {
+		e.pg.Stop()
+	}
 	if e.NATS != nil {
 		e.NATS.Stop()
 	}

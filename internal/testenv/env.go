@@ -27,6 +27,7 @@ type Env struct {
 	Vault *Vault
 	NATS  *NATS
 	pg    *Postgres
+	hydra *Hydra
 }
 
 var current *Env
@@ -119,6 +120,9 @@ func Start(ctx context.Context, dir string, parts Part) (*Env, error) {
 func (e *Env) Stop() {
 	if e.pg != nil {
 		e.pg.Stop()
+	}
+	if e.hydra != nil {
+		e.hydra.Stop()
 	}
 	if e.NATS != nil {
 		e.NATS.Stop()

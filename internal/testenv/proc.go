@@ -28,6 +28,8 @@ type proc struct {
 	// cred, when set, runs the process as another user (PostgreSQL refuses
 	// to run as root).
 	cred *syscall.Credential
+	// env, when set, is the process's whole environment.
+	env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -42,6 +44,7 @@ func (p *proc) start() error {
 		return err
 	}
 	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = p.env
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// The server dies with the test binary, even if the binary is killed.

@@ -63,7 +63,7 @@ func StartVault(ctx context.Context, dir string, kube *Kube) (*Vault, error) {
 	v := &Vault{
 		Addr: "http://127.0.0.1:" + strconv.Itoa(port), RootToken: devstack.RootToken, bound: []string{BoundNamespace},
 		policies: []string{VaultPolicy},
-		opts: devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir},
+		opts:     devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir},
 	}
 	if err := v.Start(ctx); err != nil {
 		return nil, err

@@ -57,9 +57,9 @@ func entityOf(ctx context.Context, t *testing.T, env *testenv.Env, saToken strin
 
 // verifyVaultJWT checks raw's signature against Vault's published keys and
 // returns its claims.
-func verifyVaultJWT(t *testing.T, env *testenv.Env, raw string) map[string]any {
+func verifyVaultJWT(t *testing.T, vaultAddr, raw string) map[string]any {
 	t.Helper()
-	resp, err := http.Get(env.Vault.Addr + "/v1/identity/oidc/.well-known/keys")
+	resp, err := http.Get(vaultAddr + "/v1/identity/oidc/.well-known/keys")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,11 +119,11 @@ func TestIdentityTokenSource(t *testing.T) {
 		return raw
 	}
 	first := jwtOf(tokA)
-	claims := verifyVaultJWT(t, env, first)
+	claims := verifyVaultJWT(t, env.Vault.Addr, first)
 	if want := entityOf(ctx, t, env, tokA); claims["sub"] != want {
 		t.Fatalf("sub = %v; want the workload's entity %s", claims["sub"], want)
 	}
-	if other := verifyVaultJWT(t, env, jwtOf(tokB)); other["sub"] == claims["sub"] {
+	if other := verifyVaultJWT(t, env.Vault.Addr, jwtOf(tokB)); other["sub"] == claims["sub"] {
 		t.Fatalf("two identities share the entity %v", other["sub"])
 	}
 	// A hit is the cached token; before its 12 s run out, a new one.

@@ -58,6 +58,13 @@ func newFakeVault(c *clocktesting.FakeClock) *fakeVault {
 		leaseTTL: time.Minute, leaseMax: 5 * time.Minute, leases: map[string]fakeLease{}}
 }
 
+// liveTokens counts the Vault tokens Vault holds.
+func (v *fakeVault) liveTokens() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.live)
+}
+
 // liveLeases counts the leases Vault holds.
 func (v *fakeVault) liveLeases() int {
 	v.mu.Lock()

@@ -57,7 +57,7 @@ func TestLeaseKept(t *testing.T) {
 		t.Fatalf("values %v, revoked leases %d: want a new secret before the max TTL and the old lease revoked", values, r.vault.count("revoke_lease"))
 	}
 	r.w.Forget(id)
-	r.eventually("the lease revoked with the token", func() bool { return r.vault.liveLeases() == 0 })
+	r.eventually("the lease revoked with the token", func() bool { return r.vault.liveLeases() == 0 && r.vault.liveTokens() == 0 })
 }
 
 // TestIdentityTokenRefreshed: an identity token is minted again before it

@@ -68,7 +68,7 @@ func verifyVaultJWT(t *testing.T, vaultAddr, raw string) map[string]any {
 	if err := json.NewDecoder(resp.Body).Decode(&keys); err != nil {
 		t.Fatal(err)
 	}
-	sig, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+	sig, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
 		t.Fatalf("parse the injected JWT: %v", err)
 	}

@@ -51,8 +51,9 @@ type lease struct {
 }
 
 var (
-	_ Provider = (*leaseProvider)(nil)
-	_ Releaser = (*leaseProvider)(nil)
+	_ Provider    = (*leaseProvider)(nil)
+	_ Releaser    = (*leaseProvider)(nil)
+	_ Invalidator = (*leaseProvider)(nil)
 )
 
 func newLeaseProvider(v vault, c clock.PassiveClock, log *slog.Logger) *leaseProvider {
@@ -133,6 +134,19 @@ func (p *leaseProvider) read(ctx context.Context, tokens TokenSource, key string
 		}
 	}
 	return c, nil
+}
+
+// Invalidate makes the next Fetch read a new secret (and revoke this lease)
+// instead of renewing it: a rotation event asks for a new value.
+func (p *leaseProvider) Invalidate(id authz.Identity, route string) {
+	key := leaseKey(route, id)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l := p.leases[key]; l != nil {
+		n := *l
+		n.final = true
+		p.leases[key] = &n
+	}
 }
 
 // Release drops the identity's lease state (its token's revocation revokes

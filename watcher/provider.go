@@ -63,6 +63,13 @@ type TokenSource interface {
 	VaultToken(ctx context.Context, fresh bool) (string, error)
 }
 
+// Invalidator is a Provider that would otherwise extend what it holds (a
+// lease): after Invalidate, its next Fetch for (identity, route) obtains a new
+// value. A rotation event invalidates before it refreshes.
+type Invalidator interface {
+	Invalidate(id authz.Identity, route string)
+}
+
 // Credential is what a Provider obtained.
 type Credential struct {
 	// Data holds the fields the route's inject template reads.

@@ -284,7 +284,16 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 	rt := w.routes[route]
 	src := string(rt.Source)
 	seq := id.nextSeq()
-	cred, err := w.providers[rt.Source].Fetch(ctx, id.session, id.Identity, rt)
+	p := w.providers[rt.Source]
+	if inv, ok := p.(Invalidator); ok && trigger == "event" {
+		inv.Invalidate(id.Identity, route)
+	}
+	cred, err := p.Fetch(ctx, id.session, id.Identity, rt)
+	if err != nil && !unavailable(err) {
+		// A refusal follows the identity's schedule, not the expiry of what
+		// it replaced. (An outage keeps it due: the backoff retries it.)
+		id.setDue(route, time.Time{}, time.Time{})
+	}
 	now := w.cfg.Clock.Now()
 	var e *cache.Entry
 	result := "ok"

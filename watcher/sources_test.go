@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -155,4 +156,49 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 	if e, err := r.miss("partner", id, tok); err != nil || e == nil || e.Denied != authz.ReasonTokenEndpointRefused {
 		t.Fatalf("refused client: %+v, %v; want a token_endpoint_refused entry", e, err)
 	}
+}
+
+// TestRefusedMintedRouteNotRetriedHot: after the token endpoint refuses a
+// client, the route waits for the identity's schedule instead of retrying at
+// once, and a rotation event reads a leased secret anew instead of renewing.
+func TestRefusedMintedRouteNotRetriedHot(t *testing.T) {
+	ep := &tokenEndpoint{client: "ns-sa"}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	r := newRig(t,
+		Route{Name: "partner", Source: SourceOAuth2, Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {access_token}", TokenURL: srv.URL},
+		Route{Name: "db", Source: SourceVaultRead, Path: "creds/{namespace}/{serviceaccount}", Header: "x-db", Value: "{username}"})
+	id, tok := r.identity("ns", "sa", "")
+	r.vault.mu.Lock()
+	r.vault.data["egress/"+id.Key] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
+	r.vault.mu.Unlock()
+	for _, route := range []string{"partner", "db"} {
+		if _, err := r.miss(route, id, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ep.set(false, "someone-else")
+	r.step(41 * time.Second) // both due: the token refused, the lease renewed
+	r.eventually("the refusal stored", func() bool {
+		e := r.entry("partner", id)
+		return e != nil && e.Denied == authz.ReasonTokenEndpointRefused
+	})
+	r.eventually("the refresher waiting", r.clock.HasWaiters)
+	if due, ok := r.w.watched(id).earliestDue(); ok && !due.After(r.clock.Now()) {
+		t.Fatalf("next due %v (ok %v); want a time ahead of now", due, ok)
+	}
+	before := r.entry("db", id).Value
+	if err := r.w.Refresh(context.Background(), authz.Scope{Namespace: "ns", ServiceAccount: "sa", Route: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if after := r.entry("db", id).Value; after == before || r.vault.count("revoke_lease") != 1 {
+		t.Fatalf("event: %s -> %s, %d revoked; want a new secret and the old lease revoked", before, after, r.vault.count("revoke_lease"))
+	}
+}
+
+// watched is the identity the watcher keeps for id.
+func (w *Watcher) watched(id authz.Identity) *identity {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ids[id.Key]
 }

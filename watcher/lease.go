@@ -35,6 +35,10 @@ type leaseProvider struct {
 
 	mu     sync.Mutex
 	leases map[string]*lease // route NUL identity key
+	// fetching serialises the Fetches of one key (a scheduled renewal and
+	// an event's re-read), held across Vault I/O on purpose, so that two
+	// reads never race and leave a lease nobody revokes.
+	fetching map[string]*sync.Mutex
 }
 
 // lease is one route's current leased secret for one identity.
@@ -57,13 +61,22 @@ var (
 )
 
 func newLeaseProvider(v vault, c clock.PassiveClock, log *slog.Logger) *leaseProvider {
-	return &leaseProvider{vault: v, clock: c, log: log, leases: map[string]*lease{}}
+	return &leaseProvider{vault: v, clock: c, log: log, leases: map[string]*lease{}, fetching: map[string]*sync.Mutex{}}
 }
 
 func leaseKey(route string, id authz.Identity) string { return route + "\x00" + id.Key }
 
 func (p *leaseProvider) Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error) {
 	key := leaseKey(rt.Name, id)
+	p.mu.Lock()
+	f := p.fetching[key]
+	if f == nil {
+		f = &sync.Mutex{}
+		p.fetching[key] = f
+	}
+	p.mu.Unlock()
+	f.Lock()
+	defer f.Unlock()
 	p.mu.Lock()
 	old := p.leases[key]
 	p.mu.Unlock()
@@ -154,6 +167,7 @@ func (p *leaseProvider) Invalidate(id authz.Identity, route string) {
 func (p *leaseProvider) Release(id authz.Identity, route string) {
 	p.mu.Lock()
 	delete(p.leases, leaseKey(route, id))
+	delete(p.fetching, leaseKey(route, id))
 	p.mu.Unlock()
 }
 

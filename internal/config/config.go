@@ -295,6 +295,13 @@ func (c *Config) Validate() error {
 	if c.Cache.Capacity <= 0 || c.Cache.TokenTTL <= 0 || c.Cache.TokenNegative <= 0 || c.Cache.DeniedTTL <= 0 {
 		bad("cache", "capacity and TTLs must be positive")
 	}
+	c.checkRoutes(bad)
+	return errors.Join(errs...)
+}
+
+// checkRoutes validates and completes the routes: names, hosts, source,
+// path and injection (defaults from the top level or the source).
+func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
 	names := map[string]bool{}
 	hosts := map[string]bool{}
 	for i := range c.Routes {
@@ -349,7 +356,6 @@ func (c *Config) Validate() error {
 			bad(key+".inject", "%v", err)
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // checkSource validates a source and the keys only oauth2-client-credentials

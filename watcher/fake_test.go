@@ -39,6 +39,9 @@ type fakeVault struct {
 	// the token that read it.
 	leaseTTL, leaseMax time.Duration
 	leases             map[string]fakeLease
+	// badTokens: identity tokens come back with a line break (not
+	// injectable).
+	badTokens bool
 }
 
 type fakeLease struct {
@@ -98,7 +101,11 @@ func (v *fakeVault) minted(tok, path string) (s *vaultapi.Secret, ok bool, err e
 			return nil, true, errForbidden
 		}
 		v.n++
-		return &vaultapi.Secret{Data: map[string]any{"token": fmt.Sprintf("jwt.%s.%d", t.identity, v.n), "ttl": json.Number("60")}}, true, nil
+		tok := fmt.Sprintf("jwt.%s.%d", t.identity, v.n)
+		if v.badTokens {
+			tok += "\r\nx-injected: 1"
+		}
+		return &vaultapi.Secret{Data: map[string]any{"token": tok, "ttl": json.Number("60")}}, true, nil
 	}
 	return nil, false, nil
 }

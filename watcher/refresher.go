@@ -289,11 +289,6 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 		inv.Invalidate(id.Identity, route)
 	}
 	cred, err := p.Fetch(ctx, id.session, id.Identity, rt)
-	if err != nil && !unavailable(err) {
-		// A refusal follows the identity's schedule, not the expiry of what
-		// it replaced. (An outage keeps it due: the backoff retries it.)
-		id.setDue(route, time.Time{}, time.Time{})
-	}
 	now := w.cfg.Clock.Now()
 	var e *cache.Entry
 	result := "ok"
@@ -322,6 +317,11 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 	default:
 		w.metrics.refreshes.WithLabelValues(trigger, "unavailable", src).Inc()
 		return nil, err
+	}
+	if e.Denied != authz.ReasonNone {
+		// A refusal follows the identity's schedule, not the expiry of what
+		// it replaced. (An outage, above, keeps it due for the backoff.)
+		id.setDue(route, time.Time{}, time.Time{})
 	}
 	w.metrics.refreshes.WithLabelValues(trigger, result, src).Inc()
 	w.store(id, route, seq, e)

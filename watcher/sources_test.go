@@ -202,3 +202,26 @@ func (w *Watcher) watched(id authz.Identity) *identity {
 	defer w.mu.Unlock()
 	return w.ids[id.Key]
 }
+
+// TestUninjectableMintedValueNotRetriedHot: a minted value the route cannot
+// inject is denied and waits for the identity's schedule.
+func TestUninjectableMintedValueNotRetriedHot(t *testing.T) {
+	r := newRig(t, Route{Name: "fed", Source: SourceIdentityToken, Path: "identity/oidc/token/egress-{namespace}", Header: "authorization", Value: "Bearer {token}"})
+	id, tok := r.identity("ns", "sa", "")
+	if _, err := r.miss("fed", id, tok); err != nil {
+		t.Fatal(err)
+	}
+	x := r.w.watched(id)
+	r.vault.mu.Lock()
+	r.vault.badTokens = true
+	r.vault.mu.Unlock()
+	r.step(41 * time.Second)
+	r.eventually("the invalid entry", func() bool {
+		e := r.entry("fed", id)
+		return e != nil && e.Denied == authz.ReasonInvalidCredential
+	})
+	r.eventually("the refresher waiting", r.clock.HasWaiters)
+	if due, ok := x.earliestDue(); ok && !due.After(r.clock.Now()) {
+		t.Fatalf("next due %v is not ahead of now %v", due, r.clock.Now())
+	}
+}

@@ -139,3 +139,56 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 		t.Fatalf("the other identity: status %d", status)
 	}
 }
+
+// TestOAuth2EndpointDown: with its own Hydra stopped, credinject keeps
+// serving the still-valid access token, then answers 503
+// token_endpoint_unavailable once it expired; it recovers when Hydra is back.
+func TestOAuth2EndpointDown(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	hy, err := testenv.StartHydra(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hy.Stop()
+	ns := testenv.UniqueName("od")
+	tok := identity(ctx, t, env, ns, "app", "unused")
+	if err := hy.CreateClient(ctx, ns, "secret-od", "", "client_secret_post"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Vault.PutCredential(ctx, "egress-oauth/"+ns+"/app", map[string]any{"client_id": ns, "client_secret": "secret-od"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := apptest.Config(env)
+	cfg.Events.NatsURL = ""
+	cfg.Routes = []config.Route{{
+		Name: "partner", Hosts: []string{"api.partner.example"}, Source: config.SourceOAuth2,
+		Path: "egress-oauth/{namespace}/{serviceaccount}", TokenURL: hy.TokenURL, ClientAuth: "post",
+	}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	srv := apptest.Start(t, env, cfg)
+	first := srv.Check(t, tok, "api.partner.example")
+	if !strings.HasPrefix(first, "allow authorization=Bearer ory_at_") {
+		t.Fatalf("check: %q", first)
+	}
+	issued := time.Now()
+	hy.Stop()
+	if got := srv.Check(t, tok, "api.partner.example"); got != first {
+		t.Fatalf("endpoint down, token still valid: %q; want the cached %q", got, first)
+	}
+	waitUntil(t, testenv.HydraAccessTokenTTL+10*time.Second, "503 once the token expired", func() error {
+		got := srv.Check(t, tok, "api.partner.example")
+		if got == first {
+			if time.Since(issued) > testenv.HydraAccessTokenTTL {
+				t.Fatalf("served after the token's expiry: %q", got)
+			}
+			return errNotYet
+		}
+		if got != "deny 503 token_endpoint_unavailable" {
+			t.Fatalf("after expiry: %q; want deny 503 token_endpoint_unavailable", got)
+		}
+		return nil
+	})
+}

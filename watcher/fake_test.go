@@ -96,6 +96,12 @@ func (v *fakeVault) minted(tok, path string) (s *vaultapi.Secret, ok bool, err e
 		v.leases[id] = fakeLease{token: tok, expires: now.Add(v.leaseTTL), maxAt: now.Add(v.leaseMax)}
 		return &vaultapi.Secret{LeaseID: id, LeaseDuration: int(v.leaseTTL / time.Second), Renewable: true,
 			Data: map[string]any{"username": fmt.Sprintf("u%d", v.n), "password": "p"}}, true, nil
+	case strings.HasPrefix(path, "static/"):
+		// A path without a lease (KV v1, a plugin's static secret).
+		if !live || path != "static/"+t.identity {
+			return nil, true, errForbidden
+		}
+		return &vaultapi.Secret{Data: map[string]any{"password": "static"}}, true, nil
 	case strings.HasPrefix(path, "identity/oidc/token/"):
 		if !live {
 			return nil, true, errForbidden

@@ -225,3 +225,21 @@ func TestUninjectableMintedValueNotRetriedHot(t *testing.T) {
 		t.Fatalf("next due %v is not ahead of now %v", due, r.clock.Now())
 	}
 }
+
+// TestVaultReadWithoutLease: a vault-read of a path that has no lease is
+// refreshed like KV, on the identity's schedule, and served with the stale
+// grace.
+func TestVaultReadWithoutLease(t *testing.T) {
+	r := newRig(t, Route{Name: "s", Source: SourceVaultRead, Path: "static/{namespace}/{serviceaccount}", Header: "x-pw", Value: "{password}"})
+	id, tok := r.identity("ns", "sa", "")
+	e, err := r.miss("s", id, tok)
+	if err != nil || e.Value != "static" {
+		t.Fatalf("read: %+v, %v", e, err)
+	}
+	if _, ok := r.w.watched(id).earliestDue(); ok {
+		t.Fatal("a value without a lease has its own refresh")
+	}
+	if want := t0.Add(15 * time.Minute); !e.ExpiresAt.Equal(want) {
+		t.Fatalf("served until %v, want the stale grace %v", e.ExpiresAt, want)
+	}
+}

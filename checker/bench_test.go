@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -186,6 +187,52 @@ func BenchmarkValidateOffline(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkCheckBySource: a cache hit costs the same whatever the
+// credential's source, since the cache holds the rendered header whichever
+// provider filled it. Values are shaped like each source's: a KV API key, a
+// database user and password (vault-read), an OAuth2 access token, a Vault
+// identity token (a JWT of about 900 bytes).
+func BenchmarkCheckBySource(b *testing.B) {
+	const n = 1_000
+	jwt := "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9." + strings.Repeat("x", 700) + "." + strings.Repeat("s", 170)
+	for _, src := range []struct{ name, header, value string }{
+		{"kv", "authorization", "Bearer sk-test-openai-key-for-egress-%d"},
+		{"vault-read", "x-db-credentials", "v-jwt-egress-a-Zb3k9QeXn1%d:A1a-9XkWq2LmNo3pQrSt"},
+		{"oauth2-client-credentials", "authorization", "Bearer ory_at_BpPaGXD1ZZ8oHq5GVuG1xHpa9CMdpnnVocHK8un7Ecw.ZfBOe-UpWlaKutV22tyVvgv8MWMoAUJnktDL_8byx4Q%d"},
+		{"vault-identity-token", "authorization", "Bearer " + jwt + "%d"},
+	} {
+		b.Run("source="+src.name, func(b *testing.B) {
+			r := newRig(b, nil, true)
+			reqs := make([]*authv3.CheckRequest, n)
+			for i := range n {
+				ns := fmt.Sprintf("ns-%d", i)
+				r.put(b, "", ns, "sa", src.header, fmt.Sprintf(src.value, i))
+				reqs[i] = request("Bearer "+r.token(b, ns, "sa"), "api.openai.com")
+			}
+			ctx := context.Background()
+			for range 3 {
+				for _, q := range reqs {
+					if _, err := r.g.Check(ctx, q); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					resp, _ := r.g.Check(ctx, reqs[i%n])
+					if resp.GetOkResponse() == nil {
+						b.Fatalf("not allowed: %v", outcome(resp))
+					}
+					i += 7919
+				}
+			})
 		})
 	}
 }

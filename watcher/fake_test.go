@@ -33,6 +33,21 @@ type fakeVault struct {
 	n        int
 	calls    map[string]int // by operation
 	readGate chan struct{}  // when set, every Read waits on it
+
+	// Leased secrets at creds/<namespace>/<serviceaccount>: a lease lives
+	// leaseTTL, renewable up to leaseMax after it was read, and ends with
+	// the token that read it.
+	leaseTTL, leaseMax time.Duration
+	leases             map[string]fakeLease
+	// badTokens: identity tokens come back with a line break (not
+	// injectable).
+	badTokens bool
+}
+
+type fakeLease struct {
+	token   string
+	expires time.Time
+	maxAt   time.Time
 }
 
 type fakeToken struct {
@@ -42,7 +57,90 @@ type fakeToken struct {
 
 func newFakeVault(c *clocktesting.FakeClock) *fakeVault {
 	return &fakeVault{clock: c, ttl: time.Hour, bound: map[string]bool{}, live: map[string]fakeToken{},
-		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{}}
+		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{},
+		leaseTTL: time.Minute, leaseMax: 5 * time.Minute, leases: map[string]fakeLease{}}
+}
+
+// liveTokens counts the Vault tokens Vault holds.
+func (v *fakeVault) liveTokens() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.live)
+}
+
+// liveLeases counts the leases Vault holds.
+func (v *fakeVault) liveLeases() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n := 0
+	for _, l := range v.leases {
+		if _, ok := v.token(l.token); ok && v.clock.Now().Before(l.expires) {
+			n++
+		}
+	}
+	return n
+}
+
+// minted answers the reads of leased secrets and identity tokens, as the
+// token's own identity; ok is false for a KV path. Called with v.mu held.
+func (v *fakeVault) minted(tok, path string) (s *vaultapi.Secret, ok bool, err error) {
+	t, live := v.token(tok)
+	now := v.clock.Now()
+	switch {
+	case strings.HasPrefix(path, "creds/"):
+		if !live || path != "creds/"+t.identity {
+			return nil, true, errForbidden
+		}
+		v.n++
+		id := fmt.Sprintf("%s/l%d", path, v.n)
+		v.leases[id] = fakeLease{token: tok, expires: now.Add(v.leaseTTL), maxAt: now.Add(v.leaseMax)}
+		return &vaultapi.Secret{LeaseID: id, LeaseDuration: int(v.leaseTTL / time.Second), Renewable: true,
+			Data: map[string]any{"username": fmt.Sprintf("u%d", v.n), "password": "p"}}, true, nil
+	case strings.HasPrefix(path, "static/"):
+		// A path without a lease (KV v1, a plugin's static secret).
+		if !live || path != "static/"+t.identity {
+			return nil, true, errForbidden
+		}
+		return &vaultapi.Secret{Data: map[string]any{"password": "static"}}, true, nil
+	case strings.HasPrefix(path, "identity/oidc/token/"):
+		if !live {
+			return nil, true, errForbidden
+		}
+		v.n++
+		tok := fmt.Sprintf("jwt.%s.%d", t.identity, v.n)
+		if v.badTokens {
+			tok += "\r\nx-injected: 1"
+		}
+		return &vaultapi.Secret{Data: map[string]any{"token": tok, "ttl": json.Number("60")}}, true, nil
+	}
+	return nil, false, nil
+}
+
+func (v *fakeVault) RenewLease(_ context.Context, tok, leaseID string, inc time.Duration) (time.Duration, error) {
+	if err := v.enter("renew_lease"); err != nil {
+		return 0, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	l, ok := v.leases[leaseID]
+	if _, live := v.token(l.token); !ok || !live || l.token != tok || !v.clock.Now().Before(l.expires) {
+		return 0, errForbidden
+	}
+	now := v.clock.Now()
+	ttl := min(inc, l.maxAt.Sub(now))
+	l.expires = now.Add(ttl)
+	v.leases[leaseID] = l
+	return ttl, nil
+}
+
+func (v *fakeVault) RevokeLease(_ context.Context, tok, leaseID string) error {
+	if err := v.enter("revoke_lease"); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.leases, leaseID)
+	return nil
 }
 
 func (v *fakeVault) put(key, apiKey string) {
@@ -143,6 +241,9 @@ func (v *fakeVault) Read(ctx context.Context, tok, path string) (*vaultapi.Secre
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if s, ok, err := v.minted(tok, path); ok {
+		return s, err
+	}
 	t, ok := v.token(tok)
 	kv, _ := strings.CutPrefix(path, "secret/data/")
 	if !ok || kv != "egress/"+t.identity {
@@ -164,6 +265,11 @@ func (v *fakeVault) RevokeSelf(_ context.Context, tok string) error {
 	}
 	v.mu.Lock()
 	delete(v.live, tok)
+	for id, l := range v.leases {
+		if l.token == tok {
+			delete(v.leases, id)
+		}
+	}
 	v.mu.Unlock()
 	return nil
 }
@@ -218,8 +324,8 @@ func newRig(t *testing.T, routes ...Route) *rig {
 	}
 	r.w, err = newWatcher(Config{
 		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
-		Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
-	}, r.vault, kvProvider{vault: r.vault, mount: "secret"}, m)
+		KVMount: "secret", Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
+	}, r.vault, nil, m)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ type metrics struct {
 	calls      *prometheus.CounterVec
 	identities prometheus.Gauge
 	refreshes  *prometheus.CounterVec
+	tokens     *prometheus.CounterVec
 }
 
 // newMetrics builds the watcher's metrics and registers them on reg (nil:
@@ -19,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credinject_vault_requests_total",
-			Help: "Vault calls made by the watcher, by operation (login, read, renew, revoke) and result (ok, denied, not_found, error).",
+			Help: "Vault calls made by the watcher, by operation (login, read, renew, revoke, renew_lease, revoke_lease) and result (ok, denied, not_found, error).",
 		}, []string{"op", "result"}),
 		identities: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "credinject_watcher_identities",
@@ -27,11 +28,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credinject_watcher_refreshes_total",
-			Help: "Credential refreshes by trigger (miss, schedule, event, prefetch) and result (ok, denied, not_found, invalid, unavailable).",
-		}, []string{"trigger", "result"}),
+			Help: "Credential refreshes by trigger (miss, schedule, event, prefetch), result (ok, denied, not_found, invalid, refused, unavailable) and source (kv, vault-read, oauth2-client-credentials, vault-identity-token).",
+		}, []string{"trigger", "result", "source"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credinject_token_endpoint_requests_total",
+			Help: "OAuth2 token requests (client credentials) by result (ok, refused, error).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.calls, m.identities, m.refreshes} {
+		for _, c := range []prometheus.Collector{m.calls, m.identities, m.refreshes, m.tokens} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("watcher: metrics: %w", err)
 			}
@@ -41,3 +46,5 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) call(op, result string) { m.calls.WithLabelValues(op, result).Inc() }
+
+func (m *metrics) tokenCall(result string) { m.tokens.WithLabelValues(result).Inc() }

@@ -5,11 +5,34 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/credinject/credinject/authz"
 )
+
+// Source names how a route's credential is obtained (routes[].source).
+type Source string
+
+// The sources. Extend, never rename: they are configuration values and the
+// metrics' source label.
+const (
+	// SourceKV reads a KV v2 secret (the default).
+	SourceKV Source = "kv"
+	// SourceVaultRead reads any Vault path and keeps the response's lease:
+	// renewed, re-read before its max TTL, revoked when replaced.
+	SourceVaultRead Source = "vault-read"
+	// SourceOAuth2 obtains an OAuth2 access token with the client
+	// credentials grant, the client's id and secret read from KV v2.
+	SourceOAuth2 Source = "oauth2-client-credentials"
+	// SourceIdentityToken mints a JWT for the identity's own Vault entity
+	// (identity/oidc/token/<role>).
+	SourceIdentityToken Source = "vault-identity-token"
+)
+
+// Sources lists every source.
+var Sources = []Source{SourceKV, SourceVaultRead, SourceOAuth2, SourceIdentityToken}
 
 // Provider obtains one kind of credential for an identity: how the
 // credential of (route, identity) is read or minted. The refresh loop, its
@@ -17,9 +40,19 @@ import (
 //
 // Fetch returns the credential's fields, or an *authz.Error:
 // authz.ErrVaultDenied (Vault refused the identity), authz.ErrNoCredential
-// (nothing to read), authz.ErrVaultUnavailable (try again later).
+// (nothing to read), authz.ErrVaultUnavailable (try again later),
+// authz.ErrTokenEndpointRefused / ErrTokenEndpointUnavailable (an OAuth2
+// token endpoint refused the client / could not be asked).
 type Provider interface {
 	Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error)
+}
+
+// Releaser is a Provider that keeps state per (route, identity), a lease or
+// a token, and drops it when the watcher forgets the identity. (The
+// identity's Vault token is revoked then, and Vault revokes every lease it
+// holds with it.)
+type Releaser interface {
+	Release(id authz.Identity, route string)
 }
 
 // TokenSource hands a Provider the identity's own Vault token (a session
@@ -30,6 +63,13 @@ type TokenSource interface {
 	VaultToken(ctx context.Context, fresh bool) (string, error)
 }
 
+// Invalidator is a Provider that would otherwise extend what it holds (a
+// lease): after Invalidate, its next Fetch for (identity, route) obtains a new
+// value. A rotation event invalidates before it refreshes.
+type Invalidator interface {
+	Invalidate(id authz.Identity, route string)
+}
+
 // Credential is what a Provider obtained.
 type Credential struct {
 	// Data holds the fields the route's inject template reads.
@@ -37,6 +77,10 @@ type Credential struct {
 	// Version is the source's version of the value (KV v2's version), 0
 	// when the source has none.
 	Version int64
+	// Expires is when the value stops being valid (a lease's or a token's
+	// end); zero when it does not expire. The loop refreshes it before then
+	// and never serves it after.
+	Expires time.Time
 }
 
 // kvProvider reads a KV v2 secret at mount/data/<route path>.

@@ -26,10 +26,50 @@ type identity struct {
 	applied map[string]uint64 // per route: seq of the read last stored
 	running bool
 	cancel  context.CancelFunc
+	// due: per route whose credential expires, when to refresh it.
+	due map[string]time.Time
 }
 
 func newIdentity(id authz.Identity, s *session) *identity {
-	return &identity{Identity: id, session: s, resync: make(chan struct{}, 1), routes: map[string]bool{}, applied: map[string]uint64{}}
+	return &identity{Identity: id, session: s, resync: make(chan struct{}, 1), routes: map[string]bool{}, applied: map[string]uint64{}, due: map[string]time.Time{}}
+}
+
+// setDue records when route's credential must be refreshed: at, when it
+// expires; with the identity's schedule when it does not.
+func (id *identity) setDue(route string, expires, at time.Time) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if expires.IsZero() {
+		delete(id.due, route)
+		return
+	}
+	id.due[route] = at
+}
+
+// earliestDue is the soonest refresh of an expiring credential.
+func (id *identity) earliestDue() (time.Time, bool) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	var first time.Time
+	for _, t := range id.due {
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	return first, !first.IsZero()
+}
+
+// dueRoutes are the watched routes whose credential is due by now.
+func (id *identity) dueRoutes(now time.Time) []string {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	var rs []string
+	for r, t := range id.due {
+		if id.routes[r] && !t.After(now) {
+			rs = append(rs, r)
+		}
+	}
+	return rs
 }
 
 // watch adds route to the routes refreshed for the identity.
@@ -106,24 +146,40 @@ func (w *Watcher) startLoop(id *identity) {
 }
 
 // loop refreshes id on schedule, on a resync, and with backoff after
-// failures, until ctx ends or the identity is refused or forgotten.
+// failures, until ctx ends or the identity is refused or forgotten. A full
+// refresh (a new login, then every route) follows the identity's schedule; a
+// credential that expires sooner (a lease, an access token, an identity
+// token) is refreshed alone before then.
 func (w *Watcher) loop(ctx context.Context, id *identity) {
 	failures := 0
-	wait := w.nextWait(id)
+	fullAt := w.fullRefreshAt(id)
+	var retryAt time.Time
 	for {
-		var trigger string
+		at, full := fullAt, true
+		if due, ok := id.earliestDue(); ok && due.Before(at) {
+			at, full = due, false
+		}
+		if failures > 0 {
+			at, full = retryAt, !fullAt.After(retryAt)
+		}
+		wait := max(at.Sub(w.cfg.Clock.Now()), 100*time.Millisecond)
+		trigger := "schedule"
 		t := w.cfg.Clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C():
-			trigger = "schedule"
 		case <-id.resync:
 			t.Stop()
-			trigger = "event"
+			trigger, full = "event", true
 		}
-		err := w.refreshAll(ctx, id, trigger)
+		var err error
+		if full {
+			err = w.refreshAll(ctx, id, trigger)
+		} else {
+			err = w.refreshDue(ctx, id)
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -135,26 +191,68 @@ func (w *Watcher) loop(ctx context.Context, id *identity) {
 			w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", id.Key)
 			w.Forget(id.Identity)
 			return
-		case errors.Is(err, authz.ErrVaultUnavailable):
+		case unavailable(err):
 			failures++
-			wait = backoff.Delay(failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
-			w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", id.Key, "attempt", failures, "retryIn", wait, "error", err)
+			d := backoff.Delay(failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
+			retryAt = w.cfg.Clock.Now().Add(d)
+			w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", id.Key, "attempt", failures, "retryIn", d, "error", err)
 		default:
 			failures = 0
-			wait = w.nextWait(id)
+			if full {
+				fullAt = w.fullRefreshAt(id)
+			}
 		}
 	}
 }
 
-func (w *Watcher) nextWait(id *identity) time.Duration {
+// unavailable: a dependency (Vault, a token endpoint) could not be asked.
+func unavailable(err error) bool {
+	return errors.Is(err, authz.ErrVaultUnavailable) || errors.Is(err, authz.ErrTokenEndpointUnavailable)
+}
+
+// fullRefreshAt is when id's next full refresh is due.
+func (w *Watcher) fullRefreshAt(id *identity) time.Time {
 	now := w.cfg.Clock.Now()
-	d := NextRefresh(now, w.cfg.Refresh, id.session.Expires(), w.cfg.Jitter()).Sub(now)
-	return max(d, 100*time.Millisecond)
+	return NextRefresh(now, w.cfg.Refresh, id.session.Expires(), w.cfg.Jitter())
+}
+
+// refreshDue refreshes the routes of id whose credential is due (it expires
+// before the next full refresh), with the current Vault token.
+func (w *Watcher) refreshDue(ctx context.Context, id *identity) error {
+	defer id.session.retire()
+	var worst error
+	for _, r := range id.dueRoutes(w.cfg.Clock.Now()) {
+		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
+		_, err := w.refreshRoute(cctx, id, r, "schedule")
+		cancel()
+		worst = worse(worst, err)
+		if errors.Is(err, authz.ErrVaultDenied) {
+			return err
+		}
+	}
+	return worst
+}
+
+// worse keeps the most significant of two refresh failures: denied, then no
+// token, then unavailable; a per-route refusal (nothing there, not
+// injectable, refused by a token endpoint) is no failure of the identity.
+func worse(worst, err error) error {
+	switch {
+	case err == nil, errors.Is(err, authz.ErrNoCredential), errors.Is(err, authz.ErrInvalidCredential),
+		errors.Is(err, authz.ErrTokenEndpointRefused):
+		return worst
+	case errors.Is(err, authz.ErrVaultDenied), errors.Is(err, errNoToken):
+		return err
+	case worst == nil:
+		return err
+	}
+	return worst
 }
 
 // refreshAll re-reads every watched route of id. It returns the most
 // significant failure: denied, then no token, then unavailable.
 func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) error {
+	defer id.session.retire()
 	routes := id.watched()
 	if trigger == "schedule" {
 		_, err := id.session.Token(ctx, relogin)
@@ -170,17 +268,10 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
 		_, err := w.refreshRoute(cctx, id, r, trigger)
 		cancel()
-		switch {
-		case err == nil, errors.Is(err, authz.ErrNoCredential), errors.Is(err, authz.ErrInvalidCredential):
-		case errors.Is(err, authz.ErrVaultDenied):
+		if errors.Is(err, authz.ErrVaultDenied) {
 			return err
-		case errors.Is(err, errNoToken):
-			worst = err
-		default:
-			if worst == nil {
-				worst = err
-			}
 		}
+		worst = worse(worst, err)
 	}
 	return worst
 }
@@ -191,8 +282,13 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 // until it expires).
 func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger string) (*cache.Entry, error) {
 	rt := w.routes[route]
+	src := string(rt.Source)
 	seq := id.nextSeq()
-	cred, err := w.provider.Fetch(ctx, id.session, id.Identity, rt)
+	p := w.providers[rt.Source]
+	if inv, ok := p.(Invalidator); ok && trigger == "event" {
+		inv.Invalidate(id.Identity, route)
+	}
+	cred, err := p.Fetch(ctx, id.session, id.Identity, rt)
 	now := w.cfg.Clock.Now()
 	var e *cache.Entry
 	result := "ok"
@@ -204,19 +300,30 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 			e, err, result = w.negative(id, route, authz.ReasonInvalidCredential, now), rerr, "invalid"
 			break
 		}
-		fresh, expires := lifetimes(now, w.cfg.Refresh, w.cfg.StaleGrace)
+		fresh, expires := credentialLifetimes(now, w.cfg.Refresh, w.cfg.StaleGrace, cred.Expires)
 		e = &cache.Entry{Route: route, Identity: id.Identity, Header: rt.Header, Value: val, Version: cred.Version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
+		id.setDue(route, cred.Expires, NextRefresh(now, w.cfg.Refresh, cred.Expires, w.cfg.Jitter()))
 	case errors.Is(err, authz.ErrVaultDenied):
 		// A refusal applies to the identity: stop serving every route.
-		w.metrics.refreshes.WithLabelValues(trigger, "denied").Inc()
+		w.metrics.refreshes.WithLabelValues(trigger, "denied", src).Inc()
 		return w.denyAll(id, seq, now, route), err
 	case errors.Is(err, authz.ErrNoCredential):
 		e, result = w.negative(id, route, authz.ReasonNoCredential, now), "not_found"
+	case errors.Is(err, authz.ErrInvalidCredential):
+		e, result = w.negative(id, route, authz.ReasonInvalidCredential, now), "invalid"
+	case errors.Is(err, authz.ErrTokenEndpointRefused):
+		w.cfg.Log.Info("token endpoint refused the identity's client", "identity", id.Key, "route", route, "error", err)
+		e, result = w.negative(id, route, authz.ReasonTokenEndpointRefused, now), "refused"
 	default:
-		w.metrics.refreshes.WithLabelValues(trigger, "unavailable").Inc()
+		w.metrics.refreshes.WithLabelValues(trigger, "unavailable", src).Inc()
 		return nil, err
 	}
-	w.metrics.refreshes.WithLabelValues(trigger, result).Inc()
+	if e.Denied != authz.ReasonNone {
+		// A refusal follows the identity's schedule, not the expiry of what
+		// it replaced. (An outage, above, keeps it due for the backoff.)
+		id.setDue(route, time.Time{}, time.Time{})
+	}
+	w.metrics.refreshes.WithLabelValues(trigger, result, src).Inc()
 	w.store(id, route, seq, e)
 	return e, err
 }

@@ -38,3 +38,21 @@ func lifetimes(readAt time.Time, refresh, staleGrace time.Duration) (freshUntil,
 	}
 	return freshUntil, expiresAt
 }
+
+// credentialLifetimes are lifetimes capped by the credential's own expiry
+// (a lease, an access token): never served past it, less a margin of a sixth
+// of what is left, at most 10 s, for clock skew and the request in flight.
+func credentialLifetimes(readAt time.Time, refresh, staleGrace time.Duration, expires time.Time) (freshUntil, expiresAt time.Time) {
+	freshUntil, expiresAt = lifetimes(readAt, refresh, staleGrace)
+	if expires.IsZero() {
+		return freshUntil, expiresAt
+	}
+	usable := expires.Add(-min(10*time.Second, expires.Sub(readAt)/6))
+	if usable.Before(expiresAt) {
+		expiresAt = usable
+	}
+	if usable.Before(freshUntil) {
+		freshUntil = usable
+	}
+	return freshUntil, expiresAt
+}

@@ -36,7 +36,9 @@ const (
 // service-account token (the one presented on a request, or one minted by
 // TokenRequest for a prefetched identity), renews the Vault token past half
 // its life, logs in again when told to, and revokes the token it replaces, so
-// Vault holds one live token per identity.
+// Vault holds one live token per identity. A replaced token is revoked once
+// the refresh that replaced it is done (retire), not at once: the leases read
+// with it stay valid until their successors are in the cache.
 type session struct {
 	id     authz.Identity
 	vault  vault
@@ -58,6 +60,7 @@ type session struct {
 	issued   time.Time
 	expires  time.Time
 	renew    bool // the token is renewable
+	retired  []string
 }
 
 func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveClock, revoke func(string)) *session {
@@ -176,9 +179,38 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	old := s.token
 	s.token, s.issued, s.expires, s.renew = l.Token, now, now.Add(l.TTL), l.Renewable
 	s.mu.Unlock()
-	if old != "" && s.revoke != nil {
-		// One live Vault token per identity: Vault's storage stays flat.
-		s.revoke(old)
+	if old != "" {
+		s.mu.Lock()
+		s.retired = append(s.retired, old)
+		s.mu.Unlock()
 	}
 	return l.Token, nil
+}
+
+// retire revokes the tokens replaced since the last call: one live Vault
+// token per identity, so Vault's storage stays flat, and the leases read
+// with a replaced token end with it.
+func (s *session) retire() {
+	s.mu.Lock()
+	old := s.retired
+	s.retired = nil
+	s.mu.Unlock()
+	if s.revoke == nil {
+		return
+	}
+	for _, t := range old {
+		s.revoke(t)
+	}
+}
+
+// close revokes the session's tokens (the identity is forgotten); Vault
+// revokes the leases read with them.
+func (s *session) close() {
+	s.mu.Lock()
+	if s.token != "" {
+		s.retired = append(s.retired, s.token)
+	}
+	s.token, s.issued, s.expires, s.renew = "", time.Time{}, time.Time{}, false
+	s.mu.Unlock()
+	s.retire()
 }

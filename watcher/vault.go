@@ -28,8 +28,15 @@ type vault interface {
 	RenewSelf(ctx context.Context, token string) (time.Duration, error)
 	// Read reads path (a full logical path, e.g. "secret/data/egress/ns/sa").
 	Read(ctx context.Context, token, path string) (*vaultapi.Secret, error)
-	// RevokeSelf revokes token.
+	// RevokeSelf revokes token (and, in Vault, every lease it holds).
 	RevokeSelf(ctx context.Context, token string) error
+	// RenewLease extends a secret's lease by increment (sys/leases/renew,
+	// which Vault's default policy allows); it returns the new TTL, which
+	// Vault caps at the lease's max TTL.
+	RenewLease(ctx context.Context, token, leaseID string, increment time.Duration) (time.Duration, error)
+	// RevokeLease revokes a secret's lease (sys/leases/revoke; the policy
+	// must allow it, else the lease ends at its TTL).
+	RevokeLease(ctx context.Context, token, leaseID string) error
 }
 
 // vaultLogin is a Vault token obtained by a login.
@@ -215,6 +222,31 @@ func (c *vaultClient) Read(ctx context.Context, token, path string) (*vaultapi.S
 func (c *vaultClient) RevokeSelf(ctx context.Context, token string) error {
 	return c.with(ctx, "revoke", token, func(vc *vaultapi.Client) error {
 		if err := vc.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+			return classify(err)
+		}
+		return nil
+	})
+}
+
+func (c *vaultClient) RenewLease(ctx context.Context, token, leaseID string, increment time.Duration) (time.Duration, error) {
+	var ttl time.Duration
+	err := c.with(ctx, "renew_lease", token, func(vc *vaultapi.Client) error {
+		s, err := vc.Sys().RenewWithContext(ctx, leaseID, int(increment/time.Second))
+		if err != nil {
+			return classify(err)
+		}
+		if s == nil {
+			return authz.Deny(authz.ReasonVaultUnavailable, errors.New("lease renew returned nothing"))
+		}
+		ttl = time.Duration(s.LeaseDuration) * time.Second
+		return nil
+	})
+	return ttl, err
+}
+
+func (c *vaultClient) RevokeLease(ctx context.Context, token, leaseID string) error {
+	return c.with(ctx, "revoke_lease", token, func(vc *vaultapi.Client) error {
+		if err := vc.Sys().RevokeWithContext(ctx, leaseID); err != nil {
 			return classify(err)
 		}
 		return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 
@@ -18,13 +19,22 @@ import (
 	"github.com/credinject/credinject/cache"
 )
 
-// Route is one credential per identity: where it lives in Vault and how it is
+// Route is one credential per identity: where it comes from and how it is
 // injected. The default route has the empty name.
 type Route struct {
-	Name   string
-	Path   string // "egress/{namespace}/{serviceaccount}"
+	Name string
+	// Source is how the credential is obtained (empty: SourceKV).
+	Source Source
+	// Path is the KV v2 path under the KV mount (kv,
+	// oauth2-client-credentials) or the full Vault path (vault-read,
+	// vault-identity-token), with {namespace} and {serviceaccount}.
+	Path   string
 	Header string // lower-case header name
 	Value  string // "Bearer {api_key}"
+	// TokenURL, Scopes and ClientAuth configure oauth2-client-credentials.
+	TokenURL   string
+	Scopes     []string
+	ClientAuth ClientAuth
 }
 
 // Store is the credential cache as the watcher sees it
@@ -64,6 +74,9 @@ type Config struct {
 	// CallTimeout bounds one refresh of one identity (default 10s).
 	CallTimeout time.Duration
 	Store       Store
+	// TokenClient makes the OAuth2 token requests (nil: a client with a 10s
+	// timeout).
+	TokenClient *http.Client
 	// Minter mints tokens for prefetched identities; nil disables prefetch.
 	Minter     TokenMinter
 	Clock      clock.WithTicker
@@ -73,19 +86,19 @@ type Config struct {
 }
 
 // Watcher keeps identities' credentials in the Store: one session and one
-// refresher goroutine per identity, one Provider for every route. It
+// refresher goroutine per identity, one Provider per source. It
 // satisfies the checker's CredentialSource and the events package's
 // Refresher and Resyncer.
 type Watcher struct {
-	cfg      Config
-	vault    vault
-	provider Provider
-	routes   map[string]Route
-	metrics  *metrics
-	base     context.Context
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
-	flight   singleflight.Group
+	cfg       Config
+	vault     vault
+	providers map[Source]Provider
+	routes    map[string]Route
+	metrics   *metrics
+	base      context.Context
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	flight    singleflight.Group
 
 	mu  sync.Mutex // guards ids
 	ids map[string]*identity
@@ -104,11 +117,27 @@ func New(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("watcher: Concurrency must be positive, got %d", cfg.Concurrency)
 	}
 	v := &vaultClient{base: cfg.Vault, authMount: cfg.AuthMount, role: cfg.Role, sem: make(chan struct{}, cfg.Concurrency), calls: m.call}
-	return newWatcher(cfg, v, kvProvider{vault: v, mount: cfg.KVMount}, m)
+	return newWatcher(cfg, v, nil, m)
 }
 
-// newWatcher builds a Watcher over any vault and provider (tests pass fakes).
-func newWatcher(cfg Config, v vault, p Provider, m *metrics) (*Watcher, error) {
+// providers builds one Provider per source over v.
+func providers(cfg Config, v vault, m *metrics) map[Source]Provider {
+	kv := kvProvider{vault: v, mount: cfg.KVMount}
+	client := cfg.TokenClient
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	return map[Source]Provider{
+		SourceKV:            kv,
+		SourceVaultRead:     newLeaseProvider(v, cfg.Clock, cfg.Log.With("source", string(SourceVaultRead))),
+		SourceOAuth2:        oauth2Provider{kv: kv, client: client, clock: cfg.Clock, calls: m.tokenCall},
+		SourceIdentityToken: identityTokenProvider{vault: v, clock: cfg.Clock},
+	}
+}
+
+// newWatcher builds a Watcher over any vault (tests pass fakes); ps
+// overrides the providers of some sources.
+func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watcher, error) {
 	if cfg.Store == nil || len(cfg.Routes) == 0 {
 		return nil, errors.New("watcher: a Store and at least one Route are required")
 	}
@@ -130,12 +159,25 @@ func newWatcher(cfg Config, v vault, p Provider, m *metrics) (*Watcher, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	all := providers(cfg, v, m)
+	for src, p := range ps {
+		all[src] = p
+	}
 	routes := make(map[string]Route, len(cfg.Routes))
 	for _, r := range cfg.Routes {
+		if r.Source == "" {
+			r.Source = SourceKV
+		}
+		if all[r.Source] == nil {
+			return nil, fmt.Errorf("watcher: route %q: unknown source %q", r.Name, r.Source)
+		}
+		if r.Source == SourceOAuth2 && r.TokenURL == "" {
+			return nil, fmt.Errorf("watcher: route %q: %s needs a TokenURL", r.Name, r.Source)
+		}
 		routes[r.Name] = r
 	}
 	base, stop := context.WithCancel(context.Background())
-	return &Watcher{cfg: cfg, vault: v, provider: p, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{}}, nil
+	return &Watcher{cfg: cfg, vault: v, providers: all, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{}}, nil
 }
 
 // Close stops every identity's refresher and waits for them.
@@ -192,10 +234,23 @@ func (w *Watcher) Forget(id authz.Identity) {
 	w.mu.Unlock()
 	if x != nil {
 		x.stop()
+		w.release(x)
 	}
 	for name := range w.routes {
 		w.cfg.Store.Delete(name, id.Key)
 	}
+}
+
+// release lets go of what x holds beyond the cache: the providers' state
+// and its Vault token, whose revocation makes Vault revoke the leases read
+// with it.
+func (w *Watcher) release(x *identity) {
+	for name, rt := range w.routes {
+		if r, ok := w.providers[rt.Source].(Releaser); ok {
+			r.Release(x.Identity, name)
+		}
+	}
+	x.session.close()
 }
 
 // forgetLoop stops watching x but keeps its (negative) entries: an identity
@@ -208,6 +263,7 @@ func (w *Watcher) forgetLoop(x *identity) {
 	}
 	w.mu.Unlock()
 	x.stop()
+	w.release(x)
 }
 
 // Credential is the checker's miss path: it returns id's entry for route,
@@ -232,6 +288,7 @@ func (w *Watcher) Credential(ctx context.Context, route string, id authz.Identit
 		fctx, cancel := context.WithTimeout(w.base, w.cfg.CallTimeout)
 		defer cancel()
 		e, err := w.refreshRoute(fctx, x, route, "miss")
+		x.session.retire()
 		w.settle(x, err)
 		if e != nil {
 			return e, nil
@@ -289,6 +346,7 @@ func (w *Watcher) Refresh(ctx context.Context, scope authz.Scope) error {
 			if scope.Route != "" {
 				if x.watches(scope.Route) {
 					_, err = w.refreshRoute(cctx, x, scope.Route, "event")
+					x.session.retire()
 				}
 			} else {
 				err = w.refreshAll(cctx, x, "event")

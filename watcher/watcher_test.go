@@ -139,7 +139,12 @@ func TestSessionTokenModes(t *testing.T) {
 			if err == nil && (tok == before) != tc.sameToken {
 				t.Errorf("token %q, before %q: same = %v, want %v", tok, before, tok == before, tc.sameToken)
 			}
-			// One live Vault token per identity: a replaced token is revoked.
+			// One live Vault token per identity: a replaced token is revoked
+			// once the refresh that replaced it is done.
+			if len(revoked) != 0 {
+				t.Errorf("revoked %v before the refresh was done", revoked)
+			}
+			s.retire()
 			if err == nil && before != "" && tok != before && (len(revoked) != 1 || revoked[0] != before) {
 				t.Errorf("replaced %q but revoked %v", before, revoked)
 			}

@@ -234,10 +234,16 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 func watcherRoutes(cfg config.Config) []watcher.Route {
 	var rs []watcher.Route
 	if cfg.HasDefaultRoute() {
-		rs = append(rs, watcher.Route{Name: "", Path: cfg.Vault.Path, Header: cfg.Inject.Header, Value: cfg.Inject.Value})
+		rs = append(rs, watcher.Route{
+			Name: "", Source: watcher.Source(cfg.Source), Path: cfg.Vault.Path, Header: cfg.Inject.Header, Value: cfg.Inject.Value,
+			TokenURL: cfg.TokenURL, Scopes: cfg.Scopes, ClientAuth: watcher.ClientAuth(cfg.ClientAuth),
+		})
 	}
 	for _, r := range cfg.Routes {
-		rs = append(rs, watcher.Route{Name: r.Name, Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value})
+		rs = append(rs, watcher.Route{
+			Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value,
+			TokenURL: r.TokenURL, Scopes: r.Scopes, ClientAuth: watcher.ClientAuth(r.ClientAuth),
+		})
 	}
 	return rs
 }

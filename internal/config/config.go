@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -28,6 +29,12 @@ type Config struct {
 	Events     Events     `yaml:"events"`
 	Prefetch   Prefetch   `yaml:"prefetch"`
 	Routes     []Route    `yaml:"routes"`
+	// Source, TokenURL, Scopes and ClientAuth are the default route's
+	// credential source (see Route).
+	Source     string   `yaml:"source"`
+	TokenURL   string   `yaml:"tokenURL"`
+	Scopes     []string `yaml:"scopes"`
+	ClientAuth string   `yaml:"clientAuth"`
 	// DefaultRoute: whether hosts that match no route use the top-level
 	// vault.path and inject (default true). When false they get no_route.
 	DefaultRoute *bool `yaml:"defaultRoute"`
@@ -140,12 +147,37 @@ type Prefetch struct {
 	StaleGrace time.Duration `yaml:"staleGrace"`
 }
 
-// Route is a per-host override of the Vault path and the injection.
+// Route is a per-host credential: its source, its path and the injection.
 type Route struct {
-	Name   string   `yaml:"name"`
-	Hosts  []string `yaml:"hosts"`
-	Path   string   `yaml:"path"`
-	Inject Inject   `yaml:"inject"`
+	Name  string   `yaml:"name"`
+	Hosts []string `yaml:"hosts"`
+	// Source is how the credential is obtained: kv (default; Path is a KV v2
+	// path under vault.kvMount), vault-read (Path is any Vault path, its
+	// lease kept), oauth2-client-credentials (Path is the KV v2 secret with
+	// client_id and client_secret; TokenURL, Scopes, ClientAuth say how to
+	// ask) or vault-identity-token (Path is identity/oidc/token/<role>).
+	Source     string   `yaml:"source"`
+	Path       string   `yaml:"path"`
+	TokenURL   string   `yaml:"tokenURL"`
+	Scopes     []string `yaml:"scopes"`
+	ClientAuth string   `yaml:"clientAuth"`
+	Inject     Inject   `yaml:"inject"`
+}
+
+// The credential sources (routes[].source, source).
+const (
+	SourceKV            = "kv"
+	SourceVaultRead     = "vault-read"
+	SourceOAuth2        = "oauth2-client-credentials"
+	SourceIdentityToken = "vault-identity-token"
+)
+
+// sourceInject is the injection of a route that names none, per source:
+// kv takes the top-level inject; vault-read has no default (its fields are
+// the engine's).
+var sourceInject = map[string]Inject{
+	SourceOAuth2:        {Header: "authorization", Value: "Bearer {access_token}"},
+	SourceIdentityToken: {Header: "authorization", Value: "Bearer {token}"},
 }
 
 // Cache sizes the in-memory caches and the token result lifetimes.
@@ -306,6 +338,16 @@ func (c *Config) Validate() error {
 	if err := CheckPath(c.Vault.Path); err != nil {
 		bad("vault.path", "%v", err)
 	}
+	if c.Source == "" {
+		c.Source = SourceKV
+	}
+	if in, ok := sourceInject[c.Source]; ok && c.Inject == Default().Inject {
+		// The KV default ({api_key}) means nothing to a minted source.
+		c.Inject = in
+	}
+	for _, e := range checkSource("", c.Source, c.TokenURL, c.Scopes, &c.ClientAuth) {
+		bad(e[0], "%s", e[1])
+	}
 	if err := c.Inject.check(); err != nil {
 		bad("inject", "%v", err)
 	}
@@ -341,6 +383,13 @@ func (c *Config) Validate() error {
 	if c.Cache.Capacity <= 0 || c.Cache.TokenTTL <= 0 || c.Cache.TokenNegative <= 0 || c.Cache.DeniedTTL <= 0 {
 		bad("cache", "capacity and TTLs must be positive")
 	}
+	c.checkRoutes(bad)
+	return errors.Join(errs...)
+}
+
+// checkRoutes validates and completes the routes: names, hosts, source,
+// path and injection (defaults from the top level or the source).
+func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
 	names := map[string]bool{}
 	hosts := map[string]bool{}
 	for i := range c.Routes {
@@ -370,6 +419,15 @@ func (c *Config) Validate() error {
 			bad(key+".name", "%q is used twice", r.Name)
 		}
 		names[r.Name] = true
+		if r.Source == "" {
+			r.Source = SourceKV
+		}
+		for _, e := range checkSource(key+".", r.Source, r.TokenURL, r.Scopes, &r.ClientAuth) {
+			bad(e[0], "%s", e[1])
+		}
+		if r.Path == "" && (r.Source == SourceVaultRead || r.Source == SourceIdentityToken) {
+			bad(key+".path", "source %s needs its own path (a full Vault path)", r.Source)
+		}
 		if r.Path == "" {
 			r.Path = c.Vault.Path
 		}
@@ -377,13 +435,49 @@ func (c *Config) Validate() error {
 			bad(key+".path", "%v", err)
 		}
 		if r.Inject == (Inject{}) {
-			r.Inject = c.Inject
+			r.Inject = sourceInject[r.Source]
+			if r.Source == SourceKV {
+				r.Inject = c.Inject
+			}
 		}
 		if err := r.Inject.check(); err != nil {
 			bad(key+".inject", "%v", err)
 		}
 	}
-	return errors.Join(errs...)
+}
+
+// checkSource validates a source and the keys only oauth2-client-credentials
+// takes; it defaults clientAuth to basic there. It returns (key, message)
+// pairs, keys prefixed with prefix.
+func checkSource(prefix, source, tokenURL string, scopes []string, clientAuth *string) [][2]string {
+	var errs [][2]string
+	switch source {
+	case SourceKV, SourceVaultRead, SourceIdentityToken:
+		for key, set := range map[string]bool{"tokenURL": tokenURL != "", "scopes": len(scopes) > 0, "clientAuth": *clientAuth != ""} {
+			if set {
+				errs = append(errs, [2]string{prefix + key, fmt.Sprintf("only for source %s, not %s", SourceOAuth2, source)})
+			}
+		}
+	case SourceOAuth2:
+		if u, err := url.Parse(tokenURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			errs = append(errs, [2]string{prefix + "tokenURL", fmt.Sprintf("%q is not an http(s) URL", tokenURL)})
+		}
+		for i, sc := range scopes {
+			if sc == "" || strings.ContainsAny(sc, " \t\r\n\"\\") {
+				errs = append(errs, [2]string{fmt.Sprintf("%sscopes[%d]", prefix, i), fmt.Sprintf("%q is not a scope token", sc)})
+			}
+		}
+		switch *clientAuth {
+		case "":
+			*clientAuth = "basic"
+		case "basic", "post":
+		default:
+			errs = append(errs, [2]string{prefix + "clientAuth", fmt.Sprintf("%q is not one of basic, post", *clientAuth)})
+		}
+	default:
+		errs = append(errs, [2]string{prefix + "source", fmt.Sprintf("%q is not one of %s, %s, %s, %s", source, SourceKV, SourceVaultRead, SourceOAuth2, SourceIdentityToken)})
+	}
+	return errs
 }
 
 func (in *Inject) check() error {

@@ -164,3 +164,69 @@ func FuzzParse(f *testing.F) {
 		_, _ = Parse(strings.NewReader(s))
 	})
 }
+
+// The issue's example of minted sources parses, with each source's defaults.
+func TestSources(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+routes:
+  - name: db-api
+    hosts: [db-api.example.com]
+    source: vault-read
+    path: "database/creds/{namespace}-{serviceaccount}"
+    inject: {header: x-api-key, value: "{password}"}
+  - name: partner
+    hosts: [api.partner.example]
+    source: oauth2-client-credentials
+    path: "egress-oauth/{namespace}/{serviceaccount}"
+    tokenURL: "https://auth.partner.example/oauth2/token"
+    scopes: [read]
+  - name: federated
+    hosts: ["*.cloud.example"]
+    source: vault-identity-token
+    path: "identity/oidc/token/egress-{namespace}"
+  - hosts: [kv.example]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ source, clientAuth, value string }{
+		{"vault-read", "", "{password}"},
+		{"oauth2-client-credentials", "basic", "Bearer {access_token}"},
+		{"vault-identity-token", "", "Bearer {token}"},
+		{"kv", "", "Bearer {api_key}"},
+	}
+	for i, w := range want {
+		r := c.Routes[i]
+		if r.Source != w.source || r.ClientAuth != w.clientAuth || r.Inject.Value != w.value {
+			t.Errorf("routes[%d] = %s %q %q; want %+v", i, r.Source, r.ClientAuth, r.Inject.Value, w)
+		}
+	}
+	if c.Source != "kv" {
+		t.Errorf("top-level source = %q, want kv", c.Source)
+	}
+	top, err := Parse(strings.NewReader("source: vault-identity-token\nvault: {path: identity/oidc/token/egress}\n"))
+	if err != nil || top.Inject.Value != "Bearer {token}" {
+		t.Errorf("top-level identity token: %v %+v", err, top.Inject)
+	}
+}
+
+func TestSourceErrors(t *testing.T) {
+	tests := map[string]struct{ yaml, key string }{
+		"unknown source":            {"routes: [{hosts: [a.b], source: ldap}]", "routes[0].source"},
+		"tokenURL on a kv route":    {"routes: [{hosts: [a.b], tokenURL: 'https://x/t'}]", "routes[0].tokenURL"},
+		"scopes on a vault-read":    {"routes: [{hosts: [a.b], source: vault-read, path: db/creds/x, scopes: [a], inject: {header: x, value: '{password}'}}]", "routes[0].scopes"},
+		"oauth2 without tokenURL":   {"routes: [{hosts: [a.b], source: oauth2-client-credentials}]", "routes[0].tokenURL"},
+		"bad clientAuth":            {"routes: [{hosts: [a.b], source: oauth2-client-credentials, tokenURL: 'https://x/t', clientAuth: jwt}]", "routes[0].clientAuth"},
+		"vault-read without path":   {"routes: [{hosts: [a.b], source: vault-read, inject: {header: x, value: '{password}'}}]", "routes[0].path"},
+		"vault-read without inject": {"routes: [{hosts: [a.b], source: vault-read, path: db/creds/x}]", "routes[0].inject"},
+		"top-level tokenURL on kv":  {"tokenURL: 'https://x/t'", "tokenURL"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.key+":") {
+				t.Fatalf("err = %v; want one naming %s", err, tc.key)
+			}
+		})
+	}
+}

@@ -56,7 +56,9 @@ func (g Guide) Write(w io.Writer) error {
 	p("")
 	var first, denied Identity
 	for _, id := range s.Identities {
-		if id.Key != "" {
+		if id.Minted {
+			p("  # %s: its requests to *.cloud.example get authorization: Bearer <a JWT Vault mints for its own entity>", id.Name())
+		} else if id.Key != "" {
 			p("  # %s: its requests get authorization: Bearer %s", id.Name(), id.Key)
 			if first.Token == "" {
 				first = id
@@ -71,6 +73,9 @@ func (g Guide) Write(w io.Writer) error {
 	p("Forward-auth, as nginx auth_request, Traefik or Caddy ask it (see deploy/nginx):")
 	p("")
 	for _, id := range s.Identities {
+		if id.Minted {
+			continue
+		}
 		p(`  curl -si %s/check -H "Authorization: Bearer $%s"`, url, TokenVar(id))
 		if id.Key != "" {
 			p("    -> 200, authorization: Bearer %s", id.Key)
@@ -80,6 +85,17 @@ func (g Guide) Write(w io.Writer) error {
 	}
 	p("  curl -si %s/check", url)
 	p("    -> 401, www-authenticate: Bearer, x-credinject-reason: missing_token")
+	for _, id := range s.Identities {
+		if !id.Minted {
+			continue
+		}
+		p("")
+		p("A minted credential (route federated, source vault-identity-token): a JWT from Vault's identity engine,")
+		p("for the workload's own Vault entity, refreshed before it expires:")
+		p("")
+		p(`  curl -si %s/check -H "Authorization: Bearer $%s" -H "X-Forwarded-Host: %s"`, url, TokenVar(id), FederatedHost)
+		p("    -> 200, authorization: Bearer eyJ… (sub: the entity; keys at %s/v1/identity/oidc/.well-known/keys)", s.VaultAddr)
+	}
 	p("")
 	p("Envoy ext_authz over gRPC (grpcurl; the server has reflection):")
 	p("")

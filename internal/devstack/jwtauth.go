@@ -19,6 +19,8 @@ type JWTAuth struct {
 	// Role and Policy are the names of the role credinject logs in with and
 	// of the templated read policy it grants.
 	Role, Policy string
+	// ExtraPolicies are granted too (written elsewhere).
+	ExtraPolicies []string
 	// Issuer is the expected "iss"; PublicKey verifies the signatures.
 	Issuer    string
 	PublicKey crypto.PublicKey
@@ -108,7 +110,7 @@ func ConfigureJWTAuth(ctx context.Context, c *vaultapi.Client, a JWTAuth) error 
 			"/kubernetes.io/namespace":           metaNamespace,
 			"/kubernetes.io/serviceaccount/name": metaServiceAccount,
 		},
-		"token_policies": []string{a.Policy},
+		"token_policies": append([]string{a.Policy}, a.ExtraPolicies...),
 		"token_ttl":      a.TTL,
 	}); err != nil {
 		return fmt.Errorf("devstack: auth/%s/role/%s: %w", a.Mount, a.Role, err)
@@ -139,4 +141,27 @@ func sameData(a, b map[string]any) bool {
 		}
 	}
 	return true
+}
+
+// ConfigureIdentityTokens sets up Vault's identity secrets engine for the
+// demo's minted route: a signing key, the role egress-federated (the route's
+// path is identity/oidc/token/egress-{namespace}) and policy, which lets a
+// login mint tokens of the egress-* roles, each for its own entity.
+// Idempotent.
+func ConfigureIdentityTokens(ctx context.Context, c *vaultapi.Client, policy string) error {
+	l := c.Logical()
+	if _, err := l.WriteWithContext(ctx, "identity/oidc/key/egress", map[string]any{
+		"allowed_client_ids": "*", "algorithm": "RS256", "rotation_period": "24h", "verification_ttl": "24h",
+	}); err != nil {
+		return fmt.Errorf("devstack: identity/oidc/key/egress: %w", err)
+	}
+	if _, err := l.WriteWithContext(ctx, "identity/oidc/role/egress-federated", map[string]any{
+		"key": "egress", "ttl": "15m",
+	}); err != nil {
+		return fmt.Errorf("devstack: identity/oidc/role/egress-federated: %w", err)
+	}
+	if err := c.Sys().PutPolicyWithContext(ctx, policy, `path "identity/oidc/token/egress-*" { capabilities = ["read"] }`); err != nil {
+		return fmt.Errorf("devstack: policy %s: %w", policy, err)
+	}
+	return nil
 }

@@ -31,27 +31,40 @@ const (
 	Role             = "egress-workload"
 	Policy           = "egress-read"
 	KVMount          = "secret"
+	// FederatedHost is a host of the demo's minted route: requests to
+	// *.cloud.example get a JWT Vault's identity engine mints for the
+	// workload's own entity (source vault-identity-token).
+	FederatedHost = "storage.cloud.example"
+	// IdentityTokenPolicy lets the demo role mint identity tokens.
+	IdentityTokenPolicy = "egress-identity-token"
 )
 
 // Identity is one demo workload with its token.
 type Identity struct {
 	Namespace, ServiceAccount string
 	// Key is the api_key seeded at secret/egress/<ns>/<sa>; empty for an
-	// identity Vault refuses.
-	Key   string
-	Token string
+	// identity Vault refuses or one whose credential is minted.
+	Key string
+	// Minted: the identity's credential is minted, not stored: a Vault
+	// identity token on the FederatedHost route.
+	Minted bool
+	Token  string
 }
+
+// Bound reports whether Vault accepts the identity's logins.
+func (i Identity) Bound() bool { return i.Key != "" || i.Minted }
 
 // Name is "namespace/serviceaccount".
 func (i Identity) Name() string { return i.Namespace + "/" + i.ServiceAccount }
 
 // Identities of the demo: two with different keys, one that Vault refuses
-// (its namespace is not bound to the role).
+// (its namespace is not bound to the role), one whose credential is minted.
 func demoIdentities() []Identity {
 	return []Identity{
 		{Namespace: "egress-test", ServiceAccount: "default", Key: "sk-test-openai-key-for-egress"},
 		{Namespace: "workload-b", ServiceAccount: "default", Key: "sk-different-key-for-workload-b"},
 		{Namespace: "default", ServiceAccount: "default"},
+		{Namespace: "federated", ServiceAccount: "default", Minted: true},
 	}
 }
 
@@ -157,12 +170,15 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.Identities = demoIdentities()
 	var bound []string
 	for _, id := range s.Identities {
-		if id.Key != "" {
+		if id.Bound() {
 			bound = append(bound, id.Namespace)
 		}
 	}
+	if err := ConfigureIdentityTokens(ctx, s.vault.Client, IdentityTokenPolicy); err != nil {
+		return nil, err
+	}
 	if err := ConfigureJWTAuth(ctx, s.vault.Client, JWTAuth{
-		Mount: AuthMount, Role: Role, Policy: Policy,
+		Mount: AuthMount, Role: Role, Policy: Policy, ExtraPolicies: []string{IdentityTokenPolicy},
 		Issuer: opts.Issuer, PublicKey: s.Issuer.PublicKey(), Audiences: s.Audiences,
 		Namespaces: bound, TTL: "1h",
 	}); err != nil {
@@ -203,6 +219,10 @@ func (s *Stack) Config(grpcAddr, httpAddr string) config.Config {
 	c.Vault.Role = Role
 	c.Vault.KVMount = KVMount
 	c.Events.NatsURL = s.NATSURL
+	c.Routes = []config.Route{{
+		Name: "federated", Hosts: []string{"*.cloud.example"}, Source: config.SourceIdentityToken,
+		Path: "identity/oidc/token/egress-{namespace}",
+	}}
 	return c
 }
 

@@ -136,7 +136,7 @@ func TestDev(t *testing.T) {
 	grpcAddr, httpAddr := ports[0], ports[1]
 	d := startDev(t, grpcAddr, httpAddr)
 	tokens := d.exports()
-	for _, v := range []string{"TOKEN_EGRESS_TEST", "TOKEN_WORKLOAD_B", "TOKEN_DEFAULT"} {
+	for _, v := range []string{"TOKEN_EGRESS_TEST", "TOKEN_WORKLOAD_B", "TOKEN_DEFAULT", "TOKEN_FEDERATED"} {
 		if strings.Count(tokens[v], ".") != 2 {
 			t.Fatalf("the guide exports no token %s: %v", v, tokens)
 		}
@@ -167,6 +167,29 @@ func TestDev(t *testing.T) {
 			if tc.status == 401 && r.header.Get("WWW-Authenticate") != "Bearer" {
 				t.Fatalf("%s: WWW-Authenticate %q, want Bearer", tc.name, r.header.Get("WWW-Authenticate"))
 			}
+		}
+	})
+
+	t.Run("the printed curl of the minted source answers a Vault identity token", func(t *testing.T) {
+		line := d.line(t, "X-Forwarded-Host: "+devstack.FederatedHost)
+		if !strings.Contains(line, "$TOKEN_FEDERATED") {
+			t.Fatalf("minted curl line: %q", line)
+		}
+		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/check", nil)
+		req.Header.Set("Authorization", "Bearer "+tokens["TOKEN_FEDERATED"])
+		req.Header.Set("X-Forwarded-Host", devstack.FederatedHost)
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		raw, ok := strings.CutPrefix(resp.Header.Get("Authorization"), "Bearer eyJ")
+		if resp.StatusCode != http.StatusOK || !ok {
+			t.Fatalf("status %d, Authorization %q; want 200 with a JWT", resp.StatusCode, resp.Header.Get("Authorization"))
+		}
+		claims := verifyVaultJWT(t, strings.Fields(d.line(t, "Vault "))[1], "eyJ"+raw)
+		if sub, _ := claims["sub"].(string); sub == "" {
+			t.Fatalf("claims %v name no entity", claims)
 		}
 	})
 

@@ -26,6 +26,8 @@ type Env struct {
 	Kube  *Kube
 	Vault *Vault
 	NATS  *NATS
+	pg    *Postgres
+	hydra *Hydra
 }
 
 var current *Env
@@ -116,6 +118,12 @@ func Start(ctx context.Context, dir string, parts Part) (*Env, error) {
 
 // Stop stops every part.
 func (e *Env) Stop() {
+	if e.pg != nil {
+		e.pg.Stop()
+	}
+	if e.hydra != nil {
+		e.hydra.Stop()
+	}
 	if e.NATS != nil {
 		e.NATS.Stop()
 	}

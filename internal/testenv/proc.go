@@ -25,6 +25,11 @@ type proc struct {
 	bin     string
 	args    []string
 	logPath string
+	// cred, when set, runs the process as another user (PostgreSQL refuses
+	// to run as root).
+	cred *syscall.Credential
+	// env, when set, is the process's whole environment.
+	env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -39,10 +44,11 @@ func (p *proc) start() error {
 		return err
 	}
 	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = p.env
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// The server dies with the test binary, even if the binary is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true, Credential: p.cred}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("%s: start: %w", p.name, err)

@@ -44,8 +44,9 @@ type Vault struct {
 	opts devstack.VaultOptions
 	proc *devstack.Vault
 
-	mu    sync.Mutex
-	bound []string
+	mu       sync.Mutex
+	bound    []string
+	policies []string
 }
 
 // StartVault starts Vault in dir and, when kube is not nil, configures the
@@ -81,7 +82,8 @@ func StartVaultWith(ctx context.Context, dir string, kube *Kube, o VaultOptions)
 	}
 	v := &Vault{
 		Addr: scheme + "://127.0.0.1:" + strconv.Itoa(port), RootToken: devstack.RootToken, bound: []string{BoundNamespace},
-		opts: devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir, TLS: tls, Namespace: o.Namespace},
+		policies: []string{VaultPolicy},
+		opts:     devstack.VaultOptions{Bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir, TLS: tls, Namespace: o.Namespace},
 	}
 	if err := v.Start(ctx); err != nil {
 		return nil, err
@@ -154,11 +156,12 @@ func (v *Vault) setup(ctx context.Context, kube *Kube) error {
 func (v *Vault) writeRole(ctx context.Context) error {
 	v.mu.Lock()
 	bound := strings.Join(v.bound, ",")
+	policies := strings.Join(v.policies, ",")
 	v.mu.Unlock()
 	_, err := v.Client.Logical().WriteWithContext(ctx, "auth/"+VaultKubeMount+"/role/"+VaultRole, map[string]any{
 		"bound_service_account_names":      "*",
 		"bound_service_account_namespaces": bound,
-		"token_policies":                   VaultPolicy,
+		"token_policies":                   policies,
 		"ttl":                              "1h",
 	})
 	if err != nil {
@@ -172,6 +175,20 @@ func (v *Vault) BindNamespace(ctx context.Context, ns string) error {
 	v.mu.Lock()
 	if !slices.Contains(v.bound, ns) {
 		v.bound = append(v.bound, ns)
+	}
+	v.mu.Unlock()
+	return v.writeRole(ctx)
+}
+
+// AddPolicy writes the policy name and gives it to the egress-workload role
+// too (for the paths of minted sources).
+func (v *Vault) AddPolicy(ctx context.Context, name, hcl string) error {
+	if err := v.Client.Sys().PutPolicyWithContext(ctx, name, hcl); err != nil {
+		return fmt.Errorf("testenv: policy %s: %w", name, err)
+	}
+	v.mu.Lock()
+	if !slices.Contains(v.policies, name) {
+		v.policies = append(v.policies, name)
 	}
 	v.mu.Unlock()
 	return v.writeRole(ctx)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real servers of credinject's test bed (Vault, kube-apiserver,
-# kubectl) from the Go module proxy into a cache outside the repository, keyed
+# kubectl, Ory Hydra) from the Go module proxy into a cache outside the repository, keyed
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints the binary directory of each tool and how long each build took.
 #
-#   build.sh [vault] [kube]     (default: all)
+#   build.sh [vault] [kube] [hydra]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -53,21 +53,37 @@ build_kube() {
   echo "kube: built in $((SECONDS - t0))s -> $out"
 }
 
+build_hydra() {
+  local out; out=$(key hydra 2.3.0)
+  if [ -x "$out/hydra" ]; then echo "hydra: cached in $out"; return; fi
+  lock hydra
+  if [ -x "$out/hydra" ]; then echo "hydra: cached in $out"; return; fi
+  local t0=$SECONDS
+  echo "hydra: building Ory Hydra 2.3.0 (cgo sqlite for DSN=memory; cold: several minutes on 2 cores)…"
+  rm -rf "$out.tmp"
+  (cd "$here/hydra" && CGO_ENABLED=1 go build -trimpath -tags sqlite,sqlite_omit_load_extension -ldflags "-s -w" \
+    -o "$out.tmp/hydra" github.com/ory/hydra/v2)
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "hydra: built in $((SECONDS - t0))s -> $out"
+}
+
 if [ "${1:-}" = path ]; then
   name=${2:?build.sh path NAME}
   case $name in
     vault) build_vault >&2; key vault 1.21.4 ;;
     kube) build_kube >&2; key kube 1.37.2 ;;
+    hydra) build_hydra >&2; key hydra 2.3.0 ;;
     *) echo "build.sh: unknown tool $name" >&2; exit 2 ;;
   esac
   exit 0
 fi
 
-what=${*:-vault kube}
+what=${*:-vault kube hydra}
 for w in $what; do
   case $w in
     vault) build_vault ;;
     kube) build_kube ;;
+    hydra) build_hydra ;;
     *) echo "build.sh: unknown tool $w" >&2; exit 2 ;;
   esac
 done

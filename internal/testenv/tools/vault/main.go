@@ -45,13 +45,17 @@ import (
 	kv "github.com/hashicorp/vault-plugin-secrets-kv"
 	"github.com/hashicorp/vault/api"
 	"github.com/hashicorp/vault/audit"
+	"github.com/hashicorp/vault/builtin/logical/database"
 	"github.com/hashicorp/vault/helper/namespace"
 	"github.com/hashicorp/vault/helper/testhelpers/corehelpers"
 	vaulthttp "github.com/hashicorp/vault/http"
 	"github.com/hashicorp/vault/internalshared/configutil"
+	dbpostgres "github.com/hashicorp/vault/plugins/database/postgresql"
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/physical/file"
 	"github.com/hashicorp/vault/vault"
+	"github.com/hashicorp/vault/vault/plugincatalog"
 	vaultseal "github.com/hashicorp/vault/vault/seal"
 )
 
@@ -135,8 +139,8 @@ func run(addr, dir, rootToken, logLevel string, tf tlsFiles, ns string) error {
 		Physical:           phys,
 		Logger:             logger,
 		DisableMlock:       true,
-		BuiltinRegistry:    corehelpers.NewMockBuiltinRegistry(),
-		LogicalBackends:    map[string]logical.Factory{"kv": kv.Factory},
+		BuiltinRegistry:    registry{corehelpers.NewMockBuiltinRegistry()},
+		LogicalBackends:    map[string]logical.Factory{"kv": kv.Factory, "database": database.Factory},
 		CredentialBackends: map[string]logical.Factory{"kubernetes": kubeauth.Factory, "jwt": jwtauth.Factory},
 		AuditBackends:      map[string]audit.Factory{"file": audit.NewFileBackend, "socket": audit.NewSocketBackend},
 	})
@@ -232,6 +236,20 @@ func bootstrapPrivately(handler http.Handler, dir, rootToken string) error {
 	go srv.Serve(ln)
 	defer srv.Close()
 	return bootstrap("http://"+ln.Addr().String(), string(initToken), rootToken)
+}
+
+// registry is the test helpers' builtin registry with the real PostgreSQL
+// database plugin in place of its stub, so the database secrets engine hands
+// out real, leased PostgreSQL users.
+type registry struct {
+	plugincatalog.BuiltinRegistry
+}
+
+func (r registry) Get(name string, t consts.PluginType) (func() (interface{}, error), bool) {
+	if name == "postgresql-database-plugin" && t == consts.PluginTypeDatabase {
+		return dbpostgres.New, true
+	}
+	return r.BuiltinRegistry.Get(name, t)
 }
 
 // bootstrap makes the fresh server look like `vault server -dev`: a fixed root

@@ -109,37 +109,18 @@ func New(files Files, opts Options) (*Reloader, error) {
 	r.cur.Store(st)
 	r.checked = opts.Clock.Now()
 	r.warnValidity(st)
-	if err := r.register(opts.Registerer); err != nil {
+	if r.reloads, err = newMetrics(opts.Registerer, r.notAfter); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-func (r *Reloader) register(reg prometheus.Registerer) error {
-	r.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "credinject_tls_reloads_total",
-		Help: "Certificate files found changed on disk, by result: ok (now served) or error (refused; the previous certificate is still served).",
-	}, []string{"result"})
-	r.reloads.WithLabelValues("ok")
-	r.reloads.WithLabelValues("error")
-	notAfter := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "credinject_tls_certificate_expiry_timestamp_seconds",
-		Help: "Expiry (Unix time) of the serving certificate currently loaded.",
-	}, func() float64 {
-		if leaf := r.cur.Load().cert.Leaf; leaf != nil {
-			return float64(leaf.NotAfter.Unix())
-		}
-		return 0
-	})
-	if reg == nil {
-		return nil
+// notAfter is the loaded certificate's expiry in Unix seconds (0 unknown).
+func (r *Reloader) notAfter() float64 {
+	if leaf := r.cur.Load().cert.Leaf; leaf != nil {
+		return float64(leaf.NotAfter.Unix())
 	}
-	for _, c := range []prometheus.Collector{r.reloads, notAfter} {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("tlsconfig: metrics: %w", err)
-		}
-	}
-	return nil
+	return 0
 }
 
 // ServerConfig is a server configuration, TLS 1.2 or later, whose every

@@ -36,14 +36,15 @@ test: setup tools lint
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:
-	$(GO) test -count=1 ./authz/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/
+	$(GO) test -count=1 ./authz/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/
 
 # Without the race detector, for a quick loop.
 test-short: setup tools
 	$(GO) test -tags bed -timeout 20m ./...
 
+# Built, then run (not `go run`, which turns Ctrl-C into exit status 1).
 run:
-	$(GO) run ./cmd/credinject dev
+	$(GO) build -o bin/credinject ./cmd/credinject && exec ./bin/credinject dev
 
 # The side-by-side harness (noop, credinject, reference) on the real bed, then
 # the Go micro-benchmarks kept beside it for benchstat.

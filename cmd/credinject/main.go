@@ -24,7 +24,8 @@ const usage = `credinject: per-workload credential injection for Envoy egress ga
 
 Usage:
   credinject serve --config FILE [--grpc-addr A] [--http-addr A] [--log-level L]
-  credinject dev [--data DIR]           a local demo: Vault, NATS and credinject on loopback
+  credinject dev [--data DIR] [--grpc-addr A] [--http-addr A] [--vault-addr A] [--nats-addr A]
+                 [--token-ttl D] [--log-level L]  a local demo: Vault, NATS and credinject on loopback
   credinject rotate [--vault-addr A] [--nats-url N] NAMESPACE/SERVICEACCOUNT key=value ...
   credinject vault-audit-bridge [flags]  publish rotation events from Vault's audit stream
   credinject version

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credinject/credinject/authz"
@@ -363,12 +364,10 @@ func (r *rig) entry(route string, id authz.Identity) *cache.Entry {
 // eventually polls cond until it holds or 10 s pass.
 func (r *rig) eventually(what string, cond func() bool) {
 	r.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond) // polling a condition with a deadline
+	err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil })
+	if err != nil {
+		r.t.Fatalf("timed out waiting for %s: %v", what, err)
 	}
 }
 

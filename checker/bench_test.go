@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	jose "github.com/go-jose/go-jose/v4"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
@@ -22,8 +23,6 @@ import (
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/internal/satoken"
 	"github.com/credinject/credinject/kube"
-
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
 
 // BenchmarkCheck measures the hot path in-process: ext_authz Check on a token

@@ -7,10 +7,10 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/credinject/credinject/authz"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
 

@@ -5,8 +5,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/credinject/credinject/authz"
-
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -14,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
 
@@ -63,25 +62,25 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 // requestHeaders finds the token and the host. Envoy sends header names in
 // lower case; other gRPC clients may not, so a missing lower-case key falls
 // back to a case-insensitive scan (no allocation either way).
-func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authz, host string) {
+func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authorization, host string) {
 	if h == nil {
 		return "", ""
 	}
 	host = h.GetHost()
 	if hs := h.GetHeaders(); len(hs) > 0 {
-		authz = header(hs, headerAuthorization)
+		authorization = header(hs, headerAuthorization)
 		if host == "" {
 			host = header(hs, ":authority")
 		}
-		return authz, host
+		return authorization, host
 	}
 	// Envoy with encode_raw_headers sends a HeaderMap instead.
 	for _, kv := range h.GetHeaderMap().GetHeaders() {
 		switch k := kv.GetKey(); {
 		case strings.EqualFold(k, headerAuthorization):
-			authz = string(kv.GetRawValue())
-			if authz == "" {
-				authz = kv.GetValue()
+			authorization = string(kv.GetRawValue())
+			if authorization == "" {
+				authorization = kv.GetValue()
 			}
 		case strings.EqualFold(k, ":authority"):
 			if host == "" {
@@ -92,7 +91,7 @@ func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authz, host string)
 			}
 		}
 	}
-	return authz, host
+	return authorization, host
 }
 
 // header returns the value of the header named name (lower case) in any case.

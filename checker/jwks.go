@@ -14,13 +14,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/credinject/credinject/authz"
-	"k8s.io/client-go/rest"
-	"k8s.io/utils/clock"
-
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"golang.org/x/sync/singleflight"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // JWKSConfig configures offline validation of service-account tokens against

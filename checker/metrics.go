@@ -3,8 +3,9 @@ package checker
 import (
 	"fmt"
 
-	"github.com/credinject/credinject/authz"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // metrics are the checker's Prometheus metrics. Counters for every (result,

@@ -19,11 +19,10 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/credinject/credinject/authz"
+	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
-	"golang.org/x/sync/singleflight"
-
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
 

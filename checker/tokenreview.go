@@ -7,11 +7,11 @@ import (
 	"slices"
 	"time"
 
-	"github.com/credinject/credinject/authz"
 	"github.com/prometheus/client_golang/prometheus"
-
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // tokenReviews is the slice of client-go the TokenReview validator needs

@@ -7,9 +7,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/credinject/credinject/authz"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // ServiceAccounts is the informer the Prefetcher follows
@@ -63,8 +64,9 @@ func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers
 			}
 		},
 		func(ns, name string) {
-			p.log.Info("serviceaccount deleted; evicting its credentials", "identity", ns+"/"+name)
-			p.w.Forget(authz.NewIdentity(ns, name))
+			id := authz.NewIdentity(ns, name)
+			p.log.Info("serviceaccount deleted; evicting its credentials", "identity", id.Key)
+			p.w.Forget(id)
 		})
 	return p, err
 }

@@ -6,9 +6,10 @@ import (
 	"log/slog"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/backoff"
-	"k8s.io/utils/clock"
 )
 
 // Retry pauses after a failed publish while the connection is up (a flush

@@ -10,8 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/credinject/credinject/internal/backoff"
 	"k8s.io/utils/clock"
+
+	"github.com/credinject/credinject/internal/backoff"
 )
 
 // lineFunc receives the lines of one input; input names it for logs.

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/credinject/credinject/checker"
-	"github.com/credinject/credinject/internal/tlsconfig"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,6 +20,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/tlsconfig"
 )
 
 // listen builds the gRPC server (ext_authz, health, reflection) and the HTTP

@@ -11,11 +11,11 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
-
-	"github.com/credinject/credinject/internal/devstack"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/credinject/credinject/internal/devstack"
 )
 
 // Names from the reference design (shared/reference).

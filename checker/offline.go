@@ -128,7 +128,7 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 	if c.Expiry != 0 && now.After(time.Unix(c.Expiry, 0).Add(ClockSkew)) {
 		return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "token expired")
 	}
-	key := ns + "/" + name
+	key := authz.NewIdentity(ns, name).Key
 	if b.cfg.ServiceAccounts != nil && !b.cfg.ServiceAccounts.Exists(key, "") {
 		return TokenInfo{}, authz.Denyf(authz.ReasonUnknownServiceAccount, "no service account %s", key)
 	}

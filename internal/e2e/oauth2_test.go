@@ -48,7 +48,7 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := apptest.Start(t, env, cfg)
-	up := newUpstream(t)
+	up := newEchoUpstream(t)
 	gw := startNginx(t, srv.App.HTTPAddr(), up.srv.Listener.Addr().String())
 	client := &http.Client{Timeout: 10 * time.Second}
 	call := func(tok string) (int, string) {
@@ -64,9 +64,9 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			return resp.StatusCode, resp.Header.Get("X-Credinject-Reason")
 		}
-		at, ok := strings.CutPrefix(up.last().Get("Authorization"), "Bearer ")
+		at, ok := strings.CutPrefix(up.last().Header.Get("Authorization"), "Bearer ")
 		if !ok {
-			t.Fatalf("upstream Authorization %q", up.last().Get("Authorization"))
+			t.Fatalf("upstream Authorization %q", up.last().Header.Get("Authorization"))
 		}
 		return resp.StatusCode, at
 	}
@@ -113,7 +113,7 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 		mustLive(at, ids[0].client)
 		return nil
 	})
-	for _, v := range up.all() {
+	for _, v := range up.everything() {
 		for _, w := range ids {
 			if strings.Contains(v, w.secret) || strings.Contains(v, w.token) {
 				t.Fatalf("a client secret or a workload token reached the upstream: %q", v)

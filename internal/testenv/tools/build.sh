@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real servers of credinject's test bed (Vault, kube-apiserver,
-# kubectl, Ory Hydra) from the Go module proxy into a cache outside the repository, keyed
+# kubectl, Ory Hydra, Prometheus's promtool, an OTLP receiver) from the Go module proxy into a cache outside the repository, keyed
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints the binary directory of each tool and how long each build took.
 #
-#   build.sh [vault] [kube] [hydra]     (default: all)
+#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -67,23 +67,53 @@ build_hydra() {
   echo "hydra: built in $((SECONDS - t0))s -> $out"
 }
 
+build_promtool() {
+  local out; out=$(key promtool 0.316.0)
+  if [ -x "$out/promtool" ]; then echo "promtool: cached in $out"; return; fi
+  lock promtool
+  if [ -x "$out/promtool" ]; then echo "promtool: cached in $out"; return; fi
+  local t0=$SECONDS
+  echo "promtool: building Prometheus's promtool v0.316.0 (3.x; cold: several minutes on 2 cores)…"
+  rm -rf "$out.tmp"
+  (cd "$here/promtool" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/promtool" github.com/prometheus/prometheus/cmd/promtool)
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "promtool: built in $((SECONDS - t0))s -> $out"
+}
+
+build_otlpsink() {
+  local out; out=$(key otlpsink 0.165.0)
+  if [ -x "$out/otlpsink" ]; then echo "otlpsink: cached in $out"; return; fi
+  lock otlpsink
+  if [ -x "$out/otlpsink" ]; then echo "otlpsink: cached in $out"; return; fi
+  local t0=$SECONDS
+  echo "otlpsink: building the OpenTelemetry Collector's OTLP receiver v0.165.0 into a span sink…"
+  rm -rf "$out.tmp"
+  (cd "$here/otlpsink" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/otlpsink" .)
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "otlpsink: built in $((SECONDS - t0))s -> $out"
+}
+
 if [ "${1:-}" = path ]; then
   name=${2:?build.sh path NAME}
   case $name in
     vault) build_vault >&2; key vault 1.21.4 ;;
     kube) build_kube >&2; key kube 1.37.2 ;;
     hydra) build_hydra >&2; key hydra 2.3.0 ;;
+    promtool) build_promtool >&2; key promtool 0.316.0 ;;
+    otlpsink) build_otlpsink >&2; key otlpsink 0.165.0 ;;
     *) echo "build.sh: unknown tool $name" >&2; exit 2 ;;
   esac
   exit 0
 fi
 
-what=${*:-vault kube hydra}
+what=${*:-vault kube hydra promtool otlpsink}
 for w in $what; do
   case $w in
     vault) build_vault ;;
     kube) build_kube ;;
     hydra) build_hydra ;;
+    promtool) build_promtool ;;
+    otlpsink) build_otlpsink ;;
     *) echo "build.sh: unknown tool $w" >&2; exit 2 ;;
   esac
 done

@@ -185,7 +185,7 @@ func TestUsageBound(t *testing.T) {
 		r.log.Use(allow(t0, fmt.Sprintf("ns/x%d", i), "", "h", 1)) // dropped
 	}
 	r.log.Use(Use{At: t0, Reason: authz.ReasonInvalidToken, TokenTag: 8}) // dropped
-	r.log.Use(allow(t0.Add(time.Second), "ns/a", "", "h", 1))              // held: counted
+	r.log.Use(allow(t0.Add(time.Second), "ns/a", "", "h", 1))             // held: counted
 	if n := testutil.ToFloat64(r.log.metrics.dropped); n != 6 {
 		t.Fatalf("credinject_audit_dropped_total = %v, want 6", n)
 	}

@@ -63,11 +63,13 @@ type usageStat struct {
 const nShards = 32
 
 type shard struct {
-	mu    sync.Mutex
-	m     map[usageKey]usageStat
-	spare map[usageKey]usageStat // the previous interval's map, cleared
-	n     int64                  // keys in m
-	_     [64]byte               // keep shards off each other's cache lines
+	mu sync.Mutex
+	// idx finds a key's stat in stats: one map lookup per decision, and
+	// both are reused (cleared) from one interval to the next, so a key seen
+	// again costs no allocation.
+	idx   map[usageKey]int32
+	stats []usageStat
+	_     [64]byte // keep shards off each other's cache lines
 }
 
 // usage aggregates decisions per interval, with at most max keys.
@@ -83,8 +85,7 @@ type usage struct {
 func newUsage(maxKeys int, dropped prometheus.Counter) *usage {
 	u := &usage{seed: maphash.MakeSeed(), max: int64(maxKeys), counter: dropped}
 	for i := range u.shards {
-		u.shards[i].m = map[usageKey]usageStat{}
-		u.shards[i].spare = map[usageKey]usageStat{}
+		u.shards[i].idx = map[usageKey]int32{}
 	}
 	return u
 }
@@ -105,7 +106,7 @@ func (u *usage) add(x Use) {
 	}
 	s := &u.shards[h%nShards]
 	s.mu.Lock()
-	st, ok := s.m[k]
+	i, ok := s.idx[k]
 	if !ok {
 		if u.keys.Add(1) > u.max {
 			u.keys.Add(-1)
@@ -114,9 +115,11 @@ func (u *usage) add(x Use) {
 			u.counter.Inc()
 			return
 		}
-		s.n++
-		st.first, st.last = x.At, x.At
+		i = int32(len(s.stats))
+		s.idx[k] = i
+		s.stats = append(s.stats, usageStat{first: x.At, last: x.At})
 	}
+	st := &s.stats[i]
 	st.count++
 	if x.At.Before(st.first) {
 		st.first = x.At
@@ -124,7 +127,6 @@ func (u *usage) add(x Use) {
 	if x.At.After(st.last) {
 		st.last = x.At
 	}
-	s.m[k] = st
 	s.mu.Unlock()
 }
 
@@ -133,13 +135,10 @@ func (u *usage) add(x Use) {
 func (u *usage) take() (allows []usageRecord, denies []deniedRecord, dropped int64) {
 	for i := range u.shards {
 		s := &u.shards[i]
+		// Held under the shard's lock: the interval's own memory, no I/O.
 		s.mu.Lock()
-		m := s.m
-		s.m, s.spare = s.spare, nil
-		u.keys.Add(-s.n)
-		s.n = 0
-		s.mu.Unlock()
-		for k, st := range m {
+		for k, j := range s.idx {
+			st := s.stats[j]
 			if k.reason == authz.ReasonNone {
 				allows = append(allows, usageRecord{Identity: k.identity, Route: k.route, Version: k.version, Host: k.host,
 					Count: st.count, First: st.first.UTC(), Last: st.last.UTC()})
@@ -152,11 +151,9 @@ func (u *usage) take() (allows []usageRecord, denies []deniedRecord, dropped int
 			}
 			denies = append(denies, d)
 		}
-		// Reuse the map's buckets next interval: a key seen again then
-		// costs no allocation.
-		clear(m)
-		s.mu.Lock()
-		s.spare = m
+		u.keys.Add(-int64(len(s.stats)))
+		clear(s.idx)
+		s.stats = s.stats[:0]
 		s.mu.Unlock()
 	}
 	slices.SortFunc(allows, func(a, b usageRecord) int {

@@ -92,7 +92,7 @@ func newRigWith(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 			return r.source(ctx, route, id, token, exp)
 		}),
 		Registerer: prometheus.NewRegistry(), TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
-		Recorder:   rec,
+		Recorder: rec,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -224,7 +224,7 @@ func TestUseDoesNotAllocate(t *testing.T) {
 }
 
 // TestRunFlushesOnTickAndShutdown: Run writes an interval's records when
-// the clock's ticker fires, and the rest when its context ends.
+// the clock's ticker fires, and Close the rest at shutdown.
 func TestRunFlushesOnTickAndShutdown(t *testing.T) {
 	r := newRig(t, 100)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -240,6 +240,10 @@ func TestRunFlushesOnTickAndShutdown(t *testing.T) {
 	r.log.Use(allow(t0.Add(time.Minute), "ns/b", "", "h", 1))
 	cancel()
 	<-done
+	if u := ofKind(r.out.records(t), KindUsage); len(u) != 1 {
+		t.Fatalf("Run flushed when it stopped: %v", u)
+	}
+	r.log.Close()
 	recs := r.out.records(t)
 	if u, f := ofKind(recs, KindUsage), ofKind(recs, KindFlush); len(u) != 2 || u[1]["identity"] != "ns/b" || len(f) != 2 {
 		t.Fatalf("after shutdown: usage %v flush %v", u, f)

@@ -109,21 +109,25 @@ func (l *Log) Lifecycle(e Event) {
 // locks (by identity, or by token tag without one), never a global one.
 func (l *Log) Use(u Use) { l.usage.add(u) }
 
-// Run writes the usage records every Interval until ctx ends, then once
-// more (shutdown), and returns.
+// Run writes the usage records every Interval until ctx ends. Call Close
+// once the last decision is made (the servers stopped) for the last
+// interval's.
 func (l *Log) Run(ctx context.Context) {
 	t := l.cfg.Clock.NewTicker(l.cfg.Interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			l.Flush()
 			return
 		case <-t.C():
 			l.Flush()
 		}
 	}
 }
+
+// Close writes the last interval's usage records (shutdown). The Log may
+// still be used after it; its output is the caller's to close.
+func (l *Log) Close() { l.Flush() }
 
 // Flush writes the usage and denied records of the interval that ends now,
 // then a flush record, and starts a new interval.

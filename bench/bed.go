@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -98,6 +99,9 @@ func CredinjectConfig(env *testenv.Env) config.Config {
 	cfg.Vault.Role = testenv.VaultRole
 	cfg.Vault.AuthMount = testenv.VaultKubeMount
 	cfg.Vault.KVMount = testenv.VaultKVMount
+	// The audit trail stays on, as in production, but in a file: stdout is
+	// the report's.
+	cfg.Audit.Output = filepath.Join(env.Dir, "audit.jsonl")
 	if env.NATS != nil {
 		cfg.Events.NatsURL = env.NATS.URL
 	}

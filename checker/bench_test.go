@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	metadatafake "k8s.io/client-go/metadata/fake"
 
+	"github.com/credinject/credinject/audit"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/internal/satoken"
 	"github.com/credinject/credinject/kube"
@@ -30,7 +32,26 @@ import (
 func BenchmarkCheck(b *testing.B) {
 	for _, n := range []int{1_000, 100_000} {
 		b.Run(fmt.Sprintf("identities=%d", n), func(b *testing.B) {
-			benchCheckHits(b, n, "authorization", "Bearer key-%d")
+			benchCheckHits(b, n, "authorization", "Bearer key-%d", nil)
+		})
+	}
+}
+
+// BenchmarkCheckAudit is BenchmarkCheck with the audit trail on: every
+// decision counted by a real audit.Log (its keys already held in the
+// interval, the steady state), through the same kind of adapter as
+// internal/app's.
+func BenchmarkCheckAudit(b *testing.B) {
+	for _, n := range []int{1_000, 100_000} {
+		b.Run(fmt.Sprintf("identities=%d", n), func(b *testing.B) {
+			l, err := audit.New(audit.Config{Output: io.Discard, Interval: time.Hour, MaxKeys: 2 * n})
+			if err != nil {
+				b.Fatal(err)
+			}
+			rec := checker.RecorderFunc(func(u checker.Use) {
+				l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, Route: u.Route, Host: u.Host, Version: u.Version, TokenTag: u.TokenTag})
+			})
+			benchCheckHits(b, n, "authorization", "Bearer key-%d", rec)
 		})
 	}
 }
@@ -177,7 +198,7 @@ func BenchmarkCheckBySource(b *testing.B) {
 		{"vault-identity-token", "authorization", "Bearer " + jwt + "%d"},
 	} {
 		b.Run("source="+src.name, func(b *testing.B) {
-			benchCheckHits(b, n, src.header, src.value)
+			benchCheckHits(b, n, src.header, src.value, nil)
 		})
 	}
 }
@@ -185,9 +206,9 @@ func BenchmarkCheckBySource(b *testing.B) {
 // benchCheckHits measures Check over gRPC on cache hits only: n identities,
 // each with its own credential (header, value with %d for the identity's
 // number), warmed first, then asked in parallel in a scattered order; every
-// answer must be an allow.
-func benchCheckHits(b *testing.B, n int, header, value string) {
-	r := newRig(b, nil, true)
+// answer must be an allow. rec, if set, is told of every decision.
+func benchCheckHits(b *testing.B, n int, header, value string, rec checker.Recorder) {
+	r := newRigWith(b, nil, true, rec)
 	reqs := make([]*authv3.CheckRequest, n)
 	for i := range n {
 		ns := fmt.Sprintf("ns-%d", i)

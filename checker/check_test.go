@@ -51,6 +51,12 @@ func (f saFunc) Exists(key, uid string) bool { return f(key, uid) }
 
 func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 	tb.Helper()
+	return newRigWith(tb, routes, hasDefault, nil)
+}
+
+// newRigWith is newRig with a Recorder told of every decision (nil: none).
+func newRigWith(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder) *rig {
+	tb.Helper()
 	r := &rig{}
 	r.clock = clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	var err error
@@ -86,6 +92,7 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 			return r.source(ctx, route, id, token, exp)
 		}),
 		Registerer: prometheus.NewRegistry(), TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
+		Recorder: rec,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -54,6 +54,8 @@ type Config struct {
 	Log        *slog.Logger
 	// Clock tells the time (default the real clock); tests move a fake one.
 	Clock clock.WithTicker
+	// Recorder, if set, is told of every decision (the audit trail).
+	Recorder Recorder
 }
 
 // Checker makes decisions. It is safe for concurrent use.
@@ -120,6 +122,10 @@ type Decision struct {
 // without a credential of the identity's own.
 func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Decision) {
 	start := c.cfg.Clock.Now()
+	var (
+		mac   cache.MAC
+		route string
+	)
 	defer func() {
 		if p := recover(); p != nil {
 			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
@@ -134,13 +140,15 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		}
 		counter.Inc()
 		c.metrics.duration.Observe(c.cfg.Clock.Now().Sub(start).Seconds())
+		if c.cfg.Recorder != nil {
+			c.record(start, d, route, host, &mac)
+		}
 	}()
 	token, r := cutBearer(authorization)
 	if r != authz.ReasonNone {
 		c.cfg.Log.Debug("deny", "reason", string(r))
 		return Decision{Reason: r}
 	}
-	var mac cache.MAC
 	c.hash.mac(token, &mac)
 	ti, r := c.tokens.validate(ctx, token, &mac)
 	if r != authz.ReasonNone {

@@ -27,6 +27,9 @@
 //   - watcher.go: the registry of identities and the API the other parts
 //     call: Credential (the checker's miss path), Refresh and ResyncAll
 //     (rotation events), Prefetch and Forget (the ServiceAccount informer).
+//   - audit.go: the lifecycle records (fetched, rotated, refused, lease
+//     renewed and revoked, forgotten) handed to an Auditor declared here;
+//     internal/app joins it to the audit trail. Never a token or a value.
 //   - vault.go: the Vault calls (login, renew, read, revoke, lease renew and
 //     revoke) behind a small interface declared here,
 //     so the state machines are table-tested with a fake Vault and a fake

@@ -304,6 +304,7 @@ type rig struct {
 	minter *fakeMinter
 	creds  *cache.Credentials
 	w      *Watcher
+	audit  *recAuditor
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -314,7 +315,7 @@ func newRig(t *testing.T, routes ...Route) *rig {
 		routes = []Route{{Name: "", Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {api_key}"}}
 	}
 	c := clocktesting.NewFakeClock(t0)
-	r := &rig{t: t, clock: c, vault: newFakeVault(c), minter: &fakeMinter{clock: c}}
+	r := &rig{t: t, clock: c, vault: newFakeVault(c), minter: &fakeMinter{clock: c}, audit: &recAuditor{}}
 	var err error
 	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1024}); err != nil {
 		t.Fatal(err)
@@ -326,6 +327,7 @@ func newRig(t *testing.T, routes ...Route) *rig {
 	r.w, err = newWatcher(Config{
 		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
 		KVMount: "secret", Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
+		Auditor: r.audit,
 	}, r.vault, nil, m)
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,7 @@ type leaseProvider struct {
 	vault vault
 	clock clock.PassiveClock
 	log   *slog.Logger
+	audit Auditor
 
 	mu     sync.Mutex
 	leases map[string]*lease // route NUL identity key
@@ -52,6 +53,8 @@ type lease struct {
 	// the next Fetch reads a new secret.
 	final     bool
 	renewable bool
+	// path is where it was read (for the audit trail).
+	path string
 }
 
 var (
@@ -60,8 +63,11 @@ var (
 	_ Invalidator = (*leaseProvider)(nil)
 )
 
-func newLeaseProvider(v vault, c clock.PassiveClock, log *slog.Logger) *leaseProvider {
-	return &leaseProvider{vault: v, clock: c, log: log, leases: map[string]*lease{}, fetching: map[string]*sync.Mutex{}}
+func newLeaseProvider(v vault, c clock.PassiveClock, log *slog.Logger, audit Auditor) *leaseProvider {
+	if audit == nil {
+		audit = nopAuditor{}
+	}
+	return &leaseProvider{vault: v, clock: c, log: log, audit: audit, leases: map[string]*lease{}, fetching: map[string]*sync.Mutex{}}
 }
 
 func leaseKey(route string, id authz.Identity) string { return route + "\x00" + id.Key }
@@ -85,7 +91,7 @@ func (p *leaseProvider) Fetch(ctx context.Context, tokens TokenSource, id authz.
 		return Credential{}, err
 	}
 	if old != nil && old.token == tok && old.renewable && !old.final && p.clock.Now().Before(old.expires) {
-		if c, ok := p.renew(ctx, key, old); ok {
+		if c, ok := p.renew(ctx, key, old, id, rt.Name); ok {
 			return c, nil
 		}
 	}
@@ -94,13 +100,13 @@ func (p *leaseProvider) Fetch(ctx context.Context, tokens TokenSource, id authz.
 
 // renew extends l; false means read a new secret instead (Vault no longer
 // knows the lease, or refused the renewal).
-func (p *leaseProvider) renew(ctx context.Context, key string, l *lease) (Credential, bool) {
+func (p *leaseProvider) renew(ctx context.Context, key string, l *lease, id authz.Identity, route string) (Credential, bool) {
 	now := p.clock.Now()
 	ttl, err := p.vault.RenewLease(ctx, l.token, l.id, l.ttl)
 	if err != nil || ttl <= 0 {
 		if errors.Is(err, authz.ErrVaultUnavailable) {
 			// Keep serving the lease while it lasts; the loop backs off.
-			return Credential{Data: l.data, Expires: l.expires}, true
+			return Credential{Data: l.data, Expires: l.expires, LeaseID: l.id}, true
 		}
 		p.log.Info("lease renewal refused; reading a new secret", "lease", leaseName(l.id), "error", err)
 		return Credential{}, false
@@ -113,7 +119,8 @@ func (p *leaseProvider) renew(ctx context.Context, key string, l *lease) (Creden
 		p.leases[key] = &n
 	}
 	p.mu.Unlock()
-	return Credential{Data: n.data, Expires: n.expires}, true
+	p.audit.Lifecycle(Lifecycle{Kind: LeaseRenewed, Identity: id, Route: route, Source: SourceVaultRead, Path: l.path, LeaseID: l.id, TTL: ttl})
+	return Credential{Data: n.data, Expires: n.expires, LeaseID: n.id}, true
 }
 
 // read reads a new secret at the route's path and revokes old's lease when
@@ -129,9 +136,10 @@ func (p *leaseProvider) read(ctx context.Context, tokens TokenSource, key string
 	if err != nil {
 		return Credential{}, err
 	}
+	path := authz.ExpandPath(rt.Path, id)
 	n := &lease{id: s.LeaseID, token: tok, data: s.Data, renewable: s.Renewable,
-		ttl: time.Duration(s.LeaseDuration) * time.Second}
-	var c Credential
+		ttl: time.Duration(s.LeaseDuration) * time.Second, path: path}
+	c := Credential{LeaseID: n.id}
 	if n.id != "" && n.ttl > 0 {
 		n.expires = now.Add(n.ttl)
 		c.Expires = n.expires
@@ -144,6 +152,8 @@ func (p *leaseProvider) read(ctx context.Context, tokens TokenSource, key string
 		if err := p.vault.RevokeLease(ctx, tok, old.id); err != nil {
 			// Counted by the client; the lease ends at its TTL.
 			p.log.Warn("could not revoke a replaced lease; it ends at its TTL", "identity", id.Key, "route", rt.Name, "lease", leaseName(old.id), "error", err)
+		} else {
+			p.audit.Lifecycle(Lifecycle{Kind: LeaseRevoked, Identity: id, Route: rt.Name, Source: SourceVaultRead, Path: old.path, LeaseID: old.id, Cause: "replaced"})
 		}
 	}
 	return c, nil
@@ -166,9 +176,13 @@ func (p *leaseProvider) Invalidate(id authz.Identity, route string) {
 // the lease in Vault).
 func (p *leaseProvider) Release(id authz.Identity, route string) {
 	p.mu.Lock()
+	l := p.leases[leaseKey(route, id)]
 	delete(p.leases, leaseKey(route, id))
 	delete(p.fetching, leaseKey(route, id))
 	p.mu.Unlock()
+	if l != nil && l.id != "" {
+		p.audit.Lifecycle(Lifecycle{Kind: LeaseRevoked, Identity: id, Route: route, Source: SourceVaultRead, Path: l.path, LeaseID: l.id, Cause: "token_revoked"})
+	}
 }
 
 // leaseName is a lease id without its unique suffix, for logs: the path it

@@ -81,6 +81,9 @@ type Credential struct {
 	// end); zero when it does not expire. The loop refreshes it before then
 	// and never serves it after.
 	Expires time.Time
+	// LeaseID is the Vault lease the value belongs to (vault-read), for
+	// the audit trail; empty without one.
+	LeaseID string
 }
 
 // kvProvider reads a KV v2 secret at mount/data/<route path>.

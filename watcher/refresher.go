@@ -28,10 +28,12 @@ type identity struct {
 	cancel  context.CancelFunc
 	// due: per route whose credential expires, when to refresh it.
 	due map[string]time.Time
+	// held: per route, what the audit trail last heard.
+	held map[string]held
 }
 
 func newIdentity(id authz.Identity, s *session) *identity {
-	return &identity{Identity: id, session: s, resync: make(chan struct{}, 1), routes: map[string]bool{}, applied: map[string]uint64{}, due: map[string]time.Time{}}
+	return &identity{Identity: id, session: s, resync: make(chan struct{}, 1), routes: map[string]bool{}, applied: map[string]uint64{}, due: map[string]time.Time{}, held: map[string]held{}}
 }
 
 // setDue records when route's credential must be refreshed: at, when it
@@ -138,7 +140,7 @@ func (w *Watcher) startLoop(id *identity) {
 		defer func() {
 			if p := recover(); p != nil {
 				w.cfg.Log.Error("panic in an identity's refresher; forgetting it", "identity", id.Key, "panic", fmt.Sprint(p))
-				w.Forget(id.Identity)
+				w.forget(id.Identity, "panic")
 			}
 		}()
 		w.loop(ctx, id)
@@ -189,7 +191,7 @@ func (w *Watcher) loop(ctx context.Context, id *identity) {
 			return
 		case errors.Is(err, errNoToken):
 			w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", id.Key)
-			w.Forget(id.Identity)
+			w.forget(id.Identity, "no_token")
 			return
 		case unavailable(err):
 			failures++
@@ -258,7 +260,7 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 		_, err := id.session.Token(ctx, relogin)
 		if err != nil && (!errors.Is(err, authz.ErrVaultUnavailable) || errors.Is(err, errNoToken)) {
 			if errors.Is(err, authz.ErrVaultDenied) {
-				w.denyAll(id, id.nextSeq(), w.cfg.Clock.Now(), "")
+				w.denyAll(id, id.nextSeq(), w.cfg.Clock.Now(), "", trigger)
 			}
 			return err
 		}
@@ -290,6 +292,7 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 	}
 	cred, err := p.Fetch(ctx, id.session, id.Identity, rt)
 	now := w.cfg.Clock.Now()
+	o := origin{trigger: trigger, source: rt.Source, path: w.vaultPath(rt, id.Identity), lease: cred.LeaseID}
 	var e *cache.Entry
 	result := "ok"
 	switch {
@@ -306,7 +309,7 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 	case errors.Is(err, authz.ErrVaultDenied):
 		// A refusal applies to the identity: stop serving every route.
 		w.metrics.refreshes.WithLabelValues(trigger, "denied", src).Inc()
-		return w.denyAll(id, seq, now, route), err
+		return w.denyAll(id, seq, now, route, trigger), err
 	case errors.Is(err, authz.ErrNoCredential):
 		e, result = w.negative(id, route, authz.ReasonNoCredential, now), "not_found"
 	case errors.Is(err, authz.ErrInvalidCredential):
@@ -324,17 +327,17 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 		id.setDue(route, time.Time{}, time.Time{})
 	}
 	w.metrics.refreshes.WithLabelValues(trigger, result, src).Inc()
-	w.store(id, route, seq, e)
+	w.storeFrom(id, route, seq, e, o)
 	return e, err
 }
 
 // denyAll stores a vault_denied entry for every route of id and returns the
 // one for route.
-func (w *Watcher) denyAll(id *identity, seq uint64, now time.Time, route string) *cache.Entry {
+func (w *Watcher) denyAll(id *identity, seq uint64, now time.Time, route, trigger string) *cache.Entry {
 	var mine *cache.Entry
-	for name := range w.routes {
+	for name, rt := range w.routes {
 		e := w.negative(id, name, authz.ReasonVaultDenied, now)
-		w.store(id, name, seq, e)
+		w.storeFrom(id, name, seq, e, origin{trigger: trigger, source: rt.Source, path: w.vaultPath(rt, id.Identity)})
 		if name == route {
 			mine = e
 		}
@@ -352,19 +355,32 @@ func (w *Watcher) negative(id *identity, route string, reason authz.Reason, now 
 // The identity's lock is held across the cache write (memory only) so two
 // stores of one route cannot pass each other.
 func (w *Watcher) store(id *identity, route string, seq uint64, e *cache.Entry) {
+	w.storeFrom(id, route, seq, e, origin{})
+}
+
+// storeFrom is store, then the lifecycle record that storing e means
+// (written after the identity's lock is released).
+func (w *Watcher) storeFrom(id *identity, route string, seq uint64, e *cache.Entry, o origin) {
+	if ev, ok := w.storeLocked(id, route, seq, e, o); ok {
+		w.cfg.Auditor.Lifecycle(ev)
+	}
+}
+
+func (w *Watcher) storeLocked(id *identity, route string, seq uint64, e *cache.Entry, o origin) (Lifecycle, bool) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	if seq < id.applied[route] {
-		return
+		return Lifecycle{}, false
 	}
 	// A read that finishes after its identity was forgotten (a deleted
 	// ServiceAccount) must not bring its credential back.
 	if e.Denied == authz.ReasonNone && !w.current(id) {
-		return
+		return Lifecycle{}, false
 	}
 	if err := w.cfg.Store.Set(e); err != nil {
 		w.cfg.Log.Error("credential cache refused an entry", "identity", id.Key, "route", route, "error", err)
-		return
+		return Lifecycle{}, false
 	}
 	id.applied[route] = seq
+	return id.lifecycle(route, e, o)
 }

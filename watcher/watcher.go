@@ -83,6 +83,8 @@ type Config struct {
 	Jitter     func() float64 // in [-1, 1]
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
+	// Auditor receives the lifecycle records (nil: none).
+	Auditor Auditor
 }
 
 // Watcher keeps identities' credentials in the Store: one session and one
@@ -129,7 +131,7 @@ func providers(cfg Config, v vault, m *metrics) map[Source]Provider {
 	}
 	return map[Source]Provider{
 		SourceKV:            kv,
-		SourceVaultRead:     newLeaseProvider(v, cfg.Clock, cfg.Log.With("source", string(SourceVaultRead))),
+		SourceVaultRead:     newLeaseProvider(v, cfg.Clock, cfg.Log.With("source", string(SourceVaultRead)), cfg.Auditor),
 		SourceOAuth2:        oauth2Provider{kv: kv, client: client, clock: cfg.Clock, calls: m.tokenCall},
 		SourceIdentityToken: identityTokenProvider{vault: v, clock: cfg.Clock},
 	}
@@ -158,6 +160,9 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Auditor == nil {
+		cfg.Auditor = nopAuditor{}
 	}
 	all := providers(cfg, v, m)
 	for src, p := range ps {
@@ -224,9 +229,14 @@ func (w *Watcher) revokeLater(token string) {
 	}()
 }
 
-// Forget stops watching id and evicts its entries (a deleted
-// ServiceAccount, or an identity left without a token to log in with).
-func (w *Watcher) Forget(id authz.Identity) {
+// Forget stops watching id and evicts its entries: its ServiceAccount was
+// deleted (the Prefetcher calls it from the informer).
+func (w *Watcher) Forget(id authz.Identity) { w.forget(id, "serviceaccount_deleted") }
+
+// forget stops watching id and evicts its entries, for cause (the
+// forgotten record's): serviceaccount_deleted, no_token (an identity left
+// without a token to log in with) or panic.
+func (w *Watcher) forget(id authz.Identity, cause string) {
 	w.mu.Lock()
 	x := w.ids[id.Key]
 	delete(w.ids, id.Key)
@@ -238,6 +248,9 @@ func (w *Watcher) Forget(id authz.Identity) {
 	}
 	for name := range w.routes {
 		w.cfg.Store.Delete(name, id.Key)
+	}
+	if x != nil {
+		w.cfg.Auditor.Lifecycle(Lifecycle{Kind: Forgotten, Identity: id, Cause: cause})
 	}
 }
 
@@ -313,7 +326,7 @@ func (w *Watcher) settle(x *identity, err error) {
 	case errors.Is(err, authz.ErrVaultDenied):
 		w.forgetLoop(x)
 	case errors.Is(err, errNoToken):
-		w.Forget(x.Identity)
+		w.forget(x.Identity, "no_token")
 	default:
 		w.startLoop(x)
 	}

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 
+	"github.com/credinject/credinject/audit"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
@@ -78,6 +79,10 @@ type App struct {
 	tls       *tlsconfig.Reloader // nil: plaintext
 	healthLn  net.Listener        // nil: no listen.health
 	healthSrv *http.Server
+
+	// The audit trail (audit.*): nil when off.
+	audit      *audit.Log
+	auditClose func() error
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -102,6 +107,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	}()
 
 	if err := a.loadTLS(); err != nil {
+		return nil, err
+	}
+	if err := a.auditTrail(); err != nil {
 		return nil, err
 	}
 	kc, rc, err := a.kubernetes()
@@ -192,6 +200,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		Refresh: cfg.Prefetch.Refresh, StaleGrace: cfg.Prefetch.StaleGrace, DeniedTTL: cfg.Cache.DeniedTTL,
 		Concurrency: cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
 		Clock: a.opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
+		Auditor: a.auditor(),
 	})
 	if err != nil {
 		return err
@@ -226,7 +235,7 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.log.With("component", "checker"),
-		Clock: a.opts.Clock,
+		Clock: a.opts.Clock, Recorder: a.recorder(),
 	})
 	return err
 }
@@ -277,5 +286,8 @@ func (a *App) close() {
 	}
 	if a.healthLn != nil {
 		a.healthLn.Close()
+	}
+	if a.auditClose != nil {
+		a.auditClose()
 	}
 }

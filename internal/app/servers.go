@@ -203,6 +203,9 @@ func (a *App) Run(ctx context.Context) error {
 	if a.sub != nil {
 		goSafe("events", func() error { return a.sub.Run(gctx) })
 	}
+	if a.audit != nil {
+		goSafe("audit", func() error { a.audit.Run(gctx); return nil })
+	}
 	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
 	goSafe("vault-probe", func() error { a.probeVault(gctx); return nil })
 	goSafe("shutdown", func() error {
@@ -227,6 +230,10 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(),
 		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(), "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
 	err := g.Wait()
+	if a.audit != nil {
+		// The servers have stopped: the last interval is complete.
+		a.audit.Close()
+	}
 	a.close()
 	return err
 }

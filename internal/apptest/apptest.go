@@ -69,6 +69,13 @@ func Run(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config
 	return start(tb, ctx, env, cfg, nil, nil)
 }
 
+// RunWith is Run with a hook to adjust the app's options (a logger the
+// test reads).
+func RunWith(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) (*Running, <-chan error) {
+	tb.Helper()
+	return start(tb, ctx, env, cfg, adjust, nil)
+}
+
 // StartWith is Start with a hook to adjust the app's options (a fake clock).
 func StartWith(tb testing.TB, env *testenv.Env, cfg config.Config, adjust func(*app.Options)) *Running {
 	tb.Helper()

@@ -39,6 +39,19 @@ type Config struct {
 	// vault.path and inject (default true). When false they get no_route.
 	DefaultRoute *bool `yaml:"defaultRoute"`
 	Cache        Cache `yaml:"cache"`
+	Audit        Audit `yaml:"audit"`
+}
+
+// Audit configures the credential audit trail (package audit).
+type Audit struct {
+	// Output is "stdout" (JSON lines beside nothing else: the logs go to
+	// stderr), "off", or a file path (appended to, created 0600).
+	Output string `yaml:"output"`
+	// Interval is how often the aggregated usage records are written.
+	Interval time.Duration `yaml:"interval"`
+	// MaxKeys bounds the usage keys (allow and deny) held per interval;
+	// decisions beyond it are counted as dropped.
+	MaxKeys int `yaml:"maxKeys"`
 }
 
 // HasDefaultRoute reports whether unmatched hosts use the top-level settings.
@@ -217,6 +230,7 @@ func Default() Config {
 			TokenNegative: 5 * time.Second,
 			DeniedTTL:     10 * time.Second,
 		},
+		Audit: Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
 	}
 }
 
@@ -382,6 +396,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.Capacity <= 0 || c.Cache.TokenTTL <= 0 || c.Cache.TokenNegative <= 0 || c.Cache.DeniedTTL <= 0 {
 		bad("cache", "capacity and TTLs must be positive")
+	}
+	if strings.TrimSpace(c.Audit.Output) == "" || strings.ContainsAny(c.Audit.Output, "\r\n\x00") {
+		bad("audit.output", "%q is not stdout, off or a file path", c.Audit.Output)
+	}
+	if c.Audit.Interval <= 0 {
+		bad("audit.interval", "must be positive, got %v", c.Audit.Interval)
+	}
+	if c.Audit.MaxKeys <= 0 {
+		bad("audit.maxKeys", "must be positive, got %d", c.Audit.MaxKeys)
 	}
 	c.checkRoutes(bad)
 	return errors.Join(errs...)

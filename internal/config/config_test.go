@@ -47,6 +47,24 @@ routes:
 	}
 }
 
+// TestAuditKeys: the audit trail's keys and their defaults.
+func TestAuditKeys(t *testing.T) {
+	c, err := Parse(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Audit != (Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000}) {
+		t.Fatalf("defaults %+v", c.Audit)
+	}
+	c, err = Parse(strings.NewReader("audit: {output: /var/log/credinject/audit.jsonl, interval: 10s, maxKeys: 500}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Audit != (Audit{Output: "/var/log/credinject/audit.jsonl", Interval: 10 * time.Second, MaxKeys: 500}) {
+		t.Fatalf("parsed %+v", c.Audit)
+	}
+}
+
 func TestEmptyIsDefault(t *testing.T) {
 	c, err := Parse(strings.NewReader(""))
 	if err != nil {
@@ -105,6 +123,10 @@ func TestParseRefuses(t *testing.T) {
 		"vault namespace spaces":   {`vault: {namespace: " team "}`, "vault.namespace"},
 		"two nats credentials":     {"events: {natsURL: nats://n:4222, credsFile: /a, tokenFile: /b}", "events.credsFile/nkeyFile/tokenFile"},
 		"nats cert without key":    {"events: {natsURL: nats://n:4222, certFile: /c}", "events.certFile/keyFile"},
+		"empty audit output":       {`audit: {output: ""}`, "audit.output"},
+		"zero audit interval":      {"audit: {interval: 0s}", "audit.interval"},
+		"zero audit keys":          {"audit: {maxKeys: 0}", "audit.maxKeys"},
+		"unknown audit key":        {"audit: {file: /a}", "file"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -156,8 +156,8 @@ func gatewayBinary(t *testing.T, name string) string {
 
 // startEnvoy runs the real Envoy with deploy/envoy/envoy-<mode>.yaml in front
 // of credinject's gRPC (mode "grpc") or HTTP ("http") listener and returns
-// the gateway's base URL once Envoy's admin /ready says LIVE.
-func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) string {
+// the gateway's base URL once Envoy's admin /ready says LIVE, and Envoy.
+func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) (string, *testenv.Envoy) {
 	t.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
@@ -181,7 +181,7 @@ func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) string {
 			t.Logf("envoy log:\n%s", e.Log())
 		}
 	})
-	return fmt.Sprintf("http://127.0.0.1:%d", port)
+	return fmt.Sprintf("http://127.0.0.1:%d", port), e
 }
 
 // startCaddy runs the real Caddy with deploy/caddy/Caddyfile in front of
@@ -276,17 +276,24 @@ type gatewayCase struct {
 	// with a 503. Envoy's HTTP ext_authz treats any 5xx of the authorizer as
 	// an error and answers status_on_error (503) itself, without headers.
 	reasonOn503 bool
+	// accessLog, if set, is the gateway's log, whose access log lines name
+	// the identity credinject allowed (ext_authz dynamic metadata).
+	accessLog func() string
 }
 
 func TestEnvoyGRPCGateway(t *testing.T) {
+	var e *testenv.Envoy
 	testGateway(t, gatewayCase{name: "envoy-grpc", h2c: true, reasonOn503: true, start: func(t *testing.T, a *app.App, up string) string {
-		return startEnvoy(t, "grpc", a.GRPCAddr(), up)
-	}})
+		url, started := startEnvoy(t, "grpc", a.GRPCAddr(), up)
+		e = started
+		return url
+	}, accessLog: func() string { return e.Log() }})
 }
 
 func TestEnvoyHTTPGateway(t *testing.T) {
 	testGateway(t, gatewayCase{name: "envoy-http", h2c: true, start: func(t *testing.T, a *app.App, up string) string {
-		return startEnvoy(t, "http", a.HTTPAddr(), up)
+		url, _ := startEnvoy(t, "http", a.HTTPAddr(), up)
+		return url
 	}})
 }
 
@@ -385,6 +392,20 @@ func testGateway(t *testing.T, g gatewayCase) {
 		}
 		if got.Host != openaiHost || got.Path != "/v1/chat/completions" {
 			t.Fatalf("upstream host %q path %q", got.Host, got.Path)
+		}
+		if g.accessLog != nil {
+			// The gateway's access log names the identity (the per-request
+			// audit trail), never the token.
+			waitUntil(t, 10*time.Second, "an access log line with the identity", func() error {
+				for _, line := range strings.Split(g.accessLog(), "\n") {
+					if strings.Contains(line, `"namespace":"`+ns+`"`) && strings.Contains(line, `"serviceaccount":"`+sa+`"`) &&
+						strings.Contains(line, `"status":200`) && strings.Contains(line, `"authority":"`+openaiHost+`"`) {
+						return nil
+					}
+				}
+				return errNotYet
+			})
+			noToken(t, "gateway's log", strings.Split(g.accessLog(), "\n"))
 		}
 	})
 

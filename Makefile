@@ -37,7 +37,7 @@ test: setup tools lint
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:
-	$(GO) test -count=1 ./authz/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/
+	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/
 
 # Without the race detector, for a quick loop.
 test-short: setup tools

@@ -1,0 +1,140 @@
+package e2e_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/apptest"
+	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/watcher"
+)
+
+// TestTracesJoinTheGatewaysTrace runs credinject with tracing on against the
+// OpenTelemetry Collector's real OTLP receiver and sends a CheckRequest for
+// a cold identity (a token-cache and a credential-cache miss) with a
+// sampled traceparent: credinject's Check span arrives under the trace id
+// sent, its parent the span id sent, with the TokenReview, the refresh and
+// the Vault login and read under it, carrying the identity and the route and
+// never the token or the credential. A request whose traceparent says "not
+// sampled" sends nothing.
+func TestTracesJoinTheGatewaysTrace(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	sink := env.OTLPSink(t)
+	ns, sa, tok := boundIdentity(ctx, t, env, "trace", "sk-trace")
+	id := ns + "/" + sa
+	cfg := apptest.Config(env)
+	cfg.Kubernetes.TokenValidation = "tokenreview"
+	cfg.Tracing.OTLPEndpoint = sink.GRPCEndpoint
+	cfg.Tracing.SamplingRatio = 0 // only what the gateway samples
+	r := apptest.Start(t, env, cfg)
+
+	traceID, parent := randHex(t, 16), randHex(t, 8)
+	q := apptest.Request("Bearer "+tok, "api.openai.com")
+	q.Attributes.Request.Http.Headers["traceparent"] = "00-" + traceID + "-" + parent + "-01"
+	resp, err := r.Client.Check(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := apptest.Outcome(resp); got != "allow authorization=Bearer sk-trace" {
+		t.Fatalf("check: %q", got)
+	}
+	// The same identity again, not sampled by the gateway.
+	unsampled := randHex(t, 16)
+	q.Attributes.Request.Http.Headers["traceparent"] = "00-" + unsampled + "-" + parent + "-00"
+	if resp, err := r.Client.Check(ctx, q); err != nil || apptest.Outcome(resp) != "allow authorization=Bearer sk-trace" {
+		t.Fatalf("unsampled check: %v %v", apptest.Outcome(resp), err)
+	}
+
+	var spans []testenv.Span
+	byName := map[string]testenv.Span{}
+	apptest.Eventually(t, 20*time.Second, "the miss's spans at the OTLP receiver", func() bool {
+		all, err := sink.Spans(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spans = spans[:0]
+		for _, s := range all {
+			if s.TraceID == traceID {
+				spans = append(spans, s)
+				byName[s.Name] = s
+			}
+		}
+		for _, n := range []string{checker.SpanCheck, checker.SpanTokenReview, watcher.SpanRefresh, watcher.SpanVaultPrefix + "login", watcher.SpanVaultPrefix + "read"} {
+			if _, ok := byName[n]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+	for _, s := range spans {
+		t.Logf("span %s %s parent %s %v", s.Name, s.SpanID, s.ParentSpanID, s.Attributes)
+		if s.Service != "credinject" {
+			t.Errorf("span %s: service %q", s.Name, s.Service)
+		}
+		for k, v := range s.Attributes {
+			if strings.Contains(v, tok) || strings.Contains(v, "sk-trace") || (len(v) > 40 && strings.Contains(tok, v)) {
+				t.Errorf("span %s attribute %s carries the token or the credential", s.Name, k)
+			}
+		}
+	}
+	check := byName[checker.SpanCheck]
+	if check.ParentSpanID != parent {
+		t.Errorf("Check span's parent %q, want the gateway's span %q", check.ParentSpanID, parent)
+	}
+	wantAttrs(t, check, map[string]string{"credinject.identity": id, "credinject.route": "", "credinject.result": "allow", "credinject.cache": "miss"})
+	review := byName[checker.SpanTokenReview]
+	if review.ParentSpanID != check.SpanID {
+		t.Errorf("TokenReview span's parent %q, want the Check span %q", review.ParentSpanID, check.SpanID)
+	}
+	wantAttrs(t, review, map[string]string{"credinject.identity": id, "credinject.tokenreview.result": "ok"})
+	refresh := byName[watcher.SpanRefresh]
+	if refresh.ParentSpanID != check.SpanID {
+		t.Errorf("refresh span's parent %q, want the Check span %q", refresh.ParentSpanID, check.SpanID)
+	}
+	wantAttrs(t, refresh, map[string]string{"credinject.identity": id, "credinject.route": "", "credinject.trigger": "miss", "credinject.source": "kv", "credinject.result": "ok"})
+	for _, op := range []string{"login", "read"} {
+		s := byName[watcher.SpanVaultPrefix+op]
+		if s.ParentSpanID != refresh.SpanID {
+			t.Errorf("vault.%s span's parent %q, want the refresh span %q", op, s.ParentSpanID, refresh.SpanID)
+		}
+		wantAttrs(t, s, map[string]string{"credinject.identity": id, "credinject.route": "", "vault.operation": op, "credinject.result": "ok"})
+	}
+	wantAttrs(t, byName[watcher.SpanVaultPrefix+"read"], map[string]string{"vault.path": "secret/data/egress/" + ns + "/" + sa})
+	wantAttrs(t, byName[watcher.SpanVaultPrefix+"login"], map[string]string{"vault.path": "auth/kubernetes/login"})
+
+	// Everything sampled has arrived by now (one batch); nothing of the
+	// unsampled trace is among it.
+	all, err := sink.Spans(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range all {
+		if s.TraceID == unsampled {
+			t.Errorf("span %s of the unsampled trace was exported", s.Name)
+		}
+	}
+}
+
+func wantAttrs(t *testing.T, s testenv.Span, want map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if got, ok := s.Attributes[k]; !ok || got != v {
+			t.Errorf("span %s: attribute %s = %q (set %v), want %q", s.Name, k, got, ok, v)
+		}
+	}
+}
+
+func randHex(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}

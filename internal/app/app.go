@@ -194,7 +194,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
 	}, func() float64 { return float64(a.creds.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "credinject_cache_capacity", Help: "Entries the credential cache holds at most (cache.capacity); when full, a new identity's miss is refused.",
+		Name: "credinject_cache_capacity", Help: "Entries the credential cache holds at most (cache.capacity); when full, a new identity's credential is not kept and each of its requests is a miss.",
 	}, func() float64 { return float64(cfg.Cache.Capacity) }))
 	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
 		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -36,6 +37,10 @@ func (a *App) tracerProvider() (*sdktrace.TracerProvider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracing.otlpEndpoint %q: %w", cfg.OTLPEndpoint, err)
 	}
+	// The SDK reports export failures through the process-wide handler;
+	// send them to our log rather than the standard logger's stderr.
+	log := a.log.With("component", "tracing")
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("tracing: export", "error", err) }))
 	res := resource.NewSchemaless(attribute.String("service.name", "credinject"))
 	return sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp, sdktrace.WithBatchTimeout(time.Second)),

@@ -21,7 +21,8 @@ import (
 // sent, its parent the span id sent, with the TokenReview, the refresh and
 // the Vault login and read under it, carrying the identity and the route and
 // never the token or the credential. A request whose traceparent says "not
-// sampled" sends nothing.
+// sampled" sends nothing; one without a trace context starts a new trace
+// (samplingRatio 1) with the same spans.
 func TestTracesJoinTheGatewaysTrace(t *testing.T) {
 	env := testenv.Get(t)
 	ctx := context.Background()
@@ -31,7 +32,9 @@ func TestTracesJoinTheGatewaysTrace(t *testing.T) {
 	cfg := apptest.Config(env)
 	cfg.Kubernetes.TokenValidation = "tokenreview"
 	cfg.Tracing.OTLPEndpoint = sink.GRPCEndpoint
-	cfg.Tracing.SamplingRatio = 0 // only what the gateway samples
+	// Requests without a trace context are all traced; the gateway's
+	// "not sampled" still wins.
+	cfg.Tracing.SamplingRatio = 1
 	r := apptest.Start(t, env, cfg)
 
 	traceID, parent := randHex(t, 16), randHex(t, 8)
@@ -49,6 +52,12 @@ func TestTracesJoinTheGatewaysTrace(t *testing.T) {
 	q.Attributes.Request.Http.Headers["traceparent"] = "00-" + unsampled + "-" + parent + "-00"
 	if resp, err := r.Client.Check(ctx, q); err != nil || apptest.Outcome(resp) != "allow authorization=Bearer sk-trace" {
 		t.Fatalf("unsampled check: %v %v", apptest.Outcome(resp), err)
+	}
+
+	// Another cold identity, no trace context at all.
+	ns2, sa2, tok2 := boundIdentity(ctx, t, env, "trace-root", "sk-trace-root")
+	if got := r.Check(t, tok2, "api.openai.com"); got != "allow authorization=Bearer sk-trace-root" {
+		t.Fatalf("check without a trace context: %q", got)
 	}
 
 	var spans []testenv.Span
@@ -119,6 +128,32 @@ func TestTracesJoinTheGatewaysTrace(t *testing.T) {
 			t.Errorf("span %s of the unsampled trace was exported", s.Name)
 		}
 	}
+	// The request without a context: a root Check span of its own trace,
+	// its refresh under it.
+	apptest.Eventually(t, 20*time.Second, "the root trace's spans", func() bool {
+		all, err := sink.Spans(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var root testenv.Span
+		for _, s := range all {
+			if s.Name == checker.SpanCheck && s.Attributes["credinject.identity"] == ns2+"/"+sa2 {
+				root = s
+			}
+		}
+		if root.SpanID == "" {
+			return false
+		}
+		if root.ParentSpanID != "" || root.TraceID == traceID {
+			t.Fatalf("Check span without a trace context: trace %s, parent %q", root.TraceID, root.ParentSpanID)
+		}
+		for _, s := range all {
+			if s.Name == watcher.SpanRefresh && s.ParentSpanID == root.SpanID && s.TraceID == root.TraceID {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func wantAttrs(t *testing.T, s testenv.Span, want map[string]string) {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/internal/apptest"
+	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
 	"github.com/credinject/credinject/watcher"
 )
@@ -172,4 +174,89 @@ func randHex(t *testing.T, n int) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
+}
+
+// TestTracesTokenEndpoint: through the forward-auth endpoint (/check, as
+// nginx or Traefik call it) with a sampled traceparent, a cold identity on an
+// oauth2-client-credentials route against the real Ory Hydra: the token
+// request's span is under the refresh, under the Check, under the trace
+// sent; no attribute carries the client secret or the access token.
+func TestTracesTokenEndpoint(t *testing.T) {
+	env := testenv.Get(t)
+	hy := env.Hydra(t)
+	ctx := context.Background()
+	sink := env.OTLPSink(t)
+	ns, sa := testenv.UniqueName("otr"), "app"
+	tok := identity(ctx, t, env, ns, sa, "unused")
+	client, secret := ns+"-"+sa, "secret-"+testenv.UniqueName("s")
+	if err := hy.CreateClient(ctx, client, secret, "read", "client_secret_basic"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Vault.PutCredential(ctx, "egress-oauth/"+ns+"/"+sa, map[string]any{"client_id": client, "client_secret": secret}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := apptest.Config(env)
+	cfg.Events.NatsURL = ""
+	cfg.Tracing.OTLPEndpoint = sink.GRPCEndpoint
+	cfg.Tracing.SamplingRatio = 0
+	cfg.Routes = []config.Route{{
+		Name: "partner", Hosts: []string{"api.partner.example"}, Source: config.SourceOAuth2,
+		Path: "egress-oauth/{namespace}/{serviceaccount}", TokenURL: hy.TokenURL, Scopes: []string{"read"},
+	}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r := apptest.Start(t, env, cfg)
+
+	traceID, parent := randHex(t, 16), randHex(t, 8)
+	req, _ := http.NewRequest(http.MethodGet, r.HTTPURL+"/check", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("X-Forwarded-Host", "api.partner.example")
+	req.Header.Set("traceparent", "00-"+traceID+"-"+parent+"-01")
+	resp, err := r.HTTPClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	accessToken, ok := strings.CutPrefix(resp.Header.Get("Authorization"), "Bearer ")
+	if resp.StatusCode != http.StatusOK || !ok || accessToken == "" {
+		t.Fatalf("/check: %d %q", resp.StatusCode, resp.Header.Get("X-Credinject-Reason"))
+	}
+
+	byName := map[string]testenv.Span{}
+	var spans []testenv.Span
+	apptest.Eventually(t, 20*time.Second, "the token request's span at the OTLP receiver", func() bool {
+		all, err := sink.Spans(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spans = spans[:0]
+		for _, s := range all {
+			if s.TraceID == traceID {
+				spans = append(spans, s)
+				byName[s.Name] = s
+			}
+		}
+		_, ok := byName[watcher.SpanTokenEndpoint]
+		return ok
+	})
+	check, refresh, token := byName[checker.SpanCheck], byName[watcher.SpanRefresh], byName[watcher.SpanTokenEndpoint]
+	if check.ParentSpanID != parent || refresh.ParentSpanID != check.SpanID || token.ParentSpanID != refresh.SpanID {
+		t.Errorf("chain: check %s (parent %s, want %s), refresh %s (parent %s), token %s (parent %s)",
+			check.SpanID, check.ParentSpanID, parent, refresh.SpanID, refresh.ParentSpanID, token.SpanID, token.ParentSpanID)
+	}
+	wantAttrs(t, check, map[string]string{"credinject.identity": ns + "/" + sa, "credinject.route": "partner", "credinject.result": "allow", "credinject.cache": "miss"})
+	wantAttrs(t, refresh, map[string]string{"credinject.source": "oauth2-client-credentials", "credinject.route": "partner"})
+	host := strings.TrimPrefix(strings.TrimPrefix(hy.TokenURL, "http://"), "https://")
+	host, _, _ = strings.Cut(host, "/")
+	wantAttrs(t, token, map[string]string{"credinject.identity": ns + "/" + sa, "credinject.route": "partner", "server.address": host, "credinject.result": "ok"})
+	for _, s := range spans {
+		for k, v := range s.Attributes {
+			for _, secretValue := range []string{secret, accessToken, tok} {
+				if strings.Contains(v, secretValue) {
+					t.Errorf("span %s attribute %s carries a secret", s.Name, k)
+				}
+			}
+		}
+	}
 }

@@ -16,6 +16,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	jose "github.com/go-jose/go-jose/v4"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
@@ -208,7 +210,35 @@ func BenchmarkCheckBySource(b *testing.B) {
 // number), warmed first, then asked in parallel in a scattered order; every
 // answer must be an allow. rec, if set, is told of every decision.
 func benchCheckHits(b *testing.B, n int, header, value string, rec checker.Recorder) {
-	r := newRigWith(b, nil, true, rec)
+	benchCheckHitsOpts(b, n, header, value, rec, checker.Tracing{})
+}
+
+// BenchmarkCheckTracing is BenchmarkCheck's 1,000 identities with tracing
+// off, and on (the real SDK, batching to an exporter that drops) at
+// tracing.samplingRatio 0 and 0.01, for requests without a trace context:
+// an unsampled hit must cost what it costs with tracing off.
+func BenchmarkCheckTracing(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		on    bool
+		ratio float64
+	}{{"off", false, 0}, {"ratio=0", true, 0}, {"ratio=0.01", true, 0.01}} {
+		b.Run("tracing="+c.name, func(b *testing.B) {
+			var tr checker.Tracing
+			if c.on {
+				tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()),
+					sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+				b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+				tr = checker.Tracing{TracerProvider: tp, SamplingRatio: c.ratio}
+			}
+			benchCheckHitsOpts(b, 1_000, "authorization", "Bearer key-%d", nil, tr)
+		})
+	}
+}
+
+// benchCheckHitsOpts is benchCheckHits with tracing configured.
+func benchCheckHitsOpts(b *testing.B, n int, header, value string, rec checker.Recorder, tracing checker.Tracing) {
+	r := newRigOpts(b, nil, true, rec, tracing)
 	reqs := make([]*authv3.CheckRequest, n)
 	for i := range n {
 		ns := fmt.Sprintf("ns-%d", i)

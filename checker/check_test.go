@@ -57,6 +57,18 @@ func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 // newRigWith is newRig with a Recorder told of every decision (nil: none).
 func newRigWith(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder) *rig {
 	tb.Helper()
+	return newRigOpts(tb, routes, hasDefault, rec, checker.Tracing{})
+}
+
+// newTracedRig is newRig with tracing configured.
+func newTracedRig(tb testing.TB, routes []checker.Route, hasDefault bool, tracing checker.Tracing) *rig {
+	tb.Helper()
+	return newRigOpts(tb, routes, hasDefault, nil, tracing)
+}
+
+// newRigOpts builds a rig with a Recorder (nil: none) and tracing.
+func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder, tracing checker.Tracing) *rig {
+	tb.Helper()
 	r := &rig{}
 	r.clock = clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	var err error
@@ -93,6 +105,7 @@ func newRigWith(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 		}),
 		Registerer: prometheus.NewRegistry(), TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 		Recorder: rec,
+		Tracing:  tracing,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -48,6 +48,8 @@ type Config struct {
 	TokenCacheSize int64
 	// SourceTimeout bounds a miss's call to the Source.
 	SourceTimeout time.Duration
+	// Tracing makes a span per traced Check (off by default).
+	Tracing Tracing
 	// Registerer receives the credinject_check_*, cache and stale-answer
 	// metrics (nil: not registered).
 	Registerer prometheus.Registerer
@@ -65,6 +67,7 @@ type Checker struct {
 	tokens  *cachedValidator
 	hash    *hasher
 	tcache  *cache.Tokens[tokenResult]
+	tracer  *tracer // nil: tracing off
 }
 
 // New builds a Checker.
@@ -95,7 +98,7 @@ func New(cfg Config) (*Checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc}
+	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc, tracer: newTracer(cfg.Tracing)}
 	c.tokens = &cachedValidator{
 		v: cfg.Validator, sas: cfg.ServiceAccounts, bound: cfg.BoundObjects, cache: tc, cfg: cfg.TokenCache,
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
@@ -115,6 +118,12 @@ type Decision struct {
 	Identity authz.Identity
 	// Stale is set when Entry is past its refresh time but within grace.
 	Stale bool
+
+	// route is the route matched (routed set); miss says the credential
+	// cache missed. Both go on the Check span.
+	route  string
+	routed bool
+	miss   bool
 }
 
 // Decide validates the Authorization header value, picks the route for host
@@ -162,6 +171,7 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		return Decision{Reason: authz.ReasonNoRoute, Identity: id}
 	}
 	d = c.credential(ctx, route, ti, token, start)
+	d.route, d.routed = route, true
 	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
 		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "route", route, "token", tokenTag(&mac), "stale", d.Stale)
 	}
@@ -186,6 +196,17 @@ func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, to
 		}
 	}
 	c.metrics.credMiss.Inc()
+	if c.tracer != nil {
+		missSpan(ctx, route)
+	}
+	d := c.miss(ctx, route, ti, token, now)
+	d.miss = true
+	return d
+}
+
+// miss asks the Source for the credential of (route, identity).
+func (c *Checker) miss(ctx context.Context, route string, ti TokenInfo, token string, now time.Time) Decision {
+	id := ti.Identity
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.SourceTimeout)
 	defer cancel()
 	e, err := c.cfg.Source.Credential(sctx, route, id, token, ti.Expires)

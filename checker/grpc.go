@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/trace"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -47,7 +48,13 @@ var _ authv3.AuthorizationServer = (*GRPC)(nil)
 func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	authorization, host := requestHeaders(httpReq)
+	var span trace.Span
+	if t := g.c.tracer; t != nil {
+		th, carrier := grpcTraceHeaders(httpReq)
+		ctx, span = t.start(ctx, &th, carrier)
+	}
 	d := g.c.Decide(ctx, authorization, host)
+	endCheck(span, &d)
 	if d.Reason != authz.ReasonNone {
 		resp, ok := g.denied[d.Reason]
 		if !ok {

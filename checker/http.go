@@ -4,6 +4,9 @@ import (
 	"net/http"
 	"strconv"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/credinject/credinject/authz"
 )
 
@@ -29,7 +32,18 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if host == "" {
 		host = r.Host
 	}
-	d := h.c.Decide(r.Context(), r.Header.Get("Authorization"), host)
+	ctx := r.Context()
+	var span trace.Span
+	if t := h.c.tracer; t != nil {
+		// Canonical keys: a lookup of a lower-case name would allocate.
+		th := traceHeaders{
+			traceparent: first(r.Header["Traceparent"]), b3: first(r.Header["B3"]),
+			b3TraceID: first(r.Header["X-B3-Traceid"]), b3Sampled: first(r.Header["X-B3-Sampled"]), b3Flags: first(r.Header["X-B3-Flags"]),
+		}
+		ctx, span = t.start(ctx, &th, propagation.HeaderCarrier(r.Header))
+	}
+	d := h.c.Decide(ctx, r.Header.Get("Authorization"), host)
+	endCheck(span, &d)
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
 	if d.Reason != authz.ReasonNone {
@@ -52,4 +66,11 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr["X-Credinject-Namespace"] = []string{d.Identity.Namespace}
 	hdr["X-Credinject-Serviceaccount"] = []string{d.Identity.ServiceAccount}
 	w.WriteHeader(http.StatusOK)
+}
+
+func first(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
 }

@@ -8,6 +8,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -20,11 +24,16 @@ type tokenReviews interface {
 	Create(ctx context.Context, tr *authnv1.TokenReview, opts metav1.CreateOptions) (*authnv1.TokenReview, error)
 }
 
+// attrTokenReviewResult is the TokenReview span's result: ok, rejected, error
+// (as credinject_tokenreview_requests_total's label).
+const attrTokenReviewResult = attribute.Key("credinject.tokenreview.result")
+
 // TokenReviewValidator validates tokens with the Kubernetes TokenReview API.
 type TokenReviewValidator struct {
 	reviews   tokenReviews
 	audiences []string
 	observe   func(result string)
+	tracer    trace.Tracer
 }
 
 // NewTokenReviewValidator builds a validator for the given audiences. It
@@ -36,22 +45,50 @@ func NewTokenReviewValidator(reviews tokenReviews, audiences []string, reg prome
 		return nil, err
 	}
 	observe := func(result string) { calls.WithLabelValues(result).Inc() }
-	return &TokenReviewValidator{reviews: reviews, audiences: slices.Clone(audiences), observe: observe}, nil
+	return &TokenReviewValidator{reviews: reviews, audiences: slices.Clone(audiences), observe: observe, tracer: noop.Tracer{}}, nil
+}
+
+// WithTracerProvider makes a span (SpanTokenReview) per TokenReview call,
+// a child of the caller's span (the Check's, on a token-cache miss), with
+// the result and, when the token is valid, the identity. It returns v;
+// call it before the validator is used.
+func (v *TokenReviewValidator) WithTracerProvider(tp trace.TracerProvider) *TokenReviewValidator {
+	if tp != nil {
+		v.tracer = tp.Tracer("github.com/credinject/credinject/checker")
+	}
+	return v
 }
 
 var _ Validator = (*TokenReviewValidator)(nil)
 
 // Validate asks the API server whether token is a valid service-account
 // token for the configured audiences.
-func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (TokenInfo, error) {
+func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (ti TokenInfo, err error) {
+	ctx, span := v.tracer.Start(ctx, SpanTokenReview, trace.WithSpanKind(trace.SpanKindClient))
+	defer func() {
+		if span.IsRecording() {
+			if err != nil {
+				r := authz.ReasonOf(err)
+				span.SetAttributes(AttrReason.String(string(r)))
+				if r == authz.ReasonTokenReviewUnavailable {
+					span.SetStatus(codes.Error, string(r))
+				}
+			} else {
+				span.SetAttributes(AttrIdentity.String(ti.Identity.Key))
+			}
+		}
+		span.End()
+	}()
 	res, err := v.reviews.Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: v.audiences}}, metav1.CreateOptions{})
 	if err != nil {
 		v.observe("error")
+		span.SetAttributes(attrTokenReviewResult.String("error"))
 		return TokenInfo{}, authz.Deny(authz.ReasonTokenReviewUnavailable, fmt.Errorf("tokenreview: %w", err))
 	}
 	st := res.Status
 	if !st.Authenticated {
 		v.observe("rejected")
+		span.SetAttributes(attrTokenReviewResult.String("rejected"))
 		msg := st.Error
 		if msg == "" {
 			msg = "unauthenticated"
@@ -59,6 +96,7 @@ func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (Toke
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: "+msg))
 	}
 	v.observe("ok")
+	span.SetAttributes(attrTokenReviewResult.String("ok"))
 	if len(v.audiences) > 0 && !intersects(st.Audiences, v.audiences) {
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: audience not accepted"))
 	}

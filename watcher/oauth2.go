@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 	"k8s.io/utils/clock"
@@ -41,6 +43,7 @@ type oauth2Provider struct {
 	client *http.Client
 	clock  clock.PassiveClock
 	calls  func(result string)
+	tracer trace.Tracer // nil: no spans
 }
 
 var _ Provider = oauth2Provider{}
@@ -55,13 +58,10 @@ func (p oauth2Provider) Fetch(ctx context.Context, tokens TokenSource, id authz.
 		return Credential{}, err
 	}
 	now := p.clock.Now()
-	tok, err := cc.Token(context.WithValue(ctx, oauth2.HTTPClient, p.client))
+	tok, err := p.token(ctx, cc, id, rt)
 	if err != nil {
-		err = classifyTokenError(err)
-		p.calls(resultOfToken(err))
 		return Credential{}, err
 	}
-	p.calls("ok")
 	if tok.AccessToken == "" {
 		return Credential{}, authz.Deny(authz.ReasonTokenEndpointUnavailable, errors.New("token endpoint returned no access token"))
 	}
@@ -73,6 +73,30 @@ func (p oauth2Provider) Fetch(ctx context.Context, tokens TokenSource, id authz.
 		expires = now.Add(time.Until(tok.Expiry))
 	}
 	return Credential{Data: data, Version: sec.Version, Expires: expires}, nil
+}
+
+// token asks the token endpoint, in a span (SpanTokenEndpoint) with the
+// identity, the route, the endpoint's host and the result (ok, refused,
+// error), and counts the call.
+func (p oauth2Provider) token(ctx context.Context, cc *clientcredentials.Config, id authz.Identity, rt Route) (*oauth2.Token, error) {
+	tracer := p.tracer
+	if tracer == nil {
+		tracer = noop.Tracer{}
+	}
+	ctx, span := tracer.Start(ctx, SpanTokenEndpoint, trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		span.SetAttributes(attrIdentity.String(id.Key), attrRoute.String(rt.Name), attrServerAddr.String(hostOf(rt.TokenURL)))
+	}
+	tok, err := cc.Token(context.WithValue(ctx, oauth2.HTTPClient, p.client))
+	if err != nil {
+		err = classifyTokenError(err)
+		p.calls(resultOfToken(err))
+		endSpan(span, resultOfToken(err))
+		return nil, err
+	}
+	p.calls("ok")
+	endSpan(span, "ok")
+	return tok, nil
 }
 
 // clientConfig builds the client credentials request from the identity's

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/internal/backoff"
@@ -257,7 +259,7 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 	defer id.session.retire()
 	routes := id.watched()
 	if trigger == "schedule" {
-		_, err := id.session.Token(ctx, relogin)
+		_, err := id.session.Token(withScope(ctx, id.Key, "", false), relogin)
 		if err != nil && (!errors.Is(err, authz.ErrVaultUnavailable) || errors.Is(err, errNoToken)) {
 			if errors.Is(err, authz.ErrVaultDenied) {
 				w.denyAll(id, id.nextSeq(), w.cfg.Clock.Now(), "", trigger)
@@ -282,9 +284,12 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 // fresh entry, a negative entry (denied, nothing there, not injectable), or,
 // when Vault is unreachable, nothing (the cached entry keeps being served
 // until it expires).
-func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger string) (*cache.Entry, error) {
+func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger string) (e *cache.Entry, err error) {
 	rt := w.routes[route]
 	src := string(rt.Source)
+	ctx, span := w.tracer.Start(withScope(ctx, id.Key, route, true), SpanRefresh, trace.WithAttributes(
+		attrIdentity.String(id.Key), attrRoute.String(route), attrTrigger.String(trigger), attrSource.String(src)))
+	defer func() { endSpan(span, refreshResult(e, err)) }()
 	seq := id.nextSeq()
 	p := w.providers[rt.Source]
 	if inv, ok := p.(Invalidator); ok && trigger == "event" {
@@ -293,7 +298,6 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 	cred, err := p.Fetch(ctx, id.session, id.Identity, rt)
 	now := w.cfg.Clock.Now()
 	o := origin{trigger: trigger, source: rt.Source, path: w.vaultPath(rt, id.Identity), lease: cred.LeaseID}
-	var e *cache.Entry
 	result := "ok"
 	switch {
 	case err == nil:
@@ -383,4 +387,18 @@ func (w *Watcher) storeLocked(id *identity, route string, seq uint64, e *cache.E
 	}
 	id.applied[route] = seq
 	return id.lifecycle(route, e, o)
+}
+
+// refreshResult is a refresh span's result: the entry's state (ok, or its
+// deny reason) or, without one, unavailable.
+func refreshResult(e *cache.Entry, err error) string {
+	switch {
+	case e != nil && e.Denied == authz.ReasonNone:
+		return "ok"
+	case e != nil:
+		return string(e.Denied)
+	case err == nil:
+		return "ok"
+	}
+	return "unavailable"
 }

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/credinject/credinject/authz"
 )
@@ -132,6 +135,8 @@ type vaultClient struct {
 	role      string
 	sem       chan struct{}
 	calls     callCounter
+	// tracer makes a span per call (a no-op one in tests that leave it).
+	tracer trace.Tracer
 }
 
 // callCounter counts one Vault call by operation and result.
@@ -151,8 +156,23 @@ func (c *vaultClient) acquire(ctx context.Context) error {
 func (c *vaultClient) release() { <-c.sem }
 
 // with runs f with a clone of the base client carrying token, under the
-// concurrency bound, and counts the call.
-func (c *vaultClient) with(ctx context.Context, op, token string, f func(*vaultapi.Client) error) error {
+// concurrency bound, and counts the call. Its span (vault.<op>, a child of
+// ctx's) names the operation, the path (never a token or a lease id) and
+// the identity and route of ctx's scope; it includes the wait for a slot.
+func (c *vaultClient) with(ctx context.Context, op, path, token string, f func(context.Context, *vaultapi.Client) error) (err error) {
+	tracer := c.tracer
+	if tracer == nil {
+		tracer = noop.Tracer{}
+	}
+	ctx, span := tracer.Start(ctx, SpanVaultPrefix+op, trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		attrs := []attribute.KeyValue{attrVaultOp.String(op)}
+		if path != "" {
+			attrs = append(attrs, attrVaultPath.String(path))
+		}
+		span.SetAttributes(scopeAttrs(ctx, attrs)...)
+	}
+	defer func() { endSpan(span, resultOf(err)) }()
 	if err := c.acquire(ctx); err != nil {
 		return err
 	}
@@ -162,15 +182,16 @@ func (c *vaultClient) with(ctx context.Context, op, token string, f func(*vaulta
 		return fmt.Errorf("vault client: %w", err)
 	}
 	vc.SetToken(token)
-	err = f(vc)
+	err = f(ctx, vc)
 	c.calls(op, resultOf(err))
 	return err
 }
 
 func (c *vaultClient) Login(ctx context.Context, jwt string) (vaultLogin, error) {
 	var l vaultLogin
-	err := c.with(ctx, "login", "", func(vc *vaultapi.Client) error {
-		s, err := vc.Logical().WriteWithContext(ctx, "auth/"+c.authMount+"/login", map[string]any{"role": c.role, "jwt": jwt})
+	path := "auth/" + c.authMount + "/login"
+	err := c.with(ctx, "login", path, "", func(ctx context.Context, vc *vaultapi.Client) error {
+		s, err := vc.Logical().WriteWithContext(ctx, path, map[string]any{"role": c.role, "jwt": jwt})
 		if err != nil {
 			err = classify(err)
 			if errors.Is(err, errForbidden) || errors.Is(err, errNotFound) {
@@ -189,7 +210,7 @@ func (c *vaultClient) Login(ctx context.Context, jwt string) (vaultLogin, error)
 
 func (c *vaultClient) RenewSelf(ctx context.Context, token string) (time.Duration, error) {
 	var ttl time.Duration
-	err := c.with(ctx, "renew", token, func(vc *vaultapi.Client) error {
+	err := c.with(ctx, "renew", "auth/token/renew-self", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		s, err := vc.Auth().Token().RenewSelfWithContext(ctx, 0)
 		if err != nil {
 			return classify(err)
@@ -205,7 +226,7 @@ func (c *vaultClient) RenewSelf(ctx context.Context, token string) (time.Duratio
 
 func (c *vaultClient) Read(ctx context.Context, token, path string) (*vaultapi.Secret, error) {
 	var s *vaultapi.Secret
-	err := c.with(ctx, "read", token, func(vc *vaultapi.Client) error {
+	err := c.with(ctx, "read", path, token, func(ctx context.Context, vc *vaultapi.Client) error {
 		var err error
 		s, err = vc.Logical().ReadWithContext(ctx, path)
 		if err != nil {
@@ -220,7 +241,7 @@ func (c *vaultClient) Read(ctx context.Context, token, path string) (*vaultapi.S
 }
 
 func (c *vaultClient) RevokeSelf(ctx context.Context, token string) error {
-	return c.with(ctx, "revoke", token, func(vc *vaultapi.Client) error {
+	return c.with(ctx, "revoke", "auth/token/revoke-self", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		if err := vc.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
 			return classify(err)
 		}
@@ -230,7 +251,7 @@ func (c *vaultClient) RevokeSelf(ctx context.Context, token string) error {
 
 func (c *vaultClient) RenewLease(ctx context.Context, token, leaseID string, increment time.Duration) (time.Duration, error) {
 	var ttl time.Duration
-	err := c.with(ctx, "renew_lease", token, func(vc *vaultapi.Client) error {
+	err := c.with(ctx, "renew_lease", "sys/leases/renew", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		s, err := vc.Sys().RenewWithContext(ctx, leaseID, int(increment/time.Second))
 		if err != nil {
 			return classify(err)
@@ -245,7 +266,7 @@ func (c *vaultClient) RenewLease(ctx context.Context, token, leaseID string, inc
 }
 
 func (c *vaultClient) RevokeLease(ctx context.Context, token, leaseID string) error {
-	return c.with(ctx, "revoke_lease", token, func(vc *vaultapi.Client) error {
+	return c.with(ctx, "revoke_lease", "sys/leases/revoke", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		if err := vc.Sys().RevokeWithContext(ctx, leaseID); err != nil {
 			return classify(err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
@@ -85,6 +86,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Auditor receives the lifecycle records (nil: none).
 	Auditor Auditor
+	// TracerProvider makes the refresh, Vault and token endpoint spans,
+	// children of the Check span on a miss (nil: none).
+	TracerProvider trace.TracerProvider
 }
 
 // Watcher keeps identities' credentials in the Store: one session and one
@@ -101,6 +105,7 @@ type Watcher struct {
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	flight    singleflight.Group
+	tracer    trace.Tracer
 
 	mu  sync.Mutex // guards ids
 	ids map[string]*identity
@@ -118,7 +123,7 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Concurrency <= 0 {
 		return nil, fmt.Errorf("watcher: Concurrency must be positive, got %d", cfg.Concurrency)
 	}
-	v := &vaultClient{base: cfg.Vault, authMount: cfg.AuthMount, role: cfg.Role, sem: make(chan struct{}, cfg.Concurrency), calls: m.call}
+	v := &vaultClient{base: cfg.Vault, authMount: cfg.AuthMount, role: cfg.Role, sem: make(chan struct{}, cfg.Concurrency), calls: m.call, tracer: newTracer(cfg.TracerProvider)}
 	return newWatcher(cfg, v, nil, m)
 }
 
@@ -132,7 +137,7 @@ func providers(cfg Config, v vault, m *metrics) map[Source]Provider {
 	return map[Source]Provider{
 		SourceKV:            kv,
 		SourceVaultRead:     newLeaseProvider(v, cfg.Clock, cfg.Log.With("source", string(SourceVaultRead)), cfg.Auditor),
-		SourceOAuth2:        oauth2Provider{kv: kv, client: client, clock: cfg.Clock, calls: m.tokenCall},
+		SourceOAuth2:        oauth2Provider{kv: kv, client: client, clock: cfg.Clock, calls: m.tokenCall, tracer: newTracer(cfg.TracerProvider)},
 		SourceIdentityToken: identityTokenProvider{vault: v, clock: cfg.Clock},
 	}
 }
@@ -182,7 +187,8 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 		routes[r.Name] = r
 	}
 	base, stop := context.WithCancel(context.Background())
-	return &Watcher{cfg: cfg, vault: v, providers: all, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{}}, nil
+	return &Watcher{cfg: cfg, vault: v, providers: all, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{},
+		tracer: newTracer(cfg.TracerProvider)}, nil
 }
 
 // Close stops every identity's refresher and waits for them.
@@ -300,6 +306,9 @@ func (w *Watcher) Credential(ctx context.Context, route string, id authz.Identit
 		x.watch(route)
 		fctx, cancel := context.WithTimeout(w.base, w.cfg.CallTimeout)
 		defer cancel()
+		// The flight outlives its first caller, not its trace: the calls
+		// it makes are children of that caller's Check span.
+		fctx = trace.ContextWithSpan(fctx, trace.SpanFromContext(ctx))
 		e, err := w.refreshRoute(fctx, x, route, "miss")
 		x.session.retire()
 		w.settle(x, err)

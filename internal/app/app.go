@@ -18,6 +18,8 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	"k8s.io/client-go/kubernetes"
@@ -83,6 +85,11 @@ type App struct {
 	// The audit trail (audit.*): nil when off.
 	audit      *audit.Log
 	auditClose func() error
+
+	// Operability: tracing.*, debug.listen.
+	tracing  *sdktrace.TracerProvider // nil: tracing off
+	debugLn  net.Listener             // nil: no debug.listen
+	debugSrv *http.Server
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -110,6 +117,10 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	if err := a.auditTrail(); err != nil {
+		return nil, err
+	}
+	var err error
+	if a.tracing, err = a.tracerProvider(); err != nil {
 		return nil, err
 	}
 	kc, rc, err := a.kubernetes()
@@ -182,7 +193,9 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	}
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
-	}, func() float64 { return float64(a.creds.Len()) }))
+	}, func() float64 { return float64(a.creds.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "credinject_cache_capacity", Help: "Entries the credential cache holds at most (cache.capacity); when full, a new identity's credential is not kept and each of its requests is a miss.",
+	}, func() float64 { return float64(cfg.Cache.Capacity) }))
 	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
 		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,
 		CAFile: cfg.Vault.CAFile, ClientCertFile: cfg.Vault.ClientCertFile, ClientKeyFile: cfg.Vault.ClientKeyFile,
@@ -200,7 +213,8 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		Refresh: cfg.Prefetch.Refresh, StaleGrace: cfg.Prefetch.StaleGrace, DeniedTTL: cfg.Cache.DeniedTTL,
 		Concurrency: cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
 		Clock: a.opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
-		Auditor: a.auditor(),
+		Auditor:        a.auditor(),
+		TracerProvider: a.tracerProviderOrNil(),
 	})
 	if err != nil {
 		return err
@@ -236,6 +250,7 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.log.With("component", "checker"),
 		Clock: a.opts.Clock, Recorder: a.recorder(),
+		Tracing: checker.Tracing{TracerProvider: a.tracerProviderOrNil(), SamplingRatio: cfg.Tracing.SamplingRatio},
 	})
 	return err
 }
@@ -290,4 +305,17 @@ func (a *App) close() {
 	if a.auditClose != nil {
 		a.auditClose()
 	}
+	if a.debugLn != nil {
+		a.debugLn.Close()
+	}
+	a.shutdownTracing()
+}
+
+// tracerProviderOrNil is the provider for the parts' configs: a nil
+// interface when tracing is off (never a typed nil).
+func (a *App) tracerProviderOrNil() trace.TracerProvider {
+	if a.tracing == nil {
+		return nil
+	}
+	return a.tracing
 }

@@ -19,14 +19,21 @@ func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
 // decisions, stops it, and checks that none of its goroutines outlive Run.
 func TestShutdownLeavesNothingBehind(t *testing.T) {
 	for _, mode := range []string{"tokenreview", "jwks"} {
-		t.Run(mode, func(t *testing.T) { shutdownLeavesNothingBehind(t, mode) })
+		t.Run(mode, func(t *testing.T) { shutdownLeavesNothingBehind(t, mode, false) })
 	}
+	// Tracing on: the SDK's batcher and the OTLP exporter's connection
+	// end with Run too; so does the debug listener.
+	t.Run("tokenreview with tracing and debug", func(t *testing.T) { shutdownLeavesNothingBehind(t, "tokenreview", true) })
 }
 
 // shutdownLeavesNothingBehind runs the check in one token-validation mode
 // (jwks adds the bound-object informers).
-func shutdownLeavesNothingBehind(t *testing.T, mode string) {
+func shutdownLeavesNothingBehind(t *testing.T, mode string, operability bool) {
 	env := testenv.Get(t)
+	var sink *testenv.OTLPSink
+	if operability {
+		sink = env.OTLPSink(t)
+	}
 	ctx := context.Background()
 	ns, sa, tok, err := env.Kube.Identity(ctx, "leak")
 	if err != nil {
@@ -44,6 +51,10 @@ func shutdownLeavesNothingBehind(t *testing.T, mode string) {
 	cfg := apptest.Config(env)
 	cfg.Kubernetes.TokenValidation = mode
 	cfg.Prefetch.Namespaces = []string{ns}
+	if operability {
+		cfg.Tracing.OTLPEndpoint, cfg.Tracing.SamplingRatio = sink.GRPCEndpoint, 1
+		cfg.Debug.Listen = "127.0.0.1:0"
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	srv, done := apptest.Run(t, runCtx, env, cfg)
 	if got := srv.Check(t, tok, "h"); got != "allow authorization=Bearer sk-leak" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -76,7 +77,34 @@ func (a *App) listen() error {
 			return fmt.Errorf("listen.health: %w", err)
 		}
 	}
+	if cfg.Debug.Listen != "" {
+		a.debugSrv = &http.Server{Handler: debugMux(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+		if a.debugLn, err = net.Listen("tcp", cfg.Debug.Listen); err != nil {
+			return fmt.Errorf("debug.listen: %w", err)
+		}
+	}
 	return nil
+}
+
+// debugMux serves net/http/pprof's handlers under /debug/pprof/, on a mux
+// of its own (not http.DefaultServeMux, which the package's init fills), so
+// they answer on debug.listen only.
+func debugMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// DebugAddr is the bound debug.listen address ("" without it).
+func (a *App) DebugAddr() string {
+	if a.debugLn == nil {
+		return ""
+	}
+	return a.debugLn.Addr().String()
 }
 
 // probes adds /healthz, /readyz and /metrics to mux.
@@ -188,6 +216,14 @@ func (a *App) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if a.debugSrv != nil {
+		goSafe("debug", func() error {
+			if err := a.debugSrv.Serve(a.debugLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("debug: %w", err)
+			}
+			return nil
+		})
+	}
 	if a.sas != nil {
 		goSafe("informer", func() error { a.sas.Run(gctx); return nil })
 	}
@@ -218,6 +254,11 @@ func (a *App) Run(ctx context.Context) error {
 		if a.healthSrv != nil {
 			_ = a.healthSrv.Shutdown(sctx)
 		}
+		if a.debugSrv != nil {
+			// A running CPU profile or trace would hold a graceful
+			// shutdown for its whole duration.
+			_ = a.debugSrv.Close()
+		}
 		stopped := make(chan struct{})
 		go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
 		select {
@@ -227,7 +268,7 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(),
+	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(), "debug", a.DebugAddr(), "tracing", a.tracing != nil,
 		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(), "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
 	err := g.Wait()
 	if a.audit != nil {

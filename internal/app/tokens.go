@@ -31,6 +31,7 @@ func (a *App) validator(ctx context.Context, kc kubernetes.Interface, rc *rest.C
 		if err != nil {
 			return nil, err
 		}
+		online.WithTracerProvider(a.tracerProviderOrNil())
 		v, err := a.jwksValidator(ctx, rc)
 		if err != nil {
 			a.offline = fmt.Sprintf("TokenReview for every new token, no offline verification (issuer keys unavailable: %v); never-confirmed identities share a budget of %v/s, burst %d", err, cfg.TokenReviewBudget.Rate, cfg.TokenReviewBudget.Burst)

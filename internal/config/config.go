@@ -40,6 +40,10 @@ type Config struct {
 	DefaultRoute *bool `yaml:"defaultRoute"`
 	Cache        Cache `yaml:"cache"`
 	Audit        Audit `yaml:"audit"`
+	// Tracing exports OpenTelemetry spans (off by default).
+	Tracing Tracing `yaml:"tracing"`
+	// Debug serves /debug/pprof on its own listener (off by default).
+	Debug Debug `yaml:"debug"`
 }
 
 // Audit configures the credential audit trail (package audit).
@@ -52,6 +56,27 @@ type Audit struct {
 	// MaxKeys bounds the usage keys (allow and deny) held per interval;
 	// decisions beyond it are counted as dropped.
 	MaxKeys int `yaml:"maxKeys"`
+}
+
+// Tracing configures OpenTelemetry traces.
+type Tracing struct {
+	// OTLPEndpoint is the OTLP/gRPC receiver's URL: http://host:port
+	// (plaintext) or https://host:port (TLS, system roots). Empty: tracing
+	// off, and the request path pays nothing.
+	OTLPEndpoint string `yaml:"otlpEndpoint"`
+	// SamplingRatio, in [0, 1], is the share of requests traced that carry
+	// no trace context, or one that leaves the decision to credinject; a
+	// sampled traceparent or B3 context is always followed, an unsampled
+	// one never.
+	SamplingRatio float64 `yaml:"samplingRatio"`
+}
+
+// Debug configures the debugging listener.
+type Debug struct {
+	// Listen is a host:port serving net/http/pprof's /debug/pprof/ and
+	// nothing else. Empty: off. It has no authentication: bind it to
+	// loopback or a port no one else reaches.
+	Listen string `yaml:"listen"`
 }
 
 // HasDefaultRoute reports whether unmatched hosts use the top-level settings.
@@ -230,7 +255,8 @@ func Default() Config {
 			TokenNegative: 5 * time.Second,
 			DeniedTTL:     10 * time.Second,
 		},
-		Audit: Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
+		Audit:   Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
+		Tracing: Tracing{SamplingRatio: 0.01},
 	}
 }
 
@@ -405,6 +431,17 @@ func (c *Config) Validate() error {
 	}
 	if c.Audit.MaxKeys <= 0 {
 		bad("audit.maxKeys", "must be positive, got %d", c.Audit.MaxKeys)
+	}
+	if e := c.Tracing.OTLPEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("tracing.otlpEndpoint", "%q is not an http(s)://host:port URL", e)
+		}
+	}
+	if r := c.Tracing.SamplingRatio; !(r >= 0 && r <= 1) {
+		bad("tracing.samplingRatio", "must be within [0, 1], got %v", r)
+	}
+	if c.Debug.Listen != "" {
+		checkAddr("debug.listen", c.Debug.Listen)
 	}
 	c.checkRoutes(bad)
 	return errors.Join(errs...)

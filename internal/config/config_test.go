@@ -127,6 +127,10 @@ func TestParseRefuses(t *testing.T) {
 		"zero audit interval":      {"audit: {interval: 0s}", "audit.interval"},
 		"zero audit keys":          {"audit: {maxKeys: 0}", "audit.maxKeys"},
 		"unknown audit key":        {"audit: {file: /a}", "file"},
+		"otlp endpoint no scheme":  {"tracing: {otlpEndpoint: collector:4317}", "tracing.otlpEndpoint"},
+		"sampling ratio above 1":   {"tracing: {samplingRatio: 1.5}", "tracing.samplingRatio"},
+		"negative sampling ratio":  {"tracing: {samplingRatio: -0.1}", "tracing.samplingRatio"},
+		"bad debug address":        {"debug: {listen: localhost}", "debug.listen"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -250,5 +254,25 @@ func TestSourceErrors(t *testing.T) {
 				t.Fatalf("err = %v; want one naming %s", err, tc.key)
 			}
 		})
+	}
+}
+
+func TestParseTracingAndDebug(t *testing.T) {
+	c, err := Parse(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Tracing.OTLPEndpoint != "" || c.Debug.Listen != "" {
+		t.Fatalf("tracing or debug on by default: %+v %+v", c.Tracing, c.Debug)
+	}
+	if c.Tracing.SamplingRatio != 0.01 {
+		t.Fatalf("default samplingRatio %v, want 0.01", c.Tracing.SamplingRatio)
+	}
+	c, err = Parse(strings.NewReader("tracing: {otlpEndpoint: \"http://otel-collector:4317\", samplingRatio: 0}\ndebug: {listen: \"127.0.0.1:6060\"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Tracing.OTLPEndpoint != "http://otel-collector:4317" || c.Tracing.SamplingRatio != 0 || c.Debug.Listen != "127.0.0.1:6060" {
+		t.Fatalf("parsed %+v %+v", c.Tracing, c.Debug)
 	}
 }

@@ -320,6 +320,12 @@ var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 
 func newRig(t *testing.T, routes ...Route) *rig {
 	t.Helper()
+	return newRigWith(t, nil, routes...)
+}
+
+// newRigWith is newRig with the watcher's Config changed by configure.
+func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
+	t.Helper()
 	if len(routes) == 0 {
 		routes = []Route{{Name: "", Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {api_key}"}}
 	}
@@ -333,11 +339,15 @@ func newRig(t *testing.T, routes ...Route) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.w, err = newWatcher(Config{
+	cfg := Config{
 		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
 		KVMount: "secret", Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
 		Auditor: r.audit,
-	}, r.vault, nil, m)
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	r.w, err = newWatcher(cfg, r.vault, nil, m)
 	if err != nil {
 		t.Fatal(err)
 	}

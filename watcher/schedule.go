@@ -149,11 +149,13 @@ func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (t
 
 // FullRefreshAt is when an identity read at now is next re-read in full:
 // the read schedule of NextRefresh over interval (prefetch.refresh, or
-// prefetch.refreshWithEvents while rotation events arrive), or sooner when
-// its Vault token is due for a renewal or a login (tokenDue; zero: none).
+// prefetch.refreshWithEvents while rotation events arrive), or when its
+// Vault token is due for a renewal or a login (tokenDue; zero: none) if that
+// comes first or within the read's jitter window, so that the two share one
+// wake-up instead of two.
 func FullRefreshAt(now time.Time, interval time.Duration, tokenDue time.Time, jitter float64) time.Time {
 	at := NextRefresh(now, interval, time.Time{}, jitter)
-	if !tokenDue.IsZero() && tokenDue.Before(at) {
+	if !tokenDue.IsZero() && !tokenDue.After(NextRefresh(now, interval, time.Time{}, 1)) {
 		at = tokenDue
 	}
 	return at

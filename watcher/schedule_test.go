@@ -146,4 +146,10 @@ func TestFullRefreshAt(t *testing.T) {
 	if got := FullRefreshAt(t0, 5*time.Minute, t0.Add(10*time.Minute), 0).Sub(t0); got != 200*time.Second {
 		t.Errorf("read due first: %v, want 200s", got)
 	}
+	if got := FullRefreshAt(t0, time.Hour, t0.Add(43*time.Minute), -1).Sub(t0); got != 43*time.Minute {
+		t.Errorf("token due within the read's jitter window: %v, want 43m (one wake-up for both)", got)
+	}
+	if got := FullRefreshAt(t0, time.Hour, t0.Add(45*time.Minute), -1).Sub(t0); got != 36*time.Minute {
+		t.Errorf("token due after the jitter window: %v, want 36m", got)
+	}
 }

@@ -301,4 +301,3 @@ func TestSteadyStateCostShort(t *testing.T) {
 		t.Errorf("renewals %.2f, reads %.2f: the schedule did not run", r.renewals, r.reads)
 	}
 }
-

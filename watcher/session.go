@@ -87,13 +87,6 @@ func (s *session) setPrefetch() {
 	s.mu.Unlock()
 }
 
-// Expires is when the current Vault token expires (zero without one).
-func (s *session) Expires() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.expires
-}
-
 // Due is when the session next has to act on its Vault token (renew it or
 // log in again), as of now: now when it is due already, zero without a
 // token. The refresher wakes for it.

@@ -4,11 +4,13 @@
 // Its parts, one file each:
 //   - session.go: a session owns one identity's Vault token. It logs in with
 //     the identity's own service-account token (presented on a request, or
-//     minted by TokenRequest for a prefetched identity), renews the token past
-//     half its life, logs in again on schedule (Vault re-checks a role's
-//     bindings only at login) and revokes the token it replaces once the
-//     refresh that replaced it is done (the leases read with it end then),
-//     and its tokens when the identity is forgotten.
+//     minted by TokenRequest for a prefetched identity, used for that login
+//     and not kept), renews the token at two thirds of its life, logs in
+//     again only when it cannot be renewed or every relogin interval (Vault
+//     re-checks a role's bindings only at login; the plan is a pure function
+//     in schedule.go) and revokes the token it replaces once the refresh
+//     that replaced it is done (the leases read with it end then), and its
+//     tokens when the identity is forgotten.
 //   - provider.go: a Provider obtains one kind of credential for (route,
 //     identity) with the session's token; each route names its source. KV v2
 //     (kv, the default) is there; lease.go keeps a leased read of any path
@@ -18,7 +20,9 @@
 //     idtoken.go mints identity tokens for the identity's Vault entity
 //     (vault-identity-token).
 //   - refresher.go: one refresher per identity re-reads its routes on a
-//     schedule (NextRefresh, a pure function), on a resync and with backoff
+//     schedule (FullRefreshAt, a pure function: the read interval, longer
+//     while rotation events arrive, or the session's token when due), on a
+//     resync and with backoff
 //     after failures, and stores the outcome in order: a read that started
 //     later always wins, and a read that ends after its identity was
 //     forgotten is dropped. Failures are served stale until staleGrace, and

@@ -24,6 +24,10 @@ import (
 type fakeVault struct {
 	clock *clocktesting.FakeClock
 	ttl   time.Duration
+	// maxTTL caps a token's renewals, counted from its login (0: none);
+	// notRenewable makes logins grant tokens that cannot be renewed.
+	maxTTL       time.Duration
+	notRenewable bool
 
 	mu       sync.Mutex
 	down     bool
@@ -53,6 +57,7 @@ type fakeLease struct {
 
 type fakeToken struct {
 	identity string
+	created  time.Time
 	expires  time.Time
 }
 
@@ -199,8 +204,8 @@ func (v *fakeVault) Login(_ context.Context, jwt string) (vaultLogin, error) {
 	}
 	v.n++
 	tok := fmt.Sprintf("hvs.%d", v.n)
-	v.live[tok] = fakeToken{identity: parts[1], expires: v.clock.Now().Add(v.ttl)}
-	return vaultLogin{Token: tok, TTL: v.ttl, Renewable: true}, nil
+	v.live[tok] = fakeToken{identity: parts[1], created: v.clock.Now(), expires: v.clock.Now().Add(v.ttl)}
+	return vaultLogin{Token: tok, TTL: v.ttl, Renewable: !v.notRenewable}, nil
 }
 
 func (v *fakeVault) token(tok string) (fakeToken, bool) {
@@ -218,12 +223,16 @@ func (v *fakeVault) RenewSelf(_ context.Context, tok string) (time.Duration, err
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	t, ok := v.token(tok)
-	if !ok {
+	if !ok || v.notRenewable {
 		return 0, errForbidden
 	}
-	t.expires = v.clock.Now().Add(v.ttl)
+	ttl := v.ttl
+	if v.maxTTL > 0 {
+		ttl = min(ttl, t.created.Add(v.maxTTL).Sub(v.clock.Now()))
+	}
+	t.expires = v.clock.Now().Add(ttl)
 	v.live[tok] = t
-	return v.ttl, nil
+	return ttl, nil
 }
 
 func (v *fakeVault) Read(ctx context.Context, tok, path string) (*vaultapi.Secret, error) {
@@ -311,6 +320,12 @@ var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 
 func newRig(t *testing.T, routes ...Route) *rig {
 	t.Helper()
+	return newRigWith(t, nil, routes...)
+}
+
+// newRigWith is newRig with the watcher's Config changed by configure.
+func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
+	t.Helper()
 	if len(routes) == 0 {
 		routes = []Route{{Name: "", Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {api_key}"}}
 	}
@@ -324,11 +339,15 @@ func newRig(t *testing.T, routes ...Route) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.w, err = newWatcher(Config{
+	cfg := Config{
 		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
 		KVMount: "secret", Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
 		Auditor: r.audit,
-	}, r.vault, nil, m)
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	r.w, err = newWatcher(cfg, r.vault, nil, m)
 	if err != nil {
 		t.Fatal(err)
 	}

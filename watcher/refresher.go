@@ -214,10 +214,11 @@ func unavailable(err error) bool {
 	return errors.Is(err, authz.ErrVaultUnavailable) || errors.Is(err, authz.ErrTokenEndpointUnavailable)
 }
 
-// fullRefreshAt is when id's next full refresh is due.
+// fullRefreshAt is when id's next full refresh is due: its read schedule
+// (faster while events are down), or sooner when its Vault token is due.
 func (w *Watcher) fullRefreshAt(id *identity) time.Time {
 	now := w.cfg.Clock.Now()
-	return NextRefresh(now, w.cfg.Refresh, id.session.Expires(), w.cfg.Jitter())
+	return FullRefreshAt(now, w.readInterval(), id.session.Due(now), w.cfg.Jitter())
 }
 
 // refreshDue refreshes the routes of id whose credential is due (it expires
@@ -259,7 +260,9 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 	defer id.session.retire()
 	routes := id.watched()
 	if trigger == "schedule" {
-		_, err := id.session.Token(withScope(ctx, id.Key, "", false), relogin)
+		// Renew the Vault token, or log in again, if due: a refusal
+		// applies to the identity before any read.
+		_, err := id.session.Token(withScope(ctx, id.Key, "", false), reuse)
 		if err != nil && (!errors.Is(err, authz.ErrVaultUnavailable) || errors.Is(err, errNoToken)) {
 			if errors.Is(err, authz.ErrVaultDenied) {
 				w.denyAll(id, id.nextSeq(), w.cfg.Clock.Now(), "", trigger)
@@ -307,9 +310,10 @@ func (w *Watcher) refreshRoute(ctx context.Context, id *identity, route, trigger
 			e, err, result = w.negative(id, route, authz.ReasonInvalidCredential, now), rerr, "invalid"
 			break
 		}
-		fresh, expires := credentialLifetimes(now, w.cfg.Refresh, w.cfg.StaleGrace, cred.Expires)
+		interval := w.readInterval()
+		fresh, expires := credentialLifetimes(now, interval, w.cfg.StaleGrace, cred.Expires)
 		e = &cache.Entry{Route: route, Identity: id.Identity, Header: rt.Header, Value: val, Version: cred.Version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
-		id.setDue(route, cred.Expires, NextRefresh(now, w.cfg.Refresh, cred.Expires, w.cfg.Jitter()))
+		id.setDue(route, cred.Expires, NextRefresh(now, interval, cred.Expires, w.cfg.Jitter()))
 	case errors.Is(err, authz.ErrVaultDenied):
 		// A refusal applies to the identity: stop serving every route.
 		w.metrics.refreshes.WithLabelValues(trigger, "denied", src).Inc()

@@ -56,3 +56,107 @@ func credentialLifetimes(readAt time.Time, refresh, staleGrace time.Duration, ex
 	}
 	return freshUntil, expiresAt
 }
+
+// tokenAction is what a session does with its Vault token before using it.
+type tokenAction int
+
+const (
+	keepToken  tokenAction = iota // use it as it is
+	renewToken                    // auth/token/renew-self, then use it
+	logInAgain                    // log in again (or first)
+)
+
+// tokenLife is what a session knows of its Vault token's life. The zero
+// value is no token.
+type tokenLife struct {
+	// issued is the last login or renewal, expires the token's end then.
+	issued, expires time.Time
+	// login is the last login; granted the TTL Vault granted at it.
+	login   time.Time
+	granted time.Duration
+	// renewAt is when to renew: two thirds of the life since issued, or
+	// later after a renewal Vault could not be asked for.
+	renewAt   time.Time
+	renewable bool
+	// capped: a renewal no longer extends the token (its max TTL).
+	capped bool
+}
+
+// tokenMargin is how long before its expiry a Vault token is no longer
+// used (clock skew, the call in flight).
+const tokenMargin = 5 * time.Second
+
+// loggedIn records a login at now that granted ttl.
+func (l *tokenLife) loggedIn(now time.Time, ttl time.Duration, renewable bool) {
+	*l = tokenLife{login: now, granted: ttl, renewable: renewable}
+	l.renewed(now, ttl)
+}
+
+// renewed records a renewal (or login) at now that extended the token by ttl.
+func (l *tokenLife) renewed(now time.Time, ttl time.Duration) {
+	l.issued, l.expires = now, now.Add(ttl)
+	l.renewAt = now.Add(ttl * 2 / 3)
+}
+
+// postpone moves the next renewal a third of the remaining life (at least a
+// second) past now: Vault could not be asked.
+func (l *tokenLife) postpone(now time.Time) {
+	l.renewAt = now.Add(max(l.expires.Sub(now)/3, time.Second))
+}
+
+// plan says what to do with the token at now, and, when nothing is to be
+// done yet, when something will be. canLogin says whether a login is
+// possible (a service-account token is held or can be minted); relogin is
+// the relogin interval (0: the TTL granted at login), after which the token
+// is replaced, not renewed, so that a role that no longer binds the identity
+// refuses it within that interval: Vault checks bindings only at login.
+//
+// A token is renewed at two thirds of its life; replaced then instead when
+// it is not renewable or renewal no longer extends it; used to its expiry
+// when neither is possible (and then a login fails with nothing to log in
+// with).
+func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (tokenAction, time.Time) {
+	end := l.expires.Add(-tokenMargin)
+	if l.expires.IsZero() || !now.Before(end) {
+		return logInAgain, now
+	}
+	if relogin <= 0 {
+		relogin = l.granted
+	}
+	reloginAt := l.login.Add(relogin)
+	if canLogin && !now.Before(reloginAt) {
+		return logInAgain, now
+	}
+	canRenew := l.renewable && !l.capped
+	if !now.Before(l.renewAt) {
+		switch {
+		case canRenew:
+			return renewToken, now
+		case canLogin:
+			return logInAgain, now
+		}
+		return keepToken, end
+	}
+	next := l.renewAt
+	if !canRenew && !canLogin {
+		next = end
+	}
+	if canLogin && reloginAt.Before(next) {
+		next = reloginAt
+	}
+	return keepToken, next
+}
+
+// FullRefreshAt is when an identity read at now is next re-read in full:
+// the read schedule of NextRefresh over interval (prefetch.refresh, or
+// prefetch.refreshWithEvents while rotation events arrive), or when its
+// Vault token is due for a renewal or a login (tokenDue; zero: none) if that
+// comes first or within the read's jitter window, so that the two share one
+// wake-up instead of two.
+func FullRefreshAt(now time.Time, interval time.Duration, tokenDue time.Time, jitter float64) time.Time {
+	at := NextRefresh(now, interval, time.Time{}, jitter)
+	if !tokenDue.IsZero() && !tokenDue.After(NextRefresh(now, interval, time.Time{}, 1)) {
+		at = tokenDue
+	}
+	return at
+}

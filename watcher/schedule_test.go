@@ -90,3 +90,66 @@ func containsStr(s, sub string) bool {
 	}
 	return false
 }
+
+// TestTokenPlan: what a session does with its Vault token, and when it next
+// has to.
+func TestTokenPlan(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	fresh := func(renewable bool) tokenLife {
+		var l tokenLife
+		l.loggedIn(t0, time.Hour, renewable)
+		return l
+	}
+	renewedAt40 := fresh(true)
+	renewedAt40.renewed(t0.Add(40*time.Minute), time.Hour)
+	capped := fresh(true)
+	capped.capped = true
+	cases := map[string]struct {
+		life     tokenLife
+		at       time.Duration
+		canLogin bool
+		relogin  time.Duration
+		want     tokenAction
+		next     time.Duration // when want is keepToken
+	}{
+		"no token":                            {tokenLife{}, 0, true, 0, logInAgain, 0},
+		"fresh: next is the renewal":          {fresh(true), time.Minute, true, 0, keepToken, 40 * time.Minute},
+		"renewed at two thirds":               {fresh(true), 40 * time.Minute, true, 0, renewToken, 0},
+		"relogin at the granted TTL":          {renewedAt40, 60 * time.Minute, true, 0, logInAgain, 0},
+		"after a renewal the relogin is next": {renewedAt40, 41 * time.Minute, true, 0, keepToken, 60 * time.Minute},
+		"a short relogin interval wins":       {fresh(true), time.Minute, true, 10 * time.Minute, keepToken, 10 * time.Minute},
+		"relogin interval passed":             {fresh(true), 10 * time.Minute, true, 10 * time.Minute, logInAgain, 0},
+		"relogin without a token renews":      {renewedAt40, 81 * time.Minute, false, 0, renewToken, 0},
+		"not renewable: replaced":             {fresh(false), 40 * time.Minute, true, 0, logInAgain, 0},
+		"capped: replaced":                    {capped, 40 * time.Minute, true, 0, logInAgain, 0},
+		"capped, no login: kept to its end":   {capped, 40 * time.Minute, false, 0, keepToken, 60*time.Minute - tokenMargin},
+		"about to expire":                     {fresh(false), 60*time.Minute - tokenMargin, false, 0, logInAgain, 0},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			act, next := c.life.plan(t0.Add(c.at), c.canLogin, c.relogin)
+			if act != c.want || (act == keepToken && next != t0.Add(c.next)) {
+				t.Fatalf("plan = %v, %v; want %v, %v", act, next.Sub(t0), c.want, c.next)
+			}
+		})
+	}
+}
+
+func TestFullRefreshAt(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if got := FullRefreshAt(t0, time.Hour, time.Time{}, 0).Sub(t0); got != 40*time.Minute {
+		t.Errorf("no token due: %v, want 40m", got)
+	}
+	if got := FullRefreshAt(t0, time.Hour, t0.Add(10*time.Minute), 0).Sub(t0); got != 10*time.Minute {
+		t.Errorf("token due first: %v, want 10m", got)
+	}
+	if got := FullRefreshAt(t0, 5*time.Minute, t0.Add(10*time.Minute), 0).Sub(t0); got != 200*time.Second {
+		t.Errorf("read due first: %v, want 200s", got)
+	}
+	if got := FullRefreshAt(t0, time.Hour, t0.Add(43*time.Minute), -1).Sub(t0); got != 43*time.Minute {
+		t.Errorf("token due within the read's jitter window: %v, want 43m (one wake-up for both)", got)
+	}
+	if got := FullRefreshAt(t0, time.Hour, t0.Add(45*time.Minute), -1).Sub(t0); got != 36*time.Minute {
+		t.Errorf("token due after the jitter window: %v, want 36m", got)
+	}
+}

@@ -20,25 +20,24 @@ var errNoToken = errors.New("no valid service-account token to log in with")
 type tokenMode int
 
 const (
-	// reuse the current token while it is valid (renewing it past half
-	// life); log in only without one. Reads use it.
+	// reuse the current token while it is valid: renew it at two thirds of
+	// its life, log in again when it cannot be renewed or when the relogin
+	// interval has passed since the last login (Vault re-checks the role's
+	// bindings only at login, not at renewal); log in without one.
 	reuse tokenMode = iota
-	// relogin when a service-account token is at hand: Vault re-checks the
-	// role's bindings only at login (renewal does not), so a scheduled
-	// refresh logs in again to make revocation take effect within one
-	// refresh interval. Without a service-account token, reuse.
-	relogin
 	// force a login: Vault refused a call with the current token.
 	force
 )
 
 // session owns one identity's Vault token: it logs in with the identity's
 // service-account token (the one presented on a request, or one minted by
-// TokenRequest for a prefetched identity), renews the Vault token past half
-// its life, logs in again when told to, and revokes the token it replaces, so
-// Vault holds one live token per identity. A replaced token is revoked once
-// the refresh that replaced it is done (retire), not at once: the leases read
-// with it stay valid until their successors are in the cache.
+// TokenRequest for a prefetched identity, used for that login and dropped),
+// renews the Vault token at two thirds of its life, logs in again when the
+// token cannot be renewed, when the relogin interval has passed, or when
+// told to, and revokes the token it replaces, so Vault holds one live token
+// per identity. A replaced token is revoked once the refresh that replaced it
+// is done (retire), not at once: the leases read with it stay valid until
+// their successors are in the cache.
 type session struct {
 	id     authz.Identity
 	vault  vault
@@ -46,6 +45,9 @@ type session struct {
 	clock  clock.PassiveClock
 	// revoke revokes a superseded Vault token in the background.
 	revoke func(token string)
+	// every is the relogin interval; 0: the TTL the token was granted at
+	// login.
+	every time.Duration
 
 	// login serialises Token calls: it is held across Vault and
 	// TokenRequest I/O on purpose, so that concurrent callers of one
@@ -53,18 +55,16 @@ type session struct {
 	login sync.Mutex
 
 	mu       sync.Mutex // guards what follows; never held across I/O
-	saToken  string
+	saToken  string     // a presented token only; a minted one is not kept
 	saExp    time.Time
 	prefetch bool
 	token    string
-	issued   time.Time
-	expires  time.Time
-	renew    bool // the token is renewable
-	retired  []string
+	tokenLife
+	retired []string
 }
 
-func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveClock, revoke func(string)) *session {
-	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke}
+func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveClock, revoke func(string), every time.Duration) *session {
+	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke, every: every}
 }
 
 // offer keeps the newest valid service-account token of the identity, to
@@ -87,11 +87,20 @@ func (s *session) setPrefetch() {
 	s.mu.Unlock()
 }
 
-// Expires is when the current Vault token expires (zero without one).
-func (s *session) Expires() time.Time {
+// Due is when the session next has to act on its Vault token (renew it or
+// log in again), as of now: now when it is due already, zero without a
+// token. The refresher wakes for it.
+func (s *session) Due(now time.Time) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.expires
+	if s.token == "" {
+		return time.Time{}
+	}
+	act, at := s.plan(now, s.canLoginLocked(now), s.every)
+	if act != keepToken {
+		return now
+	}
+	return at
 }
 
 // VaultToken returns a usable Vault token; fresh forces a new login (Vault
@@ -111,29 +120,42 @@ func (s *session) Token(ctx context.Context, mode tokenMode) (string, error) {
 	defer s.login.Unlock()
 	now := s.clock.Now()
 	s.mu.Lock()
-	token, issued, expires, renewable := s.token, s.issued, s.expires, s.renew
-	if mode == relogin && s.canLoginLocked(now) {
-		mode = force
-	}
+	token, expires := s.token, s.expires
+	act, _ := s.plan(now, s.canLoginLocked(now), s.every)
 	s.mu.Unlock()
-	valid := token != "" && now.Before(expires.Add(-5*time.Second))
-	if mode == force || !valid {
+	if mode == force || act == logInAgain {
 		return s.logIn(ctx, now)
 	}
-	if renewable && now.After(issued.Add(expires.Sub(issued)/2)) {
-		ttl, err := s.vault.RenewSelf(ctx, token)
-		switch {
-		case err == nil && now.Add(ttl).After(expires):
-			s.mu.Lock()
-			s.issued, s.expires = now, now.Add(ttl)
-			s.mu.Unlock()
-		case err == nil || errors.Is(err, authz.ErrVaultUnavailable):
-			// At its max TTL, or Vault is away: keep it while it lasts.
-		default:
+	if act != renewToken {
+		return token, nil
+	}
+	ttl, err := s.vault.RenewSelf(ctx, token)
+	switch {
+	case err == nil && now.Add(ttl).After(expires):
+		s.mu.Lock()
+		s.renewed(now, ttl)
+		s.mu.Unlock()
+		return token, nil
+	case err == nil:
+		// At its max TTL: renewal no longer extends it.
+		s.mu.Lock()
+		s.capped = true
+		can := s.canLoginLocked(now)
+		s.mu.Unlock()
+		if can {
 			return s.logIn(ctx, now)
 		}
+		return token, nil
+	case errors.Is(err, authz.ErrVaultUnavailable):
+		// Vault is away: keep the token while it lasts, try again later.
+		s.mu.Lock()
+		s.postpone(now)
+		s.mu.Unlock()
+		return token, nil
+	default:
+		// Refused: revoked, or unknown to Vault (a restart).
+		return s.logIn(ctx, now)
 	}
-	return token, nil
 }
 
 // canLoginLocked: a service-account token is held or can be minted.
@@ -144,8 +166,10 @@ func (s *session) canLoginLocked(now time.Time) bool {
 	return s.prefetch && s.minter != nil
 }
 
-// logIn logs in with the held service-account token, or a minted one, and
-// revokes the Vault token it replaces. Called with s.login held.
+// logIn logs in with the held service-account token, or a freshly minted
+// one (not kept: about 1 KB per identity, and minting again for the next
+// login costs one TokenRequest an interval), and revokes the Vault token it
+// replaces. Called with s.login held.
 func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	s.mu.Lock()
 	jwt, saExp, prefetch := s.saToken, s.saExp, s.prefetch
@@ -154,13 +178,10 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 		jwt = ""
 	}
 	if jwt == "" && prefetch && s.minter != nil {
-		t, exp, err := s.minter.Token(ctx, s.id)
+		t, _, err := s.minter.Token(ctx, s.id)
 		if err != nil {
 			return "", authz.Denyf(authz.ReasonVaultUnavailable, "token request: %w", err)
 		}
-		s.mu.Lock()
-		s.saToken, s.saExp = t, exp
-		s.mu.Unlock()
 		jwt = t
 	}
 	if jwt == "" {
@@ -170,20 +191,19 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	if err != nil {
 		if !errors.Is(err, authz.ErrVaultUnavailable) {
 			s.mu.Lock()
-			s.token, s.issued, s.expires, s.renew = "", time.Time{}, time.Time{}, false
+			s.token, s.tokenLife = "", tokenLife{}
 			s.mu.Unlock()
 		}
 		return "", err
 	}
 	s.mu.Lock()
 	old := s.token
-	s.token, s.issued, s.expires, s.renew = l.Token, now, now.Add(l.TTL), l.Renewable
-	s.mu.Unlock()
+	s.token = l.Token
+	s.loggedIn(now, l.TTL, l.Renewable)
 	if old != "" {
-		s.mu.Lock()
 		s.retired = append(s.retired, old)
-		s.mu.Unlock()
 	}
+	s.mu.Unlock()
 	return l.Token, nil
 }
 
@@ -210,7 +230,7 @@ func (s *session) close() {
 	if s.token != "" {
 		s.retired = append(s.retired, s.token)
 	}
-	s.token, s.issued, s.expires, s.renew = "", time.Time{}, time.Time{}, false
+	s.token, s.tokenLife = "", tokenLife{}
 	s.mu.Unlock()
 	s.retire()
 }

@@ -70,6 +70,17 @@ type Config struct {
 	Refresh    time.Duration
 	StaleGrace time.Duration
 	DeniedTTL  time.Duration
+	// RefreshWithEvents replaces Refresh while EventsConnected reports
+	// rotation events arriving (prefetch.refreshWithEvents; 0: Refresh).
+	RefreshWithEvents time.Duration
+	// EventsConnected reports whether rotation events are being received
+	// (nil: never). It is asked each time a schedule is computed, so it must
+	// be cheap (events.Subscriber.Connected is an atomic load).
+	EventsConnected func() bool
+	// ReloginInterval is how long an identity's Vault token is renewed
+	// before the watcher logs in again, so that Vault re-checks the role's
+	// bindings (vault.reloginInterval; 0: the TTL Vault granted at login).
+	ReloginInterval time.Duration
 	// Concurrency bounds concurrent Vault calls.
 	Concurrency int
 	// CallTimeout bounds one refresh of one identity (default 10s).
@@ -148,8 +159,12 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 	if cfg.Store == nil || len(cfg.Routes) == 0 {
 		return nil, errors.New("watcher: a Store and at least one Route are required")
 	}
-	if cfg.Refresh <= 0 || cfg.DeniedTTL <= 0 || cfg.StaleGrace < 0 {
-		return nil, fmt.Errorf("watcher: Refresh (%v) and DeniedTTL (%v) must be positive, StaleGrace (%v) not negative", cfg.Refresh, cfg.DeniedTTL, cfg.StaleGrace)
+	if cfg.Refresh <= 0 || cfg.DeniedTTL <= 0 || cfg.StaleGrace < 0 || cfg.RefreshWithEvents < 0 || cfg.ReloginInterval < 0 {
+		return nil, fmt.Errorf("watcher: Refresh (%v) and DeniedTTL (%v) must be positive, StaleGrace (%v), RefreshWithEvents (%v) and ReloginInterval (%v) not negative",
+			cfg.Refresh, cfg.DeniedTTL, cfg.StaleGrace, cfg.RefreshWithEvents, cfg.ReloginInterval)
+	}
+	if cfg.RefreshWithEvents == 0 {
+		cfg.RefreshWithEvents = cfg.Refresh
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Second
@@ -204,6 +219,16 @@ func (w *Watcher) Len() int {
 	return len(w.ids)
 }
 
+// readInterval is how long a credential read now stays fresh, and so two
+// thirds of it the time to its next scheduled re-read: RefreshWithEvents
+// while rotation events arrive, Refresh otherwise.
+func (w *Watcher) readInterval() time.Duration {
+	if w.cfg.EventsConnected != nil && w.cfg.EventsConnected() {
+		return w.cfg.RefreshWithEvents
+	}
+	return w.cfg.Refresh
+}
+
 // lookup returns the watched identity for id, creating it.
 func (w *Watcher) lookup(id authz.Identity) *identity {
 	w.mu.Lock()
@@ -211,7 +236,7 @@ func (w *Watcher) lookup(id authz.Identity) *identity {
 	if x := w.ids[id.Key]; x != nil {
 		return x
 	}
-	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeLater))
+	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeLater, w.cfg.ReloginInterval))
 	w.ids[id.Key] = x
 	w.metrics.identities.Set(float64(len(w.ids)))
 	return x

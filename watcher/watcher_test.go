@@ -37,19 +37,19 @@ func TestSessionTokenModes(t *testing.T) {
 			setup: func(r *rig, s *session) { s.setPrefetch() },
 			mode:  reuse, logins: 1, mints: 1,
 		},
-		"renewed past half its life": {
+		"renewed at two thirds of its life": {
 			setup: func(r *rig, s *session) {
 				s.offer("jwt:ns/sa:presented", t0.Add(2*time.Hour))
 				mustToken(r, s, reuse)
-				r.clock.Step(31 * time.Minute)
+				r.clock.Step(41 * time.Minute)
 			},
 			mode: reuse, renews: 1, sameToken: true,
 		},
-		"not renewed before half its life": {
+		"not renewed before two thirds of its life": {
 			setup: func(r *rig, s *session) {
 				s.offer("jwt:ns/sa:presented", t0.Add(2*time.Hour))
 				mustToken(r, s, reuse)
-				r.clock.Step(29 * time.Minute)
+				r.clock.Step(39 * time.Minute)
 			},
 			mode: reuse, sameToken: true,
 		},
@@ -58,25 +58,68 @@ func TestSessionTokenModes(t *testing.T) {
 				s.offer("jwt:ns/sa:presented", t0.Add(2*time.Hour))
 				mustToken(r, s, reuse)
 				r.vault.forgetTokens()
-				r.clock.Step(31 * time.Minute)
+				r.clock.Step(41 * time.Minute)
 			},
 			mode: reuse, renews: 1, logins: 1,
 		},
-		"scheduled relogin with a token at hand": {
+		"renewal capped by the max TTL logs in again": {
 			setup: func(r *rig, s *session) {
-				s.offer("jwt:ns/sa:presented", t0.Add(time.Hour))
+				r.vault.maxTTL = 90 * time.Minute
+				s.every = 24 * time.Hour
+				s.setPrefetch()
 				mustToken(r, s, reuse)
+				r.clock.Step(41 * time.Minute)
+				mustToken(r, s, reuse) // renewed to the max TTL (90 min)
+				r.clock.Step(34 * time.Minute)
 			},
-			mode: relogin, logins: 1,
+			mode: reuse, renews: 1, logins: 1, mints: 1,
 		},
-		"scheduled relogin without a token reuses": {
+		"not renewable is replaced at two thirds of its life": {
+			setup: func(r *rig, s *session) {
+				r.vault.notRenewable = true
+				s.setPrefetch()
+				mustToken(r, s, reuse)
+				r.clock.Step(41 * time.Minute)
+			},
+			mode: reuse, logins: 1, mints: 1,
+		},
+		"relogin interval passed": {
+			setup: func(r *rig, s *session) {
+				s.every = 20 * time.Minute
+				s.setPrefetch()
+				mustToken(r, s, reuse)
+				r.clock.Step(21 * time.Minute)
+			},
+			mode: reuse, logins: 1, mints: 1,
+		},
+		"relogin by default at the TTL granted at login": {
+			setup: func(r *rig, s *session) {
+				s.setPrefetch()
+				mustToken(r, s, reuse)
+				r.clock.Step(41 * time.Minute)
+				mustToken(r, s, reuse) // renewed: valid until 101 min
+				r.clock.Step(20 * time.Minute)
+			},
+			mode: reuse, logins: 1, mints: 1,
+		},
+		"relogin due without a token to log in with keeps the token": {
 			setup: func(r *rig, s *session) {
 				r.vault.ttl = 2 * time.Hour
+				s.every = 30 * time.Minute
 				s.offer("jwt:ns/sa:presented", t0.Add(time.Hour))
 				mustToken(r, s, reuse)
 				r.clock.Step(59*time.Minute + 55*time.Second) // the SA token is about to expire
 			},
-			mode: relogin, sameToken: true,
+			mode: reuse, sameToken: true,
+		},
+		"vault away at renewal keeps the token": {
+			setup: func(r *rig, s *session) {
+				s.offer("jwt:ns/sa:presented", t0.Add(2*time.Hour))
+				mustToken(r, s, reuse)
+				r.clock.Step(41 * time.Minute)
+				r.vault.setDown(true)
+			},
+			mode: reuse, renews: 1, sameToken: true,
 		},
 		"forced login after a refused read": {
 			setup: func(r *rig, s *session) {
@@ -115,7 +158,7 @@ func TestSessionTokenModes(t *testing.T) {
 			r := newRig(t)
 			id, _ := r.identity("ns", "sa", "k")
 			var revoked []string
-			s := newSession(id, r.vault, r.minter, r.clock, func(tok string) { revoked = append(revoked, tok) })
+			s := newSession(id, r.vault, r.minter, r.clock, func(tok string) { revoked = append(revoked, tok) }, 0)
 			tc.setup(r, s)
 			before := s.token
 			logins, renews, mints := r.vault.count("login"), r.vault.count("renew"), r.minter.count()
@@ -135,6 +178,9 @@ func TestSessionTokenModes(t *testing.T) {
 			}
 			if got := r.minter.count() - mints; got != tc.mints {
 				t.Errorf("mints = %d, want %d", got, tc.mints)
+			}
+			if s.saToken != "" && s.saToken != "jwt:ns/sa:presented" {
+				t.Errorf("a minted service-account token is kept after its login")
 			}
 			if err == nil && (tok == before) != tc.sameToken {
 				t.Errorf("token %q, before %q: same = %v, want %v", tok, before, tok == before, tc.sameToken)

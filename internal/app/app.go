@@ -211,7 +211,10 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		Vault: a.vault, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
 		Routes:  watcherRoutes(cfg),
 		Refresh: cfg.Prefetch.Refresh, StaleGrace: cfg.Prefetch.StaleGrace, DeniedTTL: cfg.Cache.DeniedTTL,
-		Concurrency: cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
+		RefreshWithEvents: cfg.Prefetch.RefreshWithEvents, ReloginInterval: cfg.Vault.ReloginInterval,
+		// The subscriber is built after the watcher; nil is never connected.
+		EventsConnected: func() bool { return a.sub.Connected() },
+		Concurrency:     cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
 		Clock: a.opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
 		Auditor:        a.auditor(),
 		TracerProvider: a.tracerProviderOrNil(),

@@ -140,6 +140,10 @@ type Vault struct {
 	Path       string `yaml:"path"`
 	// Concurrency bounds concurrent Vault calls of the watcher.
 	Concurrency int `yaml:"concurrency"`
+	// ReloginInterval is how long an identity's Vault token is renewed
+	// before credinject logs in again (Vault checks the role's bindings only
+	// at login); 0: the TTL Vault grants at login.
+	ReloginInterval time.Duration `yaml:"reloginInterval"`
 	// CAFile verifies Vault's certificate (PEM); empty: VAULT_CACERT or the
 	// system roots.
 	CAFile string `yaml:"caFile"`
@@ -180,9 +184,12 @@ type Events struct {
 
 // Prefetch configures the watcher.
 type Prefetch struct {
-	Namespaces []string      `yaml:"namespaces"`
-	Refresh    time.Duration `yaml:"refresh"`
-	StaleGrace time.Duration `yaml:"staleGrace"`
+	Namespaces []string `yaml:"namespaces"`
+	// Refresh is the re-read interval while rotation events are down or
+	// disabled; RefreshWithEvents while they are connected.
+	Refresh           time.Duration `yaml:"refresh"`
+	RefreshWithEvents time.Duration `yaml:"refreshWithEvents"`
+	StaleGrace        time.Duration `yaml:"staleGrace"`
 }
 
 // Route is a per-host credential: its source, its path and the injection.
@@ -248,7 +255,7 @@ func Default() Config {
 		},
 		Inject:   Inject{Header: "authorization", Value: "Bearer {api_key}"},
 		Events:   Events{Subject: "credinject.rotated"},
-		Prefetch: Prefetch{Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute},
+		Prefetch: Prefetch{Refresh: 5 * time.Minute, RefreshWithEvents: time.Hour, StaleGrace: 15 * time.Minute},
 		Cache: Cache{
 			Capacity:      1 << 18,
 			TokenTTL:      30 * time.Second,
@@ -411,6 +418,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Prefetch.Refresh <= 0 {
 		bad("prefetch.refresh", "must be positive, got %v", c.Prefetch.Refresh)
+	}
+	if c.Prefetch.RefreshWithEvents <= 0 {
+		bad("prefetch.refreshWithEvents", "must be positive, got %v", c.Prefetch.RefreshWithEvents)
+	}
+	if c.Vault.ReloginInterval < 0 {
+		bad("vault.reloginInterval", "must not be negative, got %v", c.Vault.ReloginInterval)
 	}
 	if c.Prefetch.StaleGrace < 0 {
 		bad("prefetch.staleGrace", "must not be negative, got %v", c.Prefetch.StaleGrace)

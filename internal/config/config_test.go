@@ -39,6 +39,9 @@ routes:
 	if c.Prefetch.Refresh != 5*time.Minute || c.Prefetch.StaleGrace != 15*time.Minute {
 		t.Errorf("durations: %v %v", c.Prefetch.Refresh, c.Prefetch.StaleGrace)
 	}
+	if c.Prefetch.RefreshWithEvents != time.Hour || c.Vault.ReloginInterval != 0 {
+		t.Errorf("defaults: refreshWithEvents %v, reloginInterval %v; want 1h, 0 (the token's TTL)", c.Prefetch.RefreshWithEvents, c.Vault.ReloginInterval)
+	}
 	if len(c.Routes) != 2 || c.Routes[0].Name != "api.openai.com" || c.Routes[1].Name != "api.anthropic.com" {
 		t.Errorf("route names: %+v", c.Routes)
 	}
@@ -62,6 +65,18 @@ func TestAuditKeys(t *testing.T) {
 	}
 	if c.Audit != (Audit{Output: "/var/log/credinject/audit.jsonl", Interval: 10 * time.Second, MaxKeys: 500}) {
 		t.Fatalf("parsed %+v", c.Audit)
+	}
+}
+
+// TestRefreshAndReloginKeys: prefetch.refreshWithEvents and
+// vault.reloginInterval are read from the file.
+func TestRefreshAndReloginKeys(t *testing.T) {
+	c, err := Parse(strings.NewReader("vault: {reloginInterval: 30m}\nprefetch: {refresh: 2m, refreshWithEvents: 2h}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Vault.ReloginInterval != 30*time.Minute || c.Prefetch.Refresh != 2*time.Minute || c.Prefetch.RefreshWithEvents != 2*time.Hour {
+		t.Fatalf("reloginInterval %v, refresh %v, refreshWithEvents %v", c.Vault.ReloginInterval, c.Prefetch.Refresh, c.Prefetch.RefreshWithEvents)
 	}
 }
 
@@ -105,6 +120,8 @@ func TestParseRefuses(t *testing.T) {
 		"value without field":      {`inject: {header: authorization, value: "Bearer static"}`, "inject"},
 		"negative grace":           {"prefetch: {staleGrace: -1m}", "prefetch.staleGrace"},
 		"zero refresh":             {"prefetch: {refresh: 0s}", "prefetch.refresh"},
+		"zero refresh with events": {"prefetch: {refreshWithEvents: 0s}", "prefetch.refreshWithEvents"},
+		"negative relogin":         {"vault: {reloginInterval: -1m}", "vault.reloginInterval"},
 		"bad duration":             {"prefetch: {refresh: soon}", "parse"},
 		"route without hosts":      {"routes: [{path: \"x/{namespace}\"}]", "routes[0].hosts"},
 		"bad wildcard":             {"routes: [{hosts: [\"api.*.com\"]}]", "routes[0].hosts[0]"},

@@ -224,3 +224,58 @@ func TestPlainVaultWritePropagates(t *testing.T) {
 		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-plain-2"
 	})
 }
+
+// TestRefreshFollowsEventsConnection: while events are connected the
+// schedule is prefetch.refreshWithEvents (an hour: a change without an event
+// is not seen); when NATS goes away every identity is re-read at once, then
+// every 2/3 of prefetch.refresh (seconds here) until it is back.
+func TestRefreshFollowsEventsConnection(t *testing.T) {
+	env := testenv.Get(t)
+	ctx := context.Background()
+	ns, sa, tok := boundIdentity(ctx, t, env, "evsched", "sk-1")
+	cfg := apptest.Config(env)
+	cfg.Prefetch.Refresh = 3 * time.Second
+	cfg.Prefetch.RefreshWithEvents = time.Hour
+	r := apptest.Start(t, env, cfg)
+	apptest.Eventually(t, 10*time.Second, "NATS subscription", func() bool {
+		return r.Counter(t, "credinject_events_connected", nil) == 1
+	})
+	// Read once the subscription is up: scheduled by refreshWithEvents.
+	if got := r.Check(t, tok, "h"); got != "allow authorization=Bearer sk-1" {
+		t.Fatalf("before: %q", got)
+	}
+	put := func(key string) {
+		if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("sk-2") // no event
+	scheduled := func() float64 {
+		return r.Counter(t, "credinject_watcher_refreshes_total", map[string]string{"trigger": "schedule"})
+	}
+	before := scheduled()
+	// Longer than prefetch.refresh: nothing scheduled, the old key served.
+	pause(2 * cfg.Prefetch.Refresh)
+	if got, n := r.Check(t, tok, "h"), scheduled(); got != "allow authorization=Bearer sk-1" || n != before {
+		t.Fatalf("events connected, after %v: %q, %v scheduled refreshes (want sk-1, none)", 2*cfg.Prefetch.Refresh, got, n-before)
+	}
+
+	env.NATS.Stop()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = env.NATS.Start()
+		}
+	})
+	apptest.Eventually(t, 10*time.Second, "the drop's re-read", func() bool {
+		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-2"
+	})
+	put("sk-3") // no event can come
+	apptest.Eventually(t, 10*time.Second, "the short schedule while NATS is down", func() bool {
+		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-3"
+	})
+	if err := env.NATS.Start(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+}

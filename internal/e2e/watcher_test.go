@@ -119,28 +119,73 @@ func startFake(t *testing.T, env *testenv.Env, cfg config.Config) (*apptest.Runn
 	return apptest.StartWith(t, env, cfg, func(o *app.Options) { o.Clock = clk }), clk
 }
 
+// TestRevocationWithinOneRefresh: a namespace the role no longer binds is
+// refused at the next login, which vault.reloginInterval bounds: with a short
+// one (below prefetch.refresh) at the next scheduled refresh; by default at
+// the token's TTL (the bed's role: 1h), the token being renewed meanwhile.
 func TestRevocationWithinOneRefresh(t *testing.T) {
-	env := testenv.Get(t)
-	ctx := context.Background()
-	ns := testenv.UniqueName("rv")
-	tok := identity(ctx, t, env, ns, "default", "sk-revoked-soon")
-	cfg := apptest.Config(env)
-	cfg.Events.NatsURL = ""
-	cfg.Prefetch.Refresh = time.Minute
-	srv, clk := startFake(t, env, cfg)
-	if got := srv.Check(t, tok, "h"); got != "allow authorization=Bearer sk-revoked-soon" {
-		t.Fatalf("before: %q", got)
+	for name, tc := range map[string]struct {
+		relogin time.Duration
+		steps   []time.Duration // fake time; allowed after every step but the last
+	}{
+		"reloginInterval below the refresh": {relogin: 30 * time.Second, steps: []time.Duration{time.Minute}},
+		"default: the token's TTL":          {steps: []time.Duration{59 * time.Minute, time.Minute}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := testenv.Get(t)
+			ctx := context.Background()
+			ns := testenv.UniqueName("rv")
+			identity(ctx, t, env, ns, "default", "sk-revoked-soon")
+			// Valid past the fake hour: the session can log in again with it.
+			tok, err := env.Kube.Token(ctx, ns, "default", nil, 3*time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := apptest.Config(env)
+			cfg.Events.NatsURL = ""
+			cfg.Prefetch.Refresh = time.Minute
+			cfg.Vault.ReloginInterval = tc.relogin
+			srv, clk := startFake(t, env, cfg)
+			if got := srv.Check(t, tok, "h"); got != "allow authorization=Bearer sk-revoked-soon" {
+				t.Fatalf("before: %q", got)
+			}
+			if err := env.Vault.UnbindNamespace(ctx, ns); err != nil {
+				t.Fatal(err)
+			}
+			changed := clk.Now()
+			var limit time.Duration
+			for _, d := range tc.steps {
+				limit += d
+			}
+			for i, d := range tc.steps {
+				apptest.Eventually(t, 20*time.Second, "the waiter of the refresher", clk.HasWaiters)
+				clk.Step(d)
+				if i < len(tc.steps)-1 {
+					// Renewed, not logged in again: still served.
+					apptest.Eventually(t, 20*time.Second, "served before the relogin", func() bool {
+						return srv.Check(t, tok, "h") == "allow authorization=Bearer sk-revoked-soon" && clk.HasWaiters()
+					})
+				}
+			}
+			// The refresher logs in again and Vault refuses. Other parts
+			// wait on the fake clock too (the audit trail's ticker), so a
+			// step may come before the refresher waits: keep time moving,
+			// a little at a time, and bound how much of it passed.
+			apptest.Eventually(t, 20*time.Second, "revocation", func() bool {
+				if srv.Check(t, tok, "h") == "deny 403 vault_denied" {
+					return true
+				}
+				clk.Step(time.Second)
+				return false
+			})
+			// Within the interval, give or take one read schedule (2/3 of
+			// prefetch.refresh) for when the step came before the refresher
+			// waited on the clock.
+			if late := clk.Since(changed); late > limit+cfg.Prefetch.Refresh {
+				t.Fatalf("refused %v after the role change, want within %v", late, limit)
+			}
+		})
 	}
-	if err := env.Vault.UnbindNamespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	// One refresh interval of fake time: the refresher logs in again and
-	// Vault refuses.
-	apptest.Eventually(t, 20*time.Second, "the waiter of the refresher", clk.HasWaiters)
-	clk.Step(cfg.Prefetch.Refresh)
-	apptest.Eventually(t, 20*time.Second, "revocation", func() bool {
-		return srv.Check(t, tok, "h") == "deny 403 vault_denied"
-	})
 }
 
 func TestVaultDownStalePolicy(t *testing.T) {

@@ -100,6 +100,13 @@ func (k *Kube) BoundToken(ctx context.Context, namespace, serviceAccount, kind, 
 // RequestCount sums the API server's own apiserver_request_total samples
 // for resource (all verbs and codes), read from its /metrics.
 func (k *Kube) RequestCount(ctx context.Context, resource string) (float64, error) {
+	return k.RequestCountOf(ctx, resource, "*")
+}
+
+// RequestCountOf is RequestCount for one subresource of resource ("" for
+// the resource itself, "*" for any): "serviceaccounts", "token" counts
+// TokenRequests.
+func (k *Kube) RequestCountOf(ctx context.Context, resource, subresource string) (float64, error) {
 	raw, err := k.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("testenv: apiserver /metrics: %w", err)
@@ -111,7 +118,7 @@ func (k *Kube) RequestCount(ctx context.Context, resource string) (float64, erro
 	}
 	sum := 0.0
 	for _, m := range fams["apiserver_request_total"].GetMetric() {
-		if label(m, "resource") == resource {
+		if label(m, "resource") == resource && (subresource == "*" || label(m, "subresource") == subresource) {
 			sum += m.GetCounter().GetValue()
 		}
 	}

@@ -1,0 +1,155 @@
+package watcher
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/authz"
+)
+
+// advance moves the fake clock by total in steps of step, each once the
+// identity's refresher waits on the clock again (its refresh is done).
+func (r *rig) advance(total, step time.Duration) {
+	r.t.Helper()
+	for moved := time.Duration(0); moved < total; moved += step {
+		r.step(step)
+	}
+	r.eventually("the refresher to wait again", r.clock.HasWaiters)
+}
+
+// prefetched prefetches a bound identity with a credential.
+func (r *rig) prefetched(ns, sa string) authz.Identity {
+	r.t.Helper()
+	id, _ := r.identity(ns, sa, "k1")
+	if err := r.w.Prefetch(context.Background(), id); err != nil {
+		r.t.Fatal(err)
+	}
+	return id
+}
+
+// TestScheduledRefreshRenews: with events down, a prefetched identity is
+// re-read every 2/3 of prefetch.refresh, its Vault token renewed at 2/3 of
+// its TTL, and a login made only once the relogin interval (by default the
+// TTL granted at login, 1 h) has passed: not one per refresh.
+func TestScheduledRefreshRenews(t *testing.T) {
+	r := newRig(t)
+	id := r.prefetched("ns", "sa")
+	if r.vault.count("login") != 1 || r.vault.count("read") != 1 {
+		t.Fatalf("prefetch: logins %d, reads %d", r.vault.count("login"), r.vault.count("read"))
+	}
+	r.advance(59*time.Minute, 10*time.Second)
+	// Reads at 200 s, 400 s, ... 3400 s; the token renewed at 40 min.
+	if l, n, rd := r.vault.count("login"), r.vault.count("renew"), r.vault.count("read"); l != 1 || n != 1 || rd != 1+17 {
+		t.Fatalf("after 59 min: logins %d, renewals %d, reads %d; want 1, 1, 18", l, n, rd)
+	}
+	r.advance(time.Minute, 10*time.Second)
+	if l, mints := r.vault.count("login"), r.minter.count(); l != 2 || mints != 2 {
+		t.Fatalf("after 60 min: logins %d, mints %d; want 2, 2 (the relogin interval has passed)", l, mints)
+	}
+	if e := r.entry("", id); e == nil || e.Value != "Bearer k1" {
+		t.Fatalf("entry %+v", e)
+	}
+	// One live token: the one replaced at the relogin was revoked.
+	r.eventually("the replaced token revoked", func() bool { return r.vault.liveTokens() == 1 })
+}
+
+// TestRoleChangeRefusedWithinReloginInterval: an identity whose namespace
+// the role no longer binds keeps being served with its renewed token only
+// until the relogin interval since its last login has passed: the login then
+// is refused and the identity is vault_denied.
+func TestRoleChangeRefusedWithinReloginInterval(t *testing.T) {
+	for name, every := range map[string]time.Duration{
+		"default: the token's TTL": 0,
+		"10 minutes":               10 * time.Minute,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRigWith(t, func(c *Config) { c.ReloginInterval = every })
+			limit := every
+			if limit == 0 {
+				limit = r.vault.ttl
+			}
+			id := r.prefetched("ns", "sa")
+			r.advance(time.Minute, time.Minute)
+			r.vault.bind(id.Key, false) // the role change, at t0+1m
+			r.advance(limit-2*time.Minute, time.Minute)
+			if e := r.entry("", id); e == nil || e.Denied != authz.ReasonNone {
+				t.Fatalf("before the relogin: %+v; want the credential (reads with the token still succeed)", e)
+			}
+			// The relogin is due at t0+limit, within limit of the change.
+			r.step(time.Minute)
+			r.eventually("the identity refused", func() bool {
+				e := r.entry("", id)
+				return e != nil && e.Denied == authz.ReasonVaultDenied
+			})
+			if r.w.Len() != 0 {
+				t.Errorf("a refused identity is still watched")
+			}
+		})
+	}
+}
+
+// TestRefusedReadRefusesAtOnce: a read Vault refuses (the token revoked
+// with the role change) triggers one forced login; refused, the identity is
+// vault_denied right away, not at its relogin interval.
+func TestRefusedReadRefusesAtOnce(t *testing.T) {
+	r := newRig(t)
+	id := r.prefetched("ns", "sa")
+	r.vault.bind(id.Key, false)
+	r.vault.forgetTokens()
+	logins := r.vault.count("login")
+	if err := r.w.Refresh(context.Background(), authz.Scope{Namespace: "ns"}); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.entry("", id); e == nil || e.Denied != authz.ReasonVaultDenied {
+		t.Fatalf("entry %+v, want vault_denied", e)
+	}
+	if got := r.vault.count("login") - logins; got != 1 {
+		t.Fatalf("logins after the refused read: %d, want exactly 1", got)
+	}
+}
+
+// TestRefreshFollowsEvents: while events are connected an identity is
+// re-read every 2/3 of RefreshWithEvents; while they are down, every 2/3 of
+// Refresh; the switch is made at the next schedule (the app resyncs on a
+// drop, as here).
+func TestRefreshFollowsEvents(t *testing.T) {
+	var up atomic.Bool
+	up.Store(true)
+	r := newRigWith(t, func(c *Config) {
+		c.RefreshWithEvents = time.Hour
+		c.EventsConnected = up.Load
+	})
+	r.vault.ttl = 24 * time.Hour // the token stays out of the way
+	r.prefetched("ns", "sa")
+	r.advance(39*time.Minute, time.Minute)
+	if got := r.vault.count("read"); got != 1 {
+		t.Fatalf("connected, 39 min: %d reads, want 1 (the next at 40 min)", got)
+	}
+	r.advance(time.Minute, time.Minute)
+	if got := r.vault.count("read"); got != 2 {
+		t.Fatalf("connected, 40 min: %d reads, want 2", got)
+	}
+	up.Store(false)
+	if err := r.w.ResyncAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the resync read", func() bool { return r.vault.count("read") == 3 })
+	r.advance(10*time.Minute, 10*time.Second)
+	if got := r.vault.count("read"); got != 3+3 {
+		t.Fatalf("down, 10 min: %d reads, want 6 (every 200 s)", got)
+	}
+	up.Store(true)
+	if err := r.w.ResyncAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the reconnect's resync read", func() bool { return r.vault.count("read") == 7 })
+	r.advance(30*time.Minute, time.Minute)
+	if got := r.vault.count("read"); got != 7 {
+		t.Fatalf("connected again, 30 min: %d reads, want 7", got)
+	}
+	if got := r.vault.count("login"); got != 1 {
+		t.Fatalf("logins %d, want 1", got)
+	}
+}

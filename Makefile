@@ -34,6 +34,7 @@ tools:
 # internal/e2e, plus the audit bridge's behind the `bed` build tag.
 test: setup tools lint
 	$(GO) test -tags bed -race -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -run 'Allocat' ./checker/ ./audit/   # allocation counts: only without -race (sync.Pool)
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:

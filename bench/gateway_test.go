@@ -114,7 +114,8 @@ func TestEnvoyFor(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", target, err)
 		}
-		if has := strings.Contains(conf, "envoy.filters.http.ext_authz"); has == (target == GatewayNone) {
+		// The filter itself (the access log also names its metadata).
+		if has := strings.Contains(conf, "- name: envoy.filters.http.ext_authz"); has == (target == GatewayNone) {
 			t.Fatalf("%s: ext_authz filter present = %v", target, has)
 		}
 		if target != GatewayNone && !strings.Contains(conf, "timeout: 5s") {

@@ -124,7 +124,8 @@ type Watcher struct {
 	ids map[string]*identity
 }
 
-// New builds a Watcher. Its identities' goroutines run until Close.
+// New builds a Watcher. Its scheduler's goroutines (a dispatcher and
+// Concurrency workers) run until Close.
 func New(cfg Config) (*Watcher, error) {
 	if cfg.Vault == nil {
 		return nil, errors.New("watcher: a Vault client is required")

@@ -17,7 +17,7 @@ func entry(route, id, value string, now time.Time) *cache.Entry {
 }
 
 // TestCredentialsNeverLose100k: every credential the watcher stores stays
-// retrievable, whatever ristretto's admission policy would do, even with
+// retrievable, whatever the load, even with
 // concurrent writers and readers.
 func TestCredentialsNeverLose100k(t *testing.T) {
 	const n = 100_000

@@ -2,13 +2,11 @@ package cache
 
 import (
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/dgraph-io/ristretto/v2"
 
 	"github.com/credinject/credinject/authz"
 )
@@ -73,19 +71,36 @@ func (e *Entry) Memo(build func(*Entry) any) any {
 	return *e.memo.Load()
 }
 
-// ErrFull is returned by Set when the cache is at capacity and ristretto
-// would have to drop an entry the watcher holds.
+// ErrFull is returned by Set when the cache holds Capacity entries and the
+// entry is a new one.
 var ErrFull = errors.New("cache: credential cache is full")
 
-// Credentials is the credential cache. It never evicts on its own: capacity is
-// a hard bound that makes Set fail loudly instead of dropping a credential.
+// Credentials is the credential cache. It never evicts on its own: capacity
+// is a hard bound that makes Set fail loudly instead of dropping a
+// credential. Since it never evicts, it needs no admission policy: it is a
+// map sharded by a 64-bit hash of (route, identity), read under a per-shard
+// read lock and verified against the entry's own route and identity, with
+// an overflow map for the (rare) keys whose hash collides, so a collision
+// costs a second lookup, never another identity's answer or a lost entry.
 type Credentials struct {
-	c        *ristretto.Cache[uint64, *Entry]
 	capacity int64
 	size     atomic.Int64
-	// locks serialise writers of one key so the size count stays exact.
-	locks [64]sync.Mutex
+	shards   *[credShards]credShard
 }
+
+const credShards = 64
+
+// credShard is one shard, padded to its own cache lines so readers of two
+// shards do not contend on one line.
+type credShard struct {
+	mu   sync.RWMutex
+	m    map[uint64]*Entry
+	coll map[credID]*Entry // entries whose hash is taken by another key
+	_    [64 - 40]byte
+}
+
+// credID is an entry's exact key.
+type credID struct{ route, identity string }
 
 // CredentialsConfig sizes the credential cache.
 type CredentialsConfig struct {
@@ -98,77 +113,96 @@ func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = 1 << 20
 	}
-	c := &Credentials{capacity: cfg.Capacity}
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *Entry]{
-		// Admission never decides here (see MaxCost), so few counters do.
-		NumCounters: cfg.Capacity,
-		// Ristretto's admission policy only rejects when the cache is over
-		// MaxCost. Capacity is enforced here, below MaxCost, so admission never
-		// drops an entry the watcher holds.
-		MaxCost:            cfg.Capacity * 2,
-		BufferItems:        64,
-		IgnoreInternalCost: true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cache: new credential cache: %w", err)
+	c := &Credentials{capacity: cfg.Capacity, shards: new([credShards]credShard)}
+	for i := range c.shards {
+		c.shards[i].m = map[uint64]*Entry{}
 	}
-	c.c = rc
 	return c, nil
 }
+
+// keyOf is credKey; tests replace it to force collisions.
+var keyOf = credKey
 
 func credKey(route, identity string) uint64 {
 	return xxhash.Sum64String(identity) ^ (xxhash.Sum64String(route) * 0x9E3779B97F4A7C15)
 }
 
+func (c *Credentials) shard(k uint64) *credShard { return &c.shards[k>>58] }
+
+func (e *Entry) is(route, identity string) bool {
+	return e.Route == route && e.Identity.Key == identity
+}
+
 // Get returns the entry for (route, identity), identity being an
 // authz.Identity's Key. It does no I/O and does not allocate.
 func (c *Credentials) Get(route, identity string) (*Entry, bool) {
-	e, ok := c.c.Get(credKey(route, identity))
-	if !ok || e.Identity.Key != identity || e.Route != route {
-		return nil, false
+	k := keyOf(route, identity)
+	s := c.shard(k)
+	s.mu.RLock()
+	e, ok := s.m[k]
+	if ok && !e.is(route, identity) {
+		e, ok = s.coll[credID{route, identity}]
 	}
-	return e, true
+	s.mu.RUnlock()
+	return e, ok
 }
 
 // Set stores e, replacing any entry for the same (route, identity). When it
 // returns nil the entry is visible to every later Get.
 func (c *Credentials) Set(e *Entry) error {
-	k := credKey(e.Route, e.Identity.Key)
-	mu := &c.locks[k%uint64(len(c.locks))]
-	mu.Lock()
-	defer mu.Unlock()
-	prev, existed := c.c.Get(k)
-	existed = existed && prev.Identity.Key == e.Identity.Key && prev.Route == e.Route
-	if !existed && c.size.Load() >= c.capacity {
-		return ErrFull
-	}
-	// Ristretto drops a Set when its buffer is momentarily full; wait and try
-	// again, then wait once more so the entry is visible on return.
-	for i := 0; !c.c.Set(k, e, 1); i++ {
-		c.c.Wait()
-		if i > 100 {
-			return fmt.Errorf("cache: set %s %q: dropped by ristretto", e.Identity.Key, e.Route)
+	k := keyOf(e.Route, e.Identity.Key)
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev, taken := s.m[k]
+	switch {
+	case !taken || prev.is(e.Route, e.Identity.Key):
+		if !taken && c.size.Load() >= c.capacity {
+			return ErrFull
 		}
-	}
-	c.c.Wait()
-	if _, ok := c.c.Get(k); !ok {
-		return fmt.Errorf("cache: set %s %q: rejected by ristretto", e.Identity.Key, e.Route)
-	}
-	if !existed {
-		c.size.Add(1)
+		s.m[k] = e
+		if !taken {
+			c.size.Add(1)
+		}
+	default:
+		id := credID{e.Route, e.Identity.Key}
+		_, existed := s.coll[id]
+		if !existed && c.size.Load() >= c.capacity {
+			return ErrFull
+		}
+		if s.coll == nil {
+			s.coll = map[credID]*Entry{}
+		}
+		s.coll[id] = e
+		if !existed {
+			c.size.Add(1)
+		}
 	}
 	return nil
 }
 
 // Delete removes (route, identity), if present.
 func (c *Credentials) Delete(route, identity string) {
-	k := credKey(route, identity)
-	mu := &c.locks[k%uint64(len(c.locks))]
-	mu.Lock()
-	defer mu.Unlock()
-	if e, ok := c.c.Get(k); ok && e.Identity.Key == identity && e.Route == route {
-		c.c.Del(k)
-		c.c.Wait()
+	k := keyOf(route, identity)
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.m[k]; ok && e.is(route, identity) {
+		delete(s.m, k)
+		c.size.Add(-1)
+		// Promote a colliding entry to the main map, if any.
+		for id, o := range s.coll {
+			if keyOf(id.route, id.identity) == k {
+				s.m[k] = o
+				delete(s.coll, id)
+				break
+			}
+		}
+		return
+	}
+	id := credID{route, identity}
+	if _, ok := s.coll[id]; ok {
+		delete(s.coll, id)
 		c.size.Add(-1)
 	}
 }
@@ -176,5 +210,6 @@ func (c *Credentials) Delete(route, identity string) {
 // Len is the number of entries.
 func (c *Credentials) Len() int64 { return c.size.Load() }
 
-// Close releases ristretto's goroutines.
-func (c *Credentials) Close() { c.c.Close() }
+// Close releases the cache (nothing to release; kept for symmetry with
+// Tokens).
+func (c *Credentials) Close() {}

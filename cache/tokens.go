@@ -12,10 +12,12 @@ import (
 // token-result cache is keyed by it and never sees a raw token.
 type MAC [32]byte
 
+// tokenItem keeps what every Get reads, the MAC and the expiry, in the
+// item's first cache line, before the value.
 type tokenItem[V any] struct {
 	mac     MAC
-	value   V
 	expires time.Time
+	value   V
 }
 
 // Tokens caches token validation results of type V. Unlike Credentials it is

@@ -36,11 +36,27 @@ type ServiceAccounts struct {
 	informer toolscache.SharedIndexInformer
 }
 
-// NewServiceAccounts builds the informer (started by Run).
+// NewServiceAccounts builds the informer (started by Run). It keeps each
+// ServiceAccount trimmed to what Exists, List and the handlers read (name,
+// namespace, uid, resourceVersion): at 100,000 ServiceAccounts per cluster
+// their annotations, managed fields and secret lists would cost more than
+// the credentials.
 func NewServiceAccounts(client kubernetes.Interface, resync time.Duration) *ServiceAccounts {
-	f := informers.NewSharedInformerFactory(client, resync)
+	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(trimServiceAccount))
 	inf := f.Core().V1().ServiceAccounts().Informer()
 	return &ServiceAccounts{factory: f, informer: inf}
+}
+
+// trimServiceAccount keeps what the informer's readers need; the informer
+// stores the result.
+func trimServiceAccount(obj any) (any, error) {
+	sa, ok := obj.(*corev1.ServiceAccount)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		Name: sa.Name, Namespace: sa.Namespace, UID: sa.UID, ResourceVersion: sa.ResourceVersion,
+	}}, nil
 }
 
 // Run starts the informer and blocks until ctx ends.

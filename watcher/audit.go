@@ -104,19 +104,19 @@ func (w *Watcher) vaultPath(rt Route, id authz.Identity) string {
 
 // lifecycle decides the record that storing e for route means, if any, and
 // remembers e. Called with id.mu held.
-func (id *identity) lifecycle(route string, e *cache.Entry, o origin) (Lifecycle, bool) {
-	prev, had := id.held[route]
-	ev := Lifecycle{Identity: id.Identity, Route: route, Source: o.source, Path: o.path, Trigger: o.trigger}
+func (id *identity) lifecycle(rs *routeState, e *cache.Entry, o origin) (Lifecycle, bool) {
+	prev, had := rs.held, rs.hasHeld
+	ev := Lifecycle{Identity: id.Identity, Route: rs.name, Source: o.source, Path: o.path, Trigger: o.trigger}
 	if e.Denied != authz.ReasonNone {
 		if had && prev.refused == e.Denied {
 			return Lifecycle{}, false
 		}
-		id.held[route] = held{refused: e.Denied}
+		rs.held, rs.hasHeld = held{refused: e.Denied}, true
 		ev.Kind, ev.Reason = Refused, e.Denied
 		return ev, true
 	}
 	cur := held{version: e.Version, lease: o.lease, value: e.Value}
-	id.held[route] = cur
+	rs.held, rs.hasHeld = cur, true
 	ev.Version, ev.LeaseID = cur.version, cur.lease
 	switch {
 	case !had || prev.refused != authz.ReasonNone:

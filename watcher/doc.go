@@ -19,7 +19,7 @@
 //     from the identity's client in KV (oauth2-client-credentials), and
 //     idtoken.go mints identity tokens for the identity's Vault entity
 //     (vault-identity-token).
-//   - refresher.go: one refresher per identity re-reads its routes on a
+//   - refresher.go: each identity's refresher re-reads its routes on a
 //     schedule (FullRefreshAt, a pure function: the read interval, longer
 //     while rotation events arrive, or the session's token when due), on a
 //     resync and with backoff
@@ -28,6 +28,10 @@
 //     forgotten is dropped. Failures are served stale until staleGrace, and
 //     a credential that expires (a lease, a token) is refreshed alone before
 //     it does and never served past it.
+//   - scheduler.go: the refreshers share one scheduler, not a goroutine
+//     each: a timer heap on the injected clock hands due identities to a
+//     client-go work queue drained by Concurrency workers, so 100,000
+//     identities cost no goroutines and a hanging one holds one worker.
 //   - watcher.go: the registry of identities and the API the other parts
 //     call: Credential (the checker's miss path), Refresh and ResyncAll
 //     (rotation events), Prefetch and Forget (the ServiceAccount informer).

@@ -38,6 +38,10 @@ type fakeVault struct {
 	n        int
 	calls    map[string]int // by operation
 	readGate chan struct{}  // when set, every Read waits on it
+	// stuck: identity keys whose reads hang until the caller gives up;
+	// blocked counts the reads hanging now.
+	stuck   map[string]bool
+	blocked int
 
 	// Leased secrets at creds/<namespace>/<serviceaccount>: a lease lives
 	// leaseTTL, renewable up to leaseMax after it was read, and ends with
@@ -63,7 +67,7 @@ type fakeToken struct {
 
 func newFakeVault(c *clocktesting.FakeClock) *fakeVault {
 	return &fakeVault{clock: c, ttl: time.Hour, bound: map[string]bool{}, live: map[string]fakeToken{},
-		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{},
+		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{}, stuck: map[string]bool{},
 		leaseTTL: time.Minute, leaseMax: 5 * time.Minute, leases: map[string]fakeLease{}}
 }
 
@@ -241,6 +245,15 @@ func (v *fakeVault) Read(ctx context.Context, tok, path string) (*vaultapi.Secre
 	}
 	v.mu.Lock()
 	gate := v.readGate
+	if t, ok := v.token(tok); ok && v.stuck[t.identity] {
+		v.blocked++
+		v.mu.Unlock()
+		<-ctx.Done()
+		v.mu.Lock()
+		v.blocked--
+		v.mu.Unlock()
+		return nil, authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
+	}
 	v.mu.Unlock()
 	if gate != nil {
 		select {

@@ -37,10 +37,18 @@ type Prefetcher struct {
 	initial sync.WaitGroup
 	pending sync.Map // keys of the first pass not yet done
 	ready   atomic.Bool
+	// Progress of the first pass: ServiceAccounts in it, tried, failed.
+	total, done, failed atomic.Int64
 }
 
-// NewPrefetcher wires w to the informer. namespaces empty: nothing is
-// prefetched, but deletions are still followed.
+// progressEvery is how often the first pass logs its progress.
+const progressEvery = 5 * time.Second
+
+// NewPrefetcher wires w to the informer. workers bounds the identities
+// prefetched at once (prefetch.concurrency; each mints a token, logs in to
+// Vault and reads every route, Vault calls also bounded by the watcher's
+// Concurrency). namespaces empty: nothing is prefetched, but deletions are
+// still followed.
 func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers int, log *slog.Logger) (*Prefetcher, error) {
 	if workers <= 0 {
 		workers = 4
@@ -74,6 +82,13 @@ func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers
 // Ready reports whether the first prefetch pass is done.
 func (p *Prefetcher) Ready() bool { return p.ready.Load() }
 
+// Progress is the first pass's progress: of total ServiceAccounts, done
+// were tried once, failed of them failed (refused by Vault, or retried
+// later with backoff). total is 0 until the informer has synced.
+func (p *Prefetcher) Progress() (done, total, failed int64) {
+	return p.done.Load(), p.total.Load(), p.failed.Load()
+}
+
 // Run processes the queue until ctx ends. The first pass is every
 // ServiceAccount of the prefetch namespaces present when the informer
 // synced; Ready turns true when each was tried once.
@@ -82,18 +97,42 @@ func (p *Prefetcher) Run(ctx context.Context) {
 	if !p.sas.WaitForSync(ctx) {
 		return
 	}
+	var total int64
 	for ns := range p.namespaces {
 		for _, key := range p.sas.List(ns) {
 			p.initial.Add(1)
 			p.pending.Store(key, true)
+			total++
 		}
 	}
+	p.total.Store(total)
+	clk := p.w.cfg.Clock
+	start := clk.Now()
+	p.log.Info("first prefetch pass started", "total", total, "workers", p.workers)
+	first := make(chan struct{})
 	go func() {
 		p.initial.Wait()
 		p.ready.Store(true)
-		p.log.Info("first prefetch pass done", "identities", p.w.Len())
+		close(first)
+		done, total, failed := p.Progress()
+		p.log.Info("first prefetch pass done", "identities", p.w.Len(), "done", done, "total", total, "failed", failed, "took", clk.Since(start))
 	}()
 	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := clk.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-first:
+				return
+			case <-t.C():
+				done, total, failed := p.Progress()
+				p.log.Info("prefetch progress", "done", done, "total", total, "failed", failed, "elapsed", clk.Since(start))
+			}
+		}
+	})
 	for i := 0; i < p.workers; i++ {
 		wg.Add(1)
 		go func() {
@@ -116,11 +155,11 @@ func (p *Prefetcher) work(ctx context.Context) bool {
 	ns, name, _ := toolscache.SplitMetaNamespaceKey(key)
 	if !p.sas.Exists(key, "") {
 		p.queue.Forget(key)
-		p.firstDone(key)
+		p.firstDone(key, false)
 		return true
 	}
 	err := p.w.Prefetch(ctx, authz.NewIdentity(ns, name))
-	p.firstDone(key)
+	p.firstDone(key, err != nil)
 	if err != nil && ctx.Err() == nil {
 		p.log.Warn("prefetch failed", "identity", key, "error", err)
 		if isRetryable(err) {
@@ -132,8 +171,12 @@ func (p *Prefetcher) work(ctx context.Context) bool {
 	return true
 }
 
-func (p *Prefetcher) firstDone(key string) {
+func (p *Prefetcher) firstDone(key string, failed bool) {
 	if _, ok := p.pending.LoadAndDelete(key); ok {
+		if failed {
+			p.failed.Add(1)
+		}
+		p.done.Add(1)
 		p.initial.Done()
 	}
 }

@@ -3,7 +3,6 @@ package watcher
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -15,27 +14,53 @@ import (
 )
 
 // identity is one identity the watcher keeps fresh: its session, the routes
-// it was asked for, the order of its reads, and its refresher goroutine.
+// it was asked for and the order of their reads. Its schedule is kept by the
+// watcher's scheduler (scheduler.go), not by a goroutine of its own: at
+// 100,000 identities per replica every byte here counts, so the per-route
+// state is a short slice (routes are few) rather than maps.
 type identity struct {
 	authz.Identity
 	session *session
-	// resync asks the refresher to re-read now.
-	resync chan struct{}
 
-	mu      sync.Mutex // guards what follows; never held across I/O
-	routes  map[string]bool
-	seq     uint64            // reads started
-	applied map[string]uint64 // per route: seq of the read last stored
-	running bool
-	cancel  context.CancelFunc
-	// due: per route whose credential expires, when to refresh it.
-	due map[string]time.Time
-	// held: per route, what the audit trail last heard.
-	held map[string]held
+	mu  sync.Mutex // guards what follows; never held across I/O
+	rs  []routeState
+	seq uint64 // reads started
+
+	loop loopState
+	// sched is the identity's place in the scheduler, guarded by its lock.
+	sched schedState
+}
+
+// routeState is what an identity knows of one watched route.
+type routeState struct {
+	name string
+	// watched: the route is refreshed for the identity (it was asked for,
+	// or prefetched); a route only stored to (a refusal of every route)
+	// is not.
+	watched bool
+	applied uint64 // seq of the read last stored
+	// held is what the audit trail last heard of the route (hasHeld: it
+	// heard something).
+	held    held
+	hasHeld bool
+	// due, when set, is when the route's credential must be refreshed
+	// because it expires (a lease, an access token, an identity token).
+	due time.Time
 }
 
 func newIdentity(id authz.Identity, s *session) *identity {
-	return &identity{Identity: id, session: s, resync: make(chan struct{}, 1), routes: map[string]bool{}, applied: map[string]uint64{}, due: map[string]time.Time{}, held: map[string]held{}}
+	return &identity{Identity: id, session: s, sched: schedState{index: -1}}
+}
+
+// routeLocked is route's state, added if absent. Called with id.mu held.
+func (id *identity) routeLocked(route string) *routeState {
+	for i := range id.rs {
+		if id.rs[i].name == route {
+			return &id.rs[i]
+		}
+	}
+	id.rs = append(id.rs, routeState{name: route})
+	return &id.rs[len(id.rs)-1]
 }
 
 // setDue records when route's credential must be refreshed: at, when it
@@ -43,11 +68,12 @@ func newIdentity(id authz.Identity, s *session) *identity {
 func (id *identity) setDue(route string, expires, at time.Time) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
+	r := id.routeLocked(route)
 	if expires.IsZero() {
-		delete(id.due, route)
+		r.due = time.Time{}
 		return
 	}
-	id.due[route] = at
+	r.due = at
 }
 
 // earliestDue is the soonest refresh of an expiring credential.
@@ -55,22 +81,22 @@ func (id *identity) earliestDue() (time.Time, bool) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	var first time.Time
-	for _, t := range id.due {
-		if first.IsZero() || t.Before(first) {
-			first = t
+	for _, r := range id.rs {
+		if !r.due.IsZero() && (first.IsZero() || r.due.Before(first)) {
+			first = r.due
 		}
 	}
 	return first, !first.IsZero()
 }
 
-// dueRoutes are the watched routes whose credential is due by now.
+// dueRoutes are the routes whose credential is due by now.
 func (id *identity) dueRoutes(now time.Time) []string {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	var rs []string
-	for r, t := range id.due {
-		if id.routes[r] && !t.After(now) {
-			rs = append(rs, r)
+	for _, r := range id.rs {
+		if r.watched && !r.due.IsZero() && !r.due.After(now) {
+			rs = append(rs, r.name)
 		}
 	}
 	return rs
@@ -79,16 +105,18 @@ func (id *identity) dueRoutes(now time.Time) []string {
 // watch adds route to the routes refreshed for the identity.
 func (id *identity) watch(route string) {
 	id.mu.Lock()
-	id.routes[route] = true
+	id.routeLocked(route).watched = true
 	id.mu.Unlock()
 }
 
 func (id *identity) watched() []string {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	rs := make([]string, 0, len(id.routes))
-	for r := range id.routes {
-		rs = append(rs, r)
+	rs := make([]string, 0, len(id.rs))
+	for _, r := range id.rs {
+		if r.watched {
+			rs = append(rs, r.name)
+		}
 	}
 	return rs
 }
@@ -96,7 +124,12 @@ func (id *identity) watched() []string {
 func (id *identity) watches(route string) bool {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	return id.routes[route]
+	for _, r := range id.rs {
+		if r.name == route {
+			return r.watched
+		}
+	}
+	return false
 }
 
 // nextSeq numbers a read about to start.
@@ -107,106 +140,96 @@ func (id *identity) nextSeq() uint64 {
 	return id.seq
 }
 
-// start runs the identity's refresher once; it returns false if one runs.
-func (id *identity) start(base context.Context) (context.Context, bool) {
-	id.mu.Lock()
-	defer id.mu.Unlock()
-	if id.running {
-		return nil, false
-	}
-	id.running = true
-	ctx, cancel := context.WithCancel(base)
-	id.cancel = cancel
-	return ctx, true
-}
-
-// stop cancels the identity's refresher, if any.
-func (id *identity) stop() {
-	id.mu.Lock()
-	cancel := id.cancel
-	id.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-}
-
-// startLoop starts id's refresher after a successful first read.
+// startLoop puts id on the refresh schedule after a successful first read
+// (once; later calls do nothing).
 func (w *Watcher) startLoop(id *identity) {
-	ctx, ok := id.start(w.base)
-	if !ok {
+	if !w.sched.claim(id) {
 		return
 	}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		defer func() {
-			if p := recover(); p != nil {
-				w.cfg.Log.Error("panic in an identity's refresher; forgetting it", "identity", id.Key, "panic", fmt.Sprint(p))
-				w.forget(id.Identity, "panic")
-			}
-		}()
-		w.loop(ctx, id)
-	}()
+	id.mu.Lock()
+	id.loop.fullAt = w.fullRefreshAt(id)
+	id.mu.Unlock()
+	at, full := w.nextTurn(id)
+	w.sched.schedule(id, at, full)
 }
 
-// loop refreshes id on schedule, on a resync, and with backoff after
-// failures, until ctx ends or the identity is refused or forgotten. A full
-// refresh (a new login, then every route) follows the identity's schedule; a
-// credential that expires sooner (a lease, an access token, an identity
-// token) is refreshed alone before then.
-func (w *Watcher) loop(ctx context.Context, id *identity) {
-	failures := 0
-	fullAt := w.fullRefreshAt(id)
-	var retryAt time.Time
-	for {
-		at, full := fullAt, true
-		if due, ok := id.earliestDue(); ok && due.Before(at) {
-			at, full = due, false
-		}
-		if failures > 0 {
-			at, full = retryAt, !fullAt.After(retryAt)
-		}
-		wait := max(at.Sub(w.cfg.Clock.Now()), 100*time.Millisecond)
-		trigger := "schedule"
-		t := w.cfg.Clock.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		case <-id.resync:
-			t.Stop()
-			trigger, full = "event", true
-		}
-		var err error
-		if full {
-			err = w.refreshAll(ctx, id, trigger)
-		} else {
-			err = w.refreshDue(ctx, id)
-		}
-		switch {
-		case ctx.Err() != nil:
-			return
-		case errors.Is(err, authz.ErrVaultDenied):
-			w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", id.Key)
-			w.forgetLoop(id)
-			return
-		case errors.Is(err, errNoToken):
-			w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", id.Key)
-			w.forget(id.Identity, "no_token")
-			return
-		case unavailable(err):
-			failures++
-			d := backoff.Delay(failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
-			retryAt = w.cfg.Clock.Now().Add(d)
-			w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", id.Key, "attempt", failures, "retryIn", d, "error", err)
-		default:
-			failures = 0
-			if full {
-				fullAt = w.fullRefreshAt(id)
-			}
-		}
+// loopState is what an identity's refresher carries from one turn to the
+// next, guarded by the identity's lock.
+type loopState struct {
+	failures int       // consecutive failed turns
+	retryAt  time.Time // after a failure: when to try again
+	fullAt   time.Time // when the next full refresh is due
+}
+
+// nextTurn is when id's refresher runs next and whether it refreshes in
+// full: its schedule, a sooner expiring credential's refresh, or the retry
+// after a failure; never sooner than 100 ms from now.
+func (w *Watcher) nextTurn(id *identity) (time.Time, bool) {
+	due, hasDue := id.earliestDue()
+	id.mu.Lock()
+	l := id.loop
+	id.mu.Unlock()
+	at, full := l.fullAt, true
+	if hasDue && due.Before(at) {
+		at, full = due, false
 	}
+	if l.failures > 0 {
+		at, full = l.retryAt, !l.fullAt.After(l.retryAt)
+	}
+	if soonest := w.cfg.Clock.Now().Add(100 * time.Millisecond); at.Before(soonest) {
+		at = soonest
+	}
+	return at, full
+}
+
+// refreshOnce is one turn of id's refresher, run by a scheduler worker when
+// id is due (full: a new login, then every route; else only the routes
+// whose credential expires) or asked to resync (trigger event). It stores
+// the outcome, then schedules id's next turn (nextTurn), backing off after
+// failures. An identity Vault refused, or left without a token to log in
+// with, leaves the schedule.
+func (w *Watcher) refreshOnce(ctx context.Context, id *identity, full bool, trigger string) {
+	var err error
+	if full {
+		err = w.refreshAll(ctx, id, trigger)
+	} else {
+		err = w.refreshDue(ctx, id)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return
+	case errors.Is(err, authz.ErrVaultDenied):
+		w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", id.Key)
+		w.forgetLoop(id)
+		return
+	case errors.Is(err, errNoToken):
+		w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", id.Key)
+		w.forget(id.Identity, "no_token")
+		return
+	case unavailable(err):
+		id.mu.Lock()
+		id.loop.failures++
+		n := id.loop.failures
+		id.mu.Unlock()
+		d := backoff.Delay(n, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
+		id.mu.Lock()
+		id.loop.retryAt = w.cfg.Clock.Now().Add(d)
+		id.mu.Unlock()
+		w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", id.Key, "attempt", n, "retryIn", d, "error", err)
+	default:
+		var fullAt time.Time
+		if full {
+			fullAt = w.fullRefreshAt(id)
+		}
+		id.mu.Lock()
+		id.loop.failures = 0
+		if full {
+			id.loop.fullAt = fullAt
+		}
+		id.mu.Unlock()
+	}
+	at, nextFull := w.nextTurn(id)
+	w.sched.schedule(id, at, nextFull)
 }
 
 // unavailable: a dependency (Vault, a token endpoint) could not be asked.
@@ -377,7 +400,8 @@ func (w *Watcher) storeFrom(id *identity, route string, seq uint64, e *cache.Ent
 func (w *Watcher) storeLocked(id *identity, route string, seq uint64, e *cache.Entry, o origin) (Lifecycle, bool) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	if seq < id.applied[route] {
+	rs := id.routeLocked(route)
+	if seq < rs.applied {
 		return Lifecycle{}, false
 	}
 	// A read that finishes after its identity was forgotten (a deleted
@@ -389,8 +413,8 @@ func (w *Watcher) storeLocked(id *identity, route string, seq uint64, e *cache.E
 		w.cfg.Log.Error("credential cache refused an entry", "identity", id.Key, "route", route, "error", err)
 		return Lifecycle{}, false
 	}
-	id.applied[route] = seq
-	return id.lifecycle(route, e, o)
+	rs.applied = seq
+	return id.lifecycle(rs, e, o)
 }
 
 // refreshResult is a refresh span's result: the entry's state (ok, or its

@@ -102,8 +102,9 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
-// Watcher keeps identities' credentials in the Store: one session and one
-// refresher goroutine per identity, one Provider per source. It
+// Watcher keeps identities' credentials in the Store: one session per
+// identity, one shared scheduler running every identity's refresher on a
+// bounded pool of workers (Concurrency), one Provider per source. It
 // satisfies the checker's CredentialSource and the events package's
 // Refresher and Resyncer.
 type Watcher struct {
@@ -117,12 +118,14 @@ type Watcher struct {
 	wg        sync.WaitGroup
 	flight    singleflight.Group
 	tracer    trace.Tracer
+	sched     *scheduler
 
 	mu  sync.Mutex // guards ids
 	ids map[string]*identity
 }
 
-// New builds a Watcher. Its identities' goroutines run until Close.
+// New builds a Watcher. Its scheduler's goroutines (a dispatcher and
+// Concurrency workers) run until Close.
 func New(cfg Config) (*Watcher, error) {
 	if cfg.Vault == nil {
 		return nil, errors.New("watcher: a Vault client is required")
@@ -202,13 +205,17 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 		routes[r.Name] = r
 	}
 	base, stop := context.WithCancel(context.Background())
-	return &Watcher{cfg: cfg, vault: v, providers: all, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{},
-		tracer: newTracer(cfg.TracerProvider)}, nil
+	w := &Watcher{cfg: cfg, vault: v, providers: all, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{},
+		tracer: newTracer(cfg.TracerProvider)}
+	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, w.refreshOnce, func(x *identity) { w.forget(x.Identity, "panic") })
+	w.sched.Start(&w.wg)
+	return w, nil
 }
 
 // Close stops every identity's refresher and waits for them.
 func (w *Watcher) Close() {
 	w.stop()
+	w.sched.shutdown()
 	w.wg.Wait()
 }
 
@@ -274,7 +281,7 @@ func (w *Watcher) forget(id authz.Identity, cause string) {
 	w.metrics.identities.Set(float64(len(w.ids)))
 	w.mu.Unlock()
 	if x != nil {
-		x.stop()
+		w.sched.stop(x)
 		w.release(x)
 	}
 	for name := range w.routes {
@@ -306,7 +313,7 @@ func (w *Watcher) forgetLoop(x *identity) {
 		w.metrics.identities.Set(float64(len(w.ids)))
 	}
 	w.mu.Unlock()
-	x.stop()
+	w.sched.stop(x)
 	w.release(x)
 }
 
@@ -414,12 +421,13 @@ func (w *Watcher) Refresh(ctx context.Context, scope authz.Scope) error {
 // have been missed), without waiting.
 func (w *Watcher) ResyncAll(context.Context) error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	xs := make([]*identity, 0, len(w.ids))
 	for _, x := range w.ids {
-		select {
-		case x.resync <- struct{}{}:
-		default:
-		}
+		xs = append(xs, x)
+	}
+	w.mu.Unlock()
+	for _, x := range xs {
+		w.sched.resync(x)
 	}
 	return nil
 }

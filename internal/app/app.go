@@ -223,7 +223,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		return err
 	}
 	if a.sas != nil {
-		a.prefetch, err = watcher.NewPrefetcher(a.watcher, a.sas, cfg.Prefetch.Namespaces, cfg.Vault.Concurrency, a.log.With("component", "prefetch"))
+		a.prefetch, err = watcher.NewPrefetcher(a.watcher, a.sas, cfg.Prefetch.Namespaces, cfg.Prefetch.Concurrency, a.log.With("component", "prefetch"))
 	}
 	return err
 }

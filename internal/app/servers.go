@@ -164,7 +164,8 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "bound objects: %s\n", a.bound.Status())
 	}
 	if a.prefetch != nil {
-		fmt.Fprintf(&b, "prefetch: done=%v identities=%d\n", a.prefetch.Ready(), a.watcher.Len())
+		done, total, failed := a.prefetch.Progress()
+		fmt.Fprintf(&b, "prefetch: done=%v identities=%d progress=%d/%d failed=%d\n", a.prefetch.Ready(), a.watcher.Len(), done, total, failed)
 	}
 	if a.sub != nil {
 		fmt.Fprintf(&b, "events: %s", a.sub.Status())

@@ -190,6 +190,10 @@ type Prefetch struct {
 	Refresh           time.Duration `yaml:"refresh"`
 	RefreshWithEvents time.Duration `yaml:"refreshWithEvents"`
 	StaleGrace        time.Duration `yaml:"staleGrace"`
+	// Concurrency bounds the ServiceAccounts prefetched at once (each mints
+	// a token, logs in to Vault and reads every route; the Vault calls are
+	// also bounded by vault.concurrency).
+	Concurrency int `yaml:"concurrency"`
 }
 
 // Route is a per-host credential: its source, its path and the injection.
@@ -255,7 +259,7 @@ func Default() Config {
 		},
 		Inject:   Inject{Header: "authorization", Value: "Bearer {api_key}"},
 		Events:   Events{Subject: "credinject.rotated"},
-		Prefetch: Prefetch{Refresh: 5 * time.Minute, RefreshWithEvents: time.Hour, StaleGrace: 15 * time.Minute},
+		Prefetch: Prefetch{Refresh: 5 * time.Minute, RefreshWithEvents: time.Hour, StaleGrace: 15 * time.Minute, Concurrency: 16},
 		Cache: Cache{
 			Capacity:      1 << 18,
 			TokenTTL:      30 * time.Second,
@@ -424,6 +428,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Vault.ReloginInterval < 0 {
 		bad("vault.reloginInterval", "must not be negative, got %v", c.Vault.ReloginInterval)
+	}
+	if c.Prefetch.Concurrency <= 0 {
+		bad("prefetch.concurrency", "must be positive, got %d", c.Prefetch.Concurrency)
 	}
 	if c.Prefetch.StaleGrace < 0 {
 		bad("prefetch.staleGrace", "must not be negative, got %v", c.Prefetch.StaleGrace)

@@ -122,6 +122,7 @@ func TestParseRefuses(t *testing.T) {
 		"zero refresh":             {"prefetch: {refresh: 0s}", "prefetch.refresh"},
 		"zero refresh with events": {"prefetch: {refreshWithEvents: 0s}", "prefetch.refreshWithEvents"},
 		"negative relogin":         {"vault: {reloginInterval: -1m}", "vault.reloginInterval"},
+		"zero prefetch workers":    {"prefetch: {concurrency: 0}", "prefetch.concurrency"},
 		"bad duration":             {"prefetch: {refresh: soon}", "parse"},
 		"route without hosts":      {"routes: [{path: \"x/{namespace}\"}]", "routes[0].hosts"},
 		"bad wildcard":             {"routes: [{hosts: [\"api.*.com\"]}]", "routes[0].hosts[0]"},

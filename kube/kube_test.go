@@ -1,0 +1,108 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	toolscache "k8s.io/client-go/tools/cache"
+)
+
+// serviceAccount is a ServiceAccount as kubectl apply leaves it: the
+// last-applied annotation, a label and managed fields, which the informer
+// drops.
+func serviceAccount(i int) *corev1.ServiceAccount {
+	ns, name := fmt.Sprintf("ns-%d", i/100), fmt.Sprintf("sa-%d", i%100)
+	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		Name: name, Namespace: ns, UID: types.UID(fmt.Sprintf("00000000-0000-0000-0000-%012d", i)),
+		ResourceVersion: fmt.Sprint(1000 + i),
+		Labels:          map[string]string{"app.kubernetes.io/part-of": "payments"},
+		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": fmt.Sprintf(
+			`{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"annotations":{},"labels":{"app.kubernetes.io/part-of":"payments"},"name":%q,"namespace":%q}}`, name, ns)},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl-client-side-apply", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1",
+			FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(`{"f:metadata":{"f:annotations":{".":{},"f:kubectl.kubernetes.io/last-applied-configuration":{}},"f:labels":{".":{},"f:app.kubernetes.io/part-of":{}}}}`)}},
+	}}
+}
+
+func startServiceAccounts(tb testing.TB, objs ...kruntime.Object) *ServiceAccounts {
+	tb.Helper()
+	s := NewServiceAccounts(fake.NewClientset(objs...), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	if !s.WaitForSync(ctx) {
+		tb.Fatal("informer did not sync")
+	}
+	return s
+}
+
+// TestServiceAccountsTrimmed: the informer keeps name, namespace and uid
+// (Exists, List and the handlers still work) and drops the rest.
+func TestServiceAccountsTrimmed(t *testing.T) {
+	sa := serviceAccount(1)
+	s := startServiceAccounts(t, sa)
+	key := sa.Namespace + "/" + sa.Name
+	if !s.Exists(key, string(sa.UID)) || s.Exists(key, "other-uid") || s.Exists("ns-0/nobody", "") {
+		t.Fatal("Exists does not tell the ServiceAccount by name and uid")
+	}
+	if got := s.List(sa.Namespace); len(got) != 1 || got[0] != key {
+		t.Fatalf("List = %v", got)
+	}
+	obj, ok, err := s.informer.GetIndexer().GetByKey(key)
+	if err != nil || !ok {
+		t.Fatalf("GetByKey: %v, %v", ok, err)
+	}
+	kept := obj.(*corev1.ServiceAccount)
+	if kept.Annotations != nil || kept.Labels != nil || kept.ManagedFields != nil {
+		t.Fatalf("kept %+v; want name, namespace, uid and resourceVersion only", kept.ObjectMeta)
+	}
+}
+
+// BenchmarkServiceAccountsHeap measures the heap the ServiceAccount
+// informer keeps per ServiceAccount at 100,000, as credinject builds it
+// (trimmed) and as client-go's plain informer would (untrimmed).
+func BenchmarkServiceAccountsHeap(b *testing.B) {
+	const n = 100_000
+	objs := make([]kruntime.Object, n)
+	for i := range objs {
+		objs[i] = serviceAccount(i)
+	}
+	for _, trimmed := range []bool{true, false} {
+		b.Run(fmt.Sprintf("trimmed=%v", trimmed), func(b *testing.B) {
+			for range b.N {
+				client := fake.NewClientset(objs...)
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				var inf toolscache.SharedIndexInformer
+				var f informers.SharedInformerFactory
+				if trimmed {
+					s := NewServiceAccounts(client, 0)
+					f, inf = s.factory, s.informer
+				} else {
+					f = informers.NewSharedInformerFactory(client, 0)
+					inf = f.Core().V1().ServiceAccounts().Informer()
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				f.Start(ctx.Done())
+				if !toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) || len(inf.GetIndexer().ListKeys()) != n {
+					b.Fatal("informer did not sync")
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric((float64(after.HeapAlloc)-float64(before.HeapAlloc))/n, "heap-B/sa")
+				runtime.KeepAlive(client)
+				cancel()
+				f.Shutdown()
+			}
+		})
+	}
+}

@@ -1,0 +1,92 @@
+package watcher
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/authz"
+)
+
+// TestStuckIdentityDoesNotDelayOthers: an identity whose Vault reads hang
+// holds one worker; the other identities due at the same time are
+// refreshed meanwhile.
+func TestStuckIdentityDoesNotDelayOthers(t *testing.T) {
+	r := newRig(t)
+	stuck, tok := r.identity("ns", "stuck", "s1")
+	if _, err := r.miss("", stuck, tok); err != nil {
+		t.Fatal(err)
+	}
+	var others []authz.Identity
+	for i := range 5 {
+		id, tok := r.identity("ns", fmt.Sprintf("sa-%d", i), "v1")
+		if _, err := r.miss("", id, tok); err != nil {
+			t.Fatal(err)
+		}
+		r.vault.put(id.Key, "v2")
+		others = append(others, id)
+	}
+	r.vault.mu.Lock()
+	r.vault.stuck[stuck.Key] = true
+	r.vault.mu.Unlock()
+	r.step(201 * time.Second) // every identity is due
+	r.eventually("the others refreshed while one hangs", func() bool {
+		for _, id := range others {
+			if e := r.entry("", id); e == nil || e.Value != "Bearer v2" {
+				return false
+			}
+		}
+		return true
+	})
+	r.vault.mu.Lock()
+	blocked := r.vault.blocked
+	r.vault.mu.Unlock()
+	if blocked != 1 {
+		t.Fatalf("%d reads hanging; want the stuck identity's still in flight", blocked)
+	}
+}
+
+// TestResyncRestartsSchedule: a resync re-reads at once, and the next
+// scheduled refresh counts from it, not from the read before.
+func TestResyncRestartsSchedule(t *testing.T) {
+	r := newRig(t)
+	id, tok := r.identity("ns", "sa", "k1")
+	if _, err := r.miss("", id, tok); err != nil { // next refresh at +200 s
+		t.Fatal(err)
+	}
+	r.step(100 * time.Second)
+	r.vault.put(id.Key, "k2")
+	if err := r.w.ResyncAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the resync", func() bool { return r.entry("", id).Value == "Bearer k2" })
+	reads := r.vault.count("read")
+	r.step(101 * time.Second) // +201 s: the old schedule's time, not the new one's
+	if got := r.vault.count("read"); got != reads {
+		t.Fatalf("reads %d -> %d at the superseded time", reads, got)
+	}
+	r.vault.put(id.Key, "k3")
+	r.step(100 * time.Second) // +301 s: 200 s after the resync
+	r.eventually("the rescheduled refresh", func() bool { return r.entry("", id).Value == "Bearer k3" })
+}
+
+// TestRefreshersShareGoroutines: watching more identities does not start
+// more goroutines; the refreshers share the scheduler's workers.
+func TestRefreshersShareGoroutines(t *testing.T) {
+	r := newRig(t)
+	before := runtime.NumGoroutine()
+	for i := range 300 {
+		id, _ := r.identity("ns", fmt.Sprintf("sa-%d", i), "k")
+		if err := r.w.Prefetch(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.w.Len() != 300 {
+		t.Fatalf("watching %d, want 300", r.w.Len())
+	}
+	if after := runtime.NumGoroutine(); after-before > 20 {
+		t.Fatalf("goroutines %d -> %d for 300 identities", before, after)
+	}
+}

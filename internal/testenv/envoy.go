@@ -43,6 +43,9 @@ func StartEnvoy(ctx context.Context, dir, config string) (*Envoy, error) {
 	adminPath := filepath.Join(dir, "admin-address")
 	p := &proc{name: "envoy", bin: bin, logPath: filepath.Join(dir, "envoy.log"), args: []string{
 		"-c", confPath, "--use-dynamic-base-id", "--concurrency", "1", "-l", "warn",
+		// The access log reaches the log file within 100 ms (Envoy flushes it
+		// every 10 s by default), for tests that read it.
+		"--file-flush-interval-msec", "100",
 		"--admin-address-path", adminPath,
 	}}
 	if err := p.start(); err != nil {

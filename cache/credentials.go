@@ -2,11 +2,11 @@ package cache
 
 import (
 	"errors"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
+	"unique"
 
 	"github.com/credinject/credinject/authz"
 )
@@ -26,7 +26,18 @@ const (
 
 // Entry is one identity's credential for one route. Entries are immutable once
 // stored: a refresh stores a new Entry, so readers never see a torn update.
+// The fields every hit reads (its lifetimes, its refusal and its prepared
+// answer) come first, in the entry's first cache line.
 type Entry struct {
+	FreshUntil time.Time // when a refresh is due
+	ExpiresAt  time.Time // after this the entry must not be served
+
+	// Denied, when set, makes this a negative entry: Vault refused the
+	// identity or holds no usable credential; it is the deny reason.
+	Denied authz.Reason
+
+	memo atomic.Pointer[any]
+
 	Route    string         // route name ("" is the default route)
 	Identity authz.Identity // whose credential this is
 
@@ -36,15 +47,7 @@ type Entry struct {
 	// Version is the KV version the value was read from.
 	Version int64
 
-	// Denied, when set, makes this a negative entry: Vault refused the
-	// identity or holds no usable credential; it is the deny reason.
-	Denied authz.Reason
-
-	ReadAt     time.Time // last successful read from the source
-	FreshUntil time.Time // when a refresh is due
-	ExpiresAt  time.Time // after this the entry must not be served
-
-	memo atomic.Pointer[any]
+	ReadAt time.Time // last successful read from the source
 }
 
 // State tells whether e may be served at now.
@@ -75,16 +78,27 @@ func (e *Entry) Memo(build func(*Entry) any) any {
 // entry is a new one.
 var ErrFull = errors.New("cache: credential cache is full")
 
+// Key is an identity's Key ("namespace/serviceaccount") interned with the
+// standard library's unique package: equal keys share one Key, and two Keys
+// compare (and hash) as one pointer, so a lookup by Key never reads the
+// identity's name. Hold one (the checker's token results do) to keep it
+// canonical; KeyOf makes one.
+type Key = unique.Handle[string]
+
+// KeyOf interns identity (an authz.Identity's Key). It does not allocate
+// when the key is already interned.
+func KeyOf(identity string) Key { return unique.Make(identity) }
+
 // Credentials is the credential cache. It never evicts on its own: capacity
 // is a hard bound that makes Set fail loudly instead of dropping a
 // credential. Since it never evicts, it needs no admission policy: it is a
-// map sharded by a 64-bit hash of (route, identity), read under a per-shard
-// read lock and verified against the entry's own route and identity, with
-// an overflow map for the (rare) keys whose hash collides, so a collision
-// costs a second lookup, never another identity's answer or a lost entry.
+// map keyed exactly by (route, interned identity), sharded by the identity
+// so concurrent readers of different identities rarely share a lock's
+// cache line. Keys are exact: there is no hash to collide.
 type Credentials struct {
 	capacity int64
 	size     atomic.Int64
+	seed     maphash.Seed
 	shards   *[credShards]credShard
 }
 
@@ -93,14 +107,16 @@ const credShards = 64
 // credShard is one shard, padded to its own cache lines so readers of two
 // shards do not contend on one line.
 type credShard struct {
-	mu   sync.RWMutex
-	m    map[uint64]*Entry
-	coll map[credID]*Entry // entries whose hash is taken by another key
-	_    [64 - 40]byte
+	mu sync.RWMutex
+	m  map[credKey]*Entry
+	_  [64 - 32]byte
 }
 
-// credID is an entry's exact key.
-type credID struct{ route, identity string }
+// credKey is an entry's exact key: its route's name and its identity.
+type credKey struct {
+	route string
+	id    Key
+}
 
 // CredentialsConfig sizes the credential cache.
 type CredentialsConfig struct {
@@ -113,36 +129,30 @@ func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = 1 << 20
 	}
-	c := &Credentials{capacity: cfg.Capacity, shards: new([credShards]credShard)}
+	c := &Credentials{capacity: cfg.Capacity, seed: maphash.MakeSeed(), shards: new([credShards]credShard)}
 	for i := range c.shards {
-		c.shards[i].m = map[uint64]*Entry{}
+		c.shards[i].m = map[credKey]*Entry{}
 	}
 	return c, nil
 }
 
-// keyOf is credKey; tests replace it to force collisions.
-var keyOf = credKey
-
-func credKey(route, identity string) uint64 {
-	return xxhash.Sum64String(identity) ^ (xxhash.Sum64String(route) * 0x9E3779B97F4A7C15)
-}
-
-func (c *Credentials) shard(k uint64) *credShard { return &c.shards[k>>58] }
-
-func (e *Entry) is(route, identity string) bool {
-	return e.Route == route && e.Identity.Key == identity
+func (c *Credentials) shard(id Key) *credShard {
+	return &c.shards[maphash.Comparable(c.seed, id)%credShards]
 }
 
 // Get returns the entry for (route, identity), identity being an
-// authz.Identity's Key. It does no I/O and does not allocate.
+// authz.Identity's Key. It does no I/O; it interns identity first (see
+// Lookup for the hot path's form).
 func (c *Credentials) Get(route, identity string) (*Entry, bool) {
-	k := keyOf(route, identity)
-	s := c.shard(k)
+	return c.Lookup(route, KeyOf(identity))
+}
+
+// Lookup returns the entry for (route, id). It does no I/O, does not
+// allocate and never reads the identity's name: the checker's hot path.
+func (c *Credentials) Lookup(route string, id Key) (*Entry, bool) {
+	s := c.shard(id)
 	s.mu.RLock()
-	e, ok := s.m[k]
-	if ok && !e.is(route, identity) {
-		e, ok = s.coll[credID{route, identity}]
-	}
+	e, ok := s.m[credKey{route, id}]
 	s.mu.RUnlock()
 	return e, ok
 }
@@ -150,59 +160,29 @@ func (c *Credentials) Get(route, identity string) (*Entry, bool) {
 // Set stores e, replacing any entry for the same (route, identity). When it
 // returns nil the entry is visible to every later Get.
 func (c *Credentials) Set(e *Entry) error {
-	k := keyOf(e.Route, e.Identity.Key)
-	s := c.shard(k)
+	id := KeyOf(e.Identity.Key)
+	k := credKey{e.Route, id}
+	s := c.shard(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	prev, taken := s.m[k]
-	switch {
-	case !taken || prev.is(e.Route, e.Identity.Key):
-		if !taken && c.size.Load() >= c.capacity {
+	if _, taken := s.m[k]; !taken {
+		if c.size.Load() >= c.capacity {
 			return ErrFull
 		}
-		s.m[k] = e
-		if !taken {
-			c.size.Add(1)
-		}
-	default:
-		id := credID{e.Route, e.Identity.Key}
-		_, existed := s.coll[id]
-		if !existed && c.size.Load() >= c.capacity {
-			return ErrFull
-		}
-		if s.coll == nil {
-			s.coll = map[credID]*Entry{}
-		}
-		s.coll[id] = e
-		if !existed {
-			c.size.Add(1)
-		}
+		c.size.Add(1)
 	}
+	s.m[k] = e
 	return nil
 }
 
 // Delete removes (route, identity), if present.
 func (c *Credentials) Delete(route, identity string) {
-	k := keyOf(route, identity)
-	s := c.shard(k)
+	id := KeyOf(identity)
+	s := c.shard(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.m[k]; ok && e.is(route, identity) {
-		delete(s.m, k)
-		c.size.Add(-1)
-		// Promote a colliding entry to the main map, if any.
-		for id, o := range s.coll {
-			if keyOf(id.route, id.identity) == k {
-				s.m[k] = o
-				delete(s.coll, id)
-				break
-			}
-		}
-		return
-	}
-	id := credID{route, identity}
-	if _, ok := s.coll[id]; ok {
-		delete(s.coll, id)
+	if _, ok := s.m[credKey{route, id}]; ok {
+		delete(s.m, credKey{route, id})
 		c.size.Add(-1)
 	}
 }

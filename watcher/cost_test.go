@@ -194,3 +194,28 @@ func TestRoleChangeRefusedWithinReloginIntervalRequestOnly(t *testing.T) {
 		t.Fatalf("next request: %+v, %v; want vault_denied", e, err)
 	}
 }
+
+// TestRefusedLoginRevokesTheToken: when Vault refuses an identity's login
+// (a role change, at its relogin), the token it held until then is revoked,
+// and with it the leases read with it: the identity is refused, and the
+// audit trail's lease_revoked (token_revoked) must be true in Vault too.
+func TestRefusedLoginRevokesTheToken(t *testing.T) {
+	r := newRigWith(t, func(c *Config) { c.ReloginInterval = 10 * time.Minute },
+		Route{Name: "db", Source: SourceVaultRead, Path: "creds/{namespace}/{serviceaccount}", Header: "x-db", Value: "{username}:{password}"})
+	r.vault.leaseMax = 24 * time.Hour
+	id, tok := r.identity("ns", "sa", "")
+	if _, err := r.miss("db", id, tok); err != nil {
+		t.Fatal(err)
+	}
+	if r.vault.liveTokens() != 1 || r.vault.liveLeases() != 1 {
+		t.Fatalf("after the miss: %d tokens, %d leases; want 1, 1", r.vault.liveTokens(), r.vault.liveLeases())
+	}
+	r.vault.bind(id.Key, false) // the role change
+	r.advance(9*time.Minute, 10*time.Second)
+	r.step(time.Minute) // the relogin, refused
+	r.eventually("the identity refused", func() bool {
+		e := r.entry("db", id)
+		return e != nil && e.Denied == authz.ReasonVaultDenied
+	})
+	r.eventually("its token and lease revoked", func() bool { return r.vault.liveTokens() == 0 && r.vault.liveLeases() == 0 })
+}

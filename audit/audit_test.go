@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -356,4 +358,35 @@ func BenchmarkUse(b *testing.B) {
 			i += 7
 		}
 	})
+}
+
+// TestLongHostsDoNotPinRequests: a host is kept to maxHostLen bytes of its
+// own, not as a slice of the request's (up to a megabyte through net/http,
+// 60 KiB through Envoy) string: audit.maxKeys keys of huge hosts, all
+// allowed on the default route, must cost about maxKeys × maxHostLen.
+func TestLongHostsDoNotPinRequests(t *testing.T) {
+	const n, size = 200, 256 << 10
+	r := newRig(t, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		host := fmt.Sprintf("%08d.", i) + strings.Repeat("a", size)
+		r.log.Use(allow(t0, "ns/a", "", host, 1))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 8<<20 {
+		t.Fatalf("%d keys of %d-byte hosts hold %d MiB of heap; want about %d KiB", n, size, held>>20, n*maxHostLen>>10)
+	}
+	r.log.Flush()
+	u := ofKind(r.out.records(t), KindUsage)
+	if len(u) != n {
+		t.Fatalf("%d usage records, want %d", len(u), n)
+	}
+	for _, rec := range u {
+		if h, _ := rec["host"].(string); len(h) != maxHostLen {
+			t.Fatalf("host of %d bytes recorded, want %d", len(h), maxHostLen)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,6 +116,9 @@ func (u *usage) add(x Use) {
 			u.counter.Inc()
 			return
 		}
+		// A new key keeps copies of the request's strings: a slice of a
+		// long host would hold the whole request header for the interval.
+		k.host = strings.Clone(k.host)
 		i = int32(len(s.stats))
 		s.idx[k] = i
 		s.stats = append(s.stats, usageStat{first: x.At, last: x.At})

@@ -157,11 +157,15 @@ func (t *tracer) start(ctx context.Context, h *traceHeaders, carrier propagation
 	case parentNotSampled:
 		return ctx, nil
 	case parentSampled:
-		ctx = t.prop.Extract(ctx, carrier)
-	default:
-		if t.ratio <= 0 || (t.ratio < 1 && rand.Float64() >= t.ratio) {
-			return ctx, nil
+		if pctx := t.prop.Extract(ctx, carrier); trace.SpanContextFromContext(pctx).IsValid() {
+			return t.t.Start(pctx, SpanCheck, trace.WithSpanKind(trace.SpanKindServer))
 		}
+		// Flagged sampled, but no context the propagator accepts (a zero
+		// or non-hex id): no parent, so the ratio decides, as the
+		// provider's sampler would not (it samples every root Check).
+	}
+	if t.ratio <= 0 || (t.ratio < 1 && rand.Float64() >= t.ratio) {
+		return ctx, nil
 	}
 	return t.t.Start(ctx, SpanCheck, trace.WithSpanKind(trace.SpanKindServer))
 }

@@ -170,6 +170,32 @@ var unsampledCases = map[string]unsampledCase{
 	"ratio 0, invalid parent": {0, map[string]string{"traceparent": "garbage"}},
 }
 
+// A context that says sampled but that the propagator refuses (a zero or
+// non-hex id) is no parent: the ratio decides, as without one. (Extracting
+// it allocates, so these are not in unsampledCases.)
+func TestTraceInvalidSampledParentFollowsTheRatio(t *testing.T) {
+	for name, c := range map[string]unsampledCase{
+		"ratio 0, zero trace id flagged sampled": {0, map[string]string{"traceparent": "00-00000000000000000000000000000000-" + gwSpan + "-01"}},
+		"ratio 0, non-hex traceparent sampled":   {0, map[string]string{"traceparent": "00-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-" + gwSpan + "-01"}},
+		"ratio 0, b3 single bad ids sampled":     {0, map[string]string{"b3": "not-hex-1"}},
+		"ratio 0, b3 multi bad trace id sampled": {0, map[string]string{"x-b3-traceid": "not-hex", "x-b3-spanid": gwSpan, "x-b3-sampled": "1"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, rec := tracedRig(t, c.ratio)
+			r.put(t, "", "ns", "sa", "authorization", "Bearer k")
+			q := c.request(t, r)
+			for range 3 {
+				if resp, _ := r.g.Check(context.Background(), q); resp.GetOkResponse() == nil {
+					t.Fatalf("not allowed: %v", outcome(resp))
+				}
+			}
+			if n := len(rec.Ended()); n != 0 {
+				t.Errorf("%d spans at ratio 0 for an invalid parent", n)
+			}
+		})
+	}
+}
+
 func (c unsampledCase) request(t *testing.T, r *rig) *authv3.CheckRequest {
 	q := request("Bearer "+r.token(t, "ns", "sa"), "api.openai.com")
 	for k, v := range c.hdrs {

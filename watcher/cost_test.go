@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
+
 	"github.com/credinject/credinject/authz"
 )
 
@@ -152,4 +154,68 @@ func TestRefreshFollowsEvents(t *testing.T) {
 	if got := r.vault.count("login"); got != 1 {
 		t.Fatalf("logins %d, want 1", got)
 	}
+}
+
+// TestRoleChangeRefusedWithinReloginIntervalRequestOnly: an identity seen
+// only on requests (not prefetched) has no service-account token left to log
+// in with once the one it presented expires, since cache hits never hand the
+// watcher another. Its Vault token must still not be renewed past the relogin
+// interval: the identity is let go then (no_token), and its next request
+// logs in with that request's token, which Vault refuses after a role change.
+func TestRoleChangeRefusedWithinReloginIntervalRequestOnly(t *testing.T) {
+	r := newRig(t)
+	id, tok := r.identity("ns", "sa", "k1")
+	ctx := context.Background()
+	// The presented token expires after 30 min, the Vault token's TTL (and
+	// so the default relogin interval) is 1 h.
+	e, err := r.w.Credential(ctx, "", id, tok, t0.Add(30*time.Minute))
+	if err != nil || e.Value != "Bearer k1" {
+		t.Fatalf("miss: %+v, %v", e, err)
+	}
+	r.vault.bind(id.Key, false) // the role change, at t0
+	r.advance(59*time.Minute, time.Minute)
+	if e := r.entry("", id); e == nil || e.Denied != authz.ReasonNone {
+		t.Fatalf("before the relogin interval: %+v; want the credential (the renewed token still reads)", e)
+	}
+	// At t0+1h the relogin is due: nothing to log in with, so the identity
+	// is let go (nothing more waits on the clock then).
+	r.step(time.Minute)
+	err = wait.PollUntilContextTimeout(ctx, time.Millisecond, 2*time.Second, true, func(context.Context) (bool, error) {
+		e := r.entry("", id)
+		return e == nil || e.Denied != authz.ReasonNone, nil
+	})
+	if err != nil {
+		t.Fatalf("at t0+%v, past the relogin interval since the role change, the credential is still served (renewals: %d)",
+			r.clock.Now().Sub(t0), r.vault.count("renew"))
+	}
+	// The next request brings a token of its own: refused at its login.
+	e, err = r.w.Credential(ctx, "", id, "jwt:"+id.Key+":later", r.clock.Now().Add(time.Hour))
+	if err != nil || e == nil || e.Denied != authz.ReasonVaultDenied {
+		t.Fatalf("next request: %+v, %v; want vault_denied", e, err)
+	}
+}
+
+// TestRefusedLoginRevokesTheToken: when Vault refuses an identity's login
+// (a role change, at its relogin), the token it held until then is revoked,
+// and with it the leases read with it: the identity is refused, and the
+// audit trail's lease_revoked (token_revoked) must be true in Vault too.
+func TestRefusedLoginRevokesTheToken(t *testing.T) {
+	r := newRigWith(t, func(c *Config) { c.ReloginInterval = 10 * time.Minute },
+		Route{Name: "db", Source: SourceVaultRead, Path: "creds/{namespace}/{serviceaccount}", Header: "x-db", Value: "{username}:{password}"})
+	r.vault.leaseMax = 24 * time.Hour
+	id, tok := r.identity("ns", "sa", "")
+	if _, err := r.miss("db", id, tok); err != nil {
+		t.Fatal(err)
+	}
+	if r.vault.liveTokens() != 1 || r.vault.liveLeases() != 1 {
+		t.Fatalf("after the miss: %d tokens, %d leases; want 1, 1", r.vault.liveTokens(), r.vault.liveLeases())
+	}
+	r.vault.bind(id.Key, false) // the role change
+	r.advance(9*time.Minute, 10*time.Second)
+	r.step(time.Minute) // the relogin, refused
+	r.eventually("the identity refused", func() bool {
+		e := r.entry("db", id)
+		return e != nil && e.Denied == authz.ReasonVaultDenied
+	})
+	r.eventually("its token and lease revoked", func() bool { return r.vault.liveTokens() == 0 && r.vault.liveLeases() == 0 })
 }

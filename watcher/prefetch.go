@@ -152,6 +152,13 @@ func (p *Prefetcher) work(ctx context.Context) bool {
 		return false
 	}
 	defer p.queue.Done(key)
+	if ctx.Err() != nil {
+		// Shutting down: the queue drains without prefetching what is
+		// left (the first pass's waiter is still released).
+		p.queue.Forget(key)
+		p.firstDone(key, true)
+		return true
+	}
 	ns, name, _ := toolscache.SplitMetaNamespaceKey(key)
 	if !p.sas.Exists(key, "") {
 		p.queue.Forget(key)

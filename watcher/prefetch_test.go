@@ -2,6 +2,7 @@ package watcher
 
 import (
 	"context"
+	"fmt"
 	"testing"
 )
 
@@ -35,5 +36,37 @@ func TestPrefetchProgress(t *testing.T) {
 	}
 	if r.w.Len() != 2 {
 		t.Fatalf("watching %d identities, want the 2 Vault accepts", r.w.Len())
+	}
+}
+
+// TestPrefetchStopsAtShutdown: when credinject stops during the first pass,
+// the ServiceAccounts still queued are not prefetched (a TokenRequest, an
+// identity and its schedule each, with a cancelled context) on the way out.
+func TestPrefetchStopsAtShutdown(t *testing.T) {
+	r := newRig(t)
+	r.vault.readGate = make(chan struct{}) // every read waits: the pass cannot finish
+	sas := &staticSAs{keys: map[string][]string{}, all: map[string]bool{}}
+	for i := range 50 {
+		key := fmt.Sprintf("ns/sa%d", i)
+		sas.keys["ns"] = append(sas.keys["ns"], key)
+		sas.all[key] = true
+		r.identity("ns", fmt.Sprintf("sa%d", i), "k")
+	}
+	const workers = 2
+	p, err := NewPrefetcher(r.w, sas, []string{"ns"}, workers, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { p.Run(ctx); close(ran) }()
+	r.eventually("the first reads waiting", func() bool { return r.minter.count() == workers })
+	cancel()
+	<-ran
+	if n := r.minter.count(); n != workers {
+		t.Errorf("%d service-account tokens minted, want %d (the reads in flight at shutdown)", n, workers)
+	}
+	if n := r.w.Len(); n > workers {
+		t.Errorf("%d identities watched after the shutdown, want at most %d", n, workers)
 	}
 }

@@ -114,7 +114,10 @@ func (l *tokenLife) postpone(now time.Time) {
 // A token is renewed at two thirds of its life; replaced then instead when
 // it is not renewable or renewal no longer extends it; used to its expiry
 // when neither is possible (and then a login fails with nothing to log in
-// with).
+// with). Past the relogin interval it is never renewed nor used, even
+// without a way to log in: the login then fails with nothing to log in with
+// and the identity is let go until a request brings a token, rather than
+// served on bindings Vault has not checked for longer than the interval.
 func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (tokenAction, time.Time) {
 	end := l.expires.Add(-tokenMargin)
 	if l.expires.IsZero() || !now.Before(end) {
@@ -124,7 +127,7 @@ func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (t
 		relogin = l.granted
 	}
 	reloginAt := l.login.Add(relogin)
-	if canLogin && !now.Before(reloginAt) {
+	if !now.Before(reloginAt) {
 		return logInAgain, now
 	}
 	canRenew := l.renewable && !l.capped
@@ -135,13 +138,16 @@ func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (t
 		case canLogin:
 			return logInAgain, now
 		}
+		if reloginAt.Before(end) {
+			return keepToken, reloginAt
+		}
 		return keepToken, end
 	}
 	next := l.renewAt
 	if !canRenew && !canLogin {
 		next = end
 	}
-	if canLogin && reloginAt.Before(next) {
+	if reloginAt.Before(next) {
 		next = reloginAt
 	}
 	return keepToken, next

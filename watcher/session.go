@@ -190,7 +190,13 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	l, err := s.vault.Login(ctx, jwt)
 	if err != nil {
 		if !errors.Is(err, authz.ErrVaultUnavailable) {
+			// Refused: the identity is no longer Vault's to serve. The
+			// token held until now is revoked with the rest (retire),
+			// and Vault ends the leases read with it.
 			s.mu.Lock()
+			if s.token != "" {
+				s.retired = append(s.retired, s.token)
+			}
 			s.token, s.tokenLife = "", tokenLife{}
 			s.mu.Unlock()
 		}

@@ -102,7 +102,11 @@ func TestSessionTokenModes(t *testing.T) {
 			},
 			mode: reuse, logins: 1, mints: 1,
 		},
-		"relogin due without a token to log in with keeps the token": {
+		// Past the relogin interval the token is not used, even without a
+		// token to log in with: Vault has not checked the role's bindings
+		// for longer than the interval (the identity is let go until a
+		// request brings a token).
+		"relogin due without a token to log in with: no token": {
 			setup: func(r *rig, s *session) {
 				r.vault.ttl = 2 * time.Hour
 				s.every = 30 * time.Minute
@@ -110,7 +114,7 @@ func TestSessionTokenModes(t *testing.T) {
 				mustToken(r, s, reuse)
 				r.clock.Step(59*time.Minute + 55*time.Second) // the SA token is about to expire
 			},
-			mode: reuse, sameToken: true,
+			mode: reuse, wantErr: errNoToken,
 		},
 		"vault away at renewal keeps the token": {
 			setup: func(r *rig, s *session) {

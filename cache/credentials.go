@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unique"
 
 	"github.com/credinject/credinject/authz"
 )
@@ -78,23 +77,12 @@ func (e *Entry) Memo(build func(*Entry) any) any {
 // entry is a new one.
 var ErrFull = errors.New("cache: credential cache is full")
 
-// Key is an identity's Key ("namespace/serviceaccount") interned with the
-// standard library's unique package: equal keys share one Key, and two Keys
-// compare (and hash) as one pointer, so a lookup by Key never reads the
-// identity's name. Hold one (the checker's token results do) to keep it
-// canonical; KeyOf makes one.
-type Key = unique.Handle[string]
-
-// KeyOf interns identity (an authz.Identity's Key). It does not allocate
-// when the key is already interned.
-func KeyOf(identity string) Key { return unique.Make(identity) }
-
 // Credentials is the credential cache. It never evicts on its own: capacity
 // is a hard bound that makes Set fail loudly instead of dropping a
 // credential. Since it never evicts, it needs no admission policy: it is a
-// map keyed exactly by (route, interned identity), sharded by the identity
-// so concurrent readers of different identities rarely share a lock's
-// cache line. Keys are exact: there is no hash to collide.
+// map keyed exactly by (route, identity), sharded by the identity so
+// concurrent readers of different identities rarely share a lock's cache
+// line. Keys are exact: there is no hash to collide.
 type Credentials struct {
 	capacity int64
 	size     atomic.Int64
@@ -112,11 +100,8 @@ type credShard struct {
 	_  [64 - 32]byte
 }
 
-// credKey is an entry's exact key: its route's name and its identity.
-type credKey struct {
-	route string
-	id    Key
-}
+// credKey is an entry's exact key: its route's name and its identity's Key.
+type credKey struct{ route, identity string }
 
 // CredentialsConfig sizes the credential cache.
 type CredentialsConfig struct {
@@ -136,23 +121,16 @@ func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 	return c, nil
 }
 
-func (c *Credentials) shard(id Key) *credShard {
-	return &c.shards[maphash.Comparable(c.seed, id)%credShards]
+func (c *Credentials) shard(identity string) *credShard {
+	return &c.shards[maphash.String(c.seed, identity)%credShards]
 }
 
 // Get returns the entry for (route, identity), identity being an
-// authz.Identity's Key. It does no I/O; it interns identity first (see
-// Lookup for the hot path's form).
+// authz.Identity's Key. It does no I/O and does not allocate.
 func (c *Credentials) Get(route, identity string) (*Entry, bool) {
-	return c.Lookup(route, KeyOf(identity))
-}
-
-// Lookup returns the entry for (route, id). It does no I/O, does not
-// allocate and never reads the identity's name: the checker's hot path.
-func (c *Credentials) Lookup(route string, id Key) (*Entry, bool) {
-	s := c.shard(id)
+	s := c.shard(identity)
 	s.mu.RLock()
-	e, ok := s.m[credKey{route, id}]
+	e, ok := s.m[credKey{route, identity}]
 	s.mu.RUnlock()
 	return e, ok
 }
@@ -160,9 +138,8 @@ func (c *Credentials) Lookup(route string, id Key) (*Entry, bool) {
 // Set stores e, replacing any entry for the same (route, identity). When it
 // returns nil the entry is visible to every later Get.
 func (c *Credentials) Set(e *Entry) error {
-	id := KeyOf(e.Identity.Key)
-	k := credKey{e.Route, id}
-	s := c.shard(id)
+	k := credKey{e.Route, e.Identity.Key}
+	s := c.shard(k.identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, taken := s.m[k]; !taken {
@@ -177,12 +154,12 @@ func (c *Credentials) Set(e *Entry) error {
 
 // Delete removes (route, identity), if present.
 func (c *Credentials) Delete(route, identity string) {
-	id := KeyOf(identity)
-	s := c.shard(id)
+	k := credKey{route, identity}
+	s := c.shard(identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.m[credKey{route, id}]; ok {
-		delete(s.m, credKey{route, id})
+	if _, ok := s.m[k]; ok {
+		delete(s.m, k)
 		c.size.Add(-1)
 	}
 }

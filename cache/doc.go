@@ -5,8 +5,8 @@
 // cache: it evicts and expires), keyed by 64 bits of the HMAC with the whole
 // HMAC kept in the item and compared on every hit, so a collision there is a
 // miss. The credential cache never evicts and needs no admission policy: it
-// is a map keyed exactly by (route, identity), the identity interned (Key)
-// so a lookup compares and hashes one pointer instead of reading the name.
+// is a map keyed exactly by (route, identity), so there is no hash to
+// collide.
 //
 // The package is a leaf: it knows nothing of Envoy, Vault or Kubernetes, and
 // it does no I/O.

@@ -26,7 +26,7 @@ type CredentialSource interface {
 
 // credentialCache is what the checker reads: *cache.Credentials.
 type credentialCache interface {
-	Lookup(route string, id cache.Key) (*cache.Entry, bool)
+	Get(route, identity string) (*cache.Entry, bool)
 }
 
 var _ credentialCache = (*cache.Credentials)(nil)
@@ -180,11 +180,7 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 
 func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, token string, now time.Time) Decision {
 	id := ti.Identity
-	key := ti.key
-	if key == (cache.Key{}) {
-		key = cache.KeyOf(id.Key) // a result not from the token cache
-	}
-	e, ok := c.cfg.Credentials.Lookup(route, key)
+	e, ok := c.cfg.Credentials.Get(route, id.Key)
 	if ok {
 		switch e.State(now) {
 		case cache.Fresh:

@@ -37,10 +37,6 @@ type TokenInfo struct {
 	// Bound are the objects the token is bound to (from its verified
 	// claims): a cached result dies with any of them.
 	Bound []BoundRef
-
-	// key is Identity.Key interned, set when the result is cached: the
-	// credential cache is looked up by it without reading the name.
-	key cache.Key
 }
 
 // NewTokenInfo builds a TokenInfo for namespace/serviceAccount.
@@ -333,7 +329,6 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 			if !id.Expires.IsZero() && id.Expires.Before(exp) {
 				exp = id.Expires
 			}
-			id.key = cache.KeyOf(id.Identity.Key)
 			res := tokenResult{id: id}
 			c.cache.Set(mac, res, now, exp)
 			return res, nil

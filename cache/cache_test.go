@@ -1,6 +1,7 @@
 package cache_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -208,4 +209,45 @@ func BenchmarkCredentialsSetUnderContention(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestCredentialsCapacityUnderConcurrentSets: Sets of new identities racing
+// on every shard fill the cache to exactly its capacity, never past it, and
+// every Set beyond it is refused with ErrFull.
+func TestCredentialsCapacityUnderConcurrentSets(t *testing.T) {
+	const capacity, writers, each = 100, 8, 200
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: capacity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		stored   int
+		refusals int
+	)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				err := c.Set(entry("", fmt.Sprintf("ns-%d-%d/sa", w, i), "v", now))
+				mu.Lock()
+				switch {
+				case err == nil:
+					stored++
+				case errors.Is(err, cache.ErrFull):
+					refusals++
+				default:
+					t.Errorf("Set: %v", err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if stored != capacity || c.Len() != capacity || refusals != writers*each-capacity {
+		t.Fatalf("stored %d, Len %d, refused %d; want %d, %d, %d", stored, c.Len(), refusals, capacity, capacity, writers*each-capacity)
+	}
 }

@@ -142,14 +142,26 @@ func (c *Credentials) Set(e *Entry) error {
 	s := c.shard(k.identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, taken := s.m[k]; !taken {
-		if c.size.Load() >= c.capacity {
-			return ErrFull
-		}
-		c.size.Add(1)
+	if _, taken := s.m[k]; !taken && !c.reserve() {
+		return ErrFull
 	}
 	s.m[k] = e
 	return nil
+}
+
+// reserve takes one place for a new entry, unless the cache is full. Sets
+// of two shards may run at once: the count is claimed with a compare and
+// swap, so together they never pass capacity.
+func (c *Credentials) reserve() bool {
+	for {
+		n := c.size.Load()
+		if n >= c.capacity {
+			return false
+		}
+		if c.size.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // Delete removes (route, identity), if present.

@@ -26,11 +26,11 @@ const (
 	SpanTokenReview = "credinject.tokenreview"
 
 	// AttrIdentity is the workload identity, "namespace/serviceaccount".
-	AttrIdentity = attribute.Key("credinject.identity")
+	AttrIdentity = attribute.Key(authz.TraceAttrIdentity)
 	// AttrRoute is the route's name ("" for the default route).
-	AttrRoute = attribute.Key("credinject.route")
+	AttrRoute = attribute.Key(authz.TraceAttrRoute)
 	// AttrResult is allow or deny; AttrReason the deny reason.
-	AttrResult = attribute.Key("credinject.result")
+	AttrResult = attribute.Key(authz.TraceAttrResult)
 	AttrReason = attribute.Key("credinject.reason")
 	// AttrCache is hit or miss (the credential cache); AttrStale is set
 	// on an allow served past its refresh time.

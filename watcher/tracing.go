@@ -8,11 +8,14 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // Span names and attribute keys of the watcher's spans. Extend, never
-// rename. The identity and route keys are the checker's, so a trace query
-// finds an identity's Check and its Vault calls alike.
+// rename. The identity, route and result keys are authz's, shared with the
+// checker, so a trace query finds an identity's Check and its Vault calls
+// alike.
 const (
 	// SpanRefresh is one read of one (identity, route): its Vault token
 	// (login, renewal) and its provider's calls are its children.
@@ -23,11 +26,11 @@ const (
 	// SpanTokenEndpoint is one OAuth2 token request (client credentials).
 	SpanTokenEndpoint = "credinject.oauth2.token"
 
-	attrIdentity    = attribute.Key("credinject.identity")
-	attrRoute       = attribute.Key("credinject.route")
+	attrIdentity    = attribute.Key(authz.TraceAttrIdentity)
+	attrRoute       = attribute.Key(authz.TraceAttrRoute)
 	attrTrigger     = attribute.Key("credinject.trigger")
 	attrSource      = attribute.Key("credinject.source")
-	attrResult      = attribute.Key("credinject.result")
+	attrResult      = attribute.Key(authz.TraceAttrResult)
 	attrVaultOp     = attribute.Key("vault.operation")
 	attrVaultPath   = attribute.Key("vault.path")
 	attrServerAddr  = attribute.Key("server.address")

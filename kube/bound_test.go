@@ -44,6 +44,15 @@ func testScheme() *kruntime.Scheme {
 	return s
 }
 
+// runBound runs b until the returned stop is called; stop returns once
+// Run has.
+func runBound(b *BoundObjects) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
 func startBound(tb testing.TB, clk clock.PassiveClock, objs ...kruntime.Object) (*BoundObjects, *metadatafake.FakeMetadataClient) {
 	tb.Helper()
 	client := metadatafake.NewSimpleMetadataClient(testScheme(), objs...)
@@ -51,11 +60,8 @@ func startBound(tb testing.TB, clk clock.PassiveClock, objs ...kruntime.Object) 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { b.Run(ctx); close(done) }()
-	tb.Cleanup(func() { cancel(); <-done })
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	tb.Cleanup(runBound(b))
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer scancel()
 	if !b.WaitForSync(sctx) {
 		tb.Fatal("bound-object informers did not sync")
@@ -125,10 +131,7 @@ func TestBoundObjectsStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { b.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	defer runBound(b)()
 	deadline := time.Now().Add(10 * time.Second)
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
@@ -174,17 +177,14 @@ func BenchmarkBoundObjectsHeap(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { bo.Run(ctx); close(done) }()
-		if !bo.WaitForSync(ctx) || bo.Len() != n {
+		stop := runBound(bo)
+		if !bo.WaitForSync(context.Background()) || bo.Len() != n {
 			b.Fatalf("synced %d objects", bo.Len())
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc)-float64(before.HeapAlloc), "heap-B/10k-pods")
 		runtime.KeepAlive(client)
-		cancel()
-		<-done
+		stop()
 	}
 }

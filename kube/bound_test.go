@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -51,6 +52,13 @@ func runBound(b *BoundObjects) (stop func()) {
 	done := make(chan struct{})
 	go func() { b.Run(ctx); close(done) }()
 	return func() { cancel(); <-done }
+}
+
+// eventually polls cond every 5 ms for up to 10 s and says whether it
+// became true.
+func eventually(cond func() bool) bool {
+	return wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil }) == nil
 }
 
 func startBound(tb testing.TB, clk clock.PassiveClock, objs ...kruntime.Object) (*BoundObjects, *metadatafake.FakeMetadataClient) {
@@ -109,14 +117,8 @@ func TestBoundObjectsExists(t *testing.T) {
 	if err := client.Resource(boundResources[0].gvr).Namespace(pod.Namespace).Delete(context.Background(), pod.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for b.Exists("Pod", podKey, string(pod.UID)) {
-		if time.Now().After(deadline) {
-			t.Fatal("the deleted pod is still known")
-		}
-		<-tick.C
+	if !eventually(func() bool { return !b.Exists("Pod", podKey, string(pod.UID)) }) {
+		t.Fatal("the deleted pod is still known")
 	}
 }
 
@@ -132,14 +134,8 @@ func TestBoundObjectsStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer runBound(b)()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !strings.Contains(b.Status(), "pods is forbidden") {
-		if time.Now().After(deadline) {
-			t.Fatalf("status %q", b.Status())
-		}
-		<-tick.C
+	if !eventually(func() bool { return strings.Contains(b.Status(), "pods is forbidden") }) {
+		t.Fatalf("status %q", b.Status())
 	}
 	if b.HasSynced() || !strings.HasPrefix(b.Status(), "synced=false; last list/watch error: pods at ") {
 		t.Fatalf("status %q", b.Status())

@@ -20,9 +20,7 @@ import (
 func TestTraceUnsampledHitAllocatesNothing(t *testing.T) {
 	for name, c := range unsampledCases {
 		t.Run(name, func(t *testing.T) {
-			r, _ := tracedRig(t, c.ratio)
-			r.put(t, "", "ns", "sa", "authorization", "Bearer k")
-			q := c.request(t, r)
+			r, _, q := c.hitRig(t)
 			ctx := context.Background()
 			check := func() {
 				if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {

@@ -141,15 +141,7 @@ func TestTraceRecordsTheDenyReason(t *testing.T) {
 func TestTraceUnsampledMakesNoSpan(t *testing.T) {
 	for name, c := range unsampledCases {
 		t.Run(name, func(t *testing.T) {
-			r, rec := tracedRig(t, c.ratio)
-			r.put(t, "", "ns", "sa", "authorization", "Bearer k")
-			q := c.request(t, r)
-			for range 3 {
-				if resp, _ := r.g.Check(context.Background(), q); resp.GetOkResponse() == nil {
-					t.Fatalf("not allowed: %v", outcome(resp))
-				}
-			}
-			if n := len(rec.Ended()); n != 0 {
+			if n := c.spansOfThreeHits(t); n != 0 {
 				t.Errorf("%d spans for unsampled requests", n)
 			}
 		})
@@ -181,19 +173,33 @@ func TestTraceInvalidSampledParentFollowsTheRatio(t *testing.T) {
 		"ratio 0, b3 multi bad trace id sampled": {0, map[string]string{"x-b3-traceid": "not-hex", "x-b3-spanid": gwSpan, "x-b3-sampled": "1"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			r, rec := tracedRig(t, c.ratio)
-			r.put(t, "", "ns", "sa", "authorization", "Bearer k")
-			q := c.request(t, r)
-			for range 3 {
-				if resp, _ := r.g.Check(context.Background(), q); resp.GetOkResponse() == nil {
-					t.Fatalf("not allowed: %v", outcome(resp))
-				}
-			}
-			if n := len(rec.Ended()); n != 0 {
+			if n := c.spansOfThreeHits(t); n != 0 {
 				t.Errorf("%d spans at ratio 0 for an invalid parent", n)
 			}
 		})
 	}
+}
+
+// hitRig is a traced rig at c's ratio with a cached credential for ns/sa,
+// and c's request for it (a cache hit).
+func (c unsampledCase) hitRig(t *testing.T) (*rig, *tracetest.SpanRecorder, *authv3.CheckRequest) {
+	t.Helper()
+	r, rec := tracedRig(t, c.ratio)
+	r.put(t, "", "ns", "sa", "authorization", "Bearer k")
+	return r, rec, c.request(t, r)
+}
+
+// spansOfThreeHits serves three allowed Checks of c's request from a hitRig
+// and returns how many spans ended.
+func (c unsampledCase) spansOfThreeHits(t *testing.T) int {
+	t.Helper()
+	r, rec, q := c.hitRig(t)
+	for range 3 {
+		if resp, _ := r.g.Check(context.Background(), q); resp.GetOkResponse() == nil {
+			t.Fatalf("not allowed: %v", outcome(resp))
+		}
+	}
+	return len(rec.Ended())
 }
 
 func (c unsampledCase) request(t *testing.T, r *rig) *authv3.CheckRequest {

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -44,6 +45,22 @@ func testScheme() *kruntime.Scheme {
 	return s
 }
 
+// runBound runs b until the returned stop is called; stop returns once
+// Run has.
+func runBound(b *BoundObjects) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
+// eventually polls cond every 5 ms for up to 10 s and says whether it
+// became true.
+func eventually(cond func() bool) bool {
+	return wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil }) == nil
+}
+
 func startBound(tb testing.TB, clk clock.PassiveClock, objs ...kruntime.Object) (*BoundObjects, *metadatafake.FakeMetadataClient) {
 	tb.Helper()
 	client := metadatafake.NewSimpleMetadataClient(testScheme(), objs...)
@@ -51,11 +68,8 @@ func startBound(tb testing.TB, clk clock.PassiveClock, objs ...kruntime.Object) 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { b.Run(ctx); close(done) }()
-	tb.Cleanup(func() { cancel(); <-done })
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	tb.Cleanup(runBound(b))
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer scancel()
 	if !b.WaitForSync(sctx) {
 		tb.Fatal("bound-object informers did not sync")
@@ -103,14 +117,8 @@ func TestBoundObjectsExists(t *testing.T) {
 	if err := client.Resource(boundResources[0].gvr).Namespace(pod.Namespace).Delete(context.Background(), pod.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for b.Exists("Pod", podKey, string(pod.UID)) {
-		if time.Now().After(deadline) {
-			t.Fatal("the deleted pod is still known")
-		}
-		<-tick.C
+	if !eventually(func() bool { return !b.Exists("Pod", podKey, string(pod.UID)) }) {
+		t.Fatal("the deleted pod is still known")
 	}
 }
 
@@ -125,18 +133,9 @@ func TestBoundObjectsStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { b.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !strings.Contains(b.Status(), "pods is forbidden") {
-		if time.Now().After(deadline) {
-			t.Fatalf("status %q", b.Status())
-		}
-		<-tick.C
+	defer runBound(b)()
+	if !eventually(func() bool { return strings.Contains(b.Status(), "pods is forbidden") }) {
+		t.Fatalf("status %q", b.Status())
 	}
 	if b.HasSynced() || !strings.HasPrefix(b.Status(), "synced=false; last list/watch error: pods at ") {
 		t.Fatalf("status %q", b.Status())
@@ -174,17 +173,14 @@ func BenchmarkBoundObjectsHeap(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { bo.Run(ctx); close(done) }()
-		if !bo.WaitForSync(ctx) || bo.Len() != n {
+		stop := runBound(bo)
+		if !bo.WaitForSync(context.Background()) || bo.Len() != n {
 			b.Fatalf("synced %d objects", bo.Len())
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc)-float64(before.HeapAlloc), "heap-B/10k-pods")
 		runtime.KeepAlive(client)
-		cancel()
-		<-done
+		stop()
 	}
 }

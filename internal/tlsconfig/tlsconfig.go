@@ -176,27 +176,30 @@ func (r *Reloader) Check() error {
 	return r.check()
 }
 
+// refuse returns err, the failure of the files at stamps (as r.stamps
+// returns them). It counts the failure in credinject_tls_reloads_total and logs
+// msg only once per version of the files: an unchanged bad file checked
+// again is neither recounted nor relogged. r.mu must be held.
+func (r *Reloader) refuse(stamps [3]stamp, msg string, err error) error {
+	if stamps != r.failStmp {
+		r.failStmp = stamps
+		r.reloads.WithLabelValues("error").Inc()
+		r.log.Warn(msg, "err", err)
+	}
+	return err
+}
+
 func (r *Reloader) check() error {
 	stamps, err := r.stamps()
 	if err != nil {
-		if stamps != r.failStmp {
-			r.failStmp = stamps
-			r.reloads.WithLabelValues("error").Inc()
-			r.log.Warn("tls: certificate files unreadable, still serving the previous certificate", "err", err)
-		}
-		return err
+		return r.refuse(stamps, "tls: certificate files unreadable, still serving the previous certificate", err)
 	}
 	if stamps == r.cur.Load().stamps {
 		return nil
 	}
 	st, err := r.load()
 	if err != nil {
-		if stamps != r.failStmp {
-			r.failStmp = stamps
-			r.reloads.WithLabelValues("error").Inc()
-			r.log.Warn("tls: new certificate files refused, still serving the previous certificate", "err", err)
-		}
-		return err
+		return r.refuse(stamps, "tls: new certificate files refused, still serving the previous certificate", err)
 	}
 	r.cur.Store(st)
 	r.reloads.WithLabelValues("ok").Inc()

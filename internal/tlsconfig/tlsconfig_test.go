@@ -96,6 +96,30 @@ func echoServer(t *testing.T, r *tlsconfig.Reloader) string {
 	return ln.Addr().String()
 }
 
+// dialCase is a client configuration and whether a handshake with it
+// succeeds.
+type dialCase struct {
+	cfg *tls.Config
+	ok  bool
+}
+
+// dialCases runs one subtest per case: it dials addr with the case's
+// configuration and fails if the handshake's outcome is not the case's ok.
+func dialCases(t *testing.T, addr string, cases map[string]dialCase) {
+	t.Helper()
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c, err := dial(addr, tc.cfg)
+			if tc.ok != (err == nil) {
+				t.Fatalf("dial: %v, want ok=%v", err, tc.ok)
+			}
+			if c != nil {
+				c.Close()
+			}
+		})
+	}
+}
+
 func dial(addr string, cfg *tls.Config) (*tls.Conn, error) {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
@@ -170,26 +194,13 @@ func TestServesTLS12AndLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := echoServer(t, r)
-	for name, tc := range map[string]struct {
-		cfg *tls.Config
-		ok  bool
-	}{
+	dialCases(t, addr, map[string]dialCase{
 		"TLS 1.3":                  {&tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost"}, true},
 		"TLS 1.2":                  {&tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost", MaxVersion: tls.VersionTLS12}, true},
 		"TLS 1.1 refused":          {&tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}, false},
 		"unknown server CA":        {&tls.Config{RootCAs: x509.NewCertPool(), ServerName: "localhost"}, false},
 		"client cert not required": {&tls.Config{RootCAs: p.ca.Pool(), ServerName: "127.0.0.1"}, true},
-	} {
-		t.Run(name, func(t *testing.T) {
-			c, err := dial(addr, tc.cfg)
-			if tc.ok != (err == nil) {
-				t.Fatalf("dial: %v, want ok=%v", err, tc.ok)
-			}
-			if c != nil {
-				c.Close()
-			}
-		})
-	}
+	})
 }
 
 func TestMutualTLS(t *testing.T) {
@@ -210,27 +221,14 @@ func TestMutualTLS(t *testing.T) {
 		c.Certificates = certs
 		return c
 	}
-	for name, tc := range map[string]struct {
-		cfg *tls.Config
-		ok  bool
-	}{
+	dialCases(t, addr, map[string]dialCase{
 		"client cert of the CA":        {with(p.client), true},
 		"no client cert":               {with(), false},
 		"client cert of another CA":    {with(other.client), false},
 		"no client cert, TLS 1.2":      {func() *tls.Config { c := with(); c.MaxVersion = tls.VersionTLS12; return c }(), false},
 		"another CA's cert, TLS 1.2":   {func() *tls.Config { c := with(other.client); c.MaxVersion = tls.VersionTLS12; return c }(), false},
 		"client cert of the CA, TLS12": {func() *tls.Config { c := with(p.client); c.MaxVersion = tls.VersionTLS12; return c }(), true},
-	} {
-		t.Run(name, func(t *testing.T) {
-			c, err := dial(addr, tc.cfg)
-			if tc.ok != (err == nil) {
-				t.Fatalf("dial: %v, want ok=%v", err, tc.ok)
-			}
-			if c != nil {
-				c.Close()
-			}
-		})
-	}
+	})
 }
 
 // TestReload replaces the files on disk while a connection is open: new

@@ -149,6 +149,19 @@ func FreePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// freePorts returns n loopback ports (FreePort n times).
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		p, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+	}
+	return ports, nil
+}
+
 // ToolDir returns the folder holding a test-bed tool's binaries ("vault",
 // "kube"), building it first if the cache lacks it (tools/build.sh).
 func ToolDir(name string) (string, error) {

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,38 +112,6 @@ func splitAddr(t *testing.T, addr string) (host, port string) {
 	return host, port
 }
 
-// gatewayProc runs a gateway binary as a child process until the test ends,
-// and shows its log when the test fails.
-func gatewayProc(t *testing.T, name, logPath string, cmd *exec.Cmd) (exited <-chan struct{}) {
-	t.Helper()
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("%s log:\n%s", name, b)
-		}
-	})
-	return done
-}
-
 func gatewayBinary(t *testing.T, name string) string {
 	t.Helper()
 	bin, err := exec.LookPath(name)
@@ -202,16 +169,13 @@ func startCaddy(t *testing.T, authzAddr, upstreamAddr string) string {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "--config", confPath, "--adapter", "caddyfile")
 	// Caddy keeps its state under XDG folders: this test's, not the user's.
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
-	exited := gatewayProc(t, "caddy", filepath.Join(dir, "caddy.log"), cmd)
+	env := append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
+	caddy := testenv.RunProcess(t, "caddy", filepath.Join(dir, "caddy.log"), env, bin, "run", "--config", confPath, "--adapter", "caddyfile")
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	waitUntil(t, 30*time.Second, "caddy listening", func() error {
-		select {
-		case <-exited:
+		if caddy.Exited() {
 			t.Fatal("caddy exited at start")
-		default:
 		}
 		c, err := net.DialTimeout("tcp", listen, time.Second)
 		if err != nil {

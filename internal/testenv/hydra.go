@@ -63,14 +63,11 @@ func StartHydra(ctx context.Context) (*Hydra, error) {
 	if err != nil {
 		return nil, err
 	}
-	pub, err := FreePort()
+	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	adm, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
+	pub, adm := ports[0], ports[1]
 	public := "http://127.0.0.1:" + strconv.Itoa(pub)
 	h := &Hydra{TokenURL: public + "/oauth2/token", admin: "http://127.0.0.1:" + strconv.Itoa(adm), dir: dir}
 	h.proc = &proc{

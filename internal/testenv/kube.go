@@ -62,18 +62,11 @@ func StartKube(ctx context.Context, dir string) (*Kube, error) {
 	if err := os.WriteFile(tokens, []byte(admin+",admin,admin-uid,\"system:masters\"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	ep, err := FreePort()
+	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
 	}
-	pp, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
-	sp, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
+	ep, pp, sp := ports[0], ports[1], ports[2]
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ep)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(pp)
 	k := &Kube{URL: "https://127.0.0.1:" + strconv.Itoa(sp), CAPEM: pk.caPEM, AdminToken: admin, SAKey: pk.saKey, dir: dir}

@@ -58,11 +58,9 @@ func StartOTLPSink(ctx context.Context) (*OTLPSink, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ports [3]int
-	for i := range ports {
-		if ports[i], err = FreePort(); err != nil {
-			return nil, err
-		}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
 	}
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 	s := &OTLPSink{GRPCEndpoint: "http://" + addr(ports[0]), query: "http://" + addr(ports[2]), dir: dir}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/credinject/credinject/internal/devstack"
@@ -97,6 +98,34 @@ func (p *proc) stop() {
 
 func (p *proc) tail(n int) string { return devstack.Tail(p.logPath, n) }
 
+// Process is a program a test runs itself (a gateway such as Caddy), started
+// by RunProcess.
+type Process struct{ p *proc }
+
+// RunProcess starts bin with args as the test bed's servers are started: its
+// own process group, killed with the test binary, stdout and stderr appended
+// to logPath; env, when not nil, is its whole environment. When the test
+// ends it is stopped (SIGTERM, then SIGKILL after 10 s) and, if the test
+// failed, its log is logged. A failed start fails the test.
+func RunProcess(t testing.TB, name, logPath string, env []string, bin string, args ...string) *Process {
+	t.Helper()
+	p := &proc{name: name, bin: bin, args: args, env: env, logPath: logPath}
+	if err := p.start(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("%s log:\n%s", name, b)
+		}
+	})
+	return &Process{p: p}
+}
+
+// Exited reports whether the process has exited (or was stopped).
+func (p *Process) Exited() bool { return p.p.exited() }
+
 // waitFor polls check until it succeeds, the process exits or the deadline
 // passes. It is how servers are waited for: a condition, not a sleep.
 func waitFor(ctx context.Context, p *proc, what string, timeout time.Duration, check func(context.Context) error) error {
@@ -147,6 +176,19 @@ func FreePort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// freePorts returns n loopback ports (FreePort n times).
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		p, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+	}
+	return ports, nil
 }
 
 // ToolDir returns the folder holding a test-bed tool's binaries ("vault",

@@ -25,95 +25,80 @@ lock() {
   if command -v flock >/dev/null 2>&1; then flock 9; fi
 }
 
-build_vault() {
-  local out; out=$(key vault 1.21.4)
-  if [ -x "$out/vaultdev" ]; then echo "vault: cached in $out"; return; fi
-  lock vault
-  if [ -x "$out/vaultdev" ]; then echo "vault: cached in $out"; return; fi
-  local t0=$SECONDS
-  echo "vault: building the real Vault 1.21.4 server (cold: 10+ minutes on 2 cores)…"
-  rm -rf "$out.tmp"
-  (cd "$here/vault" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/vaultdev" .)
-  rm -rf "$out"; mv "$out.tmp" "$out"
-  echo "vault: built in $((SECONDS - t0))s -> $out"
+# spec NAME: sets version and bins (the binaries a finished build holds, space
+# separated) for NAME; exits 2 on an unknown name.
+spec() {
+  case $1 in
+    vault) version=1.21.4 bins=vaultdev ;;
+    kube) version=1.37.2 bins="kube-apiserver kubectl" ;;
+    hydra) version=2.3.0 bins=hydra ;;
+    promtool) version=0.316.0 bins=promtool ;;
+    otlpsink) version=0.165.0 bins=otlpsink ;;
+    *) echo "build.sh: unknown tool $1" >&2; exit 2 ;;
+  esac
 }
 
-build_kube() {
-  local out; out=$(key kube 1.37.2)
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then echo "kube: cached in $out"; return; fi
-  lock kube
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ]; then echo "kube: cached in $out"; return; fi
-  local t0=$SECONDS
-  local ld="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
-  echo "kube: building kube-apiserver and kubectl 1.37.2 (cold: 6-12 minutes on 2 cores)…"
-  rm -rf "$out.tmp"
-  (cd "$here/kube" && go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
-    && go build -trimpath -ldflags "$ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl)
-  rm -rf "$out"; mv "$out.tmp" "$out"
-  echo "kube: built in $((SECONDS - t0))s -> $out"
+# built DIR BINS...: whether every binary of BINS is in DIR.
+built() {
+  local dir=$1 b; shift
+  for b in "$@"; do [ -x "$dir/$b" ] || return 1; done
 }
 
-build_hydra() {
-  local out; out=$(key hydra 2.3.0)
-  if [ -x "$out/hydra" ]; then echo "hydra: cached in $out"; return; fi
-  lock hydra
-  if [ -x "$out/hydra" ]; then echo "hydra: cached in $out"; return; fi
+# build NAME: builds NAME into its cache folder unless it is there already
+# (checked again under the lock); compile_NAME TMP, run in $here/NAME, writes
+# the binaries into TMP, which then replaces the folder in one move.
+build() {
+  spec "$1"
+  local name=$1 out; out=$(key "$1" "$version")
+  # shellcheck disable=SC2086 # bins is a word list
+  if built "$out" $bins; then echo "$name: cached in $out"; return; fi
+  lock "$name"
+  # shellcheck disable=SC2086
+  if built "$out" $bins; then echo "$name: cached in $out"; return; fi
   local t0=$SECONDS
-  echo "hydra: building Ory Hydra 2.3.0 (cgo sqlite for DSN=memory; cold: several minutes on 2 cores)…"
   rm -rf "$out.tmp"
-  (cd "$here/hydra" && CGO_ENABLED=1 go build -trimpath -tags sqlite,sqlite_omit_load_extension -ldflags "-s -w" \
-    -o "$out.tmp/hydra" github.com/ory/hydra/v2)
+  (cd "$here/$name" && "compile_$name" "$out.tmp")
   rm -rf "$out"; mv "$out.tmp" "$out"
-  echo "hydra: built in $((SECONDS - t0))s -> $out"
+  echo "$name: built in $((SECONDS - t0))s -> $out"
 }
 
-build_promtool() {
-  local out; out=$(key promtool 0.316.0)
-  if [ -x "$out/promtool" ]; then echo "promtool: cached in $out"; return; fi
-  lock promtool
-  if [ -x "$out/promtool" ]; then echo "promtool: cached in $out"; return; fi
-  local t0=$SECONDS
-  echo "promtool: building Prometheus's promtool v0.316.0 (3.x; cold: several minutes on 2 cores)…"
-  rm -rf "$out.tmp"
-  (cd "$here/promtool" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/promtool" github.com/prometheus/prometheus/cmd/promtool)
-  rm -rf "$out"; mv "$out.tmp" "$out"
-  echo "promtool: built in $((SECONDS - t0))s -> $out"
+compile_vault() {
+  echo "vault: building the real Vault $version server (cold: 10+ minutes on 2 cores)…"
+  go build -trimpath -ldflags "-s -w" -o "$1/vaultdev" .
 }
 
-build_otlpsink() {
-  local out; out=$(key otlpsink 0.165.0)
-  if [ -x "$out/otlpsink" ]; then echo "otlpsink: cached in $out"; return; fi
-  lock otlpsink
-  if [ -x "$out/otlpsink" ]; then echo "otlpsink: cached in $out"; return; fi
-  local t0=$SECONDS
-  echo "otlpsink: building the OpenTelemetry Collector's OTLP receiver v0.165.0 into a span sink…"
-  rm -rf "$out.tmp"
-  (cd "$here/otlpsink" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/otlpsink" .)
-  rm -rf "$out"; mv "$out.tmp" "$out"
-  echo "otlpsink: built in $((SECONDS - t0))s -> $out"
+compile_kube() {
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=v$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+  echo "kube: building kube-apiserver and kubectl $version (cold: 6-12 minutes on 2 cores)…"
+  go build -trimpath -ldflags "$ld" -o "$1/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
+    && go build -trimpath -ldflags "$ld" -o "$1/kubectl" k8s.io/kubernetes/cmd/kubectl
+}
+
+compile_hydra() {
+  echo "hydra: building Ory Hydra $version (cgo sqlite for DSN=memory; cold: several minutes on 2 cores)…"
+  CGO_ENABLED=1 go build -trimpath -tags sqlite,sqlite_omit_load_extension -ldflags "-s -w" \
+    -o "$1/hydra" github.com/ory/hydra/v2
+}
+
+compile_promtool() {
+  echo "promtool: building Prometheus's promtool v$version (3.x; cold: several minutes on 2 cores)…"
+  go build -trimpath -ldflags "-s -w" -o "$1/promtool" github.com/prometheus/prometheus/cmd/promtool
+}
+
+compile_otlpsink() {
+  echo "otlpsink: building the OpenTelemetry Collector's OTLP receiver v$version into a span sink…"
+  go build -trimpath -ldflags "-s -w" -o "$1/otlpsink" .
 }
 
 if [ "${1:-}" = path ]; then
   name=${2:?build.sh path NAME}
-  case $name in
-    vault) build_vault >&2; key vault 1.21.4 ;;
-    kube) build_kube >&2; key kube 1.37.2 ;;
-    hydra) build_hydra >&2; key hydra 2.3.0 ;;
-    promtool) build_promtool >&2; key promtool 0.316.0 ;;
-    otlpsink) build_otlpsink >&2; key otlpsink 0.165.0 ;;
-    *) echo "build.sh: unknown tool $name" >&2; exit 2 ;;
-  esac
+  spec "$name"
+  build "$name" >&2
+  key "$name" "$version"
   exit 0
 fi
 
 what=${*:-vault kube hydra promtool otlpsink}
 for w in $what; do
-  case $w in
-    vault) build_vault ;;
-    kube) build_kube ;;
-    hydra) build_hydra ;;
-    promtool) build_promtool ;;
-    otlpsink) build_otlpsink ;;
-    *) echo "build.sh: unknown tool $w" >&2; exit 2 ;;
-  esac
+  build "$w"
 done

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -126,16 +127,28 @@ func gatewayBinary(t *testing.T, name string) string {
 // the gateway's base URL once Envoy's admin /ready says LIVE, and Envoy.
 func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) (string, *testenv.Envoy) {
 	t.Helper()
+	return startEnvoyConfig(t, "deploy/envoy/envoy-"+mode+".yaml", authzAddr, upstreamAddr, nil)
+}
+
+// startEnvoyConfig runs the real Envoy with the deploy/ file rel, rendered
+// with a free listen port, admin port 0, credinject at authzAddr and the
+// upstream at upstreamAddr (host:port) and the values in extra, and returns
+// the gateway's base URL once Envoy's admin /ready says LIVE, and Envoy.
+// Envoy stops at the end of the test; its log is printed if the test failed.
+func startEnvoyConfig(t *testing.T, rel, authzAddr, upstreamAddr string, extra map[string]string) (string, *testenv.Envoy) {
+	t.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ah, ap := splitAddr(t, authzAddr)
 	uh, up := splitAddr(t, upstreamAddr)
-	conf := render(t, "deploy/envoy/envoy-"+mode+".yaml", map[string]string{
+	values := map[string]string{
 		"LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": fmt.Sprint(port), "ADMIN_PORT": "0",
 		"CREDINJECT_ADDRESS": ah, "CREDINJECT_PORT": ap, "UPSTREAM_ADDRESS": uh, "UPSTREAM_PORT": up,
-	})
+	}
+	maps.Copy(values, extra)
+	conf := render(t, rel, values)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	e, err := testenv.StartEnvoy(ctx, t.TempDir(), conf)

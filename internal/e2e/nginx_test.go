@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -61,36 +60,22 @@ func startNginx(t *testing.T, credinjectHTTP, upstreamAddr string) string {
 	if out, err := exec.Command(nginxBin, append([]string{"-t"}, args...)...).CombinedOutput(); err != nil {
 		t.Fatalf("nginx -t: %v\n%s", err, out)
 	}
-	out := &syncBuffer{}
-	cmd := exec.Command(nginxBin, args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start nginx: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		// SIGTERM: fast shutdown of the master and its workers.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
+	t.Cleanup(func() { // after RunProcess's: nginx has stopped
 		if t.Failed() {
 			errLog, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
 			accessLog, _ := os.ReadFile(filepath.Join(prefix, "access.log"))
-			t.Logf("nginx output:\n%s\nerror.log:\n%s\naccess.log:\n%s", out.String(), errLog, accessLog)
+			t.Logf("nginx error.log:\n%s\naccess.log:\n%s", errLog, accessLog)
 		}
 	})
+	// SIGTERM to its process group at the end of the test: fast shutdown
+	// of the master and its workers.
+	outPath := filepath.Join(prefix, "nginx.out")
+	nginx := testenv.RunProcess(t, "nginx", outPath, nil, nginxBin, args...)
 	waitUntil(t, 15*time.Second, "nginx listening", func() error {
-		select {
-		case <-exited:
+		if nginx.Exited() {
+			out, _ := os.ReadFile(outPath)
 			errLog, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
-			t.Fatalf("nginx exited at start:\n%s\n%s", out.String(), errLog)
-		default:
+			t.Fatalf("nginx exited at start:\n%s\n%s", out, errLog)
 		}
 		c, err := net.DialTimeout("tcp", listen, time.Second)
 		if err != nil {

@@ -117,7 +117,7 @@ func (d *devRun) line(t *testing.T, s string) string {
 	return ""
 }
 
-func check(t *testing.T, httpAddr, token string) answer {
+func check(t *testing.T, httpAddr, token string) reply {
 	t.Helper()
 	return get(t, &http.Client{Timeout: 10 * time.Second}, "http://"+httpAddr+"/check", token)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -126,16 +127,28 @@ func gatewayBinary(t *testing.T, name string) string {
 // the gateway's base URL once Envoy's admin /ready says LIVE, and Envoy.
 func startEnvoy(t *testing.T, mode, authzAddr, upstreamAddr string) (string, *testenv.Envoy) {
 	t.Helper()
+	return startEnvoyConfig(t, "deploy/envoy/envoy-"+mode+".yaml", authzAddr, upstreamAddr, nil)
+}
+
+// startEnvoyConfig runs the real Envoy with the deploy/ file rel, rendered
+// with a free listen port, admin port 0, credinject at authzAddr and the
+// upstream at upstreamAddr (host:port) and the values in extra, and returns
+// the gateway's base URL once Envoy's admin /ready says LIVE, and Envoy.
+// Envoy stops at the end of the test; its log is printed if the test failed.
+func startEnvoyConfig(t *testing.T, rel, authzAddr, upstreamAddr string, extra map[string]string) (string, *testenv.Envoy) {
+	t.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ah, ap := splitAddr(t, authzAddr)
 	uh, up := splitAddr(t, upstreamAddr)
-	conf := render(t, "deploy/envoy/envoy-"+mode+".yaml", map[string]string{
+	values := map[string]string{
 		"LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": fmt.Sprint(port), "ADMIN_PORT": "0",
 		"CREDINJECT_ADDRESS": ah, "CREDINJECT_PORT": ap, "UPSTREAM_ADDRESS": uh, "UPSTREAM_PORT": up,
-	})
+	}
+	maps.Copy(values, extra)
+	conf := render(t, rel, values)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	e, err := testenv.StartEnvoy(ctx, t.TempDir(), conf)
@@ -223,6 +236,49 @@ func call(t *testing.T, client *http.Client, method, url, host, token, body stri
 	return reply{status: resp.StatusCode, proto: resp.Proto, header: resp.Header, body: string(b)}
 }
 
+// noToken fails the test if any of values (seen by where: "upstream",
+// "client") holds the workload's token or its signature.
+func noToken(t *testing.T, where, token string, values []string) {
+	t.Helper()
+	sig := token[strings.LastIndexByte(token, '.')+1:]
+	for _, v := range values {
+		if strings.Contains(v, token) || strings.Contains(v, sig) {
+			t.Fatalf("the workload's token reached the %s: %.60q…", where, v)
+		}
+	}
+}
+
+// headerValues flattens h into its names and values, for noToken.
+func headerValues(h http.Header) []string {
+	var vs []string
+	for k, v := range h {
+		vs = append(vs, k)
+		vs = append(vs, v...)
+	}
+	return vs
+}
+
+// wantMissingToken sends a request without a token with send and checks
+// the gateway's answer: 401 with exactly one WWW-Authenticate: Bearer and
+// X-Credinject-Reason missing_token, and nothing sent to up.
+func wantMissingToken(t *testing.T, up *echoUpstream, send func() reply) {
+	t.Helper()
+	before := up.count()
+	r := send()
+	if r.status != http.StatusUnauthorized {
+		t.Fatalf("status %d, want 401: %s", r.status, r.body)
+	}
+	if got := r.header.Values("WWW-Authenticate"); len(got) != 1 || got[0] != "Bearer" {
+		t.Fatalf("WWW-Authenticate %q, want exactly [Bearer] (all: %v)", got, r.header)
+	}
+	if got := r.header.Get("X-Credinject-Reason"); got != "missing_token" {
+		t.Fatalf("X-Credinject-Reason %q, want missing_token", got)
+	}
+	if up.count() != before {
+		t.Fatal("a request without a token reached the upstream")
+	}
+}
+
 // h2cClient speaks HTTP/2 without TLS (prior knowledge), as a gRPC-style or
 // HTTP/2-only client would.
 func h2cClient() *http.Client {
@@ -296,23 +352,6 @@ func testGateway(t *testing.T, g gatewayCase) {
 	if _, err := env.Vault.PutCredential(ctx, "anthropic/"+ns+"/"+sa, map[string]any{"api_key": apiKey}); err != nil {
 		t.Fatal(err)
 	}
-	noToken := func(t *testing.T, where string, values []string) {
-		t.Helper()
-		sig := token[strings.LastIndexByte(token, '.')+1:]
-		for _, v := range values {
-			if strings.Contains(v, token) || strings.Contains(v, sig) {
-				t.Fatalf("the workload's token reached the %s: %.60q…", where, v)
-			}
-		}
-	}
-	headerValues := func(h http.Header) []string {
-		var vs []string
-		for k, v := range h {
-			vs = append(vs, k)
-			vs = append(vs, v...)
-		}
-		return vs
-	}
 	// allowed checks one answer that should have reached the upstream with
 	// the workload's key.
 	allowed := func(t *testing.T, r reply) received {
@@ -324,26 +363,13 @@ func testGateway(t *testing.T, g gatewayCase) {
 		if err := json.Unmarshal([]byte(r.body), &got); err != nil {
 			t.Fatalf("not the upstream's echo: %v: %q", err, r.body)
 		}
-		noToken(t, "upstream", up.everything())
-		noToken(t, "client", headerValues(r.header))
+		noToken(t, "upstream", token, up.everything())
+		noToken(t, "client", token, headerValues(r.header))
 		return got
 	}
 
 	t.Run("no token is 401 with www-authenticate", func(t *testing.T) {
-		before := up.count()
-		r := call(t, client, "GET", url, openaiHost, "", "", nil)
-		if r.status != http.StatusUnauthorized {
-			t.Fatalf("status %d, want 401: %s", r.status, r.body)
-		}
-		if got := r.header.Values("Www-Authenticate"); len(got) != 1 || got[0] != "Bearer" {
-			t.Fatalf("www-authenticate %q, want exactly [Bearer] (all: %v)", got, r.header)
-		}
-		if got := r.header.Get("X-Credinject-Reason"); got != "missing_token" {
-			t.Fatalf("x-credinject-reason %q, want missing_token", got)
-		}
-		if up.count() != before {
-			t.Fatal("a request without a token reached the upstream")
-		}
+		wantMissingToken(t, up, func() reply { return call(t, client, "GET", url, openaiHost, "", "", nil) })
 	})
 
 	t.Run("the upstream gets exactly the workload's key and never its token", func(t *testing.T) {
@@ -369,7 +395,7 @@ func testGateway(t *testing.T, g gatewayCase) {
 				}
 				return errNotYet
 			})
-			noToken(t, "gateway's log", strings.Split(g.accessLog(), "\n"))
+			noToken(t, "gateway's log", token, strings.Split(g.accessLog(), "\n"))
 		}
 	})
 
@@ -448,7 +474,7 @@ func testGateway(t *testing.T, g gatewayCase) {
 			}
 			return nil
 		})
-		noToken(t, "upstream", up.everything())
+		noToken(t, "upstream", token, up.everything())
 	})
 
 	t.Run("Vault down and an identity never read is 503", func(t *testing.T) {

@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -17,34 +16,12 @@ import (
 // clientKey.
 func startEnvoyTLS(t *testing.T, variant, authzAddr, upstreamAddr, caFile, clientCert, clientKey string) string {
 	t.Helper()
-	port, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ah, ap := splitAddr(t, authzAddr)
-	uh, up := splitAddr(t, upstreamAddr)
-	values := map[string]string{
-		"LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": fmt.Sprint(port), "ADMIN_PORT": "0",
-		"CREDINJECT_ADDRESS": ah, "CREDINJECT_PORT": ap, "UPSTREAM_ADDRESS": uh, "UPSTREAM_PORT": up,
-		"CREDINJECT_CA_FILE": caFile, "CREDINJECT_NAME": "localhost",
-	}
+	values := map[string]string{"CREDINJECT_CA_FILE": caFile, "CREDINJECT_NAME": "localhost"}
 	if variant == "mtls" {
 		values["CLIENT_CERT_FILE"], values["CLIENT_KEY_FILE"] = clientCert, clientKey
 	}
-	conf := render(t, "deploy/envoy/envoy-grpc-"+variant+".yaml", values)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	e, err := testenv.StartEnvoy(ctx, t.TempDir(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		e.Stop()
-		if t.Failed() {
-			t.Logf("envoy log:\n%s", e.Log())
-		}
-	})
-	return fmt.Sprintf("http://127.0.0.1:%d", port)
+	url, _ := startEnvoyConfig(t, "deploy/envoy/envoy-grpc-"+variant+".yaml", authzAddr, upstreamAddr, values)
+	return url
 }
 
 // TestEnvoyGRPCGatewayTLS runs the real Envoy with the TLS and mutual-TLS

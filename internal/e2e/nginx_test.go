@@ -3,14 +3,12 @@ package e2e_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,36 +60,22 @@ func startNginx(t *testing.T, credinjectHTTP, upstreamAddr string) string {
 	if out, err := exec.Command(nginxBin, append([]string{"-t"}, args...)...).CombinedOutput(); err != nil {
 		t.Fatalf("nginx -t: %v\n%s", err, out)
 	}
-	out := &syncBuffer{}
-	cmd := exec.Command(nginxBin, args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start nginx: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		// SIGTERM: fast shutdown of the master and its workers.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
+	t.Cleanup(func() { // after RunProcess's: nginx has stopped
 		if t.Failed() {
 			errLog, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
 			accessLog, _ := os.ReadFile(filepath.Join(prefix, "access.log"))
-			t.Logf("nginx output:\n%s\nerror.log:\n%s\naccess.log:\n%s", out.String(), errLog, accessLog)
+			t.Logf("nginx error.log:\n%s\naccess.log:\n%s", errLog, accessLog)
 		}
 	})
+	// SIGTERM to its process group at the end of the test: fast shutdown
+	// of the master and its workers.
+	outPath := filepath.Join(prefix, "nginx.out")
+	nginx := testenv.RunProcess(t, "nginx", outPath, nil, nginxBin, args...)
 	waitUntil(t, 15*time.Second, "nginx listening", func() error {
-		select {
-		case <-exited:
+		if nginx.Exited() {
+			out, _ := os.ReadFile(outPath)
 			errLog, _ := os.ReadFile(filepath.Join(prefix, "error.log"))
-			t.Fatalf("nginx exited at start:\n%s\n%s", out.String(), errLog)
-		default:
+			t.Fatalf("nginx exited at start:\n%s\n%s", out, errLog)
 		}
 		c, err := net.DialTimeout("tcp", listen, time.Second)
 		if err != nil {
@@ -102,32 +86,11 @@ func startNginx(t *testing.T, credinjectHTTP, upstreamAddr string) string {
 	return "http://" + listen
 }
 
-type answer struct {
-	status int
-	header http.Header
-	body   string
-}
-
-func get(t *testing.T, client *http.Client, url, token string) answer {
+// get sends a GET for api.openai.com through the gateway at url, with the
+// workload's token unless it is "".
+func get(t *testing.T, client *http.Client, url, token string) reply {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Host = "api.openai.com"
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return answer{status: resp.StatusCode, header: resp.Header, body: string(b)}
+	return call(t, client, http.MethodGet, url, "api.openai.com", token, "", nil)
 }
 
 // TestNginxGateway puts credinject behind the real nginx with the shipped
@@ -155,40 +118,8 @@ func TestNginxGateway(t *testing.T) {
 	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": key1}); err != nil {
 		t.Fatal(err)
 	}
-	// noToken checks that neither the upstream nor the client ever saw the
-	// workload's token.
-	noToken := func(t *testing.T, where string, values []string) {
-		t.Helper()
-		for _, v := range values {
-			if strings.Contains(v, token) || strings.Contains(v, strings.Split(token, ".")[2]) {
-				t.Fatalf("the workload's token reached the %s: %q", where, v)
-			}
-		}
-	}
-	respValues := func(h http.Header) []string {
-		var vs []string
-		for k, v := range h {
-			vs = append(vs, k)
-			vs = append(vs, v...)
-		}
-		return vs
-	}
-
 	t.Run("no token is 401 with WWW-Authenticate: Bearer", func(t *testing.T) {
-		before := up.count()
-		r := get(t, client, url, "")
-		if r.status != http.StatusUnauthorized {
-			t.Fatalf("status %d, want 401: %s", r.status, r.body)
-		}
-		if got := r.header.Values("WWW-Authenticate"); len(got) != 1 || got[0] != "Bearer" {
-			t.Fatalf("WWW-Authenticate %q, want exactly [Bearer] (all: %v)", got, r.header)
-		}
-		if got := r.header.Get("X-Credinject-Reason"); got != "missing_token" {
-			t.Fatalf("X-Credinject-Reason %q, want missing_token", got)
-		}
-		if up.count() != before {
-			t.Fatal("a request without a token reached the upstream")
-		}
+		wantMissingToken(t, up, func() reply { return get(t, client, url, "") })
 	})
 
 	t.Run("an authorized workload's key reaches the upstream, its token does not", func(t *testing.T) {
@@ -204,8 +135,8 @@ func TestNginxGateway(t *testing.T) {
 		if got := h.Host; got != "api.openai.com" {
 			t.Fatalf("upstream Host %q, want api.openai.com", got)
 		}
-		noToken(t, "upstream", up.everything())
-		noToken(t, "client", respValues(r.header))
+		noToken(t, "upstream", token, up.everything())
+		noToken(t, "client", token, headerValues(r.header))
 	})
 
 	t.Run("an unbound namespace is 403", func(t *testing.T) {
@@ -250,6 +181,6 @@ func TestNginxGateway(t *testing.T) {
 			}
 			return nil
 		})
-		noToken(t, "upstream", up.everything())
+		noToken(t, "upstream", token, up.everything())
 	})
 }

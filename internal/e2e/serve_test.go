@@ -52,24 +52,8 @@ events: {natsURL: %q}
 `, kubeconfig, env.Vault.Addr, env.NATS.URL)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	cmd := exec.Command(credinjectBinary(t), "serve", "--config", cfgPath,
+	srv := startServe(t, "--config", cfgPath,
 		"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", gp), "--http-addr", fmt.Sprintf("127.0.0.1:%d", hp), "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("serve output:\n%s", logs.String())
-		}
-	}()
 	base := fmt.Sprintf("http://127.0.0.1:%d", hp)
 	apptest.Eventually(t, 30*time.Second, "/readyz", func() bool {
 		resp, err := http.Get(base + "/readyz")
@@ -104,22 +88,67 @@ events: {natsURL: %q}
 	if !strings.Contains(string(body), `credinject_check_total{reason="",result="allow"} 1`) {
 		t.Fatalf("metrics lack the allow:\n%.2000s", body)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("serve exited with %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not stop on SIGTERM")
-	}
-	out := logs.String()
+	srv.stop(t)
+	out := srv.logs.String()
 	if strings.Contains(out, tok) || strings.Contains(out, "sk-serve") {
 		t.Fatal("the logs contain the SA token or the credential")
 	}
 	if !strings.Contains(out, `"msg":"decision"`) {
 		t.Fatalf("no decision logged at debug level:\n%s", out)
+	}
+}
+
+// serveRun is a running `credinject serve` (the built binary).
+type serveRun struct {
+	cmd    *exec.Cmd
+	logs   *syncBuffer // its stdout and stderr
+	exited chan struct{}
+	err    error // cmd.Wait's, once exited is closed
+}
+
+// startServe runs `credinject serve ARGS...` from the built binary. It is
+// killed at the end of the test if still running, and its output is logged
+// when the test failed.
+func startServe(t *testing.T, args ...string) *serveRun {
+	t.Helper()
+	s := &serveRun{logs: &syncBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(credinjectBinary(t), append([]string{"serve"}, args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		s.err = s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-s.exited:
+		default:
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
+		if t.Failed() {
+			t.Logf("serve output:\n%s", s.logs.String())
+		}
+	})
+	return s
+}
+
+// stop sends SIGTERM and fails the test unless serve exits cleanly (status
+// 0) within 20s.
+func (s *serveRun) stop(t *testing.T) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.exited:
+		if s.err != nil {
+			t.Fatalf("serve exited with %v", s.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
 	}
 }

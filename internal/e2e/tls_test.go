@@ -7,10 +7,8 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -352,24 +350,7 @@ vault: {address: %q}
 `, ports[0], ports[1], ports[2], p.files.Cert, p.files.Key, p.files.CA, kubeconfig, env.Vault.Addr)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	cmd := exec.Command(credinjectBinary(t), "serve", "--config", cfgPath, "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("serve output:\n%s", logs.String())
-		}
-	}()
+	srv := startServe(t, "--config", cfgPath, "--log-level", "debug")
 	waitUntil(t, 30*time.Second, "/readyz on the health port", func() error {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2]))
 		if err != nil {
@@ -396,18 +377,8 @@ vault: {address: %q}
 	if err != nil || hresp.StatusCode != http.StatusOK {
 		t.Fatalf("/check over mutual TLS: %v %v", hresp, err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("serve exited with %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not stop on SIGTERM")
-	}
-	out := logs.String()
+	srv.stop(t)
+	out := srv.logs.String()
 	if strings.Contains(out, tok) || strings.Contains(out, "sk-serve-tls") {
 		t.Fatal("the logs contain the SA token or the credential")
 	}

@@ -156,53 +156,8 @@ func forgedFlood(t *testing.T, mode string) {
 	if got := srv.Check(t, real, "h"); got != allow {
 		t.Fatalf("real token before the flood: %q", got)
 	}
-	const forged, workers, freshEvery = 2000, 8, 100
-	toks := make([]string, forged)
-	for i := range toks {
-		toks[i] = forge(t, real)
-	}
-	before, err := env.Kube.RequestCount(ctx, "tokenreviews")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logins := srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"})
-	var next, fresh, freshBad atomic.Int64
-	var refused sync.Map
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= forged {
-					return
-				}
-				got := srv.Check(t, toks[i], "h")
-				refused.Store(got, true)
-				if i%freshEvery == freshEvery-1 {
-					tok, err := env.Kube.Token(ctx, ns, sa, nil, time.Hour)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					fresh.Add(1)
-					if got := srv.Check(t, tok, "h"); got != allow {
-						freshBad.Add(1)
-						t.Errorf("fresh real token during the flood: %q", got)
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	took := time.Since(start)
-	after, err := env.Kube.RequestCount(ctx, "tokenreviews")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultLogins := srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"}) - logins
+	const forged = 2000
+	f := flood(ctx, t, env, srv, real, forged, ns, sa, allow)
 	// Each fresh real token costs one TokenReview (credinject's); a Vault
 	// Kubernetes login would cost one more (Vault's), though the credential
 	// is cached and none is expected.
@@ -210,11 +165,10 @@ func forgedFlood(t *testing.T, mode string) {
 	if mode == "jwks" {
 		perFresh = 0
 	}
-	fromForged := after - before - perFresh*float64(fresh.Load()) - vaultLogins
-	var answers []string
-	refused.Range(func(k, _ any) bool { answers = append(answers, k.(string)); return true })
+	fromForged := f.tokenReviews - perFresh*float64(f.fresh) - f.vaultLogins
+	answers := f.answers
 	t.Logf("%s: %d forged tokens in %v (%.0f/s): answers %v; %d fresh real tokens sent during the flood, all allowed: %v; TokenReviews at the API server: %.0f, of which %.0f for the fresh tokens, %.0f for Vault logins, %.0f from forgeries",
-		mode, forged, took.Round(time.Millisecond), forged/took.Seconds(), answers, fresh.Load(), freshBad.Load() == 0, after-before, perFresh*float64(fresh.Load()), vaultLogins, fromForged)
+		mode, forged, f.took.Round(time.Millisecond), forged/f.took.Seconds(), answers, f.fresh, f.freshBad == 0, f.tokenReviews, perFresh*float64(f.fresh), f.vaultLogins, fromForged)
 	if fromForged > forged/100 {
 		t.Fatalf("%.0f forged tokens reached the API server as TokenReviews (limit %d)", fromForged, forged/100)
 	}
@@ -291,62 +245,84 @@ func TestFloodWithoutIssuerKeys(t *testing.T) {
 			t.Fatalf("before the flood: %q", got)
 		}
 	}
-	const forged, freshEvery = 2000, 100
-	toks := make([]string, forged)
+	const forged = 2000
+	f := flood(ctx, t, env, srv, tokA, forged, nsB, saB, "allow authorization=Bearer sk-b")
+	fromForged := f.tokenReviews - float64(f.fresh) - f.vaultLogins
+	b := cfg.Kubernetes.TokenReviewBudget
+	limit := float64(b.Burst) + b.Rate*f.took.Seconds() + 1
+	seen := f.answers
+	t.Logf("no issuer keys: %d forgeries of A in %v: answers %v; TokenReviews at the API server from forgeries: %.0f (budget %.0f), for %d fresh tokens of B (all allowed), %.0f for Vault logins; budget refusals %.0f",
+		forged, f.took.Round(time.Millisecond), seen, fromForged, limit, f.fresh, f.vaultLogins,
+		srv.Counter(t, "credinject_tokenreview_budget_exhausted_total", nil))
+	if fromForged > limit {
+		t.Fatalf("%.0f forgeries reached the API server, over the budget of %.0f", fromForged, limit)
+	}
+}
+
+// floodResult is what one flood measured.
+type floodResult struct {
+	took         time.Duration // from the first forged Check to the last answer
+	answers      []string      // the distinct answers to the forged tokens
+	fresh        int64         // fresh real tokens sent during the flood
+	freshBad     int64         // of which not answered allow
+	tokenReviews float64       // TokenReviews at the API server during the flood (apiserver_request_total)
+	vaultLogins  float64       // credinject's Vault logins during the flood (credinject_vault_requests_total{op="login"})
+}
+
+// flood sends n forgeries of real (forge) to srv from 8 workers; every
+// 100th, a worker also mints a fresh token of ns/sa (TokenRequest, one hour)
+// and reports an error unless srv answers it allow.
+func flood(ctx context.Context, t *testing.T, env *testenv.Env, srv *apptest.Running, real string, n int, ns, sa, allow string) floodResult {
+	t.Helper()
+	const workers, freshEvery = 8, 100
+	toks := make([]string, n)
 	for i := range toks {
-		toks[i] = forge(t, tokA)
+		toks[i] = forge(t, real)
 	}
 	before, err := env.Kube.RequestCount(ctx, "tokenreviews")
 	if err != nil {
 		t.Fatal(err)
 	}
 	logins := srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"})
-	var next, fresh atomic.Int64
+	var next, fresh, freshBad atomic.Int64
 	var answers sync.Map
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range 8 {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				i := next.Add(1) - 1
-				if i >= forged {
+				if i >= int64(n) {
 					return
 				}
 				answers.Store(srv.Check(t, toks[i], "h"), true)
 				if i%freshEvery == freshEvery-1 {
-					tok, err := env.Kube.Token(ctx, nsB, saB, nil, time.Hour)
+					tok, err := env.Kube.Token(ctx, ns, sa, nil, time.Hour)
 					if err != nil {
 						t.Error(err)
 						return
 					}
 					fresh.Add(1)
-					if got := srv.Check(t, tok, "h"); got != "allow authorization=Bearer sk-b" {
-						t.Errorf("fresh token of B during the flood: %q", got)
+					if got := srv.Check(t, tok, "h"); got != allow {
+						freshBad.Add(1)
+						t.Errorf("fresh token of %s/%s during the flood: %q", ns, sa, got)
 					}
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	took := time.Since(start)
+	f := floodResult{took: time.Since(start), fresh: fresh.Load(), freshBad: freshBad.Load()}
 	after, err := env.Kube.RequestCount(ctx, "tokenreviews")
 	if err != nil {
 		t.Fatal(err)
 	}
-	vaultLogins := srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"}) - logins
-	fromForged := after - before - float64(fresh.Load()) - vaultLogins
-	b := cfg.Kubernetes.TokenReviewBudget
-	limit := float64(b.Burst) + b.Rate*took.Seconds() + 1
-	var seen []string
-	answers.Range(func(k, _ any) bool { seen = append(seen, k.(string)); return true })
-	t.Logf("no issuer keys: %d forgeries of A in %v: answers %v; TokenReviews at the API server from forgeries: %.0f (budget %.0f), for %d fresh tokens of B (all allowed), %.0f for Vault logins; budget refusals %.0f",
-		forged, took.Round(time.Millisecond), seen, fromForged, limit, fresh.Load(), vaultLogins,
-		srv.Counter(t, "credinject_tokenreview_budget_exhausted_total", nil))
-	if fromForged > limit {
-		t.Fatalf("%.0f forgeries reached the API server, over the budget of %.0f", fromForged, limit)
-	}
+	f.tokenReviews = after - before
+	f.vaultLogins = srv.Counter(t, "credinject_vault_requests_total", map[string]string{"op": "login"}) - logins
+	answers.Range(func(k, _ any) bool { f.answers = append(f.answers, k.(string)); return true })
+	return f
 }
 
 // noIssuerKeys answers 404 for the issuer discovery documents, as an API

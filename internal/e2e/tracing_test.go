@@ -62,27 +62,8 @@ func TestTracesJoinTheGatewaysTrace(t *testing.T) {
 		t.Fatalf("check without a trace context: %q", got)
 	}
 
-	var spans []testenv.Span
-	byName := map[string]testenv.Span{}
-	apptest.Eventually(t, 20*time.Second, "the miss's spans at the OTLP receiver", func() bool {
-		all, err := sink.Spans(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		spans = spans[:0]
-		for _, s := range all {
-			if s.TraceID == traceID {
-				spans = append(spans, s)
-				byName[s.Name] = s
-			}
-		}
-		for _, n := range []string{checker.SpanCheck, checker.SpanTokenReview, watcher.SpanRefresh, watcher.SpanVaultPrefix + "login", watcher.SpanVaultPrefix + "read"} {
-			if _, ok := byName[n]; !ok {
-				return false
-			}
-		}
-		return true
-	})
+	spans, byName := traceSpans(ctx, t, sink, traceID, "the miss's spans at the OTLP receiver",
+		checker.SpanCheck, checker.SpanTokenReview, watcher.SpanRefresh, watcher.SpanVaultPrefix+"login", watcher.SpanVaultPrefix+"read")
 	for _, s := range spans {
 		t.Logf("span %s %s parent %s %v", s.Name, s.SpanID, s.ParentSpanID, s.Attributes)
 		if s.Service != "credinject" {
@@ -223,23 +204,7 @@ func TestTracesTokenEndpoint(t *testing.T) {
 		t.Fatalf("/check: %d %q", resp.StatusCode, resp.Header.Get("X-Credinject-Reason"))
 	}
 
-	byName := map[string]testenv.Span{}
-	var spans []testenv.Span
-	apptest.Eventually(t, 20*time.Second, "the token request's span at the OTLP receiver", func() bool {
-		all, err := sink.Spans(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		spans = spans[:0]
-		for _, s := range all {
-			if s.TraceID == traceID {
-				spans = append(spans, s)
-				byName[s.Name] = s
-			}
-		}
-		_, ok := byName[watcher.SpanTokenEndpoint]
-		return ok
-	})
+	spans, byName := traceSpans(ctx, t, sink, traceID, "the token request's span at the OTLP receiver", watcher.SpanTokenEndpoint)
 	check, refresh, token := byName[checker.SpanCheck], byName[watcher.SpanRefresh], byName[watcher.SpanTokenEndpoint]
 	if check.ParentSpanID != parent || refresh.ParentSpanID != check.SpanID || token.ParentSpanID != refresh.SpanID {
 		t.Errorf("chain: check %s (parent %s, want %s), refresh %s (parent %s), token %s (parent %s)",
@@ -259,4 +224,33 @@ func TestTracesTokenEndpoint(t *testing.T) {
 			}
 		}
 	}
+}
+
+// traceSpans polls sink (for up to 20s, what naming the wait) until the
+// trace traceID has a span of each of names, and returns the trace's spans
+// and, by name, the last of each.
+func traceSpans(ctx context.Context, t *testing.T, sink *testenv.OTLPSink, traceID, what string, names ...string) ([]testenv.Span, map[string]testenv.Span) {
+	t.Helper()
+	var spans []testenv.Span
+	byName := map[string]testenv.Span{}
+	apptest.Eventually(t, 20*time.Second, what, func() bool {
+		all, err := sink.Spans(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spans = spans[:0]
+		for _, s := range all {
+			if s.TraceID == traceID {
+				spans = append(spans, s)
+				byName[s.Name] = s
+			}
+		}
+		for _, n := range names {
+			if _, ok := byName[n]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+	return spans, byName
 }

@@ -484,10 +484,11 @@ func (s *Subscriber) onReconnect(nc *nats.Conn) {
 }
 
 // onDisconnect resyncs once per drop: events published before the drop was
-// noticed may be lost, and the Resyncer's schedule now follows a connection
-// that is down. nats.go calls it when a connection is lost, not for each
-// failed reconnect attempt; the swap makes it once per drop regardless. A
-// close by Run (stopping) is no drop.
+// noticed may be lost, and a Resyncer that plans by Connected (the watcher)
+// sees the connection down by the time it runs. nats.go calls this when a
+// connection is lost, not for each failed reconnect attempt; the swap in
+// setConnected makes it once per drop regardless. A close by Run (stopping)
+// is no drop.
 func (s *Subscriber) onDisconnect(_ *nats.Conn, err error) {
 	wasUp := s.setConnected(false)
 	s.setLastError(err)

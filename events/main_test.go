@@ -150,6 +150,8 @@ type recorder struct {
 	resynced  chan struct{}
 	// refresh, when set, runs inside Refresh before it reports.
 	refresh func(ctx context.Context, r Rotation) error
+	// resync, when set, runs inside ResyncAll before it reports.
+	resync func(ctx context.Context) error
 }
 
 func newRecorder() *recorder {
@@ -165,9 +167,24 @@ func (rec *recorder) Refresh(ctx context.Context, r Rotation) error {
 	return err
 }
 
-func (rec *recorder) ResyncAll(context.Context) error {
+func (rec *recorder) ResyncAll(ctx context.Context) error {
+	var err error
+	if rec.resync != nil {
+		err = rec.resync(ctx)
+	}
 	rec.resynced <- struct{}{}
-	return nil
+	return err
+}
+
+// noResync fails the test if ResyncAll has reported a call that was not
+// received yet.
+func noResync(t *testing.T, rec *recorder, when string) {
+	t.Helper()
+	select {
+	case <-rec.resynced:
+		t.Errorf("ResyncAll %s", when)
+	default:
+	}
 }
 
 var (

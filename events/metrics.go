@@ -28,7 +28,11 @@ const (
 	TriggerLateConnect  = "late_connect"  // the first connection succeeded only after failing
 	TriggerOverflow     = "overflow"      // an event was dropped for a full queue
 	TriggerSlowConsumer = "slow_consumer" // the NATS client dropped messages
+	TriggerDisconnect   = "disconnect"    // the connection dropped (once per drop, not at shutdown)
 )
+
+// triggers is every Trigger*, in the order a resync's log line names them.
+var triggers = []string{TriggerDisconnect, TriggerReconnect, TriggerLateConnect, TriggerOverflow, TriggerSlowConsumer}
 
 type metrics struct {
 	received    prometheus.Counter
@@ -79,7 +83,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{DropMalformed, DropOversized, DropOverflow, DropSlowConsumer} {
 		m.dropped[r] = dropped.WithLabelValues(r)
 	}
-	for _, t := range []string{TriggerReconnect, TriggerLateConnect, TriggerOverflow, TriggerSlowConsumer} {
+	for _, t := range triggers {
 		m.resyncs[t] = resyncs.WithLabelValues(t)
 	}
 	return m, nil

@@ -25,9 +25,12 @@ type Refresher interface {
 }
 
 // Resyncer re-reads every credential. The Subscriber calls it whenever events
-// may have been missed: after a reconnect, when its queue overflowed, when
-// the NATS client dropped messages, and when the first connection succeeded
-// only after NATS had been unreachable.
+// may have been missed: when the connection drops (once per drop), after a
+// reconnect, when its queue overflowed, when the NATS client dropped
+// messages, and when the first connection succeeded only after NATS had been
+// unreachable. Requests made while one is pending coalesce into one call,
+// made on the Subscriber's worker goroutine and bounded by
+// SubscriberConfig.ResyncTimeout.
 type Resyncer interface {
 	ResyncAll(ctx context.Context) error
 }
@@ -83,7 +86,8 @@ type SubscriberConfig struct {
 	// Refresher receives every valid event. Required unless disabled.
 	Refresher Refresher
 	// Resyncer is asked to re-read everything when events may have been
-	// missed. Required unless disabled.
+	// missed, including once each time the connection drops (not when Run
+	// closes it). Required unless disabled.
 	Resyncer Resyncer
 	// Clock times refreshes and resyncs for the logs (default the real
 	// clock).
@@ -120,15 +124,18 @@ type SubscriberConfig struct {
 // The NATS read loop only parses and enqueues; a single worker goroutine
 // calls the Refresher, which keeps events for the same identity in order
 // without ever blocking the connection. When the queue is full the event is
-// dropped and a full resync is scheduled instead, so nothing is lost.
+// dropped and a full resync is scheduled instead, so nothing is lost. The
+// same worker runs the resyncs the connection's handlers ask for (a drop, a
+// reconnect), so they never block NATS's callback goroutine either.
 type Subscriber struct {
 	cfg      SubscriberConfig
 	log      *slog.Logger
 	m        *metrics
 	disabled bool
 
-	queue  chan queued
-	resync chan struct{} // capacity 1: requests coalesce
+	queue   chan queued
+	resync  chan struct{} // capacity 1: requests coalesce
+	pending atomic.Uint32 // bits of the triggers a pending resync covers, see triggerBit
 
 	connected     atomic.Bool
 	connectFailed atomic.Bool // a connection attempt has failed
@@ -350,8 +357,10 @@ func (s *Subscriber) handle(msg *nats.Msg) {
 	}
 }
 
+// requestResync asks the worker for a full resync; it never blocks.
 func (s *Subscriber) requestResync(trigger string) {
 	s.m.resyncs[trigger].Inc()
+	s.pending.Or(triggerBit(trigger))
 	select {
 	case s.resync <- struct{}{}:
 	default: // one is pending already; it will cover this one too
@@ -363,6 +372,9 @@ func (s *Subscriber) requestResync(trigger string) {
 // cause harmless second refreshes.
 func (s *Subscriber) work(ctx context.Context) {
 	for {
+		if ctx.Err() != nil {
+			return // Run is done: a pending resync is abandoned too
+		}
 		select {
 		case <-s.resync:
 			s.resyncAll(ctx)
@@ -394,16 +406,40 @@ func (s *Subscriber) refresh(ctx context.Context, q queued) {
 		"duration", s.cfg.Clock.Since(start))
 }
 
+// resyncAll runs one resync for every trigger requested since the last one.
+// No trigger left means a request raced with the previous resync, which
+// started after it and so covered it.
 func (s *Subscriber) resyncAll(ctx context.Context) {
+	covered := triggerNames(s.pending.Swap(0))
+	if len(covered) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ResyncTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
 	if err := guard(func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
 		s.m.resyncErrs.Inc()
-		s.log.Warn("events: resync failed", "err", err)
+		s.log.Warn("events: resync failed", "triggers", covered, "err", err)
 		return
 	}
-	s.log.Info("events: resynced", "duration", s.cfg.Clock.Since(start))
+	s.log.Info("events: resynced", "triggers", covered, "duration", s.cfg.Clock.Since(start))
+}
+
+// triggerBit is trigger's bit in Subscriber.pending: 1 << its index in
+// triggers.
+func triggerBit(trigger string) uint32 {
+	return 1 << slices.Index(triggers, trigger)
+}
+
+// triggerNames lists the triggers whose bits are set, in triggers' order.
+func triggerNames(bits uint32) []string {
+	var names []string
+	for i, t := range triggers {
+		if bits&(1<<i) != 0 {
+			names = append(names, t)
+		}
+	}
+	return names
 }
 
 // guard turns a panic of the Refresher or Resyncer into an error, so one bad
@@ -417,13 +453,15 @@ func guard(f func() error) (err error) {
 	return f()
 }
 
-func (s *Subscriber) setConnected(up bool) {
-	s.connected.Store(up)
+// setConnected records the connection state and reports the previous one.
+func (s *Subscriber) setConnected(up bool) (was bool) {
+	was = s.connected.Swap(up)
 	if up {
 		s.m.connected.Set(1)
 	} else {
 		s.m.connected.Set(0)
 	}
+	return was
 }
 
 // The handlers below run on the connection's callback goroutine, in order.
@@ -445,13 +483,20 @@ func (s *Subscriber) onReconnect(nc *nats.Conn) {
 	s.requestResync(TriggerReconnect)
 }
 
+// onDisconnect resyncs once per drop: events published before the drop was
+// noticed may be lost, and a Resyncer that plans by Connected (the watcher)
+// sees the connection down by the time it runs. nats.go calls this when a
+// connection is lost, not for each failed reconnect attempt; the swap in
+// setConnected makes it once per drop regardless. A close by Run (stopping)
+// is no drop.
 func (s *Subscriber) onDisconnect(_ *nats.Conn, err error) {
-	s.setConnected(false)
+	wasUp := s.setConnected(false)
 	s.setLastError(err)
-	if s.stopping.Load() {
+	if s.stopping.Load() || !wasUp {
 		return
 	}
-	s.log.Warn("events: disconnected, falling back to TTL refresh", "err", err)
+	s.log.Warn("events: disconnected, resyncing everything; falling back to TTL refresh", "err", err)
+	s.requestResync(TriggerDisconnect)
 }
 
 func (s *Subscriber) onConnectError(_ *nats.Conn, err error) {

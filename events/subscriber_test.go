@@ -250,6 +250,9 @@ func TestSubscriberRefreshErrors(t *testing.T) {
 	}
 }
 
+// TestSubscriberReconnect: a drop asks for exactly one resync (trigger
+// disconnect), however many reconnect attempts fail after it; the reconnect
+// asks for one more (trigger reconnect).
 func TestSubscriberReconnect(t *testing.T) {
 	subject := uniqueSubject(t)
 	rec := newRecorder()
@@ -258,16 +261,30 @@ func TestSubscriberReconnect(t *testing.T) {
 	p, _ := publisher(t, subject)
 	publish(t, p, Rotation{Namespace: "before"})
 	recv(t, rec.refreshed, "event before the outage")
+	noResync(t, rec, "while connected")
 
 	restart := stopNATS(t)
-	waitFor(t, "Status to report the outage", func() bool { return run.s.Status() == StatusDisconnected })
-	if run.s.Connected() || metric(t, run.reg, "credinject_events_connected") != 0 {
-		t.Errorf("Connected = %v, gauge = %v during the outage", run.s.Connected(), metric(t, run.reg, "credinject_events_connected"))
+	recv(t, rec.resynced, "ResyncAll for the drop")
+	// The state changes before the resync is asked for, so a Resyncer that
+	// asks Connected already sees the drop.
+	if run.s.Status() != StatusDisconnected || run.s.Connected() || metric(t, run.reg, "credinject_events_connected") != 0 {
+		t.Errorf("Status = %q, Connected = %v, gauge = %v during the outage",
+			run.s.Status(), run.s.Connected(), metric(t, run.reg, "credinject_events_connected"))
 	}
-	select {
-	case <-rec.resynced:
-		t.Fatal("ResyncAll before the server is back")
-	default:
+	// Failed reconnect attempts are not new drops. The first failure is
+	// logged as "cannot reach NATS", the following ones at debug level.
+	waitFor(t, "four failed reconnect attempts", func() bool {
+		return strings.Count(run.logs.String(), "events: connection attempt failed") >= 3
+	})
+	noResync(t, rec, "again for reconnect attempts")
+	if got := metric(t, run.reg, "credinject_events_resyncs_total", "trigger", TriggerDisconnect); got != 1 {
+		t.Errorf("resyncs{trigger=disconnect} = %v after one drop, want 1", got)
+	}
+	if got := metric(t, run.reg, "credinject_events_resyncs_total", "trigger", TriggerReconnect); got != 0 {
+		t.Errorf("resyncs{trigger=reconnect} = %v before the server is back, want 0", got)
+	}
+	if logs := run.logs.String(); strings.Count(logs, "triggers=[disconnect]") != 1 {
+		t.Errorf("want one resync logged with triggers=[disconnect]:\n%s", logs)
 	}
 
 	restart()
@@ -278,12 +295,118 @@ func TestSubscriberReconnect(t *testing.T) {
 	if got := metric(t, run.reg, "credinject_events_resyncs_total", "trigger", TriggerReconnect); got != 1 {
 		t.Errorf("resyncs{trigger=reconnect} = %v, want 1", got)
 	}
+	if got := metric(t, run.reg, "credinject_events_resyncs_total", "trigger", TriggerDisconnect); got != 1 {
+		t.Errorf("resyncs{trigger=disconnect} = %v after the reconnect, want still 1", got)
+	}
 	waitInterest(t, natsServer(), subject, 1)
 	p2, _ := publisher(t, subject) // the first publisher's connection was cut too
 	want := Rotation{Namespace: "after", ServiceAccount: "sa"}
 	publish(t, p2, want)
 	if got := recv(t, rec.refreshed, "event after the outage"); got != want {
 		t.Errorf("Refresh(%+v), want %+v", got, want)
+	}
+	noResync(t, rec, "a third time")
+	if logs := run.logs.String(); !strings.Contains(logs, "triggers=[reconnect]") {
+		t.Errorf("no resync logged with triggers=[reconnect]:\n%s", logs)
+	}
+}
+
+// TestSubscriberDropResyncOffCallback: the drop's resync runs on the
+// worker, not on NATS's callback goroutine: while it is still running, the
+// reconnect is handled. The reconnect's resync, asked for meanwhile, follows
+// it.
+func TestSubscriberDropResyncOffCallback(t *testing.T) {
+	subject := uniqueSubject(t)
+	rec := newRecorder()
+	entered := make(chan struct{}, 1)
+	gate := make(chan struct{})
+	first := true
+	rec.resync = func(ctx context.Context) error {
+		if first { // the worker makes one call at a time
+			first = false
+			entered <- struct{}{}
+			<-gate
+		}
+		return nil
+	}
+	run := runSubscriber(t, SubscriberConfig{Subject: subject, Refresher: rec, Resyncer: rec})
+	waitInterest(t, natsServer(), subject, 1)
+
+	restart := stopNATS(t)
+	recv(t, entered, "the drop's ResyncAll")
+	restart()
+	// onReconnect runs on the callback goroutine after onDisconnect has
+	// returned.
+	waitFor(t, "the reconnect to be handled while the drop's resync runs", func() bool {
+		return run.s.Status() == StatusConnected
+	})
+	close(gate)
+	recv(t, rec.resynced, "the drop's ResyncAll to return")
+	recv(t, rec.resynced, "the reconnect's ResyncAll")
+	for trigger, want := range map[string]float64{TriggerDisconnect: 1, TriggerReconnect: 1} {
+		if got := metric(t, run.reg, "credinject_events_resyncs_total", "trigger", trigger); got != want {
+			t.Errorf("resyncs{trigger=%s} = %v, want %v", trigger, got, want)
+		}
+	}
+}
+
+// TestSubscriberDropResyncTimesOut: ResyncTimeout bounds the drop's resync
+// as every other; a failed resync is counted.
+func TestSubscriberDropResyncTimesOut(t *testing.T) {
+	subject := uniqueSubject(t)
+	rec := newRecorder()
+	ended := make(chan error, 1)
+	rec.resync = func(ctx context.Context) error {
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return ctx.Err()
+	}
+	run := runSubscriber(t, SubscriberConfig{Subject: subject, Refresher: rec, Resyncer: rec, ResyncTimeout: 50 * time.Millisecond})
+	waitInterest(t, natsServer(), subject, 1)
+
+	stopNATS(t)
+	if err := recv(t, ended, "the drop's resync to time out"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the drop's resync ended with %v, want DeadlineExceeded", err)
+	}
+	recv(t, rec.resynced, "the drop's ResyncAll to return")
+	// Logged after the count.
+	waitFor(t, "the failed resync to be logged", func() bool {
+		return strings.Contains(run.logs.String(), `msg="events: resync failed" component=events triggers=[disconnect]`)
+	})
+	if got := metric(t, run.reg, "credinject_events_refresh_errors_total", "op", "resync"); got != 1 {
+		t.Errorf("resync errors = %v, want 1", got)
+	}
+}
+
+// TestSubscriberStopDuringDropResync: stopping Run cancels a drop's resync
+// that is still running.
+func TestSubscriberStopDuringDropResync(t *testing.T) {
+	subject := uniqueSubject(t)
+	rec := newRecorder()
+	entered := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	rec.resync = func(ctx context.Context) error {
+		entered <- struct{}{}
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return ctx.Err()
+	}
+	run := runSubscriber(t, SubscriberConfig{Subject: subject, Refresher: rec, Resyncer: rec, ResyncTimeout: time.Hour})
+	waitInterest(t, natsServer(), subject, 1)
+
+	stopNATS(t)
+	recv(t, entered, "the drop's ResyncAll")
+	if err := run.stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	// Run has returned, so the call has ended already.
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the drop's resync ended with %v, want Canceled", err)
+		}
+	default:
+		t.Error("Run returned while the drop's resync was still running")
 	}
 }
 
@@ -355,6 +478,12 @@ func TestSubscriberRunStopsCleanly(t *testing.T) {
 	if got := metric(t, run.reg, "credinject_events_connected"); got != 0 {
 		t.Errorf("connected gauge = %v after Run", got)
 	}
+	// Closing the connection is no drop: the disconnect handler has run
+	// before Run returned (it comes before the closed handler Run waits for).
+	if got := metric(t, run.reg, "credinject_events_resyncs_total", "trigger", TriggerDisconnect); got != 0 {
+		t.Errorf("resyncs{trigger=disconnect} = %v after Run closed the connection, want 0", got)
+	}
+	noResync(t, rec, "for closing the connection")
 	waitInterest(t, natsServer(), subject, 0)
 }
 

@@ -238,10 +238,9 @@ func (a *App) Run(ctx context.Context) error {
 		goSafe("jwks", func() error { a.jwks.Run(gctx); return nil })
 	}
 	if a.sub != nil {
+		// The subscriber itself asks the watcher to re-read everything
+		// when the connection drops and when it comes back.
 		goSafe("events", func() error { return a.sub.Run(gctx) })
-		if a.cfg.Prefetch.RefreshWithEvents > a.cfg.Prefetch.Refresh {
-			goSafe("events-state", func() error { a.followEvents(gctx); return nil })
-		}
 	}
 	if a.audit != nil {
 		goSafe("audit", func() error { a.audit.Run(gctx); return nil })
@@ -281,32 +280,6 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	a.close()
 	return err
-}
-
-// followEvents re-reads every identity once when the events connection
-// drops. The identities were scheduled by prefetch.refreshWithEvents, and
-// events may have been lost before the drop was noticed; from that re-read on
-// each follows prefetch.refresh, until the reconnect's resync schedules it by
-// refreshWithEvents again.
-func (a *App) followEvents(ctx context.Context) {
-	// Wall-clock polling of an atomic, like waitReady.
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	up := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := a.sub.Connected()
-		if up && !now {
-			a.log.Info("events disconnected: re-reading every identity, then every prefetch.refresh until they are back",
-				"refresh", a.cfg.Prefetch.Refresh)
-			_ = a.watcher.ResyncAll(ctx)
-		}
-		up = now
-	}
 }
 
 func (a *App) waitReady(ctx context.Context) {

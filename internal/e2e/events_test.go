@@ -109,14 +109,22 @@ func TestRotationReachesEveryReplica(t *testing.T) {
 	})
 }
 
-// TestNATSOutageResync: while NATS is down a rotation event is lost; on
-// reconnect credinject re-reads everything it holds, so the new key is
-// served without waiting for the (long) refresh interval.
+// TestNATSOutageResync: the drop itself re-reads everything once; while
+// NATS is down a rotation event is lost; on reconnect credinject re-reads
+// everything it holds, so the new key is served without waiting for the
+// (long) refresh interval.
 func TestNATSOutageResync(t *testing.T) {
 	env := testenv.Get(t)
 	ctx := context.Background()
 	ns, sa, tok := boundIdentity(ctx, t, env, "nats-out", "sk-before")
 	r := eventReplica(t, env, tok, "sk-before")
+	resyncs := func(trigger string) float64 {
+		return r.Counter(t, "credinject_events_resyncs_total", map[string]string{"trigger": trigger})
+	}
+	reread := func() float64 {
+		return r.Counter(t, "credinject_watcher_refreshes_total", map[string]string{"trigger": "event"})
+	}
+	before := reread()
 
 	env.NATS.Stop()
 	restarted := false
@@ -128,6 +136,11 @@ func TestNATSOutageResync(t *testing.T) {
 	apptest.Eventually(t, 10*time.Second, "disconnect seen", func() bool { return r.Counter(t, "credinject_events_connected", nil) == 0 })
 	if !r.App.Ready() {
 		t.Fatal("NATS down must not make credinject unready")
+	}
+	// The drop's re-read (of the old key) is done before the rotation below.
+	apptest.Eventually(t, 10*time.Second, "the drop's re-read", func() bool { return reread() > before })
+	if got := resyncs(events.TriggerDisconnect); got != 1 {
+		t.Fatalf("resyncs{trigger=disconnect} = %v after one drop, want 1", got)
 	}
 	// Rotated while NATS is down: the event is lost.
 	if _, err := env.Vault.PutCredential(ctx, "egress/"+ns+"/"+sa, map[string]any{"api_key": "sk-during-outage"}); err != nil {
@@ -143,6 +156,9 @@ func TestNATSOutageResync(t *testing.T) {
 	apptest.Eventually(t, 20*time.Second, "resync after reconnect", func() bool {
 		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-during-outage"
 	})
+	if got, drops := resyncs(events.TriggerReconnect), resyncs(events.TriggerDisconnect); got != 1 || drops != 1 {
+		t.Fatalf("resyncs{trigger=reconnect} = %v, {trigger=disconnect} = %v; want 1, 1", got, drops)
+	}
 }
 
 // BenchmarkRotationPropagation: from the event's publish to the first Check
@@ -270,6 +286,9 @@ func TestRefreshFollowsEventsConnection(t *testing.T) {
 	apptest.Eventually(t, 10*time.Second, "the drop's re-read", func() bool {
 		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-2"
 	})
+	if got := r.Counter(t, "credinject_events_resyncs_total", map[string]string{"trigger": events.TriggerDisconnect}); got != 1 {
+		t.Fatalf("resyncs{trigger=disconnect} = %v after one drop, want 1", got)
+	}
 	put("sk-3") // no event can come
 	apptest.Eventually(t, 10*time.Second, "the short schedule while NATS is down", func() bool {
 		return r.Check(t, tok, "h") == "allow authorization=Bearer sk-3"

@@ -355,7 +355,8 @@ func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
 	cfg := Config{
 		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
 		KVMount: "secret", Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
-		Auditor: r.audit,
+		ReloginPhase: func() float64 { return 0 }, // the relogin at the full interval, the bound's extreme
+		Auditor:      r.audit,
 	}
 	if configure != nil {
 		configure(&cfg)

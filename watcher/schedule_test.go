@@ -97,11 +97,11 @@ func TestTokenPlan(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	fresh := func(renewable bool) tokenLife {
 		var l tokenLife
-		l.loggedIn(t0, time.Hour, renewable)
+		l.loggedIn(t0, time.Hour, renewable, 0, 0)
 		return l
 	}
 	renewedAt40 := fresh(true)
-	renewedAt40.renewed(t0.Add(40*time.Minute), time.Hour)
+	renewedAt40.renewed(t0.Add(40*time.Minute), time.Hour, 0)
 	capped := fresh(true)
 	capped.capped = true
 	cases := map[string]struct {

@@ -150,8 +150,9 @@ func (l *tokenLife) postpone(now time.Time) {
 // not renewed, so that a role that no longer binds the identity refuses it
 // within that interval: Vault checks bindings only at login.
 //
-// A token is renewed at about two thirds of its life (renewAt); replaced
-// then instead when it is not renewable or renewal no longer extends it;
+// A token that outlives its relogin time by a sixth of its life is kept
+// until then, neither renewed nor replaced sooner. Otherwise it is renewed at about two thirds
+// of its life (renewAt); replaced then instead when it is not renewable or renewal no longer extends it;
 // used to its expiry when neither is possible (and then a login fails with
 // nothing to log in with). Past the relogin time it is never renewed nor
 // used, even without a way to log in: the login then fails with nothing to
@@ -169,6 +170,14 @@ func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (t
 	reloginAt := l.login.Add(reloginAfter(relogin, l.early))
 	if !now.Before(reloginAt) {
 		return logInAgain, now
+	}
+	if !reloginAt.After(l.expires.Add(-l.expires.Sub(l.issued) / 6)) {
+		// The token outlives its relogin by a sixth of its life or more
+		// (slack for a relogin that waits for a worker): replaced then,
+		// it needs no renewal (nor an early replacement) before. A first
+		// relogin brought forward, or a relogin interval of at most 5/6
+		// of the TTL, so costs no renewal.
+		return keepToken, reloginAt
 	}
 	canRenew := l.renewable && !l.capped
 	if !now.Before(l.renewAt) {

@@ -5,10 +5,12 @@
 //   - session.go: a session owns one identity's Vault token. It logs in with
 //     the identity's own service-account token (presented on a request, or
 //     minted by TokenRequest for a prefetched identity, used for that login
-//     and not kept), renews the token at two thirds of its life, logs in
-//     again only when it cannot be renewed or every relogin interval (Vault
-//     re-checks a role's bindings only at login; the plan is a pure function
-//     in schedule.go) and revokes the token it replaces once the refresh
+//     and not kept), renews the token at two thirds of its life (±10 %),
+//     logs in again only when it cannot be renewed or every relogin interval
+//     (the first time at a random point within it, so identities that logged
+//     in together do not log in again together; Vault re-checks a role's
+//     bindings only at login; the plan is a pure function in schedule.go)
+//     and revokes the token it replaces once the refresh
 //     that replaced it is done (the leases read with it end then), and its
 //     tokens when the identity is forgotten.
 //   - provider.go: a Provider obtains one kind of credential for (route,

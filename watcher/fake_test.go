@@ -37,6 +37,7 @@ type fakeVault struct {
 	version  map[string]int64
 	n        int
 	calls    map[string]int // by operation
+	logins   []fakeLogin    // the logins Vault granted, in order
 	readGate chan struct{}  // when set, every Read waits on it
 	// stuck: identity keys whose reads hang until the caller gives up;
 	// blocked counts the reads hanging now.
@@ -51,6 +52,12 @@ type fakeVault struct {
 	// badTokens: identity tokens come back with a line break (not
 	// injectable).
 	badTokens bool
+}
+
+// fakeLogin is a login Vault granted: whose, and when.
+type fakeLogin struct {
+	identity string
+	at       time.Time
 }
 
 type fakeLease struct {
@@ -180,6 +187,13 @@ func (v *fakeVault) forgetTokens() {
 	v.mu.Unlock()
 }
 
+// granted is a copy of the logins Vault granted so far.
+func (v *fakeVault) granted() []fakeLogin {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]fakeLogin(nil), v.logins...)
+}
+
 func (v *fakeVault) count(op string) int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -209,6 +223,7 @@ func (v *fakeVault) Login(_ context.Context, jwt string) (vaultLogin, error) {
 	v.n++
 	tok := fmt.Sprintf("hvs.%d", v.n)
 	v.live[tok] = fakeToken{identity: parts[1], created: v.clock.Now(), expires: v.clock.Now().Add(v.ttl)}
+	v.logins = append(v.logins, fakeLogin{identity: parts[1], at: v.clock.Now()})
 	return vaultLogin{Token: tok, TTL: v.ttl, Renewable: !v.notRenewable}, nil
 }
 
@@ -355,7 +370,8 @@ func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
 	cfg := Config{
 		Routes: routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
 		KVMount: "secret", Concurrency: 4, Store: r.creds, Minter: r.minter, Clock: c, Jitter: func() float64 { return 0 },
-		Auditor: r.audit,
+		ReloginPhase: func() float64 { return 0 }, // the relogin at the full interval, the bound's extreme
+		Auditor:      r.audit,
 	}
 	if configure != nil {
 		configure(&cfg)

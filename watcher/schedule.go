@@ -74,8 +74,12 @@ type tokenLife struct {
 	// login is the last login; granted the TTL Vault granted at it.
 	login   time.Time
 	granted time.Duration
-	// renewAt is when to renew: two thirds of the life since issued, or
-	// later after a renewal Vault could not be asked for.
+	// early brings the relogin after this login forward by a share of the
+	// relogin interval, in [0, 1) (reloginAfter): a session's first login
+	// only, 0 at every later one.
+	early float64
+	// renewAt is when to renew: about two thirds of the life since issued
+	// (renewAfter), or later after a renewal Vault could not be asked for.
 	renewAt   time.Time
 	renewable bool
 	// capped: a renewal no longer extends the token (its max TTL).
@@ -86,16 +90,50 @@ type tokenLife struct {
 // used (clock skew, the call in flight).
 const tokenMargin = 5 * time.Second
 
-// loggedIn records a login at now that granted ttl.
-func (l *tokenLife) loggedIn(now time.Time, ttl time.Duration, renewable bool) {
-	*l = tokenLife{login: now, granted: ttl, renewable: renewable}
-	l.renewed(now, ttl)
+// loggedIn records a login at now that granted ttl; early is its relogin's
+// phase (reloginAfter), jitter in [-1, 1] its renewal's (renewAfter).
+func (l *tokenLife) loggedIn(now time.Time, ttl time.Duration, renewable bool, early, jitter float64) {
+	*l = tokenLife{login: now, granted: ttl, renewable: renewable, early: early}
+	l.renewed(now, ttl, jitter)
 }
 
-// renewed records a renewal (or login) at now that extended the token by ttl.
-func (l *tokenLife) renewed(now time.Time, ttl time.Duration) {
+// renewed records a renewal (or login) at now that extended the token by
+// ttl; jitter in [-1, 1] places the next renewal (renewAfter).
+func (l *tokenLife) renewed(now time.Time, ttl time.Duration, jitter float64) {
 	l.issued, l.expires = now, now.Add(ttl)
-	l.renewAt = now.Add(ttl * 2 / 3)
+	l.renewAt = now.Add(renewAfter(ttl, jitter))
+}
+
+// renewAfter is how long after a login or renewal that granted ttl the
+// token is renewed: two thirds of ttl, spread ±10 % by jitter in [-1, 1]
+// (clamped), so that tokens issued together are not renewed together. The
+// spread is symmetric, so renewals are no more frequent on average than at
+// exactly two thirds. Above two thirds it never comes closer than twice
+// tokenMargin to the token's end: for a ttl above 30 s every renewal is due
+// at least 10 s before the token expires.
+func renewAfter(ttl time.Duration, jitter float64) time.Duration {
+	jitter = max(-1, min(1, jitter))
+	base := ttl * 2 / 3
+	d := time.Duration(float64(base) * (1 + 0.1*jitter))
+	if d > base && d > ttl-2*tokenMargin {
+		d = max(base, ttl-2*tokenMargin)
+	}
+	return d
+}
+
+// reloginAfter is how long after a login its token is replaced by a new
+// login: the relogin interval, brought forward by early, a share of it in
+// [0, 1) (outside it: none). A session draws early once, uniformly, for its
+// first login and logs in at full intervals from then on, so identities
+// that logged in together (a prefetch, a replica's restart) log in again
+// spread evenly over one interval, and after that at a flat rate: never
+// later than the interval after the last login, and no more logins in the
+// long run than without the spread (the first relogin is moved, not added).
+func reloginAfter(interval time.Duration, early float64) time.Duration {
+	if early <= 0 || early >= 1 {
+		return interval
+	}
+	return interval - time.Duration(float64(interval)*early)
 }
 
 // postpone moves the next renewal a third of the remaining life (at least a
@@ -107,17 +145,20 @@ func (l *tokenLife) postpone(now time.Time) {
 // plan says what to do with the token at now, and, when nothing is to be
 // done yet, when something will be. canLogin says whether a login is
 // possible (a service-account token is held or can be minted); relogin is
-// the relogin interval (0: the TTL granted at login), after which the token
-// is replaced, not renewed, so that a role that no longer binds the identity
-// refuses it within that interval: Vault checks bindings only at login.
+// the relogin interval (0: the TTL granted at login), after which (after
+// reloginAfter, brought forward by the login's early) the token is replaced,
+// not renewed, so that a role that no longer binds the identity refuses it
+// within that interval: Vault checks bindings only at login.
 //
-// A token is renewed at two thirds of its life; replaced then instead when
-// it is not renewable or renewal no longer extends it; used to its expiry
-// when neither is possible (and then a login fails with nothing to log in
-// with). Past the relogin interval it is never renewed nor used, even
-// without a way to log in: the login then fails with nothing to log in with
-// and the identity is let go until a request brings a token, rather than
-// served on bindings Vault has not checked for longer than the interval.
+// A token that outlives its relogin time by a sixth of its life is kept
+// until then, neither renewed nor replaced sooner. Otherwise it is renewed at about two thirds
+// of its life (renewAt); replaced then instead when it is not renewable or renewal no longer extends it;
+// used to its expiry when neither is possible (and then a login fails with
+// nothing to log in with). Past the relogin time it is never renewed nor
+// used, even without a way to log in: the login then fails with nothing to
+// log in with and the identity is let go until a request brings a token,
+// rather than served on bindings Vault has not checked for longer than the
+// interval.
 func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (tokenAction, time.Time) {
 	end := l.expires.Add(-tokenMargin)
 	if l.expires.IsZero() || !now.Before(end) {
@@ -126,9 +167,17 @@ func (l *tokenLife) plan(now time.Time, canLogin bool, relogin time.Duration) (t
 	if relogin <= 0 {
 		relogin = l.granted
 	}
-	reloginAt := l.login.Add(relogin)
+	reloginAt := l.login.Add(reloginAfter(relogin, l.early))
 	if !now.Before(reloginAt) {
 		return logInAgain, now
+	}
+	if !reloginAt.After(l.expires.Add(-l.expires.Sub(l.issued) / 6)) {
+		// The token outlives its relogin by a sixth of its life or more
+		// (slack for a relogin that waits for a worker): replaced then,
+		// it needs no renewal (nor an early replacement) before. A first
+		// relogin brought forward, or a relogin interval of at most 5/6
+		// of the TTL, so costs no renewal.
+		return keepToken, reloginAt
 	}
 	canRenew := l.renewable && !l.capped
 	if !now.Before(l.renewAt) {

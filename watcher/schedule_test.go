@@ -97,11 +97,11 @@ func TestTokenPlan(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	fresh := func(renewable bool) tokenLife {
 		var l tokenLife
-		l.loggedIn(t0, time.Hour, renewable)
+		l.loggedIn(t0, time.Hour, renewable, 0, 0)
 		return l
 	}
 	renewedAt40 := fresh(true)
-	renewedAt40.renewed(t0.Add(40*time.Minute), time.Hour)
+	renewedAt40.renewed(t0.Add(40*time.Minute), time.Hour, 0)
 	capped := fresh(true)
 	capped.capped = true
 	cases := map[string]struct {
@@ -112,20 +112,23 @@ func TestTokenPlan(t *testing.T) {
 		want     tokenAction
 		next     time.Duration // when want is keepToken
 	}{
-		"no token":                            {tokenLife{}, 0, true, 0, logInAgain, 0},
-		"fresh: next is the renewal":          {fresh(true), time.Minute, true, 0, keepToken, 40 * time.Minute},
-		"renewed at two thirds":               {fresh(true), 40 * time.Minute, true, 0, renewToken, 0},
-		"relogin at the granted TTL":          {renewedAt40, 60 * time.Minute, true, 0, logInAgain, 0},
-		"after a renewal the relogin is next": {renewedAt40, 41 * time.Minute, true, 0, keepToken, 60 * time.Minute},
-		"a short relogin interval wins":       {fresh(true), time.Minute, true, 10 * time.Minute, keepToken, 10 * time.Minute},
-		"relogin interval passed":             {fresh(true), 10 * time.Minute, true, 10 * time.Minute, logInAgain, 0},
-		"relogin due without a token: login":  {renewedAt40, 81 * time.Minute, false, 0, logInAgain, 0},
-		"no login: next is the relogin":       {renewedAt40, 41 * time.Minute, false, 0, keepToken, 60 * time.Minute},
-		"capped, no login: the relogin first": {capped, 40 * time.Minute, false, 50 * time.Minute, keepToken, 50 * time.Minute},
-		"not renewable: replaced":             {fresh(false), 40 * time.Minute, true, 0, logInAgain, 0},
-		"capped: replaced":                    {capped, 40 * time.Minute, true, 0, logInAgain, 0},
-		"capped, no login: kept to its end":   {capped, 40 * time.Minute, false, 0, keepToken, 60*time.Minute - tokenMargin},
-		"about to expire":                     {fresh(false), 60*time.Minute - tokenMargin, false, 0, logInAgain, 0},
+		"no token":                                     {tokenLife{}, 0, true, 0, logInAgain, 0},
+		"fresh: next is the renewal":                   {fresh(true), time.Minute, true, 0, keepToken, 40 * time.Minute},
+		"renewed at two thirds":                        {fresh(true), 40 * time.Minute, true, 0, renewToken, 0},
+		"relogin at the granted TTL":                   {renewedAt40, 60 * time.Minute, true, 0, logInAgain, 0},
+		"after a renewal the relogin is next":          {renewedAt40, 41 * time.Minute, true, 0, keepToken, 60 * time.Minute},
+		"a short relogin interval wins":                {fresh(true), time.Minute, true, 10 * time.Minute, keepToken, 10 * time.Minute},
+		"relogin interval passed":                      {fresh(true), 10 * time.Minute, true, 10 * time.Minute, logInAgain, 0},
+		"relogin due without a token: login":           {renewedAt40, 81 * time.Minute, false, 0, logInAgain, 0},
+		"no login: next is the relogin":                {renewedAt40, 41 * time.Minute, false, 0, keepToken, 60 * time.Minute},
+		"capped, no login: the relogin first":          {capped, 40 * time.Minute, false, 50 * time.Minute, keepToken, 50 * time.Minute},
+		"not renewable: replaced":                      {fresh(false), 40 * time.Minute, true, 0, logInAgain, 0},
+		"capped: replaced":                             {capped, 40 * time.Minute, true, 0, logInAgain, 0},
+		"capped, no login: kept to its end":            {capped, 40 * time.Minute, false, 0, keepToken, 60*time.Minute - tokenMargin},
+		"about to expire":                              {fresh(false), 60*time.Minute - tokenMargin, false, 0, logInAgain, 0},
+		"relogin a sixth before the end: not renewed":  {fresh(true), 40 * time.Minute, true, 50 * time.Minute, keepToken, 50 * time.Minute},
+		"relogin a sixth before the end: not replaced": {fresh(false), 40 * time.Minute, true, 50 * time.Minute, keepToken, 50 * time.Minute},
+		"relogin in the last sixth: renewed first":     {fresh(true), 40 * time.Minute, true, 51 * time.Minute, renewToken, 0},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -32,9 +32,10 @@ const (
 // session owns one identity's Vault token: it logs in with the identity's
 // service-account token (the one presented on a request, or one minted by
 // TokenRequest for a prefetched identity, used for that login and dropped),
-// renews the Vault token at two thirds of its life, logs in again when the
-// token cannot be renewed, when the relogin interval has passed, or when
-// told to, and revokes the token it replaces, so Vault holds one live token
+// renews the Vault token at about two thirds of its life (±10 %), logs in
+// again when the token cannot be renewed, when the relogin interval has
+// passed (the first time, a share of it sooner drawn once: reloginAfter),
+// or when told to, and revokes the token it replaces, so Vault holds one live token
 // per identity. A replaced token is revoked once the refresh that replaced it
 // is done (retire), not at once: the leases read with it stay valid until
 // their successors are in the cache.
@@ -48,6 +49,8 @@ type session struct {
 	// every is the relogin interval; 0: the TTL the token was granted at
 	// login.
 	every time.Duration
+	// jitter, in [-1, 1], spreads each renewal (renewAfter).
+	jitter func() float64
 
 	// login serialises Token calls: it is held across Vault and
 	// TokenRequest I/O on purpose, so that concurrent callers of one
@@ -59,12 +62,23 @@ type session struct {
 	saExp    time.Time
 	prefetch bool
 	token    string
+	// early, in [0, 1), brings the first relogin forward (reloginAfter):
+	// drawn once when the session is made, used by its first login.
+	early float64
 	tokenLife
 	retired []string
 }
 
-func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveClock, revoke func(string), every time.Duration) *session {
-	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke, every: every}
+// newSession makes the session of id. every is the relogin interval (0: the
+// TTL granted at login); jitter, in [-1, 1] (nil: none), spreads its
+// renewals; early, in [0, 1), brings its first relogin forward by that
+// share of the interval (reloginAfter).
+func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveClock, revoke func(string),
+	every time.Duration, jitter func() float64, early float64) *session {
+	if jitter == nil {
+		jitter = func() float64 { return 0 }
+	}
+	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke, every: every, jitter: jitter, early: early}
 }
 
 // offer keeps the newest valid service-account token of the identity, to
@@ -133,7 +147,7 @@ func (s *session) Token(ctx context.Context, mode tokenMode) (string, error) {
 	switch {
 	case err == nil && now.Add(ttl).After(expires):
 		s.mu.Lock()
-		s.renewed(now, ttl)
+		s.renewed(now, ttl, s.jitter())
 		s.mu.Unlock()
 		return token, nil
 	case err == nil:
@@ -205,7 +219,8 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	s.mu.Lock()
 	old := s.token
 	s.token = l.Token
-	s.loggedIn(now, l.TTL, l.Renewable)
+	s.loggedIn(now, l.TTL, l.Renewable, s.early, s.jitter())
+	s.early = 0 // later relogins: every full interval
 	if old != "" {
 		s.retired = append(s.retired, old)
 	}

@@ -50,7 +50,7 @@ func TestMissJoinsTheCallersTrace(t *testing.T) {
 	}
 	w, err := newWatcher(Config{
 		Routes: r.w.cfg.Routes, Refresh: 5 * time.Minute, StaleGrace: 15 * time.Minute, DeniedTTL: 10 * time.Second,
-		KVMount: "secret", Concurrency: 4, Store: r.creds, Clock: r.clock, Jitter: func() float64 { return 0 },
+		KVMount: "secret", Concurrency: 4, Store: r.creds, Clock: r.clock, Jitter: func() float64 { return 0 }, ReloginPhase: func() float64 { return 0 },
 		TracerProvider: tp,
 	}, spy, nil, m)
 	if err != nil {

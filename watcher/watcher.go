@@ -81,6 +81,14 @@ type Config struct {
 	// before the watcher logs in again, so that Vault re-checks the role's
 	// bindings (vault.reloginInterval; 0: the TTL Vault granted at login).
 	ReloginInterval time.Duration
+	// ReloginPhase draws, once per identity, how much sooner than
+	// ReloginInterval after its first login it logs in again, as a share of
+	// the interval in [0, 1) (0: at the full interval); later relogins
+	// follow every full interval. Identities that log in together (a
+	// prefetch, a replica's restart) so log in again at a flat rate over
+	// one interval instead of all at once, never later than the interval
+	// and no more often in the long run. nil: uniform (math/rand/v2).
+	ReloginPhase func() float64
 	// Concurrency bounds concurrent Vault calls.
 	Concurrency int
 	// CallTimeout bounds one refresh of one identity (default 10s).
@@ -90,9 +98,11 @@ type Config struct {
 	// timeout).
 	TokenClient *http.Client
 	// Minter mints tokens for prefetched identities; nil disables prefetch.
-	Minter     TokenMinter
-	Clock      clock.WithTicker
-	Jitter     func() float64 // in [-1, 1]
+	Minter TokenMinter
+	Clock  clock.WithTicker
+	// Jitter, in [-1, 1] (nil: uniform, math/rand/v2), spreads re-reads
+	// and Vault token renewals by ±10 % and retries' backoff.
+	Jitter     func() float64
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
 	// Auditor receives the lifecycle records (nil: none).
@@ -181,6 +191,9 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 	if cfg.Jitter == nil {
 		cfg.Jitter = func() float64 { return rand.Float64()*2 - 1 }
 	}
+	if cfg.ReloginPhase == nil {
+		cfg.ReloginPhase = rand.Float64
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -243,7 +256,8 @@ func (w *Watcher) lookup(id authz.Identity) *identity {
 	if x := w.ids[id.Key]; x != nil {
 		return x
 	}
-	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeLater, w.cfg.ReloginInterval))
+	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeLater, w.cfg.ReloginInterval,
+		w.cfg.Jitter, w.cfg.ReloginPhase()))
 	w.ids[id.Key] = x
 	w.metrics.identities.Set(float64(len(w.ids)))
 	return x

@@ -162,7 +162,7 @@ func TestSessionTokenModes(t *testing.T) {
 			r := newRig(t)
 			id, _ := r.identity("ns", "sa", "k")
 			var revoked []string
-			s := newSession(id, r.vault, r.minter, r.clock, func(tok string) { revoked = append(revoked, tok) }, 0)
+			s := newSession(id, r.vault, r.minter, r.clock, func(tok string) { revoked = append(revoked, tok) }, 0, nil, 0)
 			tc.setup(r, s)
 			before := s.token
 			logins, renews, mints := r.vault.count("login"), r.vault.count("renew"), r.minter.count()

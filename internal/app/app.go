@@ -50,6 +50,11 @@ type Options struct {
 	// only): no informer, no prefetch, no revocation by ServiceAccount.
 	NoKubernetes bool
 	Clock        clock.WithTicker
+	// ReloginPhase overrides the watcher's draw of how much sooner than
+	// vault.reloginInterval each identity's first relogin comes, a share
+	// of it in [0, 1) (watcher.Config.ReloginPhase; nil: uniform). Tests
+	// that move a fake clock pass 0: the relogin at the full interval.
+	ReloginPhase func() float64
 }
 
 // App is a wired, listening credinject.
@@ -212,6 +217,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		Routes:  watcherRoutes(cfg),
 		Refresh: cfg.Prefetch.Refresh, StaleGrace: cfg.Prefetch.StaleGrace, DeniedTTL: cfg.Cache.DeniedTTL,
 		RefreshWithEvents: cfg.Prefetch.RefreshWithEvents, ReloginInterval: cfg.Vault.ReloginInterval,
+		ReloginPhase: a.opts.ReloginPhase,
 		// The subscriber is built after the watcher; nil is never connected.
 		EventsConnected: func() bool { return a.sub.Connected() },
 		Concurrency:     cfg.Vault.Concurrency, Store: a.creds, Minter: minter,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,11 +51,15 @@ type costParams struct {
 type costResult struct {
 	logins, renewals, reads, revokes float64 // Vault, from its audit log
 	tokenReviews, tokenRequests      float64 // API server, from its metrics
+	// loginPeak is how flat the logins are: the most logins in one twelfth
+	// of a scaled hour (5 scaled minutes) of the window over the mean per
+	// twelfth (1: flat; 12: an hour's logins at once).
+	loginPeak float64
 }
 
 func (r costResult) String() string {
-	return fmt.Sprintf("per identity per hour: logins %.2f, renewals %.2f, reads %.2f, revokes %.2f; TokenReviews %.2f, TokenRequests %.2f",
-		r.logins, r.renewals, r.reads, r.revokes, r.tokenReviews, r.tokenRequests)
+	return fmt.Sprintf("per identity per hour: logins %.2f, renewals %.2f, reads %.2f, revokes %.2f; TokenReviews %.2f, TokenRequests %.2f; login peak/mean per 5 min %.2f",
+		r.logins, r.renewals, r.reads, r.revokes, r.tokenReviews, r.tokenRequests, r.loginPeak)
 }
 
 // costBed is the identities, the Vault role and the audit device shared by
@@ -157,12 +162,18 @@ func (c *costBed) measure(tb testing.TB, p costParams) costResult {
 		})
 	}
 	pause(hours(hour, p.warmup))
+	// The window runs from the first count's start to the second's: the
+	// time the first count takes is not added to it (with logins spread
+	// over the hour, an identity logging in just after the first count
+	// would be counted twice).
+	from := time.Now()
 	start := c.count(tb, ctx)
 	window := hours(hour, p.hours)
-	pause(window)
+	pause(time.Until(from.Add(window)))
 	end := c.count(tb, ctx)
 	per := float64(c.n) * p.hours
 	return costResult{
+		loginPeak:     c.loginPeak(tb, from, from.Add(window), hour/12),
 		logins:        (end.logins - start.logins) / per,
 		renewals:      (end.renewals - start.renewals) / per,
 		reads:         (end.reads - start.reads) / per,
@@ -170,6 +181,48 @@ func (c *costBed) measure(tb testing.TB, p costParams) costResult {
 		tokenReviews:  (end.tokenReviews - start.tokenReviews) / per,
 		tokenRequests: (end.tokenRequests - start.tokenRequests) / per,
 	}
+}
+
+// loginPeak reads the logins in [from, to) from Vault's audit log and
+// returns the most in one bucket of width over the mean per bucket.
+func (c *costBed) loginPeak(tb testing.TB, from, to time.Time, width time.Duration) float64 {
+	tb.Helper()
+	n := int(to.Sub(from) / width)
+	if n == 0 {
+		return 0
+	}
+	b := make([]int, n)
+	total := 0
+	f, err := os.Open(c.audit)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var e struct {
+			Time    time.Time `json:"time"`
+			Type    string    `json:"type"`
+			Request struct {
+				Path string `json:"path"`
+			} `json:"request"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Type != "response" || e.Request.Path != "auth/"+testenv.VaultKubeMount+"/login" {
+			continue
+		}
+		if i := int(e.Time.Sub(from) / width); !e.Time.Before(from) && i < n {
+			b[i]++
+			total++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(slices.Max(b)) / (float64(total) / float64(n))
 }
 
 func hours(hour time.Duration, h float64) time.Duration {
@@ -279,6 +332,7 @@ func BenchmarkSteadyStateCost(b *testing.B) {
 			b.ReportMetric(r.revokes, "revokes/id/h")
 			b.ReportMetric(r.tokenReviews, "tokenreviews/id/h")
 			b.ReportMetric(r.tokenRequests, "tokenrequests/id/h")
+			b.ReportMetric(r.loginPeak, "login-peak/mean")
 		})
 	}
 }

@@ -112,11 +112,16 @@ func TestPrefetch(t *testing.T) {
 	})
 }
 
-// startFake runs credinject with a fake clock that the test moves.
+// startFake runs credinject with a fake clock that the test moves, and
+// every identity's first relogin at the full vault.reloginInterval (no
+// random phase), the latest the bound allows, so the steps are exact.
 func startFake(t *testing.T, env *testenv.Env, cfg config.Config) (*apptest.Running, *clocktesting.FakeClock) {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Now())
-	return apptest.StartWith(t, env, cfg, func(o *app.Options) { o.Clock = clk }), clk
+	return apptest.StartWith(t, env, cfg, func(o *app.Options) {
+		o.Clock = clk
+		o.ReloginPhase = func() float64 { return 0 }
+	}), clk
 }
 
 // TestRevocationWithinOneRefresh: a namespace the role no longer binds is

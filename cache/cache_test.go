@@ -151,11 +151,11 @@ func TestTokens(t *testing.T) {
 	b[31] = 2 // same first 8 bytes: same ristretto key, different MAC
 	tc.Set(&a, "alice", now, now.Add(time.Minute))
 	tc.Wait()
-	if v, ok := tc.Get(&a, now); !ok || v != "alice" {
-		t.Fatalf("get a: %q %v", v, ok)
+	if v, ok := tc.Get(&a, now); !ok || v.Value != "alice" {
+		t.Fatalf("get a: %v %v", v, ok)
 	}
 	if v, ok := tc.Get(&b, now); ok {
-		t.Fatalf("a colliding MAC got %q", v)
+		t.Fatalf("a colliding MAC got %q", v.Value)
 	}
 	if _, ok := tc.Get(&a, now.Add(time.Minute)); ok {
 		t.Fatal("expired result served")
@@ -164,6 +164,76 @@ func TestTokens(t *testing.T) {
 	tc.Wait()
 	if _, ok := tc.Get(&b, now); ok {
 		t.Fatal("a result set already expired was stored")
+	}
+}
+
+// TestTokenServed: a token's remembered entry is handed back only for its
+// route and only while the credential cache holds that very entry: a
+// refresh's Set of a new entry or a Delete ends it, and storing it again
+// makes it current again.
+func TestTokenServed(t *testing.T) {
+	creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := cache.NewTokens[string](cache.TokensConfig{MaxEntries: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	now := time.Now()
+	var mac cache.MAC
+	mac[0] = 7
+	tc.Set(&mac, "ns-a/sa", now, now.Add(time.Minute))
+	tc.Wait()
+	tok, ok := tc.Get(&mac, now)
+	if !ok {
+		t.Fatal("token result not cached")
+	}
+	if e := tok.Served("openai"); e != nil {
+		t.Fatalf("nothing remembered yet, got %+v", e)
+	}
+	id := authz.NewIdentity("ns-a", "sa")
+	v1 := &cache.Entry{Route: "openai", Identity: id, Value: "v1"}
+	if err := creds.Set(v1); err != nil {
+		t.Fatal(err)
+	}
+	tok.Remember(v1)
+	if e := tok.Served("openai"); e != v1 {
+		t.Fatalf("Served = %+v, want v1", e)
+	}
+	if e := tok.Served(""); e != nil {
+		t.Fatalf("another route got %+v", e)
+	}
+	// A token looked up again is the same shared result.
+	if again, _ := tc.Get(&mac, now); again.Served("openai") != v1 {
+		t.Fatal("the cached result does not keep what was remembered")
+	}
+
+	v2 := &cache.Entry{Route: "openai", Identity: id, Value: "v2"}
+	if err := creds.Set(v2); err != nil {
+		t.Fatal(err)
+	}
+	if e := tok.Served("openai"); e != nil {
+		t.Fatalf("a replaced entry was served: %q", e.Value)
+	}
+	tok.Remember(v2)
+	creds.Delete("openai", id.Key)
+	if e := tok.Served("openai"); e != nil {
+		t.Fatalf("a deleted entry was served: %q", e.Value)
+	}
+	if err := creds.Set(v2); err != nil {
+		t.Fatal(err)
+	}
+	if e := tok.Served("openai"); e != v2 {
+		t.Fatalf("an entry stored again is current again, got %+v", e)
+	}
+	// Storing the same entry again does not end it.
+	if err := creds.Set(v2); err != nil {
+		t.Fatal(err)
+	}
+	if e := tok.Served("openai"); e != v2 {
+		t.Fatalf("re-storing the current entry ended it, got %+v", e)
 	}
 }
 

@@ -25,8 +25,9 @@ const (
 
 // Entry is one identity's credential for one route. Entries are immutable once
 // stored: a refresh stores a new Entry, so readers never see a torn update.
-// The fields every hit reads (its lifetimes, its refusal and its prepared
-// answer) come first, in the entry's first cache line.
+// The fields every hit reads (its lifetimes, its refusal, whether it is
+// still current and its prepared answer) come first, in the entry's first
+// cache line.
 type Entry struct {
 	FreshUntil time.Time // when a refresh is due
 	ExpiresAt  time.Time // after this the entry must not be served
@@ -35,7 +36,14 @@ type Entry struct {
 	// identity or holds no usable credential; it is the deny reason.
 	Denied authz.Reason
 
-	memo atomic.Pointer[any]
+	// superseded is set when the cache stops holding the entry (a Set of
+	// another entry for its key, or a Delete): a Token's Served then no
+	// longer returns it.
+	superseded atomic.Bool
+
+	// memo is Memo's value: the answer's interface words in the entry
+	// itself, so reading it is no extra pointer to chase.
+	memo atomic.Value
 
 	Route    string         // route name ("" is the default route)
 	Identity authz.Identity // whose credential this is
@@ -63,14 +71,14 @@ func (e *Entry) State(now time.Time) Freshness {
 
 // Memo returns a value derived from the entry (for example a prepared
 // response), building it at most once per entry in the common case. build must
-// be pure: concurrent first callers may each build, and one result wins.
+// be pure and must return a non-nil value of the same concrete type for every
+// caller: concurrent first callers may each build, and one result wins.
 func (e *Entry) Memo(build func(*Entry) any) any {
-	if p := e.memo.Load(); p != nil {
-		return *p
+	if v := e.memo.Load(); v != nil {
+		return v
 	}
-	v := build(e)
-	e.memo.CompareAndSwap(nil, &v)
-	return *e.memo.Load()
+	e.memo.CompareAndSwap(nil, build(e))
+	return e.memo.Load()
 }
 
 // ErrFull is returned by Set when the cache holds Capacity entries and the
@@ -142,10 +150,16 @@ func (c *Credentials) Set(e *Entry) error {
 	s := c.shard(k.identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, taken := s.m[k]; !taken && !c.reserve() {
+	old, taken := s.m[k]
+	if !taken && !c.reserve() {
 		return ErrFull
 	}
 	s.m[k] = e
+	// e may be stored again after a Delete: it is current again.
+	e.superseded.Store(false)
+	if taken && old != e {
+		old.superseded.Store(true)
+	}
 	return nil
 }
 
@@ -170,9 +184,10 @@ func (c *Credentials) Delete(route, identity string) {
 	s := c.shard(identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.m[k]; ok {
+	if old, ok := s.m[k]; ok {
 		delete(s.m, k)
 		c.size.Add(-1)
+		old.superseded.Store(true)
 	}
 }
 

@@ -3,6 +3,7 @@ package cache
 import (
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -12,19 +13,53 @@ import (
 // token-result cache is keyed by it and never sees a raw token.
 type MAC [32]byte
 
-// tokenItem keeps what every Get reads, the MAC and the expiry, in the
-// item's first cache line, before the value.
-type tokenItem[V any] struct {
+// Token is one cached validation result. Get hands out the cached Token
+// itself, shared by every request with the same token: its Value must be
+// read, never changed.
+//
+// A Token also remembers the credential entry last served for it (Remember,
+// Served), so a hit on a token that was just used skips the credential
+// cache's map: its key, an identity's name, is another cold read per
+// request at 100,000 identities.
+type Token[V any] struct {
+	// What every Get reads comes first, in the item's first cache line:
+	// the MAC, the expiry (Unix nanoseconds), the entry last served and
+	// the stamp.
 	mac     MAC
-	expires time.Time
-	value   V
+	expires int64
+	served  atomic.Pointer[Entry]
+	stamp   atomic.Uint64
+	Value   V
+}
+
+// Stamp records that the caller checked this result against something
+// that changes rarely, as of its generation gen (for example: the
+// ServiceAccount existed while the informer had seen gen removals).
+func (t *Token[V]) Stamp(gen uint64) { t.stamp.Store(gen + 1) }
+
+// Stamped reports whether Stamp recorded gen (never, for a new result).
+func (t *Token[V]) Stamped(gen uint64) bool { return t.stamp.Load() == gen+1 }
+
+// Remember records e as the entry served for this token. The caller must
+// have found e in the credential cache under this token's own identity.
+func (t *Token[V]) Remember(e *Entry) { t.served.Store(e) }
+
+// Served returns the entry Remember last recorded, if it is route's and is
+// still the one the credential cache holds (not replaced by a refresh, not
+// deleted); otherwise nil, and the caller looks the entry up.
+func (t *Token[V]) Served(route string) *Entry {
+	e := t.served.Load()
+	if e == nil || e.superseded.Load() || e.Route != route {
+		return nil
+	}
+	return e
 }
 
 // Tokens caches token validation results of type V. Unlike Credentials it is
 // a true cache: entries expire, and ristretto may evict under memory pressure,
 // which only costs a re-validation.
 type Tokens[V any] struct {
-	c *ristretto.Cache[uint64, *tokenItem[V]]
+	c *ristretto.Cache[uint64, *Token[V]]
 }
 
 // TokensConfig sizes the token-result cache.
@@ -38,7 +73,7 @@ func NewTokens[V any](cfg TokensConfig) (*Tokens[V], error) {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = 1 << 20
 	}
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *tokenItem[V]]{
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *Token[V]]{
 		NumCounters:        cfg.MaxEntries * 10,
 		MaxCost:            cfg.MaxEntries,
 		BufferItems:        64,
@@ -51,13 +86,12 @@ func NewTokens[V any](cfg TokensConfig) (*Tokens[V], error) {
 }
 
 // Get returns the result cached for mac if it has not expired at now.
-func (t *Tokens[V]) Get(mac *MAC, now time.Time) (V, bool) {
+func (t *Tokens[V]) Get(mac *MAC, now time.Time) (*Token[V], bool) {
 	it, ok := t.c.Get(binary.LittleEndian.Uint64(mac[:8]))
-	if !ok || it.mac != *mac || !now.Before(it.expires) {
-		var zero V
-		return zero, false
+	if !ok || it.mac != *mac || now.UnixNano() >= it.expires {
+		return nil, false
 	}
-	return it.value, true
+	return it, true
 }
 
 // Set caches v for mac until expires. Ristretto applies Sets asynchronously;
@@ -69,7 +103,7 @@ func (t *Tokens[V]) Set(mac *MAC, v V, now, expires time.Time) {
 	}
 	// The ristretto TTL only reclaims memory; expiry is decided by Get
 	// against the caller's clock.
-	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &tokenItem[V]{mac: *mac, value: v, expires: expires}, 1, ttl+10*time.Minute)
+	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &Token[V]{mac: *mac, Value: v, expires: expires.UnixNano()}, 1, ttl+10*time.Minute)
 }
 
 // Delete forgets mac.

@@ -46,14 +46,15 @@ func BenchmarkCheck(b *testing.B) {
 func BenchmarkCheckAudit(b *testing.B) {
 	for _, n := range []int{1_000, 100_000} {
 		b.Run(fmt.Sprintf("identities=%d", n), func(b *testing.B) {
-			l, err := audit.New(audit.Config{Output: io.Discard, Interval: time.Hour, MaxKeys: 2 * n})
-			if err != nil {
-				b.Fatal(err)
-			}
-			rec := checker.RecorderFunc(func(u checker.Use) {
-				l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, Route: u.Route, Host: u.Host, Version: u.Version, TokenTag: u.TokenTag})
+			benchCheckHitsOpts(b, n, "authorization", "Bearer key-%d", func(tb testing.TB) (checker.Recorder, checker.Tracing) {
+				l, err := audit.New(audit.Config{Output: io.Discard, Interval: time.Hour, MaxKeys: 2 * n})
+				if err != nil {
+					tb.Fatal(err)
+				}
+				return checker.RecorderFunc(func(u checker.Use) {
+					l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, Route: u.Route, Host: u.Host, Version: u.Version, TokenTag: u.TokenTag})
+				}), checker.Tracing{}
 			})
-			benchCheckHits(b, n, "authorization", "Bearer key-%d", rec)
 		})
 	}
 }
@@ -210,7 +211,7 @@ func BenchmarkCheckBySource(b *testing.B) {
 // number), warmed first, then asked in parallel in a scattered order; every
 // answer must be an allow. rec, if set, is told of every decision.
 func benchCheckHits(b *testing.B, n int, header, value string, rec checker.Recorder) {
-	benchCheckHitsOpts(b, n, header, value, rec, checker.Tracing{})
+	benchCheckHitsOpts(b, n, header, value, func(testing.TB) (checker.Recorder, checker.Tracing) { return rec, checker.Tracing{} })
 }
 
 // BenchmarkCheckTracing is BenchmarkCheck's 1,000 identities with tracing
@@ -224,21 +225,76 @@ func BenchmarkCheckTracing(b *testing.B) {
 		ratio float64
 	}{{"off", false, 0}, {"ratio=0", true, 0}, {"ratio=0.01", true, 0.01}} {
 		b.Run("tracing="+c.name, func(b *testing.B) {
-			var tr checker.Tracing
-			if c.on {
+			benchCheckHitsOpts(b, 1_000, "authorization", "Bearer key-%d", func(tb testing.TB) (checker.Recorder, checker.Tracing) {
+				if !c.on {
+					return nil, checker.Tracing{}
+				}
 				tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()),
 					sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
-				b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-				tr = checker.Tracing{TracerProvider: tp, SamplingRatio: c.ratio}
-			}
-			benchCheckHitsOpts(b, 1_000, "authorization", "Bearer key-%d", nil, tr)
+				tb.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+				return nil, checker.Tracing{TracerProvider: tp, SamplingRatio: c.ratio}
+			})
 		})
 	}
 }
 
-// benchCheckHitsOpts is benchCheckHits with tracing configured.
-func benchCheckHitsOpts(b *testing.B, n int, header, value string, rec checker.Recorder, tracing checker.Tracing) {
-	r := newRigOpts(b, nil, true, rec, tracing)
+// benchFixture is a warmed rig and its requests, kept across the rounds
+// the testing package runs one benchmark with (b.N = 1, 100, ...): building
+// 100,000 identities mints and verifies 100,000 tokens, which took minutes
+// per round.
+type benchFixture struct {
+	r    *rig
+	reqs []*authv3.CheckRequest
+}
+
+var benchFixtures struct {
+	name string
+	f    *benchFixture
+	stop func()
+}
+
+// benchCheckHitsOpts is benchCheckHits with the Recorder and tracing that
+// opts makes (once per fixture; cleanups registered on tb run when the
+// fixture is freed).
+func benchCheckHitsOpts(b *testing.B, n int, header, value string, opts func(tb testing.TB) (checker.Recorder, checker.Tracing)) {
+	f := benchFixtureFor(b, func(tb testing.TB) *rig {
+		rec, tracing := opts(tb)
+		return newRigOpts(tb, nil, true, rec, tracing)
+	}, n, header, value)
+	r, reqs := f.r, f.reqs
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			resp, _ := r.g.Check(ctx, reqs[i%n])
+			if resp.GetOkResponse() == nil {
+				b.Fatalf("not allowed: %v", outcome(resp))
+			}
+			i += 7919
+		}
+	})
+}
+
+// benchFixtureFor returns the fixture of the running benchmark (b.Name()),
+// building it on its first round: newRig's rig with n identities, each with
+// its own credential (header, value with %d for its number), and a warmed
+// token cache. Only one fixture is kept: a benchmark of another name frees
+// the last one.
+func benchFixtureFor(b *testing.B, newRig func(testing.TB) *rig, n int, header, value string) *benchFixture {
+	b.Helper()
+	if benchFixtures.name == b.Name() {
+		return benchFixtures.f
+	}
+	if benchFixtures.stop != nil {
+		benchFixtures.stop()
+		benchFixtures.name, benchFixtures.f, benchFixtures.stop = "", nil, nil
+	}
+	// The rig outlives this round, so its cleanups run when the next
+	// fixture replaces it, or with the process.
+	ft := &fixtureTB{TB: b}
+	r := newRig(ft)
 	reqs := make([]*authv3.CheckRequest, n)
 	for i := range n {
 		ns := fmt.Sprintf("ns-%d", i)
@@ -255,16 +311,22 @@ func benchCheckHitsOpts(b *testing.B, n int, header, value string, rec checker.R
 			}
 		}
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			resp, _ := r.g.Check(ctx, reqs[i%n])
-			if resp.GetOkResponse() == nil {
-				b.Fatalf("not allowed: %v", outcome(resp))
-			}
-			i += 7919
-		}
-	})
+	f := &benchFixture{r: r, reqs: reqs}
+	benchFixtures.name, benchFixtures.f, benchFixtures.stop = b.Name(), f, ft.cleanup
+	return f
+}
+
+// fixtureTB is a testing.TB whose Cleanup functions run when cleanup is
+// called, not at the end of the round that registered them.
+type fixtureTB struct {
+	testing.TB
+	cleanups []func()
+}
+
+func (t *fixtureTB) Cleanup(f func()) { t.cleanups = append(t.cleanups, f) }
+
+func (t *fixtureTB) cleanup() {
+	for i := len(t.cleanups) - 1; i >= 0; i-- {
+		t.cleanups[i]()
+	}
 }

@@ -32,7 +32,7 @@ type rig struct {
 	clock  *clocktesting.FakeClock
 	source func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
 	calls  atomic.Int64
-	gone   sync.Map // identity keys whose ServiceAccount is deleted
+	sas    *saFake
 	// objects are the bound objects that exist: "Kind:key" → uid.
 	objects sync.Map
 	// bound, if set, answers instead of objects (a benchmark's informer).
@@ -45,9 +45,31 @@ func (f sourceFunc) Credential(ctx context.Context, route string, id authz.Ident
 	return f(ctx, route, id, token, exp)
 }
 
-type saFunc func(key, uid string) bool
+// saFake is the ServiceAccounts informer's stand-in: every ServiceAccount
+// exists but the removed ones, and it counts removals as the informer does.
+type saFake struct {
+	gone     sync.Map // identity keys whose ServiceAccount is deleted
+	removals atomic.Uint64
+	asked    atomic.Int64 // Exists calls
+}
 
-func (f saFunc) Exists(key, uid string) bool { return f(key, uid) }
+func (s *saFake) Exists(key, uid string) bool {
+	s.asked.Add(1)
+	_, gone := s.gone.Load(key)
+	return !gone
+}
+
+func (s *saFake) Removals() uint64 { return s.removals.Load() }
+
+// remove deletes key's ServiceAccount: Exists answers it, then the count
+// moves, in the informer's order.
+func (s *saFake) remove(key string) {
+	s.gone.Store(key, true)
+	s.removals.Add(1)
+}
+
+// recreate creates key's ServiceAccount again (an add moves no count).
+func (s *saFake) recreate(key string) { s.gone.Delete(key) }
 
 func newRig(tb testing.TB, routes []checker.Route, hasDefault bool) *rig {
 	tb.Helper()
@@ -69,7 +91,7 @@ func newTracedRig(tb testing.TB, routes []checker.Route, hasDefault bool, tracin
 // newRigOpts builds a rig with a Recorder (nil: none) and tracing.
 func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder, tracing checker.Tracing) *rig {
 	tb.Helper()
-	r := &rig{}
+	r := &rig{sas: &saFake{}}
 	r.clock = clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	var err error
 	if r.iss, err = satoken.New("https://issuer.test"); err != nil {
@@ -91,7 +113,7 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 	}
 	r.c, err = checker.New(checker.Config{
 		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
-		ServiceAccounts: saFunc(func(key, uid string) bool { _, gone := r.gone.Load(key); return !gone }),
+		ServiceAccounts: r.sas,
 		BoundObjects: checker.BoundObjectsFunc(func(kind checker.BoundKind, key, uid string) bool {
 			if r.bound != nil {
 				return r.bound.Exists(kind, key, uid)
@@ -272,8 +294,8 @@ func TestDecisions(t *testing.T) {
 	t.Run("deleted service account", func(t *testing.T) {
 		tok := r.token(t, "team-b", "app")
 		check(t, r, "Bearer "+tok, "x") // cached as valid
-		r.gone.Store("team-b/app", true)
-		defer r.gone.Delete("team-b/app")
+		r.sas.remove("team-b/app")
+		defer r.sas.recreate("team-b/app")
 		if got := outcome(check(t, r, "Bearer "+tok, "x")); got != "deny 401 unknown_serviceaccount www=Bearer" {
 			t.Fatalf("got %q", got)
 		}
@@ -398,4 +420,79 @@ func TestNoCrossIdentityUnderConcurrency(t *testing.T) {
 	if bad.Load() != 0 {
 		t.Fatalf("%d answers were not the caller's own key", bad.Load())
 	}
+}
+
+// TestRotationReachesAServedToken: a token result remembers the entry it was
+// last served, so a hit skips the credential map; a refresh that stores a
+// new entry, and a Delete, must still reach the very next request with
+// that token, and a token used on two routes gets each route's own entry.
+func TestRotationReachesAServedToken(t *testing.T) {
+	r := newRig(t, []checker.Route{{Name: "anthropic", Hosts: []string{"api.anthropic.com"}}}, true)
+	r.put(t, "", "ns", "sa", "authorization", "Bearer v1")
+	r.put(t, "anthropic", "ns", "sa", "x-api-key", "a1")
+	tok := "Bearer " + r.token(t, "ns", "sa")
+	want := func(host, w string) {
+		t.Helper()
+		if got := outcome(check(t, r, tok, host)); got != w {
+			t.Fatalf("%s: got %q, want %q", host, got, w)
+		}
+	}
+	// Validated, then a hit that remembers the entry, then a hit through it.
+	want("h", "allow authorization=Bearer v1")
+	r.c.WaitTokens() // the token's result is in the cache
+	want("h", "allow authorization=Bearer v1")
+	want("h", "allow authorization=Bearer v1")
+
+	r.put(t, "", "ns", "sa", "authorization", "Bearer v2")
+	want("h", "allow authorization=Bearer v2")
+	want("h", "allow authorization=Bearer v2")
+
+	calls := r.calls.Load()
+	r.creds.Delete("", authz.NewIdentity("ns", "sa").Key)
+	want("h", "deny 503 vault_unavailable")
+	if r.calls.Load() != calls+1 {
+		t.Fatalf("a deleted entry must be a miss that asks the source: %d calls, want %d", r.calls.Load(), calls+1)
+	}
+
+	r.put(t, "", "ns", "sa", "authorization", "Bearer v3")
+	for range 2 {
+		want("api.anthropic.com", "allow x-api-key=a1")
+		want("h", "allow authorization=Bearer v3")
+	}
+}
+
+// TestServiceAccountAskedOncePerRemoval: a cached token result confirmed
+// against the ServiceAccount informer is not asked again until the informer
+// counts a removal; then it is, and a removed ServiceAccount's token is
+// refused on its very next request.
+func TestServiceAccountAskedOncePerRemoval(t *testing.T) {
+	r := newRig(t, nil, true)
+	r.put(t, "", "ns", "sa", "authorization", "Bearer k")
+	tok := "Bearer " + r.token(t, "ns", "sa")
+	want := func(w string) {
+		t.Helper()
+		if got := outcome(check(t, r, tok, "h")); got != w {
+			t.Fatalf("got %q, want %q", got, w)
+		}
+	}
+	want("allow authorization=Bearer k") // validated
+	r.c.WaitTokens()
+	asked := r.sas.asked.Load()
+	for range 5 {
+		want("allow authorization=Bearer k")
+	}
+	if n := r.sas.asked.Load() - asked; n != 1 {
+		t.Fatalf("5 hits asked the informer %d times, want once", n)
+	}
+	// Another ServiceAccount's removal: asked once more, still allowed.
+	r.sas.remove("other/sa")
+	for range 3 {
+		want("allow authorization=Bearer k")
+	}
+	if n := r.sas.asked.Load() - asked; n != 2 {
+		t.Fatalf("after another removal the informer was asked %d times in all, want 2", n)
+	}
+	r.sas.remove("ns/sa")
+	want("deny 401 unknown_serviceaccount www=Bearer")
+	want("deny 401 unknown_serviceaccount www=Bearer")
 }

@@ -33,8 +33,12 @@ var _ credentialCache = (*cache.Credentials)(nil)
 
 // Config wires a Checker. It is copied by New.
 type Config struct {
-	Validator       Validator
-	ServiceAccounts ServiceAccounts // nil: no existence check
+	Validator Validator
+	// ServiceAccounts, if set, refuses the tokens of deleted ServiceAccounts
+	// (nil: no existence check). If it also implements
+	// ServiceAccountRemovals, cached token results skip it while nothing
+	// has been removed.
+	ServiceAccounts ServiceAccounts
 	// BoundObjects, if set, revokes tokens bound to a Pod, Secret or Node
 	// when the object is gone or has another uid (jwks mode).
 	BoundObjects BoundObjects
@@ -103,6 +107,7 @@ func New(cfg Config) (*Checker, error) {
 		v: cfg.Validator, sas: cfg.ServiceAccounts, bound: cfg.BoundObjects, cache: tc, cfg: cfg.TokenCache,
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
 	}
+	c.tokens.removals, _ = cfg.ServiceAccounts.(ServiceAccountRemovals)
 	return c, nil
 }
 
@@ -159,7 +164,7 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		return Decision{Reason: r}
 	}
 	c.hash.mac(token, &mac)
-	ti, r := c.tokens.validate(ctx, token, &mac)
+	ti, hit, r := c.tokens.validate(ctx, token, &mac, start)
 	if r != authz.ReasonNone {
 		c.cfg.Log.Debug("deny", "reason", string(r), "token", tokenTag(&mac))
 		return Decision{Reason: r}
@@ -170,7 +175,7 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key, "host", host)
 		return Decision{Reason: authz.ReasonNoRoute, Identity: id}
 	}
-	d = c.credential(ctx, route, ti, token, start)
+	d = c.credential(ctx, route, ti, hit, token, start)
 	d.route, d.routed = route, true
 	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
 		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "route", route, "token", tokenTag(&mac), "stale", d.Stale)
@@ -178,9 +183,22 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 	return d
 }
 
-func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, token string, now time.Time) Decision {
+// credential finds the credential of (route, ti's identity) at now. hit,
+// the token's cached result (nil if the token was just validated), gives the
+// entry last served for the token while the cache still holds it; otherwise
+// the entry is looked up and remembered there.
+func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, hit *cache.Token[tokenResult], token string, now time.Time) Decision {
 	id := ti.Identity
-	e, ok := c.cfg.Credentials.Get(route, id.Key)
+	var e *cache.Entry
+	if hit != nil {
+		e = hit.Served(route)
+	}
+	ok := e != nil
+	if !ok {
+		if e, ok = c.cfg.Credentials.Get(route, id.Key); ok && hit != nil {
+			hit.Remember(e)
+		}
+	}
 	if ok {
 		switch e.State(now) {
 		case cache.Fresh:

@@ -65,6 +65,15 @@ type ServiceAccounts interface {
 	Exists(key, uid string) bool
 }
 
+// ServiceAccountRemovals is optionally implemented by a ServiceAccounts
+// (*kube.ServiceAccounts does): Removals counts the ServiceAccounts deleted
+// or replaced, and moves only after Exists answers the change. A cached
+// token result that Exists confirmed is then not asked again until the
+// count moves: a hit skips the informer's lock and map.
+type ServiceAccountRemovals interface {
+	Removals() uint64
+}
+
 // maxTokenLen bounds what is hashed and sent anywhere; real SA tokens are ~1 KiB.
 const maxTokenLen = 16 << 10
 
@@ -256,44 +265,48 @@ type TokenCacheConfig struct {
 // cachedValidator puts the token-result cache, single-flight and the
 // ServiceAccount existence check in front of a Validator.
 type cachedValidator struct {
-	v       Validator
-	sas     ServiceAccounts
-	bound   BoundObjects
-	cache   *cache.Tokens[tokenResult]
-	cfg     TokenCacheConfig
-	clock   clock.PassiveClock
-	flight  singleflight.Group
-	metrics *metrics
-	log     *slog.Logger
+	v        Validator
+	sas      ServiceAccounts
+	removals ServiceAccountRemovals // nil: sas does not count removals
+	bound    BoundObjects
+	cache    *cache.Tokens[tokenResult]
+	cfg      TokenCacheConfig
+	clock    clock.PassiveClock
+	flight   singleflight.Group
+	metrics  *metrics
+	log      *slog.Logger
 }
 
-// validate returns the identity for token, or a deny reason.
-func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC) (TokenInfo, authz.Reason) {
-	now := c.clock.Now()
-	res, ok := c.cache.Get(mac, now)
+// validate returns the identity for token at now, or a deny reason. On a
+// token cache hit it also returns the cached result, which remembers the
+// credential entry last served for the token (nil on a miss).
+func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC, now time.Time) (TokenInfo, *cache.Token[tokenResult], authz.Reason) {
+	var res tokenResult
+	hit, ok := c.cache.Get(mac, now)
 	if ok {
 		c.metrics.tokenHit.Inc()
+		res = hit.Value
 	} else {
 		if r := checkShape(token); r != authz.ReasonNone {
-			return TokenInfo{}, r
+			return TokenInfo{}, nil, r
 		}
 		c.metrics.tokenMiss.Inc()
 		var err error
 		res, err = c.fill(ctx, token, mac)
 		if err != nil {
-			return TokenInfo{}, authz.ReasonOf(err)
+			return TokenInfo{}, nil, authz.ReasonOf(err)
 		}
 	}
 	if res.reason != authz.ReasonNone {
-		return TokenInfo{}, res.reason
+		return TokenInfo{}, nil, res.reason
 	}
 	if !res.id.Expires.IsZero() && !now.Before(res.id.Expires) {
-		return TokenInfo{}, authz.ReasonInvalidToken
+		return TokenInfo{}, nil, authz.ReasonInvalidToken
 	}
 	// Revocation: a deleted (or deleted and re-created) ServiceAccount's
 	// tokens stop working as soon as the informer sees it.
-	if c.sas != nil && !c.sas.Exists(res.id.Identity.Key, res.id.UID) {
-		return TokenInfo{}, authz.ReasonUnknownServiceAccount
+	if c.sas != nil && !c.serviceAccountExists(hit, &res.id) {
+		return TokenInfo{}, nil, authz.ReasonUnknownServiceAccount
 	}
 	// Likewise a token bound to a Pod, Secret or Node dies with it, as the
 	// API server's own authenticator refuses it.
@@ -301,11 +314,30 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 		for i := range res.id.Bound {
 			b := &res.id.Bound[i]
 			if !c.bound.Exists(b.Kind, b.Key, b.UID) {
-				return TokenInfo{}, authz.ReasonInvalidToken
+				return TokenInfo{}, nil, authz.ReasonInvalidToken
 			}
 		}
 	}
-	return res.id, authz.ReasonNone
+	return res.id, hit, authz.ReasonNone
+}
+
+// serviceAccountExists asks the informer whether id's ServiceAccount still
+// exists, unless hit, the token's cached result, was confirmed at the
+// current count of removals. The count is read before asking, so a removal
+// the answer missed moves it past the stamp.
+func (c *cachedValidator) serviceAccountExists(hit *cache.Token[tokenResult], id *TokenInfo) bool {
+	if hit == nil || c.removals == nil {
+		return c.sas.Exists(id.Identity.Key, id.UID)
+	}
+	gen := c.removals.Removals()
+	if hit.Stamped(gen) {
+		return true
+	}
+	if !c.sas.Exists(id.Identity.Key, id.UID) {
+		return false
+	}
+	hit.Stamp(gen)
+	return true
 }
 
 func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MAC) (tokenResult, error) {
@@ -316,8 +348,8 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 		// The flight outlives any one caller: it runs detached, with its own
 		// timeout, and re-checks the cache first.
 		now := c.clock.Now()
-		if res, ok := c.cache.Get(mac, now); ok {
-			return res, nil
+		if hit, ok := c.cache.Get(mac, now); ok {
+			return hit.Value, nil
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
@@ -34,6 +35,8 @@ import (
 type ServiceAccounts struct {
 	factory  informers.SharedInformerFactory
 	informer toolscache.SharedIndexInformer
+	// removals counts ServiceAccounts deleted or replaced; see Removals.
+	removals atomic.Uint64
 }
 
 // NewServiceAccounts builds the informer (started by Run). It keeps each
@@ -44,7 +47,20 @@ type ServiceAccounts struct {
 func NewServiceAccounts(client kubernetes.Interface, resync time.Duration) *ServiceAccounts {
 	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(trimServiceAccount))
 	inf := f.Core().V1().ServiceAccounts().Informer()
-	return &ServiceAccounts{factory: f, informer: inf}
+	s := &ServiceAccounts{factory: f, informer: inf}
+	// An informer calls its handlers after its store holds the change, so
+	// the count moves only once Exists already answers the new state.
+	_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.ServiceAccount)
+			n, ok2 := newObj.(*corev1.ServiceAccount)
+			if ok1 && ok2 && o.UID != n.UID {
+				s.removals.Add(1)
+			}
+		},
+		DeleteFunc: func(any) { s.removals.Add(1) },
+	})
+	return s
 }
 
 // trimServiceAccount keeps what the informer's readers need; the informer
@@ -85,6 +101,13 @@ func (s *ServiceAccounts) Exists(key, uid string) bool {
 	sa, isSA := obj.(*corev1.ServiceAccount)
 	return isSA && (uid == "" || sa.UID == types.UID(uid))
 }
+
+// Removals counts the ServiceAccounts the informer has seen deleted or
+// replaced (the same name with a new uid) since it started. It moves only
+// after Exists answers the change, so a caller that read Removals, then saw
+// Exists answer true, may trust that answer while Removals still returns
+// what it read: the checker's cached token results skip Exists that way.
+func (s *ServiceAccounts) Removals() uint64 { return s.removals.Load() }
 
 // AddHandler registers add/delete callbacks.
 func (s *ServiceAccounts) AddHandler(onAdd, onDelete func(namespace, name string)) error {

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -105,4 +107,65 @@ func BenchmarkServiceAccountsHeap(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestServiceAccountRemovals: deleting a ServiceAccount, or replacing it
+// (same name, new uid), moves Removals, and by then Exists already answers
+// the change; adding or updating one in place does not move it.
+func TestServiceAccountRemovals(t *testing.T) {
+	sa := serviceAccount(1)
+	client := fake.NewClientset(sa)
+	s := NewServiceAccounts(client, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if !s.WaitForSync(ctx) {
+		t.Fatal("informer did not sync")
+	}
+	key := sa.Namespace + "/" + sa.Name
+	// waitFor polls until Removals is n and checks what Exists says then.
+	waitFor := func(n uint64, present func() bool) {
+		t.Helper()
+		err := wait.PollUntilContextTimeout(ctx, time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			return s.Removals() >= n, nil
+		})
+		if err != nil || s.Removals() != n {
+			t.Fatalf("Removals = %d, want %d (%v)", s.Removals(), n, err)
+		}
+		if !present() {
+			t.Fatalf("Removals moved to %d before Exists answered the change", n)
+		}
+	}
+	sas := client.CoreV1().ServiceAccounts(sa.Namespace)
+
+	// An add and an in-place update move nothing: both are seen (List,
+	// the label) before the next removal is counted as the first.
+	added := serviceAccount(2)
+	if _, err := client.CoreV1().ServiceAccounts(added.Namespace).Create(ctx, added, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	updated := sa.DeepCopy()
+	updated.ResourceVersion = ""
+	updated.Labels = map[string]string{"changed": "yes"}
+	if _, err := sas.Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Replaced: same name, new uid.
+	replaced := sa.DeepCopy()
+	replaced.ResourceVersion = ""
+	replaced.UID = "new-uid"
+	if _, err := sas.Update(ctx, replaced, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(1, func() bool { return !s.Exists(key, string(sa.UID)) && s.Exists(key, "new-uid") })
+	if !s.Exists(added.Namespace+"/"+added.Name, string(added.UID)) {
+		t.Fatal("the added ServiceAccount is not there")
+	}
+
+	if err := sas.Delete(ctx, sa.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(2, func() bool { return !s.Exists(key, "") })
 }

@@ -7,10 +7,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +27,8 @@ import (
 	metadatafake "k8s.io/client-go/metadata/fake"
 
 	"github.com/credinject/credinject/audit"
+	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/internal/satoken"
 	"github.com/credinject/credinject/kube"
@@ -328,5 +333,65 @@ func (t *fixtureTB) Cleanup(f func()) { t.cleanups = append(t.cleanups, f) }
 func (t *fixtureTB) cleanup() {
 	for i := len(t.cleanups) - 1; i >= 0; i-- {
 		t.cleanups[i]()
+	}
+}
+
+// BenchmarkCheckWhileMissesWait is BenchmarkCheck's 1,000 identities while
+// other requests wait on misses: 0 or 100 requests of identities without a
+// credential, each held in a credential source that answers only when the
+// benchmark ends (a slow Vault). A waiting miss holds no lock a hit needs,
+// so the hits cost the same.
+func BenchmarkCheckWhileMissesWait(b *testing.B) {
+	for _, waiting := range []int{0, 100} {
+		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
+			f := benchFixtureFor(b, func(tb testing.TB) *rig {
+				r := newRigOpts(tb, nil, true, nil, checker.Tracing{})
+				release := make(chan struct{})
+				r.source = func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
+					select {
+					case <-release:
+					case <-ctx.Done():
+					}
+					return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("benchmark over"))
+				}
+				var answered sync.WaitGroup
+				for i := range waiting {
+					tok := "Bearer " + r.token(tb, fmt.Sprintf("waiting-%d", i), "sa")
+					answered.Add(1)
+					go func() {
+						defer answered.Done()
+						// Asked again whenever the checker's source timeout
+						// (10 s) ends a wait, until the benchmark is over.
+						for {
+							_, _ = r.g.Check(context.Background(), request(tok, "api.openai.com"))
+							select {
+							case <-release:
+								return
+							default:
+							}
+						}
+					}()
+				}
+				tb.Cleanup(func() { close(release); answered.Wait() })
+				// Every waiting request has reached the source.
+				for r.calls.Load() < int64(waiting) {
+					runtime.Gosched()
+				}
+				return r
+			}, 1_000, "authorization", "Bearer key-%d")
+			r, reqs, n := f.r, f.reqs, len(f.reqs)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
+						b.Fatalf("not allowed: %v", outcome(resp))
+					}
+					i += 7919
+				}
+			})
+		})
 	}
 }

@@ -496,3 +496,46 @@ func TestServiceAccountAskedOncePerRemoval(t *testing.T) {
 	want("deny 401 unknown_serviceaccount www=Bearer")
 	want("deny 401 unknown_serviceaccount www=Bearer")
 }
+
+// TestMissDoesNotHoldUpOthers: while one identity's miss waits on its
+// credential source, hits of other identities and misses of a third are
+// answered; the waiting one is answered once its source returns.
+func TestMissDoesNotHoldUpOthers(t *testing.T) {
+	r := newRig(t, nil, true)
+	entered, release := make(chan struct{}), make(chan struct{})
+	r.source = func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
+		if id.Key == "slow/sa" {
+			close(entered)
+			<-release
+		}
+		now := r.clock.Now()
+		return &cache.Entry{Route: route, Identity: id, Header: "authorization", Value: "Bearer from-source-" + id.Namespace,
+			ReadAt: now, FreshUntil: now.Add(time.Minute), ExpiresAt: now.Add(time.Minute)}, nil
+	}
+	slow := make(chan string, 1)
+	slowTok := "Bearer " + r.token(t, "slow", "sa")
+	go func() { slow <- outcome(check(t, r, slowTok, "h")) }()
+	<-entered
+	for i := range 10 {
+		ns := fmt.Sprintf("ns-%d", i)
+		r.put(t, "", ns, "sa", "authorization", "Bearer k-"+ns)
+		tok := "Bearer " + r.token(t, ns, "sa")
+		for range 3 {
+			if got := outcome(check(t, r, tok, "h")); got != "allow authorization=Bearer k-"+ns {
+				t.Fatalf("%s while slow/sa's miss waits: %q", ns, got)
+			}
+		}
+	}
+	if got := outcome(check(t, r, "Bearer "+r.token(t, "other", "sa"), "h")); got != "allow authorization=Bearer from-source-other" {
+		t.Fatalf("another miss while slow/sa's waits: %q", got)
+	}
+	select {
+	case got := <-slow:
+		t.Fatalf("slow/sa answered before its source returned: %q", got)
+	default:
+	}
+	close(release)
+	if got := <-slow; got != "allow authorization=Bearer from-source-slow" {
+		t.Fatalf("slow/sa once its source returned: %q", got)
+	}
+}

@@ -90,3 +90,42 @@ func TestRefreshersShareGoroutines(t *testing.T) {
 		t.Fatalf("goroutines %d -> %d for 300 identities", before, after)
 	}
 }
+
+// TestStuckMissDoesNotDelayOtherMisses: a request's miss for an identity
+// whose Vault reads hang waits for its own caller only; misses of other
+// identities are answered meanwhile, and the hung one ends when its caller
+// gives up.
+func TestStuckMissDoesNotDelayOtherMisses(t *testing.T) {
+	r := newRig(t)
+	stuck, stuckTok := r.identity("ns", "stuck", "s1")
+	r.vault.mu.Lock()
+	r.vault.stuck[stuck.Key] = true
+	r.vault.mu.Unlock()
+	ctx, giveUp := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.w.Credential(ctx, "", stuck, stuckTok, r.clock.Now().Add(time.Hour))
+		done <- err
+	}()
+	r.eventually("the stuck identity's read to hang", func() bool {
+		r.vault.mu.Lock()
+		defer r.vault.mu.Unlock()
+		return r.vault.blocked == 1
+	})
+	for i := range 20 {
+		id, tok := r.identity("ns", fmt.Sprintf("sa-%d", i), fmt.Sprintf("k%d", i))
+		e, err := r.miss("", id, tok)
+		if err != nil || e.Value != fmt.Sprintf("Bearer k%d", i) {
+			t.Fatalf("%s while another identity hangs: %v %v", id.Key, e, err)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the stuck miss returned before its caller gave up: %v", err)
+	default:
+	}
+	giveUp()
+	if err := <-done; authz.ReasonOf(err) != authz.ReasonVaultUnavailable {
+		t.Fatalf("the stuck miss after its caller gave up: %v", err)
+	}
+}

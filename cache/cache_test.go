@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
@@ -165,6 +166,61 @@ func TestTokens(t *testing.T) {
 	if _, ok := tc.Get(&b, now); ok {
 		t.Fatal("a result set already expired was stored")
 	}
+}
+
+// TestTokensExpireOnTheMonotonicClock: a result's lifetime is measured as
+// time.Time measures it: on the monotonic clock when both times carry a
+// reading of it (the real clock's do), so a wall clock stepped back (NTP, a
+// resumed VM) does not keep a token result past cache.tokenTTL; times
+// without one (a fake clock's) are compared on the wall clock.
+func TestTokensExpireOnTheMonotonicClock(t *testing.T) {
+	tc, err := cache.NewTokens[string](cache.TokensConfig{MaxEntries: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	now := time.Now()
+	var a cache.MAC
+	a[0] = 3
+	tc.Set(&a, "alice", now, now.Add(30*time.Second))
+	tc.Wait()
+	// 31 s later by the monotonic clock, while the wall clock, stepped back,
+	// still reads now.
+	later := monotonicAhead(now, 31*time.Second)
+	if later.Sub(now) != 31*time.Second || !later.Round(0).Equal(now.Round(0)) {
+		t.Fatalf("could not make a time 31 s ahead on the monotonic clock only: %v", later.Sub(now))
+	}
+	if _, ok := tc.Get(&a, later); ok {
+		t.Fatal("a wall clock stepped back kept a token result past its lifetime")
+	}
+	if _, ok := tc.Get(&a, now.Add(29*time.Second)); !ok {
+		t.Fatal("a live result was not served")
+	}
+	// Without monotonic readings the wall clock decides.
+	wall := now.Round(0)
+	tc.Set(&a, "bob", wall, wall.Add(30*time.Second))
+	tc.Wait()
+	if v, ok := tc.Get(&a, wall.Add(29*time.Second)); !ok || v.Value != "bob" {
+		t.Fatal("a live result (wall clock) was not served")
+	}
+	if _, ok := tc.Get(&a, wall.Add(30*time.Second)); ok {
+		t.Fatal("an expired result (wall clock) was served")
+	}
+}
+
+// monotonicAhead returns t0 with its monotonic clock reading moved d ahead
+// and its wall clock reading unchanged: what time.Now returns after d when
+// the wall clock was stepped back by d. t0 must carry a monotonic reading.
+func monotonicAhead(t0 time.Time, d time.Duration) time.Time {
+	t := t0
+	// time.Time's layout: the wall clock, the monotonic reading, the zone.
+	p := (*struct {
+		wall uint64
+		ext  int64
+		loc  *time.Location
+	})(unsafe.Pointer(&t))
+	p.ext += int64(d)
+	return t
 }
 
 // TestTokenServed: a token's remembered entry is handed back only for its

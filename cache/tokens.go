@@ -23,10 +23,10 @@ type MAC [32]byte
 // request at 100,000 identities.
 type Token[V any] struct {
 	// What every Get reads comes first, in the item's first cache line:
-	// the MAC, the expiry (Unix nanoseconds), the entry last served and
-	// the stamp.
+	// the MAC, the expiry (nanoseconds after the cache's base), the entry
+	// last served and the stamp.
 	mac     MAC
-	expires int64
+	expires time.Duration
 	served  atomic.Pointer[Entry]
 	stamp   atomic.Uint64
 	Value   V
@@ -60,6 +60,11 @@ func (t *Token[V]) Served(route string) *Entry {
 // which only costs a re-validation.
 type Tokens[V any] struct {
 	c *ristretto.Cache[uint64, *Token[V]]
+	// base is when the cache was made (with a monotonic clock reading):
+	// expiries are kept as offsets from it, which time.Time's Sub measures
+	// on the monotonic clock when the caller's times carry it, so a wall
+	// clock stepped back does not stretch a result's lifetime.
+	base time.Time
 }
 
 // TokensConfig sizes the token-result cache.
@@ -82,13 +87,13 @@ func NewTokens[V any](cfg TokensConfig) (*Tokens[V], error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: new token cache: %w", err)
 	}
-	return &Tokens[V]{c: rc}, nil
+	return &Tokens[V]{c: rc, base: time.Now()}, nil
 }
 
 // Get returns the result cached for mac if it has not expired at now.
 func (t *Tokens[V]) Get(mac *MAC, now time.Time) (*Token[V], bool) {
 	it, ok := t.c.Get(binary.LittleEndian.Uint64(mac[:8]))
-	if !ok || it.mac != *mac || now.UnixNano() >= it.expires {
+	if !ok || it.mac != *mac || now.Sub(t.base) >= it.expires {
 		return nil, false
 	}
 	return it, true
@@ -103,7 +108,7 @@ func (t *Tokens[V]) Set(mac *MAC, v V, now, expires time.Time) {
 	}
 	// The ristretto TTL only reclaims memory; expiry is decided by Get
 	// against the caller's clock.
-	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &Token[V]{mac: *mac, Value: v, expires: expires.UnixNano()}, 1, ttl+10*time.Minute)
+	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &Token[V]{mac: *mac, Value: v, expires: expires.Sub(t.base)}, 1, ttl+10*time.Minute)
 }
 
 // Delete forgets mac.

@@ -105,17 +105,7 @@ func BenchmarkCheckBound(b *testing.B) {
 			}
 		}
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
-				b.Fatalf("not allowed: %v", outcome(resp))
-			}
-			i += 7919
-		}
-	})
+	runHits(b, r, reqs)
 }
 
 // BenchmarkCheckHeaderCase: a headers map with "Authorization" capitalised
@@ -266,15 +256,20 @@ func benchCheckHitsOpts(b *testing.B, n int, header, value string, opts func(tb 
 		rec, tracing := opts(tb)
 		return newRigOpts(tb, nil, true, rec, tracing)
 	}, n, header, value)
-	r, reqs := f.r, f.reqs
+	runHits(b, f.r, f.reqs)
+}
+
+// runHits is the measured loop of the hit benchmarks: reqs asked in
+// parallel in a scattered order, every answer an allow.
+func runHits(b *testing.B, r *rig, reqs []*authv3.CheckRequest) {
+	n := len(reqs)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			resp, _ := r.g.Check(ctx, reqs[i%n])
-			if resp.GetOkResponse() == nil {
+			if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
 				b.Fatalf("not allowed: %v", outcome(resp))
 			}
 			i += 7919
@@ -379,19 +374,7 @@ func BenchmarkCheckWhileMissesWait(b *testing.B) {
 				}
 				return r
 			}, 1_000, "authorization", "Bearer key-%d")
-			r, reqs, n := f.r, f.reqs, len(f.reqs)
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				i := 0
-				for pb.Next() {
-					if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
-						b.Fatalf("not allowed: %v", outcome(resp))
-					}
-					i += 7919
-				}
-			})
+			runHits(b, f.r, f.reqs)
 		})
 	}
 }

@@ -193,36 +193,51 @@ func (c *costBed) loginPeak(tb testing.TB, from, to time.Time, width time.Durati
 	}
 	b := make([]int, n)
 	total := 0
-	f, err := os.Open(c.audit)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		var e struct {
-			Time    time.Time `json:"time"`
-			Type    string    `json:"type"`
-			Request struct {
-				Path string `json:"path"`
-			} `json:"request"`
-		}
-		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Type != "response" || e.Request.Path != "auth/"+testenv.VaultKubeMount+"/login" {
-			continue
+	c.responses(tb, func(e *auditResponse) {
+		if e.Request.Path != "auth/"+testenv.VaultKubeMount+"/login" {
+			return
 		}
 		if i := int(e.Time.Sub(from) / width); !e.Time.Before(from) && i < n {
 			b[i]++
 			total++
 		}
-	}
-	if err := sc.Err(); err != nil {
-		tb.Fatal(err)
-	}
+	})
 	if total == 0 {
 		return 0
 	}
 	return float64(slices.Max(b)) / (float64(total) / float64(n))
+}
+
+// auditResponse is what the cost bench reads of a Vault audit log entry.
+type auditResponse struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Request struct {
+		Path      string `json:"path"`
+		Operation string `json:"operation"`
+	} `json:"request"`
+}
+
+// responses calls f with every response entry of Vault's audit log so far.
+func (c *costBed) responses(tb testing.TB, f func(*auditResponse)) {
+	tb.Helper()
+	file, err := os.Open(c.audit)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var e auditResponse
+		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Type != "response" {
+			continue
+		}
+		f(&e)
+	}
+	if err := sc.Err(); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 func hours(hour time.Duration, h float64) time.Duration {
@@ -254,24 +269,7 @@ func waitUntilTB(tb testing.TB, timeout time.Duration, what string, cond func() 
 func (c *costBed) count(tb testing.TB, ctx context.Context) costResult {
 	tb.Helper()
 	var r costResult
-	f, err := os.Open(c.audit)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		var e struct {
-			Type    string `json:"type"`
-			Request struct {
-				Path      string `json:"path"`
-				Operation string `json:"operation"`
-			} `json:"request"`
-		}
-		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Type != "response" {
-			continue
-		}
+	c.responses(tb, func(e *auditResponse) {
 		switch path := e.Request.Path; {
 		case path == "auth/"+testenv.VaultKubeMount+"/login":
 			r.logins++
@@ -282,10 +280,8 @@ func (c *costBed) count(tb testing.TB, ctx context.Context) costResult {
 		case strings.HasPrefix(path, testenv.VaultKVMount+"/data/egress/") && e.Request.Operation == "read":
 			r.reads++
 		}
-	}
-	if err := sc.Err(); err != nil {
-		tb.Fatal(err)
-	}
+	})
+	var err error
 	if r.tokenReviews, err = c.env.Kube.RequestCountOf(ctx, "tokenreviews", ""); err != nil {
 		tb.Fatal(err)
 	}

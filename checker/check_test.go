@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,6 +34,10 @@ type rig struct {
 	source func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
 	calls  atomic.Int64
 	sas    *saFake
+	// validator and router are the checker's, for a test that builds
+	// another checker on the same issuer and cache.
+	validator checker.Validator
+	router    *checker.Router
 	// objects are the bound objects that exist: "Kind:key" → uid.
 	objects sync.Map
 	// bound, if set, answers instead of objects (a benchmark's informer).
@@ -111,6 +116,7 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 	r.source = func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}
+	r.validator, r.router = v, router
 	r.c, err = checker.New(checker.Config{
 		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: r.sas,
@@ -537,5 +543,72 @@ func TestMissDoesNotHoldUpOthers(t *testing.T) {
 	close(release)
 	if got := <-slow; got != "allow authorization=Bearer from-source-slow" {
 		t.Fatalf("slow/sa once its source returned: %q", got)
+	}
+}
+
+// offerSink is a credential source that also records the tokens the
+// checker offers it.
+type offerSink struct {
+	sourceFunc
+	mu     sync.Mutex
+	offers []string // "identity expires token-suffix"
+}
+
+func (s *offerSink) OfferToken(id authz.Identity, token string, expires time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.offers = append(s.offers, fmt.Sprintf("%s %s %s", id.Key, expires.Format(time.RFC3339), token[len(token)-8:]))
+}
+
+func (s *offerSink) got() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.offers)
+}
+
+// TestNewTokensAreOffered: a CredentialSource that is a TokenSink is told
+// of each token the checker newly validates, once, with its identity and
+// expiry; not of hits, and not of rejected tokens.
+func TestNewTokensAreOffered(t *testing.T) {
+	r := newRig(t, nil, true)
+	sink := &offerSink{sourceFunc: func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
+		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
+	}}
+	c, err := checker.New(checker.Config{
+		Validator: r.validator, Credentials: r.creds, Router: r.router, Audiences: []string{aud}, Clock: r.clock,
+		Source: sink, TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	g := checker.NewGRPC(c)
+	r.put(t, "", "ns", "sa", "authorization", "Bearer k")
+	tok := r.token(t, "ns", "sa")
+	exp := r.clock.Now().Add(time.Hour).Format(time.RFC3339)
+	for i := range 4 {
+		resp, _ := g.Check(context.Background(), request("Bearer "+tok, "h"))
+		if got := outcome(resp); got != "allow authorization=Bearer k" {
+			t.Fatalf("check %d: %q", i, got)
+		}
+		if i == 0 {
+			c.WaitTokens()
+		}
+	}
+	want := []string{"ns/sa " + exp + " " + tok[len(tok)-8:]}
+	if got := sink.got(); !slices.Equal(got, want) {
+		t.Fatalf("offers %q, want %q (once, on the first validation)", got, want)
+	}
+	other, err := satoken.New("https://issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := other.Mint(satoken.Token{Namespace: "ns", ServiceAccount: "sa", Audiences: []string{aud}, IssuedAt: r.clock.Now(), TTL: time.Hour})
+	resp, _ := g.Check(context.Background(), request("Bearer "+forged, "h"))
+	if got := outcome(resp); got != "deny 401 invalid_token www=Bearer" {
+		t.Fatalf("forged: %q", got)
+	}
+	if got := sink.got(); len(got) != 1 {
+		t.Fatalf("a rejected token was offered: %q", got)
 	}
 }

@@ -24,6 +24,15 @@ type CredentialSource interface {
 	Credential(ctx context.Context, route string, id authz.Identity, token string, tokenExpires time.Time) (*cache.Entry, error)
 }
 
+// TokenSink is optionally implemented by a CredentialSource
+// (*watcher.Watcher does): OfferToken is told of every token the checker
+// newly validated (on a token cache miss, never on a hit), with its
+// identity and expiry, so the source can log in again later with the token
+// a workload now presents. It must not block or do I/O.
+type TokenSink interface {
+	OfferToken(id authz.Identity, token string, expires time.Time)
+}
+
 // credentialCache is what the checker reads: *cache.Credentials.
 type credentialCache interface {
 	Get(route, identity string) (*cache.Entry, bool)
@@ -108,6 +117,7 @@ func New(cfg Config) (*Checker, error) {
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
 	}
 	c.tokens.removals, _ = cfg.ServiceAccounts.(ServiceAccountRemovals)
+	c.tokens.sink, _ = cfg.Source.(TokenSink)
 	return c, nil
 }
 

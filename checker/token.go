@@ -268,6 +268,7 @@ type cachedValidator struct {
 	v        Validator
 	sas      ServiceAccounts
 	removals ServiceAccountRemovals // nil: sas does not count removals
+	sink     TokenSink              // nil: nobody is told of new tokens
 	bound    BoundObjects
 	cache    *cache.Tokens[tokenResult]
 	cfg      TokenCacheConfig
@@ -363,6 +364,9 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 			}
 			res := tokenResult{id: id}
 			c.cache.Set(mac, res, now, exp)
+			if c.sink != nil {
+				c.sink.OfferToken(id.Identity, token, id.Expires)
+			}
 			return res, nil
 		case authz.ReasonInvalidToken, authz.ReasonMalformedToken, authz.ReasonUnknownServiceAccount:
 			c.log.Debug("token rejected", "token", tokenTag(mac), "reason", string(r), "error", err)

@@ -2,6 +2,7 @@ package watcher
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,4 +219,58 @@ func TestRefusedLoginRevokesTheToken(t *testing.T) {
 		return e != nil && e.Denied == authz.ReasonVaultDenied
 	})
 	r.eventually("its token and lease revoked", func() bool { return r.vault.liveTokens() == 0 && r.vault.liveLeases() == 0 })
+}
+
+// TestOfferedTokenKeepsARequestOnlyIdentity: an identity first seen on a
+// request (no TokenRequest) holds the token that request presented. When
+// the checker offers the token the kubelet rotated in (a new token's first
+// validation), the identity logs in again with it when its relogin is due,
+// in the background, and its credential stays served; without the offer it
+// is let go at that point (TestRoleChangeRefusedWithinReloginIntervalRequestOnly)
+// and its next request is a miss.
+func TestOfferedTokenKeepsARequestOnlyIdentity(t *testing.T) {
+	r := newRig(t)
+	id, tok := r.identity("ns", "sa", "k1")
+	ctx := context.Background()
+	// The presented token expires after 50 min; the relogin is due at 1 h.
+	if e, err := r.w.Credential(ctx, "", id, tok, t0.Add(50*time.Minute)); err != nil || e.Value != "Bearer k1" {
+		t.Fatalf("miss: %+v, %v", e, err)
+	}
+	r.advance(40*time.Minute, time.Minute)
+	// The kubelet rotated the pod's token; its first request validates it.
+	r.w.OfferToken(id, "jwt:"+id.Key+":rotated", r.clock.Now().Add(time.Hour))
+	// A token of another, unwatched identity is ignored.
+	r.w.OfferToken(authz.NewIdentity("other", "sa"), "jwt:other/sa:x", r.clock.Now().Add(time.Hour))
+	logins := r.vault.count("login")
+	r.advance(30*time.Minute, time.Minute) // past the relogin at t0+1h
+	if got := r.vault.count("login"); got != logins+1 {
+		t.Fatalf("logins %d -> %d across the relogin; want one, with the offered token", logins, got)
+	}
+	if e := r.entry("", id); e == nil || e.Denied != authz.ReasonNone || e.Value != "Bearer k1" {
+		t.Fatalf("after the relogin: %+v; want the credential still served", e)
+	}
+	for _, rec := range r.audit.since(0) {
+		if strings.HasPrefix(rec, string(Forgotten)) {
+			t.Fatalf("the identity was let go: %q", rec)
+		}
+	}
+	if r.w.Len() != 1 {
+		t.Fatalf("watching %d identities, want 1 (an offer does not start watching)", r.w.Len())
+	}
+}
+
+// TestPrefetchedSessionIgnoresOfferedTokens: a prefetched identity mints
+// its own tokens and keeps none (about 1 KB each at 100,000 identities).
+func TestPrefetchedSessionIgnoresOfferedTokens(t *testing.T) {
+	s := newSession(authz.NewIdentity("ns", "sa"), nil, nil, nil, nil, 0, nil, 0)
+	s.offerNewer("jwt:ns/sa:a", t0.Add(time.Hour))
+	if s.saToken != "jwt:ns/sa:a" {
+		t.Fatalf("a request-only session kept %q", s.saToken)
+	}
+	p := newSession(authz.NewIdentity("ns", "sb"), nil, nil, nil, nil, 0, nil, 0)
+	p.setPrefetch()
+	p.offerNewer("jwt:ns/sb:a", t0.Add(time.Hour))
+	if p.saToken != "" {
+		t.Fatalf("a prefetched session kept an offered token")
+	}
 }

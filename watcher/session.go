@@ -94,6 +94,18 @@ func (s *session) offer(token string, exp time.Time) {
 	}
 }
 
+// offerNewer is offer for a token seen on a request's token-cache miss: a
+// prefetched session mints its own tokens and keeps none (about 1 KB per
+// identity), so it ignores the offer.
+func (s *session) offerNewer(token string, exp time.Time) {
+	s.mu.Lock()
+	prefetch := s.prefetch
+	s.mu.Unlock()
+	if !prefetch {
+		s.offer(token, exp)
+	}
+}
+
 // setPrefetch lets the session mint service-account tokens with TokenRequest.
 func (s *session) setPrefetch() {
 	s.mu.Lock()

@@ -331,6 +331,23 @@ func (w *Watcher) forgetLoop(x *identity) {
 	w.release(x)
 }
 
+// OfferToken hands the watcher a service-account token of id that was just
+// validated (the checker calls it when a token is first seen, on its token
+// cache's miss path, never on a hit). A watched identity that cannot mint
+// tokens (one first seen on a request, outside the prefetch namespaces)
+// keeps the newest, so when its relogin is due it logs in again in the
+// background with the token the kubelet rotated in, instead of being let go
+// (no_token) and taking a miss on its next request. Identities not watched,
+// and prefetched ones, ignore it. It does no I/O.
+func (w *Watcher) OfferToken(id authz.Identity, token string, expires time.Time) {
+	w.mu.Lock()
+	x := w.ids[id.Key]
+	w.mu.Unlock()
+	if x != nil {
+		x.session.offerNewer(token, expires)
+	}
+}
+
 // Credential is the checker's miss path: it returns id's entry for route,
 // logging in with token (already validated, valid until tokenExpires) and
 // reading Vault if needed. Concurrent misses for one identity and route share

@@ -32,6 +32,13 @@ func TestStuckIdentityDoesNotDelayOthers(t *testing.T) {
 	r.vault.stuck[stuck.Key] = true
 	r.vault.mu.Unlock()
 	r.step(201 * time.Second) // every identity is due
+	// First the stuck identity's read hangs (its worker may reach it before
+	// or after the others start), then the others are refreshed meanwhile.
+	r.eventually("the stuck identity's read in flight", func() bool {
+		r.vault.mu.Lock()
+		defer r.vault.mu.Unlock()
+		return r.vault.blocked == 1
+	})
 	r.eventually("the others refreshed while one hangs", func() bool {
 		for _, id := range others {
 			if e := r.entry("", id); e == nil || e.Value != "Bearer v2" {

@@ -52,15 +52,21 @@ func NewServiceAccounts(client kubernetes.Interface, resync time.Duration) *Serv
 	// the count moves only once Exists already answers the new state.
 	_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(oldObj, newObj any) {
-			o, ok1 := oldObj.(*corev1.ServiceAccount)
-			n, ok2 := newObj.(*corev1.ServiceAccount)
-			if ok1 && ok2 && o.UID != n.UID {
+			if _, _, ok := replaced(oldObj, newObj); ok {
 				s.removals.Add(1)
 			}
 		},
 		DeleteFunc: func(any) { s.removals.Add(1) },
 	})
 	return s
+}
+
+// replaced reports whether an informer's update is a ServiceAccount deleted
+// and created again under its name (a new uid), and gives both.
+func replaced(oldObj, newObj any) (o, n *corev1.ServiceAccount, ok bool) {
+	o, ok1 := oldObj.(*corev1.ServiceAccount)
+	n, ok2 := newObj.(*corev1.ServiceAccount)
+	return o, n, ok1 && ok2 && o.UID != n.UID
 }
 
 // trimServiceAccount keeps what the informer's readers need; the informer
@@ -118,9 +124,7 @@ func (s *ServiceAccounts) AddHandler(onAdd, onDelete func(namespace, name string
 			}
 		},
 		UpdateFunc: func(oldObj, newObj any) {
-			o, ok1 := oldObj.(*corev1.ServiceAccount)
-			n, ok2 := newObj.(*corev1.ServiceAccount)
-			if ok1 && ok2 && o.UID != n.UID {
+			if o, n, ok := replaced(oldObj, newObj); ok {
 				onDelete(o.Namespace, o.Name)
 				onAdd(n.Namespace, n.Name)
 			}

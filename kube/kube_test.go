@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	toolscache "k8s.io/client-go/tools/cache"
 )
@@ -35,7 +36,14 @@ func serviceAccount(i int) *corev1.ServiceAccount {
 
 func startServiceAccounts(tb testing.TB, objs ...kruntime.Object) *ServiceAccounts {
 	tb.Helper()
-	s := NewServiceAccounts(fake.NewClientset(objs...), 0)
+	return startServiceAccountsOn(tb, fake.NewClientset(objs...))
+}
+
+// startServiceAccountsOn runs the informer on client until the test ends,
+// once it holds the full list.
+func startServiceAccountsOn(tb testing.TB, client kubernetes.Interface) *ServiceAccounts {
+	tb.Helper()
+	s := NewServiceAccounts(client, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -115,14 +123,8 @@ func BenchmarkServiceAccountsHeap(b *testing.B) {
 func TestServiceAccountRemovals(t *testing.T) {
 	sa := serviceAccount(1)
 	client := fake.NewClientset(sa)
-	s := NewServiceAccounts(client, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if !s.WaitForSync(ctx) {
-		t.Fatal("informer did not sync")
-	}
+	s := startServiceAccountsOn(t, client)
+	ctx := context.Background()
 	key := sa.Namespace + "/" + sa.Name
 	// waitFor polls until Removals is n and checks what Exists says then.
 	waitFor := func(n uint64, present func() bool) {

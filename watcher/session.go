@@ -84,14 +84,9 @@ func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveC
 // offer keeps the newest valid service-account token of the identity, to
 // log in again when its Vault token runs out.
 func (s *session) offer(token string, exp time.Time) {
-	if token == "" {
-		return
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.saToken == "" || exp.IsZero() || exp.After(s.saExp) {
-		s.saToken, s.saExp = token, exp
-	}
+	s.offerLocked(token, exp)
 }
 
 // offerNewer is offer for a token seen on a request's token-cache miss: a
@@ -99,10 +94,15 @@ func (s *session) offer(token string, exp time.Time) {
 // identity), so it ignores the offer.
 func (s *session) offerNewer(token string, exp time.Time) {
 	s.mu.Lock()
-	prefetch := s.prefetch
-	s.mu.Unlock()
-	if !prefetch {
-		s.offer(token, exp)
+	defer s.mu.Unlock()
+	if !s.prefetch {
+		s.offerLocked(token, exp)
+	}
+}
+
+func (s *session) offerLocked(token string, exp time.Time) {
+	if token != "" && (s.saToken == "" || exp.IsZero() || exp.After(s.saExp)) {
+		s.saToken, s.saExp = token, exp
 	}
 }
 

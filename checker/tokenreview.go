@@ -79,24 +79,26 @@ func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (ti T
 		}
 		span.End()
 	}()
+	// The call's result goes to both the metric and the span.
+	result := func(r string) {
+		v.observe(r)
+		span.SetAttributes(attrTokenReviewResult.String(r))
+	}
 	res, err := v.reviews.Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: v.audiences}}, metav1.CreateOptions{})
 	if err != nil {
-		v.observe("error")
-		span.SetAttributes(attrTokenReviewResult.String("error"))
+		result("error")
 		return TokenInfo{}, authz.Deny(authz.ReasonTokenReviewUnavailable, fmt.Errorf("tokenreview: %w", err))
 	}
 	st := res.Status
 	if !st.Authenticated {
-		v.observe("rejected")
-		span.SetAttributes(attrTokenReviewResult.String("rejected"))
+		result("rejected")
 		msg := st.Error
 		if msg == "" {
 			msg = "unauthenticated"
 		}
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: "+msg))
 	}
-	v.observe("ok")
-	span.SetAttributes(attrTokenReviewResult.String("ok"))
+	result("ok")
 	if len(v.audiences) > 0 && !intersects(st.Audiences, v.audiences) {
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: audience not accepted"))
 	}

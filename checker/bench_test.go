@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	metadatafake "k8s.io/client-go/metadata/fake"
 
 	"github.com/credinject/credinject/audit"
@@ -369,8 +369,9 @@ func BenchmarkCheckWhileMissesWait(b *testing.B) {
 				}
 				tb.Cleanup(func() { close(release); answered.Wait() })
 				// Every waiting request has reached the source.
-				for r.calls.Load() < int64(waiting) {
-					runtime.Gosched()
+				if err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, time.Minute, true,
+					func(context.Context) (bool, error) { return r.calls.Load() >= int64(waiting), nil }); err != nil {
+					tb.Fatalf("%d of %d requests reached the source: %v", r.calls.Load(), waiting, err)
 				}
 				return r
 			}, 1_000, "authorization", "Bearer key-%d")

@@ -70,7 +70,7 @@ func TestExpandPath(t *testing.T) {
 	for in, want := range map[string]string{
 		"egress/{namespace}/{serviceaccount}":               "egress/ns/sa",
 		"fixed/path":                                        "fixed/path",
-		"db/creds/{namespace}-{serviceaccount}-{namespace}": "db/creds/ns-sa-ns",
+		"db/creds/{namespace}_{serviceaccount}_{namespace}": "db/creds/ns_sa_ns",
 	} {
 		if got := ExpandPath(in, id); got != want {
 			t.Errorf("ExpandPath(%q) = %q, want %q", in, got, want)
@@ -142,5 +142,87 @@ func TestScopeValidate(t *testing.T) {
 	}
 	if got := Quote(strings.Repeat("é", 100)); !strings.Contains(got, "(200 bytes)") {
 		t.Errorf("Quote = %s", got)
+	}
+}
+
+func TestCheckPathTemplate(t *testing.T) {
+	for tmpl, wantErr := range map[string]string{
+		// Accepted: every placeholder bounded by '/', an end, or a
+		// character no name contains.
+		"egress/{namespace}/{serviceaccount}":         "",
+		"{namespace}/{serviceaccount}":                "",
+		"database/creds/{namespace}_{serviceaccount}": "",
+		"identity/oidc/token/egress_{namespace}":      "",
+		"kv/{namespace}@{serviceaccount}:key":         "",
+		"fixed/path":                                  "",
+		"x/{namespace}/{namespace}":                   "",
+		"x/{serviceaccount}":                          "",
+		// Refused.
+		"database/creds/{namespace}-{serviceaccount}": "{namespace} is followed by \"-\"",
+		"identity/oidc/token/egress-{namespace}":      "{namespace} is preceded by \"-\"",
+		"x/{namespace}.{serviceaccount}":              "{namespace} is followed by \".\"",
+		"x/{serviceaccount}.json":                     "{serviceaccount} is followed by \".\"",
+		"x/a{namespace}":                              "{namespace} is preceded by \"a\"",
+		"x/{namespace}0":                              "{namespace} is followed by \"0\"",
+		"x/{namespace}{serviceaccount}":               "{namespace} touches {serviceaccount}",
+		"x/{serviceaccount}{namespace}/y":             "{serviceaccount} touches {namespace}",
+		"x/{ns}/{serviceaccount}":                     "unknown placeholder {ns}",
+		"x/{namespace/{serviceaccount}":               "'{' without its '}'",
+		"x/{namespace":                                "'{' without its '}'",
+		"x/namespace}":                                "'}' without its '{'",
+		"x/{}":                                        "unknown placeholder {}",
+	} {
+		err := CheckPathTemplate(tmpl)
+		switch {
+		case wantErr == "" && err != nil:
+			t.Errorf("CheckPathTemplate(%q) = %v, want nil", tmpl, err)
+		case wantErr != "" && err == nil:
+			t.Errorf("CheckPathTemplate(%q) = nil, want an error with %q", tmpl, wantErr)
+		case wantErr != "" && (!errors.Is(err, ErrPathTemplate) || !strings.Contains(err.Error(), wantErr)):
+			t.Errorf("CheckPathTemplate(%q) = %v, want ErrPathTemplate with %q", tmpl, err, wantErr)
+		}
+	}
+}
+
+// TestAcceptedTemplatesExpandOneToOne expands every accepted template for
+// identities whose names use '-' and '.' at every split, and checks that no
+// two identities (in one template, or across two) share a path, unless two
+// templates differ only by which placeholder they use.
+func TestAcceptedTemplatesExpandOneToOne(t *testing.T) {
+	names := []string{"a", "b", "a-b", "b-a", "a.b", "a-b-a", "ab", "x-a", "a-x"}
+	var ids []Identity
+	for _, ns := range names {
+		if !IsDNSLabel(ns) {
+			continue
+		}
+		for _, sa := range names {
+			ids = append(ids, NewIdentity(ns, sa))
+		}
+	}
+	templates := []string{
+		"c/{namespace}_{serviceaccount}", "c/{namespace}/{serviceaccount}", "c/x_{namespace}_{serviceaccount}",
+		"c/{namespace}_x_{serviceaccount}", "c/{namespace}@{serviceaccount}:k",
+	}
+	seen := map[string]string{}
+	for _, tmpl := range templates {
+		if err := CheckPathTemplate(tmpl); err != nil {
+			t.Fatalf("%q refused: %v", tmpl, err)
+		}
+		for _, id := range ids {
+			p := ExpandPath(tmpl, id)
+			who := tmpl + " " + id.Key
+			if prev, ok := seen[p]; ok {
+				t.Errorf("%s and %s both expand to %q", prev, who, p)
+			}
+			seen[p] = who
+		}
+	}
+	// The refused form does collide: the rule is not vacuous.
+	bad := "c/{namespace}-{serviceaccount}"
+	if ExpandPath(bad, NewIdentity("a", "b-a")) != ExpandPath(bad, NewIdentity("a-b", "a")) {
+		t.Fatal("expected the refused template to collide")
+	}
+	if CheckPathTemplate(bad) == nil {
+		t.Fatalf("%q accepted", bad)
 	}
 }

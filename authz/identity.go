@@ -51,15 +51,6 @@ func ParseIdentity(key string) (Identity, error) {
 // String is the identity's Key.
 func (id Identity) String() string { return id.Key }
 
-// ExpandPath fills the placeholders {namespace} and {serviceaccount} of a
-// Vault path template with id's names.
-func ExpandPath(tmpl string, id Identity) string {
-	if !strings.Contains(tmpl, "{") {
-		return tmpl
-	}
-	return strings.NewReplacer("{namespace}", id.Namespace, "{serviceaccount}", id.ServiceAccount).Replace(tmpl)
-}
-
 // IsDNSLabel reports whether s is a DNS-1123 label (a namespace name):
 // lower-case alphanumerics and '-', at most 63 bytes.
 func IsDNSLabel(s string) bool {

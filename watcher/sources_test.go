@@ -64,7 +64,7 @@ func TestLeaseKept(t *testing.T) {
 // TestIdentityTokenRefreshed: an identity token is minted again before it
 // expires and never served past it.
 func TestIdentityTokenRefreshed(t *testing.T) {
-	r := newRig(t, Route{Name: "fed", Source: SourceIdentityToken, Path: "identity/oidc/token/egress-{namespace}", Header: "authorization", Value: "Bearer {token}"})
+	r := newRig(t, Route{Name: "fed", Source: SourceIdentityToken, Path: "identity/oidc/token/egress_{namespace}", Header: "authorization", Value: "Bearer {token}"})
 	id, tok := r.identity("ns", "sa", "")
 	e, err := r.miss("fed", id, tok)
 	if err != nil || e.Denied != authz.ReasonNone {
@@ -206,7 +206,7 @@ func (w *Watcher) watched(id authz.Identity) *identity {
 // TestUninjectableMintedValueNotRetriedHot: a minted value the route cannot
 // inject is denied and waits for the identity's schedule.
 func TestUninjectableMintedValueNotRetriedHot(t *testing.T) {
-	r := newRig(t, Route{Name: "fed", Source: SourceIdentityToken, Path: "identity/oidc/token/egress-{namespace}", Header: "authorization", Value: "Bearer {token}"})
+	r := newRig(t, Route{Name: "fed", Source: SourceIdentityToken, Path: "identity/oidc/token/egress_{namespace}", Header: "authorization", Value: "Bearer {token}"})
 	id, tok := r.identity("ns", "sa", "")
 	if _, err := r.miss("fed", id, tok); err != nil {
 		t.Fatal(err)

@@ -114,8 +114,8 @@ type compiled struct {
 // NewMatcher compiles the templates under mount (default DefaultKVMount);
 // with no templates it watches DefaultPath. A template's placeholders are
 // {namespace} and {serviceaccount}, each at most once, each matching one
-// or more characters other than '/'; two placeholders must not touch (the
-// split between them would be ambiguous), and {serviceaccount} needs
+// or more characters other than '/'; each is bounded as
+// authz.CheckPathTemplate requires (so the split is never ambiguous), and {serviceaccount} needs
 // {namespace}. A template with no placeholder is allowed: a write to it
 // rotates every identity (of its route).
 func NewMatcher(mount string, templates []Template) (*Matcher, error) {
@@ -151,6 +151,9 @@ func compile(t Template) (compiled, error) {
 		slices.Contains(strings.Split(p, "/"), "..") {
 		return compiled{}, fmt.Errorf("path template %q must be a relative path without empty or '..' segments", p)
 	}
+	if err := authz.CheckPathTemplate(p); err != nil {
+		return compiled{}, err
+	}
 	var (
 		re   strings.Builder
 		c    = compiled{Template: t}
@@ -165,6 +168,10 @@ func compile(t Template) (compiled, error) {
 		if err := literal(p, p[last:loc[0]], &re); err != nil {
 			return compiled{}, err
 		}
+		// Any segment text: with authz.CheckPathTemplate's rule the text
+		// beside a placeholder holds no name character, so a path a valid
+		// identity expands to splits one way only, and a capture that is
+		// no name is reported as invalid_identity.
 		re.WriteString("([^/]+)")
 		n++
 		switch name := p[loc[2]:loc[3]]; name {

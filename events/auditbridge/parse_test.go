@@ -237,9 +237,14 @@ func TestMatcherTemplates(t *testing.T) {
 			want:      ok(events.Rotation{Namespace: "a", ServiceAccount: "b"}, events.Rotation{Namespace: "b", ServiceAccount: "key"}),
 		},
 		"placeholders inside segments": {
-			templates: []Template{{Path: "team-{namespace}/sa-{serviceaccount}.json"}},
-			path:      "secret/metadata/team-prod/sa-web.json",
-			want:      ok(events.Rotation{Namespace: "prod", ServiceAccount: "web"}),
+			templates: []Template{{Path: "team_{namespace}/sa_{serviceaccount}_key"}},
+			path:      "secret/metadata/team_prod-1/sa_web.v2_key",
+			want:      ok(events.Rotation{Namespace: "prod-1", ServiceAccount: "web.v2"}),
+		},
+		"two placeholders in a segment": {
+			templates: []Template{{Path: "db/{namespace}_{serviceaccount}"}},
+			path:      "secret/data/db/team-a_app-1",
+			want:      ok(events.Rotation{Namespace: "team-a", ServiceAccount: "app-1"}),
 		},
 		"namespace only": {
 			templates: []Template{{Path: "ns/{namespace}"}},
@@ -289,6 +294,8 @@ func TestNewMatcherInvalid(t *testing.T) {
 		"placeholder twice":        {t: Template{Path: "{namespace}/{namespace}"}},
 		"serviceaccount twice":     {t: Template{Path: "{namespace}/{serviceaccount}/{serviceaccount}"}},
 		"adjacent placeholders":    {t: Template{Path: "egress/{namespace}{serviceaccount}"}},
+		"name character beside":    {t: Template{Path: "egress/{namespace}-{serviceaccount}"}},
+		"prefix with a dash":       {t: Template{Path: "team-{namespace}/{serviceaccount}"}},
 		"unbalanced brace":         {t: Template{Path: "egress/{namespace/{serviceaccount}"}},
 		"stray closing brace":      {t: Template{Path: "egress/namespace}/x"}},
 		"serviceaccount alone":     {t: Template{Path: "egress/{serviceaccount}"}},
@@ -339,7 +346,7 @@ func FuzzParseLine(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	m, err := NewMatcher("", []Template{{Path: DefaultPath}, {Route: "openai", Path: "openai/{namespace}/{serviceaccount}"}, {Path: "team-{namespace}/x"}})
+	m, err := NewMatcher("", []Template{{Path: DefaultPath}, {Route: "openai", Path: "openai/{namespace}/{serviceaccount}"}, {Path: "team_{namespace}/x"}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -580,18 +580,13 @@ func (in *Inject) check() error {
 	return nil
 }
 
-// CheckPath validates a Vault path template.
+// CheckPath validates a Vault path template: relative, no '..', and the
+// placeholder rule of authz.CheckPathTemplate (each placeholder bounded by
+// '/', an end, or a character no Kubernetes name contains), so two
+// identities never expand to the same path.
 func CheckPath(p string) error {
 	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "..") {
 		return fmt.Errorf("%q must be a relative path without '..'", p)
 	}
-	for _, m := range placeholder.FindAllStringSubmatch(p, -1) {
-		if m[1] != "namespace" && m[1] != "serviceaccount" {
-			return fmt.Errorf("%q: unknown placeholder {%s} (use {namespace}, {serviceaccount})", p, m[1])
-		}
-	}
-	if strings.Count(p, "{")+strings.Count(p, "}") != 2*len(placeholder.FindAllString(p, -1)) {
-		return fmt.Errorf("%q has an unbalanced brace", p)
-	}
-	return nil
+	return authz.CheckPathTemplate(p)
 }

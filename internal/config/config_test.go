@@ -116,6 +116,9 @@ func TestParseRefuses(t *testing.T) {
 		"unknown path placeholder": {`vault: {path: "egress/{ns}/{serviceaccount}"}`, "vault.path"},
 		"absolute path":            {`vault: {path: "/egress/{namespace}"}`, "vault.path"},
 		"dotdot path":              {`vault: {path: "egress/../{namespace}"}`, "vault.path"},
+		"ambiguous path":           {`vault: {path: "egress/{namespace}-{serviceaccount}"}`, "vault.path"},
+		"ambiguous route path":     {`routes: [{hosts: [a.b], source: vault-read, path: "database/creds/{namespace}-{serviceaccount}"}]`, "routes[0].path"},
+		"touching placeholders":    {`vault: {path: "egress/{namespace}{serviceaccount}"}`, "vault.path"},
 		"bad header name":          {`inject: {header: "x api key", value: "{api_key}"}`, "inject"},
 		"value without field":      {`inject: {header: authorization, value: "Bearer static"}`, "inject"},
 		"negative grace":           {"prefetch: {staleGrace: -1m}", "prefetch.staleGrace"},
@@ -216,7 +219,7 @@ routes:
   - name: db-api
     hosts: [db-api.example.com]
     source: vault-read
-    path: "database/creds/{namespace}-{serviceaccount}"
+    path: "database/creds/{namespace}_{serviceaccount}"
     inject: {header: x-api-key, value: "{password}"}
   - name: partner
     hosts: [api.partner.example]
@@ -227,7 +230,7 @@ routes:
   - name: federated
     hosts: ["*.cloud.example"]
     source: vault-identity-token
-    path: "identity/oidc/token/egress-{namespace}"
+    path: "identity/oidc/token/egress_{namespace}"
   - hosts: [kv.example]
 `))
 	if err != nil {

@@ -144,9 +144,9 @@ func sameData(a, b map[string]any) bool {
 }
 
 // ConfigureIdentityTokens sets up Vault's identity secrets engine for the
-// demo's minted route: a signing key, the role egress-federated (the route's
-// path is identity/oidc/token/egress-{namespace}) and policy, which lets a
-// login mint tokens of the egress-* roles, each for its own entity.
+// demo's minted route: a signing key, the role egress_federated (the route's
+// path is identity/oidc/token/egress_{namespace}) and policy, which lets a
+// login mint tokens of the egress_* roles, each for its own entity.
 // Idempotent.
 func ConfigureIdentityTokens(ctx context.Context, c *vaultapi.Client, policy string) error {
 	l := c.Logical()
@@ -155,12 +155,12 @@ func ConfigureIdentityTokens(ctx context.Context, c *vaultapi.Client, policy str
 	}); err != nil {
 		return fmt.Errorf("devstack: identity/oidc/key/egress: %w", err)
 	}
-	if _, err := l.WriteWithContext(ctx, "identity/oidc/role/egress-federated", map[string]any{
+	if _, err := l.WriteWithContext(ctx, "identity/oidc/role/egress_federated", map[string]any{
 		"key": "egress", "ttl": "15m",
 	}); err != nil {
-		return fmt.Errorf("devstack: identity/oidc/role/egress-federated: %w", err)
+		return fmt.Errorf("devstack: identity/oidc/role/egress_federated: %w", err)
 	}
-	if err := c.Sys().PutPolicyWithContext(ctx, policy, `path "identity/oidc/token/egress-*" { capabilities = ["read"] }`); err != nil {
+	if err := c.Sys().PutPolicyWithContext(ctx, policy, `path "identity/oidc/token/egress_*" { capabilities = ["read"] }`); err != nil {
 		return fmt.Errorf("devstack: policy %s: %w", policy, err)
 	}
 	return nil

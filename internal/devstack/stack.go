@@ -221,7 +221,7 @@ func (s *Stack) Config(grpcAddr, httpAddr string) config.Config {
 	c.Events.NatsURL = s.NATSURL
 	c.Routes = []config.Route{{
 		Name: "federated", Hosts: []string{"*.cloud.example"}, Source: config.SourceIdentityToken,
-		Path: "identity/oidc/token/egress-{namespace}",
+		Path: "identity/oidc/token/egress_{namespace}",
 	}}
 	return c
 }

@@ -17,7 +17,7 @@ import (
 )
 
 // setupIdentityTokens makes Vault's identity secrets engine mint tokens for
-// the role egress-<ns> (ttl given) with a key any role may use, and lets the
+// the role egress_<ns> (ttl given) with a key any role may use, and lets the
 // egress-workload role read its tokens.
 func setupIdentityTokens(ctx context.Context, t *testing.T, env *testenv.Env, ns string, ttl time.Duration) {
 	t.Helper()
@@ -27,12 +27,12 @@ func setupIdentityTokens(ctx context.Context, t *testing.T, env *testenv.Env, ns
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.WriteWithContext(ctx, "identity/oidc/role/egress-"+ns, map[string]any{
+	if _, err := c.WriteWithContext(ctx, "identity/oidc/role/egress_"+ns, map[string]any{
 		"key": "egress", "ttl": fmt.Sprintf("%ds", int(ttl.Seconds())),
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.Vault.AddPolicy(ctx, "egress-identity-token", `path "identity/oidc/token/egress-*" { capabilities = ["read"] }`); err != nil {
+	if err := env.Vault.AddPolicy(ctx, "egress-identity-token", `path "identity/oidc/token/egress_*" { capabilities = ["read"] }`); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -103,7 +103,7 @@ func TestIdentityTokenSource(t *testing.T) {
 	cfg.Events.NatsURL = ""
 	cfg.Routes = []config.Route{{
 		Name: "federated", Hosts: []string{"*.cloud.example"}, Source: config.SourceIdentityToken,
-		Path: "identity/oidc/token/egress-{namespace}",
+		Path: "identity/oidc/token/egress_{namespace}",
 	}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

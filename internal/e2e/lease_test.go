@@ -47,7 +47,7 @@ func setupDatabaseEngine(ctx context.Context, t *testing.T, env *testenv.Env, pg
 		}
 	}
 	meta := "{{identity.entity.aliases." + env.Vault.KubeAccessor + ".metadata."
-	policy := fmt.Sprintf(`path "database/creds/%[1]sservice_account_namespace}}-%[1]sservice_account_name}}" { capabilities = ["read"] }
+	policy := fmt.Sprintf(`path "database/creds/%[1]sservice_account_namespace}}_%[1]sservice_account_name}}" { capabilities = ["read"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
 `, meta)
 	if err := env.Vault.AddPolicy(ctx, "egress-database", policy); err != nil {
@@ -83,7 +83,7 @@ func TestVaultReadDatabase(t *testing.T) {
 	ns := testenv.UniqueName("vr")
 	tokA := identity(ctx, t, env, ns, "app-a", "unused")
 	tokB := identity(ctx, t, env, ns, "app-b", "unused")
-	roleA, roleB := ns+"-app-a", ns+"-app-b"
+	roleA, roleB := ns+"_app-a", ns+"_app-b"
 	const ttl, maxTTL = 6 * time.Second, 20 * time.Second
 	setupDatabaseEngine(ctx, t, env, pg, []string{roleA, roleB}, ttl, maxTTL)
 
@@ -91,7 +91,7 @@ func TestVaultReadDatabase(t *testing.T) {
 	cfg.Events.NatsURL = ""
 	cfg.Routes = []config.Route{{
 		Name: "db-api", Hosts: []string{"db-api.example.com"}, Source: config.SourceVaultRead,
-		Path:   "database/creds/{namespace}-{serviceaccount}",
+		Path:   "database/creds/{namespace}_{serviceaccount}",
 		Inject: config.Inject{Header: "x-db-credentials", Value: "{username}:{password}"},
 	}}
 	if err := cfg.Validate(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -150,5 +151,54 @@ func (s *serveRun) stop(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not stop on SIGTERM")
+	}
+}
+
+// TestServeRefusesAmbiguousPathTemplate: a route path in which a placeholder
+// touches a character Kubernetes names contain (team/a-app and team-a/app
+// would read one database role) stops `credinject serve` before it listens,
+// with a message naming the key, the placeholder and the safe separators.
+func TestServeRefusesAmbiguousPathTemplate(t *testing.T) {
+	env := testenv.Get(t)
+	kubeconfig, err := env.Kube.Kubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gp, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+listen: {grpc: "127.0.0.1:%d", http: "127.0.0.1:0"}
+kubernetes: {kubeconfig: %q}
+vault: {address: %q}
+routes:
+  - name: db-api
+    hosts: [db-api.example.com]
+    source: vault-read
+    path: "database/creds/{namespace}-{serviceaccount}"
+    inject: {header: x-db-credentials, value: "{username}:{password}"}
+`, gp, kubeconfig, env.Vault.Addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServe(t, "--config", cfgPath)
+	select {
+	case <-srv.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve kept running with an ambiguous path template")
+	}
+	if srv.err == nil {
+		t.Fatal("serve exited with status 0")
+	}
+	logs := srv.logs.String()
+	for _, want := range []string{"routes[0].path", `{namespace} is followed by "-"`, "such as '_'"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("serve's output lacks %q:\n%s", want, logs)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", gp), time.Second); err == nil {
+		c.Close()
+		t.Error("serve listened on its gRPC port")
 	}
 }

@@ -5,7 +5,7 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TOOLS    := bash internal/testenv/tools/build.sh
 
-.PHONY: all build setup tools test test-unit test-short run bench bench-micro bench-cost lint fmt clean
+.PHONY: all build setup tools test test-unit test-short fuzz run bench bench-micro bench-cost lint fmt clean
 
 all: build
 
@@ -43,6 +43,20 @@ test-unit:
 # Without the race detector, for a quick loop.
 test-short: setup tools
 	$(GO) test -tags bed -timeout 20m ./...
+
+# Every fuzz target, one after the other, FUZZTIME each (go test -fuzz takes
+# one target per package run). New inputs that fail are written under the
+# package's testdata/fuzz/<target>/, where plain `go test` replays them.
+FUZZTIME    ?= 30s
+FUZZ_TARGETS := \
+	./checker/:FuzzBearerToken ./checker/:FuzzUnverifiedClaims ./checker/:FuzzRouterMatch \
+	./checker/:FuzzRouterPatterns ./checker/:FuzzJWKSToken ./checker/:FuzzJWKSClaims ./checker/:FuzzServeHTTP \
+	./events/:FuzzParse ./events/auditbridge/:FuzzParseLine ./internal/config/:FuzzParse
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 # Built, then run (not `go run`, which turns Ctrl-C into exit status 1).
 run:

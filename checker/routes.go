@@ -37,7 +37,11 @@ func NewRouter(routes []Route, hasDefault bool) (*Router, error) {
 				r.wildcard[suf] = rt.Name
 				continue
 			}
-			r.exact[normalizeHost(h)] = rt.Name
+			n := normalizeHost(h)
+			if n == "" {
+				return nil, fmt.Errorf("router: bad host %q", h)
+			}
+			r.exact[n] = rt.Name
 		}
 	}
 	return r, nil
@@ -45,14 +49,21 @@ func NewRouter(routes []Route, hasDefault bool) (*Router, error) {
 
 // Match returns the route for host: an :authority or Host header in any
 // case, with or without a port, in absolute form ("api.example.com.") or as
-// an IPv6 literal ("[::1]:8080").
+// an IPv6 literal ("[::1]:8080"). A host that is none of these (see
+// normalizeHost) matches no route.
 func (r *Router) Match(host string) (string, bool) {
 	if len(r.exact) == 0 && len(r.wildcard) == 0 {
 		return "", r.hasDefault
 	}
 	host = normalizeHost(host)
+	if host == "" {
+		return "", r.hasDefault
+	}
 	if name, ok := r.exact[host]; ok {
 		return name, true
+	}
+	if strings.IndexByte(host, ':') >= 0 {
+		return "", r.hasDefault // an IPv6 literal has no parent domain
 	}
 	// Longest suffix first: try each parent domain.
 	for i := 0; i < len(host); i++ {
@@ -67,16 +78,70 @@ func (r *Router) Match(host string) (string, bool) {
 
 // normalizeHost reduces a host name to the form routes are keyed by: no
 // port, no brackets around an IPv6 literal, no trailing dot, lower case. It
-// allocates only when the name has upper-case letters.
+// answers "" for what is no host by the URI grammar, so that it matches no
+// route: a port that is not digits ("a.example:1@b.example"), brackets
+// around anything but an IPv6 literal or followed by anything but a port,
+// an empty label, a byte other than an ASCII letter, digit, '-', '.', '_'
+// (and ':', '%' in an IPv6 literal). Only ASCII letters are folded: a
+// Unicode fold would make "api.o\u212ata.com" (a Kelvin sign) the name
+// "api.okta.com". It allocates only when the name has upper-case letters.
 func normalizeHost(h string) string {
-	if strings.HasPrefix(h, "[") {
-		if i := strings.IndexByte(h, ']'); i > 0 {
-			h = h[1:i]
+	if rest, ok := strings.CutPrefix(h, "["); ok {
+		i := strings.IndexByte(rest, ']')
+		if i < 0 || !isPortSuffix(rest[i+1:]) || strings.IndexByte(rest[:i], ':') < 0 {
+			return ""
 		}
+		h = rest[:i]
 	} else if i := strings.IndexByte(h, ':'); i >= 0 && strings.IndexByte(h[i+1:], ':') < 0 {
 		// host:port; a bare IPv6 literal has more than one colon and is kept.
+		if !isPortSuffix(h[i:]) {
+			return ""
+		}
 		h = h[:i]
 	}
 	h = strings.TrimSuffix(h, ".")
-	return strings.ToLower(h)
+	if h == "" || h[0] == '.' || strings.Contains(h, "..") {
+		return ""
+	}
+	upper, v6 := false, strings.IndexByte(h, ':') >= 0
+	for i := 0; i < len(h); i++ {
+		switch c := h[i]; {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '.', c == '_':
+		case c == ':' || c == '%':
+			if !v6 {
+				return ""
+			}
+		case 'A' <= c && c <= 'Z':
+			upper = true
+		default:
+			return ""
+		}
+	}
+	if !upper {
+		return h
+	}
+	b := []byte(h)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// isPortSuffix reports whether s is empty or ':' and digits (an empty port
+// is allowed, as in the URI grammar).
+func isPortSuffix(s string) bool {
+	if s == "" {
+		return true
+	}
+	if s[0] != ':' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }

@@ -118,14 +118,36 @@ func TestRouterMatch(t *testing.T) {
 	}
 }
 
+// FuzzBearerToken: any Authorization value gets a token or one of the two
+// token reasons; an accepted token is the header's own, well-shaped and
+// bounded; the hot path's cutBearer agrees and allocates nothing.
 func FuzzBearerToken(f *testing.F) {
 	for _, s := range []string{"", "Bearer ", "Bearer a.b.c", "bearer x", "Basic abc", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "Bearer \x00.\xff.a", "Bearer a.b.c.d", "BEARER a.b.c", "bEaReR  a.b.c"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, header string) {
 		tok, r := BearerToken(header)
+		switch r {
+		case authz.ReasonNone, authz.ReasonMissingToken, authz.ReasonMalformedToken:
+		default:
+			t.Fatalf("BearerToken(%q): reason %q outside the token reasons", header, r)
+		}
+		// The hot path's half agrees: it refuses no less and no more
+		// than the scheme and size part of BearerToken.
+		cut, cr := cutBearer(header)
+		if r == authz.ReasonNone && (cr != authz.ReasonNone || cut != tok) || cr != authz.ReasonNone && cr != r {
+			t.Fatalf("cutBearer(%q) = %q %q, BearerToken = %q %q", header, cut, cr, tok, r)
+		}
+		if n := testing.AllocsPerRun(1, func() { _, _ = cutBearer(header) }); n != 0 {
+			t.Fatalf("cutBearer(%q) allocates %v times", header, n)
+		}
 		if r == authz.ReasonNone {
-			if tok == "" || strings.Count(tok, ".") != 2 || !strings.Contains(header, tok) {
+			// The token is the header past "Bearer " and its spaces, three
+			// non-empty base64url segments, within the size bound.
+			if !strings.EqualFold(header[:7], "bearer ") || strings.TrimLeft(header[7:], " ") != tok ||
+				len(tok) > maxTokenLen || strings.Count(tok, ".") != 2 || strings.Contains(tok, "..") ||
+				strings.Trim(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") != "" ||
+				tok[0] == '.' || tok[len(tok)-1] == '.' {
 				t.Fatalf("accepted %q as %q", header, tok)
 			}
 			// Decoding claims of an accepted token never panics.
@@ -136,22 +158,20 @@ func FuzzBearerToken(f *testing.F) {
 	})
 }
 
-// FuzzRouterMatch: any host string is answered without a panic, and ASCII
-// case, a port and one trailing dot never change the answer.
+// FuzzRouterMatch: any host string is answered without a panic, a host is
+// matched only to a route one of whose patterns it fits (see fits), and
+// ASCII case, a port and one trailing dot never change the answer.
 func FuzzRouterMatch(f *testing.F) {
 	for _, s := range []string{"api.openai.com", "API.OpenAI.com.:443", "eu.anthropic.com.", "[::1]:8080", "::1", "[::1", "]", ":", ".", "a..b", "[fe80::1%eth0]:1", "\x00.anthropic.com"} {
 		f.Add(s)
 	}
-	r, err := NewRouter([]Route{
-		{Name: "openai", Hosts: []string{"api.openai.com"}},
-		{Name: "anthropic", Hosts: []string{"*.anthropic.com"}},
-		{Name: "loopback", Hosts: []string{"::1"}},
-	}, false)
+	r, err := NewRouter(fuzzRoutes, false)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, host string) {
 		route, ok := r.Match(host)
+		checkFits(t, fuzzRoutes, host, route, ok)
 		if strings.ContainsAny(host, ":[]") || strings.HasSuffix(host, ".") {
 			return
 		}

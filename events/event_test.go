@@ -3,11 +3,13 @@ package events
 import (
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 const validEvent = `{"specversion":"1.0","type":"io.credinject.credential.rotated","source":"credinject/rotate",` +
@@ -291,6 +293,17 @@ func TestRotationString(t *testing.T) {
 	}
 }
 
+// maxErrorLength bounds a Parse error's text: the attribute it names and a
+// quoted prefix of a bad value, never the message.
+const maxErrorLength = 512
+
+// routeName is the README's rule for a route name, written apart from
+// authz.IsRouteName.
+var routeName = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$`)
+
+// FuzzParse: no message makes Parse panic; every error wraps ErrMalformed
+// and is short; an accepted event names a scope Kubernetes's own name
+// validation accepts, and re-encodes to the same scope.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(validEvent))
 	f.Add(event(f, map[string]any{"namespace": "a"}, nil))
@@ -306,19 +319,36 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{`))
 	f.Add([]byte(""))
 	f.Add([]byte("\xff\xfe"))
+	f.Add(event(f, map[string]any{"namespace": strings.Repeat("a", 64)}, nil))
+	f.Add(event(f, map[string]any{"namespace": "a", "serviceAccount": strings.Repeat("b.", 127) + "b"}, nil))
+	f.Add(event(f, map[string]any{"namespace": "a", "route": strings.Repeat("r", 300)}, nil))
+	f.Add(event(f, map[string]any{"namespace": "A"}, map[string]any{"specversion": strings.Repeat("x", 10000)}))
+	f.Add([]byte(`{"specversion":"1.0","Specversion":"2.0","type":"io.credinject.credential.rotated","id":"1","source":"s","data":{}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, meta, err := Parse(b)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v does not wrap ErrMalformed", err)
 			}
+			// An error quotes at most a short prefix of what it names.
+			if n := len(err.Error()); n > maxErrorLength {
+				t.Fatalf("a %d-byte error for a %d-byte message: %.200q…", n, len(b), err)
+			}
 			return
 		}
 		if err := r.Validate(); err != nil {
 			t.Fatalf("Parse accepted an invalid rotation %+v: %v", r, err)
 		}
-		if meta.ID == "" || meta.Source == "" {
-			t.Fatalf("Parse accepted empty id or source: %+v", meta)
+		// The scope's names are what Kubernetes itself accepts (its own
+		// validation, not authz's), and a service account is never
+		// named without its namespace.
+		if r.Namespace != "" && len(validation.IsDNS1123Label(r.Namespace)) > 0 ||
+			r.ServiceAccount != "" && (r.Namespace == "" || len(validation.IsDNS1123Subdomain(r.ServiceAccount)) > 0) ||
+			r.Route != "" && !routeName.MatchString(r.Route) {
+			t.Fatalf("Parse accepted a scope with an invalid name: %+v", r)
+		}
+		if meta.ID == "" || meta.Source == "" || len(meta.ID) > MaxIDLength || len(meta.Source) > MaxSourceLength {
+			t.Fatalf("Parse accepted an empty or overlong id or source: %d, %d bytes", len(meta.ID), len(meta.Source))
 		}
 		again, err := NewEvent(meta.Source, r, testTime)
 		if err != nil {

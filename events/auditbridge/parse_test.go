@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/credinject/credinject/events"
 )
@@ -324,8 +327,23 @@ func TestParseTemplate(t *testing.T) {
 	}
 }
 
-// FuzzParseLine checks that no input makes ParseLine panic, and that what it
-// publishes is always a valid rotation under the watched mount. The seed
+// fuzzTemplates are FuzzParseLine's watched paths.
+var fuzzTemplates = []Template{{Path: DefaultPath}, {Route: "openai", Path: "openai/{namespace}/{serviceaccount}"}, {Path: "team_{namespace}/x"}}
+
+// lineReasons are the reasons a line is ignored or malformed: a closed set.
+var lineReasons = []string{ReasonTooLong, ReasonNotJSON, ReasonShape, ReasonBlank, ReasonType, ReasonFailed,
+	ReasonNamespace, ReasonOperation, ReasonMountType, ReasonPath, ReasonIdentity}
+
+// fillsTemplate reports whether key is template tmpl with r's names put in
+// for its placeholders (by substitution, not by the matcher's regexp).
+func fillsTemplate(key, tmpl string, r events.Rotation) bool {
+	return strings.NewReplacer("{namespace}", r.Namespace, "{serviceaccount}", r.ServiceAccount).Replace(tmpl) == key
+}
+
+// FuzzParseLine checks that no input makes ParseLine panic, that its
+// reasons are of the closed set, and that what it publishes is always a
+// valid rotation, with names Kubernetes accepts, that a template gives for
+// the path written under the watched mount. The seed
 // corpus is every line of the real capture, hand-made edge cases, and
 // testdata/fuzz/FuzzParseLine.
 func FuzzParseLine(f *testing.F) {
@@ -346,7 +364,7 @@ func FuzzParseLine(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	m, err := NewMatcher("", []Template{{Path: DefaultPath}, {Route: "openai", Path: "openai/{namespace}/{serviceaccount}"}, {Path: "team_{namespace}/x"}})
+	m, err := NewMatcher("", fuzzTemplates)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -364,17 +382,31 @@ func FuzzParseLine(f *testing.F) {
 			if len(got.Rotations) == 0 || got.Reason != "" {
 				t.Fatalf("published nothing: %+v", got)
 			}
-			if !strings.HasPrefix(got.Path, "secret/") {
-				t.Fatalf("published a path outside the mount: %q", got.Path)
+			// A write of <mount>/<kv subpath>/<template>, nothing else.
+			sub, key, _ := strings.Cut(strings.TrimPrefix(got.Path, "secret/"), "/")
+			if !strings.HasPrefix(got.Path, "secret/") || !slices.Contains(kvSubpaths, sub) || !slices.Contains(writeOps, got.Operation) {
+				t.Fatalf("published %s of a path outside the mount's kv subpaths: %q", got.Operation, got.Path)
+			}
+			if len(got.Rotations) > len(m.templates) {
+				t.Fatalf("%d rotations from %d templates", len(got.Rotations), len(m.templates))
 			}
 			for _, r := range got.Rotations {
 				if err := r.Validate(); err != nil {
 					t.Fatalf("published an invalid rotation %+v: %v", r, err)
 				}
+				// The names are Kubernetes names by Kubernetes's own
+				// validation, and whole segments of the path written to.
+				if r.Namespace != "" && len(validation.IsDNS1123Label(r.Namespace)) > 0 ||
+					r.ServiceAccount != "" && len(validation.IsDNS1123Subdomain(r.ServiceAccount)) > 0 {
+					t.Fatalf("published invalid names %+v", r)
+				}
+				if !slices.ContainsFunc(fuzzTemplates, func(tp Template) bool { return tp.Route == r.Route && fillsTemplate(key, tp.Path, r) }) {
+					t.Fatalf("published %+v for %q, which no template with those names gives", r, key)
+				}
 			}
 		case Ignored, Malformed:
-			if got.Rotations != nil || got.Reason == "" {
-				t.Fatalf("%v with rotations or without a reason: %+v", got.Verdict, got)
+			if got.Rotations != nil || !slices.Contains(lineReasons, got.Reason) {
+				t.Fatalf("%v with rotations or without a reason of the set: %+v", got.Verdict, got)
 			}
 		default:
 			t.Fatalf("unknown verdict %d", got.Verdict)

@@ -1,9 +1,15 @@
 package config
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestParseIssueExample(t *testing.T) {
@@ -204,12 +210,96 @@ events:
 	}
 }
 
+// FuzzParse: no input makes Parse panic, and a configuration it accepts is
+// a fixed point: validated again it is unchanged, and written back as YAML
+// it parses to the same value (so defaults completed once are never
+// completed differently, and nothing is inferred from a default's value).
+// The seeds are the shipped configurations and testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	f.Add("listen: {grpc: \"127.0.0.1:1\"}")
 	f.Add("routes: [{hosts: [\"*.a.com\"], path: \"x/{namespace}/{serviceaccount}\"}]")
+	shipped, err := filepath.Glob("../../deploy/kubernetes/*/*/config.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	base, _ := filepath.Glob("../../deploy/kubernetes/*/config.yaml")
+	for _, p := range append(shipped, base...) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(string(b))
+	}
 	f.Fuzz(func(t *testing.T, s string) {
-		_, _ = Parse(strings.NewReader(s))
+		c, err := Parse(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		out, err := yaml.Marshal(c)
+		if err != nil {
+			t.Fatalf("an accepted configuration does not marshal: %v", err)
+		}
+		var again Config
+		if err := yaml.Unmarshal(out, &again); err != nil {
+			t.Fatalf("an accepted configuration, written back, does not decode: %v\n%s", err, out)
+		}
+		if err := again.Validate(); err != nil {
+			t.Fatalf("an accepted configuration does not validate again: %v\n%s", err, out)
+		}
+		if !sameConfig(c, again) {
+			t.Fatalf("validated again, the configuration changed:\n%s\nto\n%s", out, mustMarshal(t, again))
+		}
+		reparsed, err := Parse(bytes.NewReader(out))
+		if err != nil {
+			t.Fatalf("an accepted configuration, written back, does not parse: %v\n%s", err, out)
+		}
+		if !sameConfig(c, reparsed) {
+			t.Fatalf("written back and parsed, the configuration changed:\n%s\nto\n%s", out, mustMarshal(t, reparsed))
+		}
 	})
+}
+
+// sameConfig compares two configurations, an empty slice or map equal to
+// an absent one (YAML writes both as []).
+func sameConfig(a, b Config) bool {
+	va, vb := reflect.ValueOf(&a).Elem(), reflect.ValueOf(&b).Elem()
+	emptyToNil(va)
+	emptyToNil(vb)
+	return reflect.DeepEqual(a, b)
+}
+
+func emptyToNil(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Pointer:
+		if !v.IsNil() {
+			emptyToNil(v.Elem())
+		}
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if v.Type().Field(i).IsExported() {
+				emptyToNil(v.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Map:
+		if v.Len() == 0 {
+			v.SetZero()
+			return
+		}
+		if v.Kind() == reflect.Slice {
+			for i := 0; i < v.Len(); i++ {
+				emptyToNil(v.Index(i))
+			}
+		}
+	}
+}
+
+func mustMarshal(t *testing.T, c Config) []byte {
+	t.Helper()
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // The issue's example of minted sources parses, with each source's defaults.

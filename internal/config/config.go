@@ -392,6 +392,9 @@ func (c *Config) Validate() error {
 	if c.Source == "" {
 		c.Source = SourceKV
 	}
+	// Header names compare in lower case, so that validating a validated
+	// configuration again changes nothing.
+	c.Inject.Header = strings.ToLower(c.Inject.Header)
 	if in, ok := sourceInject[c.Source]; ok && c.Inject == Default().Inject {
 		// The KV default ({api_key}) means nothing to a minted source.
 		c.Inject = in

@@ -183,7 +183,7 @@ func TestCoalescerScopes(t *testing.T) {
 	if len(s.starts) != 2 {
 		t.Fatalf("disjoint scopes: %d starts, want 2", len(s.starts))
 	}
-	s.event(Rotation{Namespace: "a", Route: "r1"})        // waits for a/x
+	s.event(Rotation{Namespace: "a", Route: "r1"})         // waits for a/x
 	s.event(Rotation{Namespace: "a", ServiceAccount: "y"}) // overlaps no start (a/r1 only waits): at once
 	s.event(Rotation{Namespace: "a", ServiceAccount: "x"}) // waits for a/x
 	s.event(Rotation{})                                    // waits

@@ -87,6 +87,30 @@ func TestWildcardEventKeepsLeasesAndTokens(t *testing.T) {
 	}
 }
 
+// TestWildcardEventRetriesWhatIsNotHeld: a wildcard event does re-read a
+// minted route that holds no valid credential (here the token endpoint had
+// refused the client): there is nothing to keep.
+func TestWildcardEventRetriesWhatIsNotHeld(t *testing.T) {
+	ep := &tokenEndpoint{client: "someone-else"}
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+	r := newRig(t, Route{Name: "partner", Source: SourceOAuth2, Path: "egress/{namespace}/{serviceaccount}", Header: "x-partner", Value: "Bearer {access_token}", TokenURL: srv.URL})
+	id, tok := r.identity("ns", "sa", "")
+	r.vault.mu.Lock()
+	r.vault.data["egress/"+id.Key] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
+	r.vault.mu.Unlock()
+	if e, err := r.miss("partner", id, tok); err != nil || e.Denied != authz.ReasonTokenEndpointRefused {
+		t.Fatalf("refused client: %+v, %v", e, err)
+	}
+	ep.set(false, "ns-sa")
+	if err := r.w.Refresh(context.Background(), authz.Scope{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.entry("partner", id); e == nil || e.Value != "Bearer at-1" {
+		t.Fatalf("after a wildcard event: %+v; want the first token", e)
+	}
+}
+
 func (f *tokenEndpoint) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

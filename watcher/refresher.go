@@ -134,17 +134,6 @@ func (id *identity) expires(route string) bool {
 	return false
 }
 
-func (id *identity) watches(route string) bool {
-	id.mu.Lock()
-	defer id.mu.Unlock()
-	for _, r := range id.rs {
-		if r.name == route {
-			return r.watched
-		}
-	}
-	return false
-}
-
 // nextSeq numbers a read about to start.
 func (id *identity) nextSeq() uint64 {
 	id.mu.Lock()

@@ -2,9 +2,10 @@
 // It owns the event format (a CloudEvents 1.0 JSON document of type
 // io.credinject.credential.rotated, see FORMAT.md), its validation, a
 // Publisher for tools such as `credinject rotate`, and a Subscriber that hands
-// every valid event, in arrival order, to a Refresher and asks a Resyncer to
-// re-read everything whenever events may have been lost (a dropped
-// connection, a reconnect, a full queue, a slow-consumer drop).
+// valid events, in arrival order, to a Refresher (duplicates dropped, floods
+// coalesced to at most one refresh per scope and MinInterval) and asks a
+// Resyncer to re-read everything whenever events may have been lost (a
+// dropped connection, a reconnect, a full queue, a slow-consumer drop).
 //
 // It does not know what a credential is, where it lives or how it is cached:
 // Refresher and Resyncer are declared here; *watcher.Watcher satisfies both

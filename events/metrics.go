@@ -19,6 +19,9 @@ const (
 	// DropSlowConsumer: the NATS client discarded messages it could not
 	// deliver in time; a full resync replaces them.
 	DropSlowConsumer = "slow_consumer"
+	// DropDuplicate: an event with the same source and id was received
+	// within SubscriberConfig.DedupeWindow.
+	DropDuplicate = "duplicate"
 )
 
 // Triggers of a full resync: the closed set of the trigger label of
@@ -36,6 +39,7 @@ var triggers = []string{TriggerDisconnect, TriggerReconnect, TriggerLateConnect,
 
 type metrics struct {
 	received    prometheus.Counter
+	coalesced   prometheus.Counter
 	dropped     map[string]prometheus.Counter
 	resyncs     map[string]prometheus.Counter
 	refreshErrs prometheus.Counter
@@ -51,8 +55,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	})
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credinject_events_dropped_total",
-		Help: "Rotation events dropped, by reason (malformed, oversized, overflow, slow_consumer).",
+		Help: "Rotation events dropped, by reason (malformed, oversized, overflow, slow_consumer, duplicate).",
 	}, []string{"reason"})
+	coalesced := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credinject_events_coalesced_total",
+		Help: "Valid rotation events served by a refresh made for another event (same scope within events.minInterval, or a wider scope).",
+	})
 	resyncs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credinject_events_resyncs_total",
 		Help: "Full resyncs requested because events may have been missed, by trigger.",
@@ -66,7 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Help: "1 while the NATS connection is up, 0 otherwise (rotation then waits for the periodic refresh).",
 	})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{received, dropped, resyncs, errs, connected} {
+		for _, c := range []prometheus.Collector{received, coalesced, dropped, resyncs, errs, connected} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("events: register metrics: %w", err)
 			}
@@ -74,13 +82,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m := &metrics{
 		received:    received,
+		coalesced:   coalesced,
 		dropped:     map[string]prometheus.Counter{},
 		resyncs:     map[string]prometheus.Counter{},
 		refreshErrs: errs.WithLabelValues("refresh"),
 		resyncErrs:  errs.WithLabelValues("resync"),
 		connected:   connected,
 	}
-	for _, r := range []string{DropMalformed, DropOversized, DropOverflow, DropSlowConsumer} {
+	for _, r := range []string{DropMalformed, DropOversized, DropOverflow, DropSlowConsumer, DropDuplicate} {
 		m.dropped[r] = dropped.WithLabelValues(r)
 	}
 	for _, t := range triggers {

@@ -19,7 +19,9 @@ import (
 
 // Refresher re-reads the credentials a rotation event names. The watcher
 // implements it. Refresh must honour ctx: the Subscriber bounds every call
-// with SubscriberConfig.RefreshTimeout.
+// with SubscriberConfig.RefreshTimeout. The Subscriber calls it with events
+// coalesced (see SubscriberConfig.MinInterval): one call may stand for many
+// events of its scope, and for the narrower wildcards inside it.
 type Refresher interface {
 	Refresh(ctx context.Context, r Rotation) error
 }
@@ -64,6 +66,9 @@ const (
 	DefaultRefreshTimeout = 10 * time.Second
 	DefaultResyncTimeout  = 2 * time.Minute
 	DefaultQueueSize      = 1024
+	DefaultMinInterval    = time.Second
+	DefaultDedupeSize     = 10000
+	DefaultDedupeWindow   = 10 * time.Minute
 	DefaultReconnectWait  = 250 * time.Millisecond
 	DefaultConnectionName = "credinject"
 )
@@ -89,9 +94,10 @@ type SubscriberConfig struct {
 	// missed, including once each time the connection drops (not when Run
 	// closes it). Required unless disabled.
 	Resyncer Resyncer
-	// Clock times refreshes and resyncs for the logs (default the real
+	// Clock paces the coalesced refreshes, ages the remembered event ids
+	// and times refreshes and resyncs for the logs (default the real
 	// clock).
-	Clock clock.PassiveClock
+	Clock clock.Clock
 	// Logger; nil discards logs.
 	Logger *slog.Logger
 	// Registerer receives the credinject_events_* metrics; nil skips
@@ -101,9 +107,22 @@ type SubscriberConfig struct {
 	RefreshTimeout time.Duration
 	// ResyncTimeout bounds one ResyncAll call; default DefaultResyncTimeout.
 	ResyncTimeout time.Duration
-	// QueueSize is how many valid events may wait for the worker before new
-	// ones are replaced by a resync; default DefaultQueueSize.
+	// QueueSize is how many distinct scopes may wait for the worker (events
+	// for a scope already waiting cost nothing) before new ones are
+	// replaced by a resync; default DefaultQueueSize.
 	QueueSize int
+	// MinInterval is the least time between two refreshes of scopes that
+	// share an identity and route (config events.minInterval; default
+	// DefaultMinInterval): events arriving meanwhile wait and coalesce
+	// into one refresh at the end of the interval, so each credential is
+	// re-read at most once per interval, and always after the last event.
+	MinInterval time.Duration
+	// DedupeSize and DedupeWindow bound the memory of recent events:
+	// an event whose (source, id) was seen within DedupeWindow is dropped
+	// as a duplicate, and at most DedupeSize pairs are kept (defaults
+	// DefaultDedupeSize, DefaultDedupeWindow).
+	DedupeSize   int
+	DedupeWindow time.Duration
 	// ReconnectWait is the least pause between reconnect attempts; a random
 	// jitter of up to three times as much is added (default 250ms, so
 	// 250ms-1s).
@@ -118,22 +137,29 @@ type SubscriberConfig struct {
 }
 
 // Subscriber listens for rotation events and hands them, one at a time and
-// in arrival order, to a Refresher. Every replica subscribes on its own (no
-// queue group), so every replica refreshes its own cache.
+// in arrival order, to a Refresher, bounding the work a flood can cause:
+// duplicates (same source and id) are dropped, and events for a scope are
+// coalesced so that a credential is re-read at most once per MinInterval,
+// always once more after the last event (see coalescer). Every replica
+// subscribes on its own (no queue group), so every replica refreshes its
+// own cache.
 //
-// The NATS read loop only parses and enqueues; a single worker goroutine
-// calls the Refresher, which keeps events for the same identity in order
-// without ever blocking the connection. When the queue is full the event is
-// dropped and a full resync is scheduled instead, so nothing is lost. The
-// same worker runs the resyncs the connection's handlers ask for (a drop, a
-// reconnect), so they never block NATS's callback goroutine either.
+// The NATS read loop only parses, drops duplicates and records the event;
+// a single worker goroutine calls the Refresher, which keeps events for the
+// same identity in order without ever blocking the connection. When too
+// many scopes are waiting the event is dropped and a full resync is
+// scheduled instead, so nothing is lost. The same worker runs the resyncs
+// the connection's handlers ask for (a drop, a reconnect), so they never
+// block NATS's callback goroutine either.
 type Subscriber struct {
 	cfg      SubscriberConfig
 	log      *slog.Logger
 	m        *metrics
 	disabled bool
 
-	queue   chan queued
+	waiting *coalescer
+	seen    *recentIDs    // used by handle only
+	wake    chan struct{} // capacity 1: an event is waiting
 	resync  chan struct{} // capacity 1: requests coalesce
 	pending atomic.Uint32 // bits of the triggers a pending resync covers, see triggerBit
 
@@ -142,11 +168,6 @@ type Subscriber struct {
 	lastErr       atomic.Pointer[error]
 	running       atomic.Bool
 	stopping      atomic.Bool // Run is closing the connection on purpose
-}
-
-type queued struct {
-	r    Rotation
-	meta Meta
 }
 
 // NewSubscriber checks cfg, fills in defaults and registers the metrics. It
@@ -163,6 +184,15 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.MinInterval <= 0 {
+		cfg.MinInterval = DefaultMinInterval
+	}
+	if cfg.DedupeSize <= 0 {
+		cfg.DedupeSize = DefaultDedupeSize
+	}
+	if cfg.DedupeWindow <= 0 {
+		cfg.DedupeWindow = DefaultDedupeWindow
 	}
 	if cfg.ReconnectWait <= 0 {
 		cfg.ReconnectWait = DefaultReconnectWait
@@ -199,7 +229,9 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 		log:      log.With("component", "events"),
 		m:        m,
 		disabled: disabled,
-		queue:    make(chan queued, cfg.QueueSize),
+		waiting:  newCoalescer(cfg.MinInterval, cfg.QueueSize),
+		seen:     newRecentIDs(cfg.DedupeSize, cfg.DedupeWindow, cfg.Clock),
+		wake:     make(chan struct{}, 1),
 		resync:   make(chan struct{}, 1),
 	}, nil
 }
@@ -331,8 +363,8 @@ func lastError(nc *nats.Conn) error {
 	return nats.ErrConnectionClosed
 }
 
-// handle runs on the subscription's delivery goroutine: parse, count,
-// enqueue, never block.
+// handle runs on the subscription's delivery goroutine: parse, count, drop
+// duplicates, hand over to the coalescer, never block.
 func (s *Subscriber) handle(msg *nats.Msg) {
 	r, meta, err := Parse(msg.Data)
 	if err != nil {
@@ -347,13 +379,26 @@ func (s *Subscriber) handle(msg *nats.Msg) {
 		return
 	}
 	s.m.received.Inc()
-	select {
-	case s.queue <- queued{r: r, meta: meta}:
-	default:
+	if s.seen.seen(meta) {
+		s.m.dropped[DropDuplicate].Inc()
+		s.log.Debug("events: dropped a duplicate event", "id", meta.ID, "source", meta.Source, "rotation", r)
+		return
+	}
+	absorbed, ok := s.waiting.add(r, meta)
+	switch {
+	case !ok:
 		s.m.dropped[DropOverflow].Inc()
 		s.log.Warn("events: queue full, dropping event and resyncing everything",
-			"id", meta.ID, "rotation", r, "queue", cap(s.queue))
+			"id", meta.ID, "rotation", r, "queue", s.cfg.QueueSize)
 		s.requestResync(TriggerOverflow)
+		return
+	case absorbed:
+		s.m.coalesced.Inc()
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default: // the worker will look anyway
 	}
 }
 
@@ -367,9 +412,10 @@ func (s *Subscriber) requestResync(trigger string) {
 	}
 }
 
-// work is the single consumer of the queue. A pending resync goes first: it
-// covers whatever was dropped, and the events still queued after it only
-// cause harmless second refreshes.
+// work is the single consumer of the coalescer: it refreshes each waiting
+// scope as soon as MinInterval allows, one at a time. A pending resync goes
+// first: it covers whatever was dropped, and the events still waiting after
+// it only cause harmless second refreshes.
 func (s *Subscriber) work(ctx context.Context) {
 	for {
 		if ctx.Err() != nil {
@@ -381,28 +427,50 @@ func (s *Subscriber) work(ctx context.Context) {
 			continue
 		default:
 		}
+		w, settled, wait := s.waiting.next(s.cfg.Clock.Now())
+		if w != nil {
+			s.refresh(ctx, w, settled)
+			continue
+		}
+		var timer clock.Timer
+		var ready <-chan time.Time
+		if wait > 0 {
+			timer = s.cfg.Clock.NewTimer(wait)
+			ready = timer.C()
+		}
 		select {
 		case <-ctx.Done():
-			return
 		case <-s.resync:
 			s.resyncAll(ctx)
-		case q := <-s.queue:
-			s.refresh(ctx, q)
+		case <-s.wake:
+		case <-ready:
+		}
+		if timer != nil {
+			timer.Stop()
 		}
 	}
 }
 
-func (s *Subscriber) refresh(ctx context.Context, q queued) {
+// refresh asks the Refresher to re-read w's scope, which also covers the
+// events of settled.
+func (s *Subscriber) refresh(ctx context.Context, w *waitingScope, settled []*waitingScope) {
+	covered := w.n - 1
+	for _, x := range settled {
+		covered += x.n
+	}
+	if len(settled) > 0 {
+		s.m.coalesced.Add(float64(len(settled)))
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
-	err := guard(func() error { return s.cfg.Refresher.Refresh(ctx, q.r) })
+	err := guard(func() error { return s.cfg.Refresher.Refresh(ctx, w.r) })
 	if err != nil {
 		s.m.refreshErrs.Inc()
-		s.log.Warn("events: refresh failed", "id", q.meta.ID, "source", q.meta.Source, "rotation", q.r, "err", err)
+		s.log.Warn("events: refresh failed", "id", w.last.ID, "source", w.last.Source, "rotation", w.r, "coalesced", covered, "err", err)
 		return
 	}
-	s.log.Debug("events: refreshed", "id", q.meta.ID, "source", q.meta.Source, "rotation", q.r,
+	s.log.Debug("events: refreshed", "id", w.last.ID, "source", w.last.Source, "rotation", w.r, "coalesced", covered,
 		"duration", s.cfg.Clock.Since(start))
 }
 

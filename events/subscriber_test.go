@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // publisher connects a Publisher to the shared server for one test.
@@ -228,7 +230,7 @@ func TestSubscriberRefreshErrors(t *testing.T) {
 	publish(t, p, Rotation{Route: "fail"})
 	publish(t, p, Rotation{Route: "ok"})
 	publish(t, p, Rotation{Route: "panic"})
-	publish(t, p, Rotation{Route: "ok"})
+	publish(t, p, Rotation{Route: "after"}) // another scope: not coalesced with ok
 	if err := recv(t, deadlines, "refresh deadline"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("slow refresh ended with %v, want DeadlineExceeded", err)
 	}
@@ -239,8 +241,8 @@ func TestSubscriberRefreshErrors(t *testing.T) {
 	}
 	// The panicking call never reports; the one after it proves the worker
 	// survived.
-	if got := recv(t, rec.refreshed, "ok after panic"); got.Route != "ok" {
-		t.Fatalf("Refresh(%+v), want route ok", got)
+	if got := recv(t, rec.refreshed, "after the panic"); got.Route != "after" {
+		t.Fatalf("Refresh(%+v), want route after", got)
 	}
 	if got := metric(t, run.reg, "credinject_events_refresh_errors_total", "op", "refresh"); got != 3 {
 		t.Errorf("refresh errors = %v, want 3", got)
@@ -576,5 +578,104 @@ func TestRedactURL(t *testing.T) {
 				t.Errorf("redactURL(%q) = %q, want %q", tc.in, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSubscriberBoundsAFlood: on a fake clock, 200 copies of one event
+// (same source and id) cost one refresh and 199 duplicate drops; 1,000
+// wildcard events make one refresh at once and one trailing refresh when
+// events.minInterval has passed, after the last of them; nothing more.
+func TestSubscriberBoundsAFlood(t *testing.T) {
+	subject := uniqueSubject(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	rec := newRecorder()
+	var mu sync.Mutex
+	at := map[Rotation][]time.Time{}
+	rec.refresh = func(_ context.Context, r Rotation) error {
+		mu.Lock()
+		at[r] = append(at[r], clk.Now())
+		mu.Unlock()
+		return nil
+	}
+	run := runSubscriber(t, SubscriberConfig{Subject: subject, Refresher: rec, Resyncer: rec, Clock: clk, MinInterval: time.Second})
+	waitInterest(t, natsServer(), subject, 1)
+	p, nc := publisher(t, subject)
+	named := Rotation{Namespace: "a", ServiceAccount: "x"}
+	copyOf, err := NewEvent("test", named, clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		if err := nc.Publish(subject, copyOf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := recv(t, rec.refreshed, "the named refresh"); got != named {
+		t.Fatalf("Refresh(%+v), want %+v", got, named)
+	}
+	waitFor(t, "200 received", func() bool { return metric(t, run.reg, "credinject_events_received_total") == 200 })
+	if got := metric(t, run.reg, "credinject_events_dropped_total", "reason", DropDuplicate); got != 199 {
+		t.Fatalf("dropped{reason=duplicate} = %v, want 199", got)
+	}
+
+	clk.Step(5 * time.Second) // a quiet period
+	for range 999 {
+		publish(t, p, Rotation{})
+	}
+	if got := recv(t, rec.refreshed, "the leading refresh"); got != (Rotation{}) {
+		t.Fatalf("Refresh(%+v), want everything", got)
+	}
+	waitFor(t, "1,199 received", func() bool { return metric(t, run.reg, "credinject_events_received_total") == 1199 })
+	clk.Step(500 * time.Millisecond)
+	publish(t, p, Rotation{}) // the last one, half an interval later
+	lastEvent := clk.Now()
+	waitFor(t, "1,200 received", func() bool { return metric(t, run.reg, "credinject_events_received_total") == 1200 })
+	waitFor(t, "the worker waiting for the interval", clk.HasWaiters)
+	select {
+	case r := <-rec.refreshed:
+		t.Fatalf("Refresh(%+v) within the interval", r)
+	default:
+	}
+	clk.Step(499 * time.Millisecond)
+	waitFor(t, "the worker waiting again", clk.HasWaiters)
+	select {
+	case r := <-rec.refreshed:
+		t.Fatalf("Refresh(%+v) 1ms before the interval ends", r)
+	default:
+	}
+	clk.Step(time.Millisecond)
+	if got := recv(t, rec.refreshed, "the trailing refresh"); got != (Rotation{}) {
+		t.Fatalf("Refresh(%+v), want everything", got)
+	}
+	mu.Lock()
+	trailing := at[Rotation{}][1]
+	mu.Unlock()
+	if !trailing.After(lastEvent) {
+		t.Fatalf("trailing refresh at %v, not after the last event at %v", trailing, lastEvent)
+	}
+	clk.Step(time.Minute)
+	noRefresh(t, rec, "after the trailing refresh")
+	if got := metric(t, run.reg, "credinject_events_coalesced_total"); got != 998 {
+		t.Errorf("coalesced = %v, want 998 (1,000 wildcards, 2 refreshes)", got)
+	}
+
+	// An id is remembered for DedupeWindow, then a copy counts again.
+	clk.Step(DefaultDedupeWindow)
+	if err := nc.Publish(subject, copyOf); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(t, rec.refreshed, "the copy after the window"); got != named {
+		t.Fatalf("Refresh(%+v), want %+v", got, named)
+	}
+}
+
+// noRefresh fails the test if a Refresh was reported that was not received
+// yet.
+func noRefresh(t *testing.T, rec *recorder, when string) {
+	t.Helper()
+	select {
+	case r := <-rec.refreshed:
+		t.Fatalf("Refresh(%+v) %s", r, when)
+	default:
 	}
 }

@@ -121,12 +121,14 @@ func (id *identity) watched() []string {
 	return rs
 }
 
-func (id *identity) watches(route string) bool {
+// expires: the credential last stored for route has an end of its own (a
+// lease, a token), see setDue.
+func (id *identity) expires(route string) bool {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	for _, r := range id.rs {
 		if r.name == route {
-			return r.watched
+			return !r.due.IsZero()
 		}
 	}
 	return false
@@ -293,6 +295,12 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 			return err
 		}
 	}
+	return w.refreshRoutes(ctx, id, routes, trigger)
+}
+
+// refreshRoutes re-reads routes of id with its current Vault token and
+// returns the most significant failure, as refreshAll.
+func (w *Watcher) refreshRoutes(ctx context.Context, id *identity, routes []string, trigger string) error {
 	var worst error
 	for _, r := range routes {
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
@@ -304,6 +312,42 @@ func (w *Watcher) refreshAll(ctx context.Context, id *identity, trigger string) 
 		worst = worse(worst, err)
 	}
 	return worst
+}
+
+// eventRoutes are the watched routes of x that an event for scope re-reads:
+// every route it covers when it names the identity; for a wildcard, every
+// covered route except those that hold a valid credential a re-read would
+// replace at a cost: a lease (vault-read; a value without a lease is re-read
+// like KV) or a minted token (oauth2-client-credentials,
+// vault-identity-token). Those keep their own schedule, before they expire.
+func (w *Watcher) eventRoutes(x *identity, scope authz.Scope) []string {
+	now := w.cfg.Clock.Now()
+	var rs []string
+	for _, r := range x.watched() {
+		if !scope.CoversRoute(r) {
+			continue
+		}
+		if scope.ServiceAccount == "" && w.keptOnWildcard(x, r, now) {
+			continue
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// keptOnWildcard: x's credential for route is a lease or a minted token
+// that is valid at now.
+func (w *Watcher) keptOnWildcard(x *identity, route string, now time.Time) bool {
+	switch w.routes[route].Source {
+	case SourceKV:
+		return false
+	case SourceVaultRead:
+		if !x.expires(route) {
+			return false // no lease: a plain read
+		}
+	}
+	e, ok := w.cfg.Store.Get(route, x.Key)
+	return ok && e.Denied == authz.ReasonNone && now.Before(e.ExpiresAt)
 }
 
 // refreshRoute fetches id's credential for route and stores the outcome: a

@@ -407,6 +407,13 @@ func (w *Watcher) settle(x *identity, err error) {
 // Refresh re-reads, now, the credentials of the identities and routes scope
 // names (a rotation event). It returns when the new values are in the cache;
 // the error joins those of identities Vault could not be asked about.
+//
+// An event naming an identity re-reads each route it covers anew: a leased
+// secret is read again (and the old lease revoked), an access token or
+// identity token minted again. A wildcard (a namespace, or everything) only
+// re-reads what a plain read refreshes: KV routes, and routes that hold no
+// valid credential; a valid lease or minted token is kept (see eventRoutes),
+// so that a wildcard never costs a revocation or a mint per identity.
 func (w *Watcher) Refresh(ctx context.Context, scope authz.Scope) error {
 	var targets []*identity
 	w.mu.Lock()
@@ -428,13 +435,9 @@ func (w *Watcher) Refresh(ctx context.Context, scope authz.Scope) error {
 			cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
 			defer cancel()
 			var err error
-			if scope.Route != "" {
-				if x.watches(scope.Route) {
-					_, err = w.refreshRoute(cctx, x, scope.Route, "event")
-					x.session.retire()
-				}
-			} else {
-				err = w.refreshAll(cctx, x, "event")
+			if routes := w.eventRoutes(x, scope); len(routes) > 0 {
+				err = w.refreshRoutes(cctx, x, routes, "event")
+				x.session.retire()
 			}
 			if errors.Is(err, authz.ErrVaultDenied) {
 				w.forgetLoop(x)

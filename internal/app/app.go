@@ -147,7 +147,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 			return nil, fmt.Errorf("events.%w", err)
 		}
 		a.sub, err = events.NewSubscriber(events.SubscriberConfig{
-			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject,
+			URL: cfg.Events.NatsURL, Subject: cfg.Events.Subject, MinInterval: cfg.Events.MinInterval,
 			Refresher: a.watcher, Resyncer: a.watcher,
 			Logger: a.log, Registerer: a.reg, Name: "credinject",
 			Options: natsOpts,

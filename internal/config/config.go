@@ -180,6 +180,12 @@ type Events struct {
 	CAFile   string `yaml:"caFile"`
 	CertFile string `yaml:"certFile"`
 	KeyFile  string `yaml:"keyFile"`
+	// MinInterval is the least time between two event-driven re-reads of
+	// one identity's credential for one route (default 1s, must be
+	// positive): events arriving meanwhile (a flood, wildcard events,
+	// repeats) coalesce into one re-read at the end of the interval, which
+	// starts after the last of them.
+	MinInterval time.Duration `yaml:"minInterval"`
 }
 
 // Prefetch configures the watcher.
@@ -258,7 +264,7 @@ func Default() Config {
 			Concurrency: 16,
 		},
 		Inject:   Inject{Header: "authorization", Value: "Bearer {api_key}"},
-		Events:   Events{Subject: "credinject.rotated"},
+		Events:   Events{Subject: "credinject.rotated", MinInterval: time.Second},
 		Prefetch: Prefetch{Refresh: 5 * time.Minute, RefreshWithEvents: time.Hour, StaleGrace: 15 * time.Minute, Concurrency: 16},
 		Cache: Cache{
 			Capacity:      1 << 18,
@@ -422,6 +428,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.Events.CertFile == "") != (c.Events.KeyFile == "") {
 		bad("events.certFile/keyFile", "both or neither (certFile %q, keyFile %q)", c.Events.CertFile, c.Events.KeyFile)
+	}
+	if c.Events.MinInterval <= 0 {
+		bad("events.minInterval", "must be positive, got %v", c.Events.MinInterval)
 	}
 	if c.Prefetch.Refresh <= 0 {
 		bad("prefetch.refresh", "must be positive, got %v", c.Prefetch.Refresh)

@@ -86,6 +86,20 @@ func TestRefreshAndReloginKeys(t *testing.T) {
 	}
 }
 
+// TestEventsMinInterval: events.minInterval is 1s unless the file says
+// otherwise.
+func TestEventsMinInterval(t *testing.T) {
+	for yaml, want := range map[string]time.Duration{"": time.Second, "events: {minInterval: 250ms}": 250 * time.Millisecond} {
+		c, err := Parse(strings.NewReader(yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Events.MinInterval != want {
+			t.Errorf("%q: events.minInterval %v, want %v", yaml, c.Events.MinInterval, want)
+		}
+	}
+}
+
 func TestEmptyIsDefault(t *testing.T) {
 	c, err := Parse(strings.NewReader(""))
 	if err != nil {
@@ -130,6 +144,8 @@ func TestParseRefuses(t *testing.T) {
 		"negative grace":           {"prefetch: {staleGrace: -1m}", "prefetch.staleGrace"},
 		"zero refresh":             {"prefetch: {refresh: 0s}", "prefetch.refresh"},
 		"zero refresh with events": {"prefetch: {refreshWithEvents: 0s}", "prefetch.refreshWithEvents"},
+		"zero event interval":      {"events: {minInterval: 0s}", "events.minInterval"},
+		"negative event interval":  {"events: {minInterval: -1s}", "events.minInterval"},
 		"negative relogin":         {"vault: {reloginInterval: -1m}", "vault.reloginInterval"},
 		"zero prefetch workers":    {"prefetch: {concurrency: 0}", "prefetch.concurrency"},
 		"bad duration":             {"prefetch: {refresh: soon}", "parse"},

@@ -148,10 +148,55 @@ func TestKustomizeApplies(t *testing.T) {
 			if cfg.Listen.TLS.Enabled() != tc.tls {
 				t.Fatalf("listen.tls %+v", cfg.Listen.TLS)
 			}
+			if tc.natsURL {
+				checkNATSOverlay(t, cfg, dep)
+			}
 			if tc.tls {
 				checkTLSOverlay(t, cfg, dep, string(run(t, nil, "get", "-n", "credinject", "certificate", "credinject-tls", "-o", "jsonpath={.spec.secretName}")))
 			}
 		})
+	}
+}
+
+// checkNATSOverlay: credinject connects to NATS with credentials of its
+// own, never anonymously: exactly one of events.credsFile, tokenFile and
+// nkeyFile names a file inside a Secret the Deployment mounts as a directory
+// (so a rotated Secret reaches the running pods); the configuration passes
+// credinject's own checks of the events section.
+func checkNATSOverlay(t *testing.T, cfg config.Config, dep *appsv1.Deployment) {
+	t.Helper()
+	var key, file string
+	for k, f := range map[string]string{"events.credsFile": cfg.Events.CredsFile, "events.tokenFile": cfg.Events.TokenFile, "events.nkeyFile": cfg.Events.NKeyFile} {
+		if f != "" {
+			if file != "" {
+				t.Fatalf("both %s and %s are set", key, k)
+			}
+			key, file = k, f
+		}
+	}
+	if file == "" {
+		t.Fatal("the nats overlay connects anonymously: set events.credsFile, tokenFile or nkeyFile")
+	}
+	pod := dep.Spec.Template.Spec
+	secret := ""
+	for _, v := range pod.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		for _, m := range pod.Containers[0].VolumeMounts {
+			if m.Name == v.Name && m.SubPath == "" && m.MountPath == filepath.Dir(file) {
+				secret = v.Secret.SecretName
+				if v.Secret.Optional != nil && *v.Secret.Optional {
+					t.Fatalf("secret %s is optional: without it credinject would start with no NATS credentials", secret)
+				}
+			}
+		}
+	}
+	if secret == "" {
+		t.Fatalf("%s %q is not in a Secret the Deployment mounts as a directory", key, file)
+	}
+	if cfg.Events.MinInterval <= 0 {
+		t.Fatalf("events.minInterval %v", cfg.Events.MinInterval)
 	}
 }
 

@@ -83,7 +83,7 @@ func TestReasonStatus(t *testing.T) {
 		ReasonNone: 200, ReasonMissingToken: 401, ReasonMalformedToken: 401, ReasonInvalidToken: 401,
 		ReasonUnknownServiceAccount: 401, ReasonVaultDenied: 403, ReasonNoCredential: 403, ReasonNoRoute: 403,
 		ReasonInvalidCredential: 403, ReasonVaultUnavailable: 503, ReasonTokenReviewUnavailable: 503,
-		ReasonInternal: 500, Reason("bogus"): 500,
+		ReasonClientNotAllowed: 403, ReasonInternal: 500, Reason("bogus"): 500,
 	}
 	for r, st := range want {
 		if got := r.Status(); got != st {

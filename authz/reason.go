@@ -33,7 +33,11 @@ const (
 	// ReasonTokenEndpointUnavailable: the OAuth2 token endpoint could not be
 	// reached (or failed) and no still-valid access token was cached.
 	ReasonTokenEndpointUnavailable Reason = "token_endpoint_unavailable"
-	ReasonInternal                 Reason = "internal"
+	// ReasonClientNotAllowed: the caller of /check presented a client
+	// certificate the client CA signed, but naming none of
+	// listen.tls.clientNames: it is not the gateway, and gets nothing.
+	ReasonClientNotAllowed Reason = "client_not_allowed"
+	ReasonInternal         Reason = "internal"
 )
 
 // Reasons lists every deny reason, in the order of the README.
@@ -41,7 +45,7 @@ var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
 	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
 	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointRefused,
-	ReasonTokenEndpointUnavailable, ReasonInternal,
+	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInternal,
 }
 
 // Known reports whether r is ReasonNone or one of Reasons.
@@ -66,7 +70,7 @@ func (r Reason) Status() int {
 		return 200
 	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount:
 		return 401
-	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused:
+	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused, ReasonClientNotAllowed:
 		return 403
 	case ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointUnavailable:
 		return 503

@@ -42,6 +42,8 @@ type rig struct {
 	objects sync.Map
 	// bound, if set, answers instead of objects (a benchmark's informer).
 	bound checker.BoundObjects
+	// reg holds the checker's metrics.
+	reg *prometheus.Registry
 }
 
 type sourceFunc func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error)
@@ -96,7 +98,7 @@ func newTracedRig(tb testing.TB, routes []checker.Route, hasDefault bool, tracin
 // newRigOpts builds a rig with a Recorder (nil: none) and tracing.
 func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder, tracing checker.Tracing) *rig {
 	tb.Helper()
-	r := &rig{sas: &saFake{}}
+	r := &rig{sas: &saFake{}, reg: prometheus.NewRegistry()}
 	r.clock = clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	var err error
 	if r.iss, err = satoken.New("https://issuer.test"); err != nil {
@@ -131,7 +133,7 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 			r.calls.Add(1)
 			return r.source(ctx, route, id, token, exp)
 		}),
-		Registerer: prometheus.NewRegistry(), TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
+		Registerer: r.reg, TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 		Recorder: rec,
 		Tracing:  tracing,
 	})

@@ -38,15 +38,14 @@ import (
 // /check and ext_authz never answer there.
 func (a *App) listen() error {
 	cfg := a.cfg
-	var err error
-	opts := []grpc.ServerOption{
+	gopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(1 << 20),
 	}
 	if a.tls != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig("h2"))))
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig("h2"))))
 	}
-	a.grpcSrv = grpc.NewServer(opts...)
+	a.grpcSrv = grpc.NewServer(gopts...)
 	authv3.RegisterAuthorizationServer(a.grpcSrv, checker.NewGRPC(a.checker))
 	a.health = health.NewServer()
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -54,11 +53,24 @@ func (a *App) listen() error {
 	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 	reflection.Register(a.grpcSrv)
 
+	// /check answers a TLS client whose certificate names none of
+	// listen.tls.clientNames with a 403 (gRPC fails its handshake), and
+	// believes forwarded host headers only from listen.trustedProxies and
+	// named clients, judged once per connection (ConnContext).
+	proxies, err := cfg.Listen.TrustedProxyPrefixes()
+	if err != nil {
+		return err
+	}
+	opts := checker.HTTPOptions{TrustedProxies: proxies}
+	if a.tls != nil {
+		opts.Clients = a.tls
+	}
+	check := checker.NewHTTPWith(a.checker, opts)
 	mux := http.NewServeMux()
-	mux.Handle("/check", checker.NewHTTP(a.checker))
-	mux.Handle("/check/", checker.NewHTTP(a.checker))
+	mux.Handle("/check", check)
+	mux.Handle("/check/", check)
 	a.probes(mux)
-	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: check.ConnContext}
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)
@@ -67,7 +79,7 @@ func (a *App) listen() error {
 		return fmt.Errorf("listen.http: %w", err)
 	}
 	if a.tls != nil {
-		a.httpLn = tls.NewListener(a.httpLn, a.tls.ServerConfig("h2", "http/1.1"))
+		a.httpLn = tls.NewListener(a.httpLn, a.tls.ServerConfigNamesLater("h2", "http/1.1"))
 	}
 	if cfg.Listen.Health != "" {
 		hmux := http.NewServeMux()
@@ -123,7 +135,7 @@ func (a *App) loadTLS() error {
 	}
 	var err error
 	a.tls, err = tlsconfig.New(tlsconfig.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
-		tlsconfig.Options{Key: "listen.tls", Log: a.log.With("component", "tls"), Registerer: a.reg})
+		tlsconfig.Options{Key: "listen.tls", Log: a.log.With("component", "tls"), Registerer: a.reg, ClientNames: t.ClientNames})
 	return err
 }
 
@@ -272,7 +284,8 @@ func (a *App) Run(ctx context.Context) error {
 		return nil
 	})
 	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(), "debug", a.DebugAddr(), "tracing", a.tracing != nil,
-		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(), "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
+		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(),
+		"clientNames", len(a.cfg.Listen.TLS.ClientNames), "trustedProxies", a.cfg.Listen.TrustedProxies, "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
 	err := g.Wait()
 	if a.audit != nil {
 		// The servers have stopped: the last interval is complete.

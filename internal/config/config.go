@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/internal/tlsconfig"
 )
 
 // Config is the whole configuration file.
@@ -91,6 +93,34 @@ type Listen struct {
 	// client certificate (mTLS on the other two).
 	Health string    `yaml:"health"`
 	TLS    ListenTLS `yaml:"tls"`
+	// TrustedProxies are the callers of /check whose X-Forwarded-Host,
+	// X-Original-Host and Forwarded (host=) headers choose the route: CIDRs
+	// or single addresses ("10.0.3.0/24", "127.0.0.1"), matched against the
+	// HTTP request's TCP peer address. A client whose certificate matches
+	// tls.clientNames is trusted too. Anyone else's request is routed by its
+	// own Host header. Empty (the default): nobody's forwarded headers count.
+	TrustedProxies []string `yaml:"trustedProxies"`
+}
+
+// TrustedProxyPrefixes parses TrustedProxies (a single address is a prefix
+// of its full length; host bits are masked off). Validate reports the same
+// errors, naming listen.trustedProxies[i].
+func (l Listen) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for i, v := range l.TrustedProxies {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil || a.Zone() != "" {
+				errs = append(errs, fmt.Errorf("listen.trustedProxies[%d]: %q is not an IP address or CIDR", i, v))
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, errors.Join(errs...)
 }
 
 // ListenTLS turns TLS on for both listeners (gRPC and HTTP). The files are
@@ -100,6 +130,13 @@ type ListenTLS struct {
 	KeyFile  string `yaml:"keyFile"`
 	// ClientCAFile requires a client certificate signed by one of its CAs.
 	ClientCAFile string `yaml:"clientCAFile"`
+	// ClientNames, with ClientCAFile, also require the client certificate to
+	// carry one of these names: a URI SAN, exact
+	// ("spiffe://cluster.local/ns/istio-system/sa/egress-gateway"), or a DNS
+	// SAN, exact or "*." and a suffix (one more label). A certificate of the
+	// CA naming none is refused: gRPC fails the handshake, /check answers
+	// 403 client_not_allowed. Empty: any certificate of the CA.
+	ClientNames []string `yaml:"clientNames"`
 }
 
 // Enabled reports whether the listeners serve TLS.
@@ -338,6 +375,17 @@ func (c *Config) Validate() error {
 		if t.CertFile == "" || t.KeyFile == "" {
 			bad("listen.tls", "certFile and keyFile are both required (certFile %q, keyFile %q)", t.CertFile, t.KeyFile)
 		}
+	}
+	if t := c.Listen.TLS; len(t.ClientNames) > 0 {
+		if t.ClientCAFile == "" {
+			bad("listen.tls.clientNames", "needs listen.tls.clientCAFile (names are checked on client certificates that CA verified)")
+		}
+		if _, err := tlsconfig.ParseClientNames("listen.tls.clientNames", t.ClientNames); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := c.Listen.TrustedProxyPrefixes(); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.Kubernetes.TokenValidation {
 	case "tokenreview", "jwks":

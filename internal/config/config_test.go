@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -174,6 +175,11 @@ func TestParseRefuses(t *testing.T) {
 		"sampling ratio above 1":   {"tracing: {samplingRatio: 1.5}", "tracing.samplingRatio"},
 		"negative sampling ratio":  {"tracing: {samplingRatio: -0.1}", "tracing.samplingRatio"},
 		"bad debug address":        {"debug: {listen: localhost}", "debug.listen"},
+		"client names without CA":  {"listen: {tls: {certFile: /c, keyFile: /k, clientNames: [gw.example]}}", "listen.tls.clientNames: needs listen.tls.clientCAFile"},
+		"bad client name":          {"listen: {tls: {certFile: /c, keyFile: /k, clientCAFile: /ca, clientNames: [gw.example, \"a b\"]}}", "listen.tls.clientNames[1]"},
+		"wildcard in a URI name":   {"listen: {tls: {certFile: /c, keyFile: /k, clientCAFile: /ca, clientNames: [\"spiffe://cl/ns/*/sa/gw\"]}}", "listen.tls.clientNames[0]"},
+		"bad trusted proxy":        {"listen: {trustedProxies: [10.0.0.0/8, 10.0.0.0/33]}", "listen.trustedProxies[1]"},
+		"trusted proxy host name":  {"listen: {trustedProxies: [nginx.local]}", "listen.trustedProxies[0]"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -211,7 +217,7 @@ events:
 		t.Fatal(err)
 	}
 	want := ListenTLS{CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key", ClientCAFile: "/tls/ca.crt"}
-	if c.Listen.TLS != want || !c.Listen.TLS.Enabled() || c.Listen.Health != "0.0.0.0:8182" {
+	if !reflect.DeepEqual(c.Listen.TLS, want) || !c.Listen.TLS.Enabled() || c.Listen.Health != "0.0.0.0:8182" {
 		t.Fatalf("listen %+v", c.Listen)
 	}
 	if c.Vault.CAFile != "/vault/ca.crt" || c.Vault.ClientCertFile != "/vault/tls.crt" || c.Vault.ClientKeyFile != "/vault/tls.key" ||
@@ -223,6 +229,38 @@ events:
 	}
 	if d := Default(); d.Listen.TLS.Enabled() || d.Listen.Health != "" {
 		t.Fatal("TLS or the health port is on by default")
+	}
+}
+
+// TestParseGatewayOnly: listen.tls.clientNames and listen.trustedProxies, and
+// that by default nobody is trusted.
+func TestParseGatewayOnly(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+listen:
+  tls:
+    certFile: /tls/tls.crt
+    keyFile: /tls/tls.key
+    clientCAFile: /tls/ca.crt
+    clientNames: ["spiffe://cluster.local/ns/istio-system/sa/egress-gateway", "*.gw.example"]
+  trustedProxies: ["10.1.2.3/16", "127.0.0.1", "::1", "fd00::/8"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"spiffe://cluster.local/ns/istio-system/sa/egress-gateway", "*.gw.example"}; !reflect.DeepEqual(c.Listen.TLS.ClientNames, want) {
+		t.Fatalf("clientNames %v", c.Listen.TLS.ClientNames)
+	}
+	got, err := c.Listen.TrustedProxyPrefixes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fd00::/8")}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("trusted proxies %v, want %v", got, want)
+	}
+	d := Default()
+	if p, err := d.Listen.TrustedProxyPrefixes(); err != nil || len(p) != 0 || len(d.Listen.TLS.ClientNames) != 0 {
+		t.Fatalf("trusted by default: %v %v %v", p, err, d.Listen.TLS.ClientNames)
 	}
 }
 

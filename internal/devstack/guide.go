@@ -93,7 +93,10 @@ func (g Guide) Write(w io.Writer) error {
 		p("A minted credential (route federated, source vault-identity-token): a JWT from Vault's identity engine,")
 		p("for the workload's own Vault entity, refreshed before it expires:")
 		p("")
-		p(`  curl -si %s/check -H "Authorization: Bearer $%s" -H "X-Forwarded-Host: %s"`, url, TokenVar(id), FederatedHost)
+		// Host, not X-Forwarded-Host: credinject believes forwarded
+		// headers only from listen.trustedProxies, and the dev stack
+		// trusts no one, as a deployment does by default.
+		p(`  curl -si %s/check -H "Authorization: Bearer $%s" -H "Host: %s"`, url, TokenVar(id), FederatedHost)
 		p("    -> 200, authorization: Bearer eyJ… (sub: the entity; keys at %s/v1/identity/oidc/.well-known/keys)", s.VaultAddr)
 	}
 	p("")

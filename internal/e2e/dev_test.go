@@ -171,13 +171,13 @@ func TestDev(t *testing.T) {
 	})
 
 	t.Run("the printed curl of the minted source answers a Vault identity token", func(t *testing.T) {
-		line := d.line(t, "X-Forwarded-Host: "+devstack.FederatedHost)
+		line := d.line(t, "Host: "+devstack.FederatedHost)
 		if !strings.Contains(line, "$TOKEN_FEDERATED") {
 			t.Fatalf("minted curl line: %q", line)
 		}
 		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/check", nil)
 		req.Header.Set("Authorization", "Bearer "+tokens["TOKEN_FEDERATED"])
-		req.Header.Set("X-Forwarded-Host", devstack.FederatedHost)
+		req.Host = devstack.FederatedHost
 		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -4,16 +4,22 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -32,7 +38,8 @@ import (
 // Certificate CRD (testdata/cert-manager-certificate-crd.yaml: its real
 // field names, types and enums, strict) and checks the object against it and
 // against the Deployment (the secret it mounts, the files the configuration
-// names, the probes on the health port).
+// names). Every overlay probes the health port and ships the NetworkPolicy
+// that admits only the gateway to the decision ports.
 func TestKustomizeApplies(t *testing.T) {
 	env := testenv.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -154,6 +161,12 @@ func TestKustomizeApplies(t *testing.T) {
 			if tc.tls {
 				checkTLSOverlay(t, cfg, dep, string(run(t, nil, "get", "-n", "credinject", "certificate", "credinject-tls", "-o", "jsonpath={.spec.secretName}")))
 			}
+			checkHealthPort(t, cfg, dep)
+			np, err := env.Kube.Client.NetworkingV1().NetworkPolicies("credinject").Get(ctx, "credinject", metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("the NetworkPolicy that admits only the gateway: %v", err)
+			}
+			checkGatewayOnly(t, cfg, dep, np)
 		})
 	}
 }
@@ -201,7 +214,7 @@ func checkNATSOverlay(t *testing.T, cfg config.Config, dep *appsv1.Deployment) {
 }
 
 // checkTLSOverlay: the Deployment mounts the Certificate's secret where the
-// configuration looks for the files, and probes the health port it opens.
+// configuration looks for the files, and mutual TLS names the gateway.
 func checkTLSOverlay(t *testing.T, cfg config.Config, dep *appsv1.Deployment, secretName string) {
 	t.Helper()
 	if secretName != "credinject-tls" {
@@ -221,11 +234,22 @@ func checkTLSOverlay(t *testing.T, cfg config.Config, dep *appsv1.Deployment, se
 	if mountPath == "" {
 		t.Fatalf("the Deployment does not mount secret %s as a directory (subPath mounts are never updated)", secretName)
 	}
-	for key, f := range map[string]string{"listen.tls.certFile": cfg.Listen.TLS.CertFile, "listen.tls.keyFile": cfg.Listen.TLS.KeyFile} {
+	for key, f := range map[string]string{"listen.tls.certFile": cfg.Listen.TLS.CertFile, "listen.tls.keyFile": cfg.Listen.TLS.KeyFile, "listen.tls.clientCAFile": cfg.Listen.TLS.ClientCAFile} {
 		if filepath.Dir(f) != mountPath {
 			t.Fatalf("%s %q is not in the secret's mount %s", key, f, mountPath)
 		}
 	}
+	// Mutual TLS by name: the CA alone would admit any workload it issued to.
+	if len(cfg.Listen.TLS.ClientNames) == 0 {
+		t.Fatal("the tls overlay sets no listen.tls.clientNames")
+	}
+}
+
+// checkHealthPort: listen.health is open, on the container port named
+// health, and the probes use it.
+func checkHealthPort(t *testing.T, cfg config.Config, dep *appsv1.Deployment) {
+	t.Helper()
+	pod := dep.Spec.Template.Spec
 	_, port, _ := strings.Cut(cfg.Listen.Health, ":")
 	healthPort := int32(0)
 	for _, p := range pod.Containers[0].Ports {
@@ -240,5 +264,81 @@ func checkTLSOverlay(t *testing.T, cfg config.Config, dep *appsv1.Deployment, se
 		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Port.String() != "health" {
 			t.Fatalf("%s probe not on the health port: %+v", name, pr)
 		}
+	}
+}
+
+// The gateway's pods as deploy/kubernetes/base/networkpolicy.yaml selects
+// them (the one place; README and deploy/kubernetes/README.md say so), and
+// Prometheus's.
+var (
+	gatewayPeer = networkingv1.NetworkPolicyPeer{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "gateway-system"}},
+		PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"gateway.networking.k8s.io/gateway-name": "kuadrant-egressgateway"}},
+	}
+	prometheusPeer = networkingv1.NetworkPolicyPeer{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "monitoring"}},
+		PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "prometheus"}},
+	}
+)
+
+// checkGatewayOnly: the NetworkPolicy (as the API server stored it) selects
+// credinject's pods, restricts their ingress, and admits on the decision
+// ports (listen.grpc, listen.http) only the gateway's pods and on
+// listen.health only Prometheus; no rule admits anyone on every port.
+func checkGatewayOnly(t *testing.T, cfg config.Config, dep *appsv1.Deployment, np *networkingv1.NetworkPolicy) {
+	t.Helper()
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sel.Matches(labels.Set(dep.Spec.Template.Labels)) {
+		t.Fatalf("the NetworkPolicy's podSelector %v does not select credinject's pods %v", np.Spec.PodSelector, dep.Spec.Template.Labels)
+	}
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+		t.Fatalf("policyTypes %v: ingress is not restricted", np.Spec.PolicyTypes)
+	}
+	// Container port number by name, to resolve named policy ports.
+	byName := map[string]int32{}
+	for _, p := range dep.Spec.Template.Spec.Containers[0].Ports {
+		byName[p.Name] = p.ContainerPort
+	}
+	admitted := map[int32][]networkingv1.NetworkPolicyPeer{}
+	for i, rule := range np.Spec.Ingress {
+		if len(rule.Ports) == 0 || len(rule.From) == 0 {
+			t.Fatalf("ingress[%d] admits on every port or from everyone: %+v", i, rule)
+		}
+		for _, p := range rule.Ports {
+			n := p.Port.IntVal
+			if p.Port.StrVal != "" {
+				if n = byName[p.Port.StrVal]; n == 0 {
+					t.Fatalf("ingress[%d] names port %q, which the container does not have", i, p.Port.StrVal)
+				}
+			}
+			admitted[n] = append(admitted[n], rule.From...)
+		}
+	}
+	port := func(key, addr string) int32 {
+		_, p, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatalf("%s %q: %v", key, addr, err)
+		}
+		n, _ := strconv.Atoi(p)
+		return int32(n)
+	}
+	for key, want := range map[string]struct {
+		addr string
+		peer networkingv1.NetworkPolicyPeer
+	}{
+		"listen.grpc":   {cfg.Listen.GRPC, gatewayPeer},
+		"listen.http":   {cfg.Listen.HTTP, gatewayPeer},
+		"listen.health": {cfg.Listen.Health, prometheusPeer},
+	} {
+		got := admitted[port(key, want.addr)]
+		if len(got) != 1 || !equality.Semantic.DeepEqual(got[0], want.peer) {
+			t.Fatalf("%s (%s) admits %+v, want only %+v", key, want.addr, got, want.peer)
+		}
+	}
+	if len(admitted) != 3 {
+		t.Fatalf("the NetworkPolicy admits ports %v, want only the three listeners'", slices.Collect(maps.Keys(admitted)))
 	}
 }

@@ -117,7 +117,7 @@ func httpsCheck(url string, cfg *tls.Config, tok string) (*http.Response, error)
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodGet, url+"/check", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("X-Forwarded-Host", "api.openai.com")
+	req.Host = "api.openai.com"
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return nil, err

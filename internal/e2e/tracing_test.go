@@ -192,7 +192,7 @@ func TestTracesTokenEndpoint(t *testing.T) {
 	traceID, parent := randHex(t, 16), randHex(t, 8)
 	req, _ := http.NewRequest(http.MethodGet, r.HTTPURL+"/check", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("X-Forwarded-Host", "api.partner.example")
+	req.Host = "api.partner.example"
 	req.Header.Set("traceparent", "00-"+traceID+"-"+parent+"-01")
 	resp, err := r.HTTPClient.Do(req)
 	if err != nil {

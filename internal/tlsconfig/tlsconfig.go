@@ -3,7 +3,10 @@
 // makes it mutual TLS: a client certificate signed by that CA is required),
 // and hands each new connection the files' current contents: cert-manager and
 // kubelet replace them in place, and a listener must neither restart nor drop
-// the connections it has.
+// the connections it has. With client names (ClientNames) a CA-signed client
+// certificate must also name one of them: in the handshake (ServerConfig) or,
+// for a handler that answers the refusal itself, per connection
+// (ServerConfigNamesLater and ClientNamed).
 //
 // The files are checked on a handshake, at most once per check interval, by
 // their modification time and size (os.Stat follows kubelet's ..data symlink
@@ -57,6 +60,10 @@ type Options struct {
 	Log *slog.Logger
 	// Registerer receives credinject_tls_*; nil skips registration.
 	Registerer prometheus.Registerer
+	// ClientNames (listen.tls.clientNames) are the DNS or URI SANs, one of
+	// which a client certificate must carry (see ClientNames); empty: any
+	// certificate the client CA signed. Requires Files.ClientCAFile.
+	ClientNames []string
 }
 
 // Reloader holds the current certificate and client CA pool.
@@ -65,10 +72,12 @@ type Reloader struct {
 	opts     Options
 	log      *slog.Logger
 	cur      atomic.Pointer[state]
+	names    ClientNames
 	reloads  *prometheus.CounterVec
-	mu       sync.Mutex // serialises checks
-	checked  time.Time  // guarded by mu
-	failStmp [3]stamp   // guarded by mu: the files last refused, so each bad version is logged once
+	refused  *prometheus.CounterVec // by stage: handshake, request
+	mu       sync.Mutex             // serialises checks
+	checked  time.Time              // guarded by mu
+	failStmp [3]stamp               // guarded by mu: the files last refused, so each bad version is logged once
 }
 
 type state struct {
@@ -101,7 +110,14 @@ func New(files Files, opts Options) (*Reloader, error) {
 	if files.CertFile == "" || files.KeyFile == "" {
 		return nil, fmt.Errorf("%s.certFile and %s.keyFile are both required", opts.Key, opts.Key)
 	}
-	r := &Reloader{files: files, opts: opts, log: opts.Log}
+	names, err := ParseClientNames(opts.Key+".clientNames", opts.ClientNames)
+	if err != nil {
+		return nil, err
+	}
+	if !names.Empty() && files.ClientCAFile == "" {
+		return nil, fmt.Errorf("%s.clientNames needs %s.clientCAFile: names are checked on client certificates the CA verified", opts.Key, opts.Key)
+	}
+	r := &Reloader{files: files, opts: opts, log: opts.Log, names: names}
 	st, err := r.load()
 	if err != nil {
 		return nil, err
@@ -109,7 +125,7 @@ func New(files Files, opts Options) (*Reloader, error) {
 	r.cur.Store(st)
 	r.checked = opts.Clock.Now()
 	r.warnValidity(st)
-	if r.reloads, err = newMetrics(opts.Registerer, r.notAfter); err != nil {
+	if r.reloads, r.refused, err = newMetrics(opts.Registerer, r.notAfter); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -125,16 +141,68 @@ func (r *Reloader) notAfter() float64 {
 
 // ServerConfig is a server configuration, TLS 1.2 or later, whose every
 // handshake gets the current certificate (and client CA). nextProtos are the
-// ALPN protocols to offer ("h2", "http/1.1").
+// ALPN protocols to offer ("h2", "http/1.1"). With client names, a client
+// certificate that names none of them fails the handshake (counted in
+// credinject_tls_client_refused_total{stage="handshake"}).
 func (r *Reloader) ServerConfig(nextProtos ...string) *tls.Config {
+	return r.serverConfig(nextProtos, true)
+}
+
+// ServerConfigNamesLater is ServerConfig for a listener that answers a
+// certificate naming no entry itself (HTTP: a 403 with a reason): the
+// handshake verifies the CA only, and the handler asks ClientNamed.
+func (r *Reloader) ServerConfigNamesLater(nextProtos ...string) *tls.Config {
+	return r.serverConfig(nextProtos, false)
+}
+
+func (r *Reloader) serverConfig(nextProtos []string, namesInHandshake bool) *tls.Config {
+	var verify func(tls.ConnectionState) error
+	if namesInHandshake && !r.names.Empty() {
+		verify = r.verifyNames
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: nextProtos,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			r.maybeReload()
-			return r.cur.Load().config(nextProtos), nil
+			c := r.cur.Load().config(nextProtos)
+			c.VerifyConnection = verify
+			return c, nil
 		},
 	}
+}
+
+// errNotNamed fails a handshake whose client certificate names no entry.
+var errNotNamed = errors.New("tls: the client certificate names none of the allowed client names")
+
+// verifyNames runs after the CA verified the chain (tls.Config's
+// VerifyConnection).
+func (r *Reloader) verifyNames(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > 0 && r.names.Match(cs.PeerCertificates[0]) {
+		return nil
+	}
+	r.refused.WithLabelValues("handshake").Inc()
+	return errNotNamed
+}
+
+// HasClientNames reports whether client certificates must carry one of the
+// client names.
+func (r *Reloader) HasClientNames() bool { return !r.names.Empty() }
+
+// ClientNamed reports whether a connection's verified client certificate
+// names one of the client names (true when there are none to match). A
+// false is counted in credinject_tls_client_refused_total{stage="request"}:
+// call it once per connection (the caller answers the refusal). cs nil (not
+// TLS) is false when names are required.
+func (r *Reloader) ClientNamed(cs *tls.ConnectionState) bool {
+	if r.names.Empty() {
+		return true
+	}
+	if cs != nil && len(cs.PeerCertificates) > 0 && r.names.Match(cs.PeerCertificates[0]) {
+		return true
+	}
+	r.refused.WithLabelValues("request").Inc()
+	return false
 }
 
 func (st *state) config(nextProtos []string) *tls.Config {

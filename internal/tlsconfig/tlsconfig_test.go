@@ -336,21 +336,27 @@ func TestReload(t *testing.T) {
 
 func reloads(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
+	return counter(t, reg, "credinject_tls_reloads_total", result)
+}
+
+// counter is the value of the counter name whose one label is value.
+func counter(t *testing.T, reg *prometheus.Registry, name, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "credinject_tls_reloads_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == result {
+			if m.GetLabel()[0].GetValue() == value {
 				return m.GetCounter().GetValue()
 			}
 		}
 	}
-	t.Fatalf("no credinject_tls_reloads_total{result=%q}", result)
+	t.Fatalf("no %s{…=%q}", name, value)
 	return 0
 }
 

@@ -16,8 +16,10 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -94,7 +96,31 @@ func (ca *CA) Client(cn string) (*Leaf, error) {
 	return ca.issue(cn, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
 }
 
+// ClientNamed issues a client certificate carrying names as subject
+// alternative names: a name with "://" is a URI SAN
+// (spiffe://cluster.local/ns/x/sa/y), any other a DNS SAN.
+func (ca *CA) ClientNamed(cn string, names ...string) (*Leaf, error) {
+	var dns []string
+	var uris []*url.URL
+	for _, n := range names {
+		if !strings.Contains(n, "://") {
+			dns = append(dns, n)
+			continue
+		}
+		u, err := url.Parse(n)
+		if err != nil {
+			return nil, err
+		}
+		uris = append(uris, u)
+	}
+	return ca.issueURIs(cn, dns, uris, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+}
+
 func (ca *CA) issue(cn string, dns []string, ips []net.IP, usage []x509.ExtKeyUsage) (*Leaf, error) {
+	return ca.issueURIs(cn, dns, nil, ips, usage)
+}
+
+func (ca *CA) issueURIs(cn string, dns []string, uris []*url.URL, ips []net.IP, usage []x509.ExtKeyUsage) (*Leaf, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -108,6 +134,7 @@ func (ca *CA) issue(cn string, dns []string, ips []net.IP, usage []x509.ExtKeyUs
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  usage,
 		DNSNames:     dns,
+		URIs:         uris,
 		IPAddresses:  ips,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)

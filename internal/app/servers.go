@@ -54,11 +54,11 @@ func (a *App) listen() error {
 	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 	reflection.Register(a.grpcSrv)
 
+	// /check and /check/<any path> go to the checker before the mux,
+	// which would clean (and redirect) the appended path.
 	mux := http.NewServeMux()
-	mux.Handle("/check", checker.NewHTTP(a.checker))
-	mux.Handle("/check/", checker.NewHTTP(a.checker))
 	a.probes(mux)
-	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	a.httpSrv = &http.Server{Handler: checker.NewHTTP(a.checker).Mount(mux), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)

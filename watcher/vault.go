@@ -64,7 +64,8 @@ var (
 // configuration, on top of what the VAULT_* environment variables say
 // (VAULT_CACERT, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_TLS_SERVER_NAME,
 // VAULT_NAMESPACE, ...): a field that is set wins over its variable, an empty
-// one leaves the variable in force.
+// one leaves the variable in force. With CAFile set, VAULT_SKIP_VERIFY is
+// ignored: Vault's certificate is always verified against it.
 type VaultClientConfig struct {
 	// Address is Vault's URL (vault.address).
 	Address string
@@ -108,6 +109,13 @@ func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("vault client: TLS (caFile %q, clientCertFile %q, clientKeyFile %q): %w",
 			cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile, err)
+	}
+	if t, ok := vcfg.HttpClient.Transport.(*http.Transport); ok && cfg.CAFile != "" && t.TLSClientConfig != nil {
+		// DefaultConfig applied VAULT_SKIP_VERIFY already, and
+		// ConfigureTLS only ever turns verification off: a CA given in
+		// the configuration is there to verify with, whatever the
+		// environment says.
+		t.TLSClientConfig.InsecureSkipVerify = false
 	}
 	vcfg.Timeout = cfg.Timeout
 	if vcfg.Timeout <= 0 {

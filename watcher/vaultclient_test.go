@@ -134,13 +134,31 @@ func TestVaultClientTLSAndNamespace(t *testing.T) {
 			cfg:    watcher.VaultClientConfig{Address: fvNamed.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key, TLSServerName: "vault.example"},
 			wantNS: "",
 		},
+		// VAULT_SKIP_VERIFY never turns verification off when the
+		// configuration names a CA: a certificate that CA did not sign is
+		// refused, and one it signed is accepted as without the variable.
+		"skip verify loses to caFile": {
+			cfg:     watcher.VaultClientConfig{Address: fv.url, CAFile: otherFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
+			env:     map[string]string{"VAULT_SKIP_VERIFY": "true"},
+			wantErr: "certificate signed by unknown authority",
+		},
+		"skip verify, right caFile": {
+			cfg:    watcher.VaultClientConfig{Address: fv.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
+			env:    map[string]string{"VAULT_SKIP_VERIFY": "1"},
+			wantNS: "",
+		},
+		"skip verify where config is silent": {
+			cfg:    watcher.VaultClientConfig{Address: fv.url, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
+			env:    map[string]string{"VAULT_SKIP_VERIFY": "true"},
+			wantNS: "",
+		},
 		"server name not given": {
 			cfg:     watcher.VaultClientConfig{Address: fvNamed.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
 			wantErr: "x509: cannot validate certificate",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			for _, k := range []string{"VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY", "VAULT_TLS_SERVER_NAME", "VAULT_ADDR"} {
+			for _, k := range []string{"VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY", "VAULT_TLS_SERVER_NAME", "VAULT_ADDR", "VAULT_SKIP_VERIFY"} {
 				t.Setenv(k, tc.env[k])
 			}
 			vc, err := watcher.NewVaultClient(tc.cfg)

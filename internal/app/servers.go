@@ -160,6 +160,9 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "serviceaccounts: synced=%v\n", a.sas.HasSynced())
 	}
 	fmt.Fprintf(&b, "tokens: %s\n", a.offline)
+	if w := a.vaultTransportWarning(); w != "" {
+		fmt.Fprintf(&b, "vault: warning: %s\n", w)
+	}
 	if a.bound != nil {
 		fmt.Fprintf(&b, "bound objects: %s\n", a.bound.Status())
 	}

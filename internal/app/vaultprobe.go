@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -15,6 +17,9 @@ import (
 // vault_unavailable answers it causes. It never stops the server: Vault may
 // simply not be up yet, and the watcher retries on its own.
 func (a *App) probeVault(ctx context.Context) {
+	if w := a.vaultTransportWarning(); w != "" {
+		a.log.Warn("vault: "+w, "address", a.vault.Address())
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := a.vault.Sys().HealthWithContext(ctx)
@@ -28,6 +33,26 @@ func (a *App) probeVault(ctx context.Context) {
 	default:
 		a.log.Warn("vault: not reachable at start; retrying as requests and refreshes need it", "address", a.cfg.Vault.Address, "err", err)
 	}
+}
+
+// vaultTransportWarning says what is wrong with how Vault is reached, ""
+// when nothing is: a plaintext http:// address outside credinject dev (every
+// identity's Vault token and credential would cross the network
+// unencrypted), or certificate verification turned off (VAULT_SKIP_VERIFY
+// without vault.caFile). Logged at start and shown on /readyz.
+func (a *App) vaultTransportWarning() string {
+	u, err := url.Parse(a.vault.Address())
+	switch {
+	case err != nil:
+		return ""
+	case strings.EqualFold(u.Scheme, "http") && !a.opts.Dev:
+		return "plaintext http://: Vault tokens and credentials cross the network unencrypted; use https:// with vault.caFile"
+	case strings.EqualFold(u.Scheme, "https"):
+		if t, ok := a.vault.CloneConfig().HttpClient.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
+			return "certificate not verified (VAULT_SKIP_VERIFY): set vault.caFile"
+		}
+	}
+	return ""
 }
 
 // isTLSError: the handshake failed on a certificate, ours or Vault's.

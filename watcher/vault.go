@@ -37,8 +37,11 @@ type vault interface {
 	// which Vault's default policy allows); it returns the new TTL, which
 	// Vault caps at the lease's max TTL.
 	RenewLease(ctx context.Context, token, leaseID string, increment time.Duration) (time.Duration, error)
-	// RevokeLease revokes a secret's lease (sys/leases/revoke; the policy
-	// must allow it, else the lease ends at its TTL).
+	// RevokeLease revokes a secret's lease (sys/leases/revoke/<lease id>;
+	// the policy must allow it, else the lease ends at its TTL). The id is
+	// in the path, not the body, so a policy can allow an identity to
+	// revoke only the leases of its own paths
+	// (sys/leases/revoke/database/creds/<its role>/*).
 	RevokeLease(ctx context.Context, token, leaseID string) error
 }
 
@@ -275,7 +278,10 @@ func (c *vaultClient) RenewLease(ctx context.Context, token, leaseID string, inc
 
 func (c *vaultClient) RevokeLease(ctx context.Context, token, leaseID string) error {
 	return c.with(ctx, "revoke_lease", "sys/leases/revoke", token, func(ctx context.Context, vc *vaultapi.Client) error {
-		if err := vc.Sys().RevokeWithContext(ctx, leaseID); err != nil {
+		// Not Sys().Revoke, which sends the id in the body of
+		// sys/leases/revoke: a policy could then only allow revoking
+		// every lease, or none.
+		if _, err := vc.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+leaseID, nil); err != nil {
 			return classify(err)
 		}
 		return nil

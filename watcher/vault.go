@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -136,6 +138,26 @@ func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 		vc.SetNamespace(cfg.Namespace)
 	}
 	return vc, nil
+}
+
+// VaultTransportRisks reports what is unsafe in how vc reaches Vault:
+// plaintext, an http:// address (every identity's Vault token and
+// credentials cross the network unencrypted); unverified, an https://
+// address whose certificate is not verified (VAULT_SKIP_VERIFY without a CA
+// in the configuration).
+func VaultTransportRisks(vc *vaultapi.Client) (plaintext, unverified bool) {
+	u, err := url.Parse(vc.Address())
+	if err != nil {
+		return false, false
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "http":
+		return true, false
+	case "https":
+		t, ok := vc.CloneConfig().HttpClient.Transport.(*http.Transport)
+		return false, ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify
+	}
+	return false, false
 }
 
 // vaultClient is vault over vault/api, with a bound on concurrent calls and

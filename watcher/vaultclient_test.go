@@ -212,3 +212,44 @@ func TestVaultClientBadFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestVaultTransportRisks: a plaintext address, and an https one whose
+// certificate VAULT_SKIP_VERIFY leaves unverified, are told apart from a
+// verified one (internal/app warns of both at start and on /readyz).
+func TestVaultTransportRisks(t *testing.T) {
+	ca, err := testca.New("vault-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Server("vault")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := testca.Write(t.TempDir(), "vault", ca, leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		cfg                   watcher.VaultClientConfig
+		skipVerify            string
+		plaintext, unverified bool
+	}{
+		"http":                       {cfg: watcher.VaultClientConfig{Address: "http://vault:8200"}, plaintext: true},
+		"HTTP upper case":            {cfg: watcher.VaultClientConfig{Address: "HTTP://vault:8200"}, plaintext: true},
+		"https":                      {cfg: watcher.VaultClientConfig{Address: "https://vault:8200"}},
+		"https, skip verify":         {cfg: watcher.VaultClientConfig{Address: "https://vault:8200"}, skipVerify: "true", unverified: true},
+		"https, caFile, skip verify": {cfg: watcher.VaultClientConfig{Address: "https://vault:8200", CAFile: files.CA}, skipVerify: "true"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("VAULT_SKIP_VERIFY", c.skipVerify)
+			t.Setenv("VAULT_CACERT", "")
+			vc, err := watcher.NewVaultClient(c.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p, u := watcher.VaultTransportRisks(vc); p != c.plaintext || u != c.unverified {
+				t.Fatalf("plaintext %v unverified %v, want %v %v", p, u, c.plaintext, c.unverified)
+			}
+		})
+	}
+}

@@ -5,10 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"net/http"
-	"net/url"
 	"strings"
 	"time"
+
+	"github.com/credinject/credinject/watcher"
 )
 
 // probeVault asks Vault's health endpoint once at start, so that a TLS
@@ -41,16 +41,11 @@ func (a *App) probeVault(ctx context.Context) {
 // unencrypted), or certificate verification turned off (VAULT_SKIP_VERIFY
 // without vault.caFile). Logged at start and shown on /readyz.
 func (a *App) vaultTransportWarning() string {
-	u, err := url.Parse(a.vault.Address())
-	switch {
-	case err != nil:
-		return ""
-	case strings.EqualFold(u.Scheme, "http") && !a.opts.Dev:
+	switch plaintext, unverified := watcher.VaultTransportRisks(a.vault); {
+	case plaintext && !a.opts.Dev:
 		return "plaintext http://: Vault tokens and credentials cross the network unencrypted; use https:// with vault.caFile"
-	case strings.EqualFold(u.Scheme, "https"):
-		if t, ok := a.vault.CloneConfig().HttpClient.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
-			return "certificate not verified (VAULT_SKIP_VERIFY): set vault.caFile"
-		}
+	case unverified:
+		return "certificate not verified (VAULT_SKIP_VERIFY): set vault.caFile"
 	}
 	return ""
 }

@@ -101,6 +101,7 @@ func New(cfg Config) (*Log, error) {
 
 // Lifecycle writes e now, stamped with the clock's time.
 func (l *Log) Lifecycle(e Event) {
+	e.LeaseID, e.OldLeaseID = LeaseRef(e.LeaseID), LeaseRef(e.OldLeaseID)
 	l.write([]record{{kind: e.Kind, v: &eventRecord{header: l.header(e.Kind, l.cfg.Clock.Now()), Event: e}}})
 }
 

@@ -48,7 +48,8 @@ type Event struct {
 	Version    int64 `json:"version,omitzero"`
 	OldVersion int64 `json:"oldVersion,omitzero"`
 	// LeaseID is the Vault lease of a leased read (vault-read); OldLeaseID
-	// the one it replaced (rotated).
+	// the one it replaced (rotated). Given whole; written as LeaseRef
+	// shortens it, never whole.
 	LeaseID    string `json:"leaseId,omitempty"`
 	OldLeaseID string `json:"oldLeaseId,omitempty"`
 	// Trigger is what caused the read: miss, schedule, event or prefetch.

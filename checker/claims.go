@@ -102,9 +102,9 @@ func checkClaims(c *saClaims, want expected, now time.Time) (TokenInfo, error) {
 	if err := c.ValidateWithLeeway(jwt.Expected{AnyAudience: want.Audiences, Time: now}, ClockSkew); err != nil {
 		return deny("claims: %w", err)
 	}
-	ns, name, ok := ParseServiceAccountUser(c.Subject)
-	if !ok {
-		return deny("subject is not a service account")
+	ns, name, err := ServiceAccountUser(c.Subject)
+	if err != nil {
+		return deny("subject: %w", err)
 	}
 	k := c.K8s
 	if k == nil {

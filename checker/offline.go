@@ -120,9 +120,9 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 	if err != nil {
 		return TokenInfo{}, authz.Deny(authz.ReasonMalformedToken, err)
 	}
-	ns, name, ok := ParseServiceAccountUser(c.Subject)
-	if !ok {
-		return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "subject is not a service account")
+	ns, name, err := ServiceAccountUser(c.Subject)
+	if err != nil {
+		return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "subject: %w", err)
 	}
 	now := b.cfg.Clock.Now()
 	if c.Expiry != 0 && now.After(time.Unix(c.Expiry, 0).Add(ClockSkew)) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Route maps request hosts to a route name; the credential cache is keyed by
@@ -22,26 +23,45 @@ type Router struct {
 
 // NewRouter builds a router. With hasDefault, unmatched hosts use the default
 // route; otherwise they are denied with no_route.
+//
+// Hosts are matched without their port, so two routes whose hosts differ
+// only by port (or case, or a trailing dot) are an error, as is a host that
+// is not ASCII (write an internationalised name in its punycode form,
+// xn--…).
 func NewRouter(routes []Route, hasDefault bool) (*Router, error) {
 	r := &Router{exact: map[string]string{}, wildcard: map[string]string{}, hasDefault: hasDefault}
+	claim := func(m map[string]string, key, h, route string) error {
+		if other, ok := m[key]; ok && other != route {
+			return fmt.Errorf("router: host %q of route %q is also route %q's (hosts are matched without port, case or trailing dot)", h, route, other)
+		}
+		m[key] = route
+		return nil
+	}
 	for _, rt := range routes {
 		if rt.Name == "" {
 			return nil, errors.New("router: a route needs a name")
 		}
 		for _, h := range rt.Hosts {
+			if !asciiOnly(h) {
+				return nil, fmt.Errorf("router: host %q of route %q is not ASCII (use its punycode form)", h, rt.Name)
+			}
 			if suf, ok := strings.CutPrefix(h, "*"); ok {
 				suf = strings.ToLower(strings.TrimSuffix(suf, "."))
 				if !strings.HasPrefix(suf, ".") || len(suf) < 2 {
 					return nil, fmt.Errorf("router: bad wildcard %q", h)
 				}
-				r.wildcard[suf] = rt.Name
+				if err := claim(r.wildcard, suf, h, rt.Name); err != nil {
+					return nil, err
+				}
 				continue
 			}
 			n := normalizeHost(h)
 			if n == "" {
 				return nil, fmt.Errorf("router: bad host %q", h)
 			}
-			r.exact[n] = rt.Name
+			if err := claim(r.exact, n, h, rt.Name); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return r, nil
@@ -50,9 +70,14 @@ func NewRouter(routes []Route, hasDefault bool) (*Router, error) {
 // Match returns the route for host: an :authority or Host header in any
 // case, with or without a port, in absolute form ("api.example.com.") or as
 // an IPv6 literal ("[::1]:8080"). A host that is none of these (see
-// normalizeHost) matches no route.
+// normalizeHost) matches no route, nor does one with a byte outside ASCII
+// (only the default): case is folded in ASCII only, so no Unicode letter (a
+// KELVIN SIGN, a dotless i) stands in for an ASCII one.
 func (r *Router) Match(host string) (string, bool) {
 	if len(r.exact) == 0 && len(r.wildcard) == 0 {
+		return "", r.hasDefault
+	}
+	if !asciiOnly(host) {
 		return "", r.hasDefault
 	}
 	host = normalizeHost(host)
@@ -140,6 +165,16 @@ func isPortSuffix(s string) bool {
 	}
 	for i := 1; i < len(s); i++ {
 		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// asciiOnly reports whether s has no byte outside 7-bit ASCII.
+func asciiOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
 			return false
 		}
 	}

@@ -188,19 +188,6 @@ func UnverifiedClaims(token string) (Claims, error) {
 	return c, nil
 }
 
-// ParseServiceAccountUser splits "system:serviceaccount:NS:NAME".
-func ParseServiceAccountUser(user string) (ns, name string, ok bool) {
-	rest, ok := strings.CutPrefix(user, "system:serviceaccount:")
-	if !ok {
-		return "", "", false
-	}
-	ns, name, ok = strings.Cut(rest, ":")
-	if !ok || ns == "" || name == "" || strings.Contains(name, ":") {
-		return "", "", false
-	}
-	return ns, name, true
-}
-
 // hasher computes token MACs: HMAC-SHA256 under a random per-process key,
 // over the audiences (length-prefixed, folded into the key at start) and the
 // token.

@@ -102,9 +102,9 @@ func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (ti T
 	if len(v.audiences) > 0 && !intersects(st.Audiences, v.audiences) {
 		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: audience not accepted"))
 	}
-	ns, name, ok := ParseServiceAccountUser(st.User.Username)
-	if !ok {
-		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, errors.New("tokenreview: not a service-account token"))
+	ns, name, err := ServiceAccountUser(st.User.Username)
+	if err != nil {
+		return TokenInfo{}, authz.Deny(authz.ReasonInvalidToken, fmt.Errorf("tokenreview: username: %w", err))
 	}
 	var exp time.Time
 	if c, err := UnverifiedClaims(token); err == nil && c.Expiry > 0 {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"k8s.io/utils/clock"
+
+	"github.com/credinject/credinject/internal/redact"
 )
 
 // DefaultConnectTimeout bounds Connect and a Publish whose context has no
@@ -106,7 +108,7 @@ func Connect(ctx context.Context, url string, opts ...nats.Option) (*nats.Conn, 
 	nc, err := nats.Connect(url, all...)
 	d.release()
 	if err != nil {
-		return nil, fmt.Errorf("events: connect to %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("events: connect to %s: %w", redact.URLs(url), redact.Error(err))
 	}
 	return nc, nil
 }

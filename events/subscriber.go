@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
+
+	"github.com/credinject/credinject/internal/redact"
 )
 
 // Refresher re-reads the credentials a rotation event names. The watcher
@@ -330,19 +331,19 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	)
 	nc, err := nats.Connect(s.cfg.URL, opts...)
 	if err != nil {
-		return fmt.Errorf("events: connect to %s: %w", redactURL(s.cfg.URL), err)
+		return fmt.Errorf("events: connect to %s: %w", redact.URLs(s.cfg.URL), redact.Error(err))
 	}
 	if _, err := nc.Subscribe(s.cfg.Subject, s.handle); err != nil {
 		nc.Close()
 		<-closed
 		return fmt.Errorf("events: subscribe to %q: %w", s.cfg.Subject, err)
 	}
-	s.log.Info("events: subscribed", "url", redactURL(s.cfg.URL), "subject", s.cfg.Subject)
+	s.log.Info("events: subscribed", "url", redact.URLs(s.cfg.URL), "subject", s.cfg.Subject)
 
 	select {
 	case <-ctx.Done():
 	case <-closed:
-		return fmt.Errorf("events: connection to %s closed: %w", redactURL(s.cfg.URL), lastError(nc))
+		return fmt.Errorf("events: connection to %s closed: %w", redact.URLs(s.cfg.URL), lastError(nc))
 	}
 	s.stopping.Store(true)
 	// Drain closes the connection itself when it is not connected.
@@ -571,7 +572,7 @@ func (s *Subscriber) onConnectError(_ *nats.Conn, err error) {
 	s.setLastError(err)
 	if !s.connectFailed.Swap(true) && !s.stopping.Load() {
 		s.log.Warn("events: cannot reach NATS, retrying; falling back to TTL refresh meanwhile",
-			"url", redactURL(s.cfg.URL), "err", err)
+			"url", redact.URLs(s.cfg.URL), "err", err)
 		return
 	}
 	s.log.Debug("events: connection attempt failed", "err", err)
@@ -586,26 +587,6 @@ func (s *Subscriber) onAsyncError(_ *nats.Conn, _ *nats.Subscription, err error)
 	}
 	s.setLastError(err)
 	s.log.Warn("events: NATS error", "err", err)
-}
-
-// redactURL hides passwords in a (comma-separated list of) NATS URLs.
-func redactURL(list string) string {
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		if u, err := url.Parse(p); err == nil {
-			if u.User != nil {
-				// A bare token (nats://TOKEN@host) has no password to
-				// redact, so drop user info altogether.
-				u.User = url.User("redacted")
-			}
-			p = u.String()
-		} else {
-			p = "<invalid URL>"
-		}
-		parts[i] = p
-	}
-	return strings.Join(parts, ",")
 }
 
 // checkSubject accepts a NATS subject: dot-separated non-empty tokens without

@@ -565,22 +565,6 @@ func TestNewSubscriberInvalid(t *testing.T) {
 	})
 }
 
-func TestRedactURL(t *testing.T) {
-	tests := map[string]struct{ in, want string }{
-		"plain":    {"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
-		"password": {"nats://user:pw@host:4222", "nats://redacted@host:4222"},
-		"token":    {"nats://s3cr3t@host:4222", "nats://redacted@host:4222"},
-		"list":     {"nats://a:1, nats://u:p@b:2", "nats://a:1,nats://redacted@b:2"},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			if got := redactURL(tc.in); got != tc.want {
-				t.Errorf("redactURL(%q) = %q, want %q", tc.in, got, tc.want)
-			}
-		})
-	}
-}
-
 // TestSubscriberBoundsAFlood: on a fake clock, 200 copies of one event
 // (same source and id) cost one refresh and 199 duplicate drops; 1,000
 // wildcard events make one refresh at once and one trailing refresh when

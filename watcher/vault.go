@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -37,8 +39,11 @@ type vault interface {
 	// which Vault's default policy allows); it returns the new TTL, which
 	// Vault caps at the lease's max TTL.
 	RenewLease(ctx context.Context, token, leaseID string, increment time.Duration) (time.Duration, error)
-	// RevokeLease revokes a secret's lease (sys/leases/revoke; the policy
-	// must allow it, else the lease ends at its TTL).
+	// RevokeLease revokes a secret's lease (sys/leases/revoke/<lease id>;
+	// the policy must allow it, else the lease ends at its TTL). The id is
+	// in the path, not the body, so a policy can allow an identity to
+	// revoke only the leases of its own paths
+	// (sys/leases/revoke/database/creds/<its role>/*).
 	RevokeLease(ctx context.Context, token, leaseID string) error
 }
 
@@ -64,7 +69,8 @@ var (
 // configuration, on top of what the VAULT_* environment variables say
 // (VAULT_CACERT, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_TLS_SERVER_NAME,
 // VAULT_NAMESPACE, ...): a field that is set wins over its variable, an empty
-// one leaves the variable in force.
+// one leaves the variable in force. With CAFile set, VAULT_SKIP_VERIFY is
+// ignored: Vault's certificate is always verified against it.
 type VaultClientConfig struct {
 	// Address is Vault's URL (vault.address).
 	Address string
@@ -109,6 +115,13 @@ func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 		return nil, fmt.Errorf("vault client: TLS (caFile %q, clientCertFile %q, clientKeyFile %q): %w",
 			cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile, err)
 	}
+	if t, ok := vcfg.HttpClient.Transport.(*http.Transport); ok && cfg.CAFile != "" && t.TLSClientConfig != nil {
+		// DefaultConfig applied VAULT_SKIP_VERIFY already, and
+		// ConfigureTLS only ever turns verification off: a CA given in
+		// the configuration is there to verify with, whatever the
+		// environment says.
+		t.TLSClientConfig.InsecureSkipVerify = false
+	}
 	vcfg.Timeout = cfg.Timeout
 	if vcfg.Timeout <= 0 {
 		vcfg.Timeout = 10 * time.Second
@@ -125,6 +138,26 @@ func NewVaultClient(cfg VaultClientConfig) (*vaultapi.Client, error) {
 		vc.SetNamespace(cfg.Namespace)
 	}
 	return vc, nil
+}
+
+// VaultTransportRisks reports what is unsafe in how vc reaches Vault:
+// plaintext, an http:// address (every identity's Vault token and
+// credentials cross the network unencrypted); unverified, an https://
+// address whose certificate is not verified (VAULT_SKIP_VERIFY without a CA
+// in the configuration).
+func VaultTransportRisks(vc *vaultapi.Client) (plaintext, unverified bool) {
+	u, err := url.Parse(vc.Address())
+	if err != nil {
+		return false, false
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "http":
+		return true, false
+	case "https":
+		t, ok := vc.CloneConfig().HttpClient.Transport.(*http.Transport)
+		return false, ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify
+	}
+	return false, false
 }
 
 // vaultClient is vault over vault/api, with a bound on concurrent calls and
@@ -267,7 +300,10 @@ func (c *vaultClient) RenewLease(ctx context.Context, token, leaseID string, inc
 
 func (c *vaultClient) RevokeLease(ctx context.Context, token, leaseID string) error {
 	return c.with(ctx, "revoke_lease", "sys/leases/revoke", token, func(ctx context.Context, vc *vaultapi.Client) error {
-		if err := vc.Sys().RevokeWithContext(ctx, leaseID); err != nil {
+		// Not Sys().Revoke, which sends the id in the body of
+		// sys/leases/revoke: a policy could then only allow revoking
+		// every lease, or none.
+		if _, err := vc.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+leaseID, nil); err != nil {
 			return classify(err)
 		}
 		return nil

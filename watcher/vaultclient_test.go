@@ -134,13 +134,31 @@ func TestVaultClientTLSAndNamespace(t *testing.T) {
 			cfg:    watcher.VaultClientConfig{Address: fvNamed.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key, TLSServerName: "vault.example"},
 			wantNS: "",
 		},
+		// VAULT_SKIP_VERIFY never turns verification off when the
+		// configuration names a CA: a certificate that CA did not sign is
+		// refused, and one it signed is accepted as without the variable.
+		"skip verify loses to caFile": {
+			cfg:     watcher.VaultClientConfig{Address: fv.url, CAFile: otherFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
+			env:     map[string]string{"VAULT_SKIP_VERIFY": "true"},
+			wantErr: "certificate signed by unknown authority",
+		},
+		"skip verify, right caFile": {
+			cfg:    watcher.VaultClientConfig{Address: fv.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
+			env:    map[string]string{"VAULT_SKIP_VERIFY": "1"},
+			wantNS: "",
+		},
+		"skip verify where config is silent": {
+			cfg:    watcher.VaultClientConfig{Address: fv.url, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
+			env:    map[string]string{"VAULT_SKIP_VERIFY": "true"},
+			wantNS: "",
+		},
 		"server name not given": {
 			cfg:     watcher.VaultClientConfig{Address: fvNamed.url, CAFile: srvFiles.CA, ClientCertFile: clFiles.Cert, ClientKeyFile: clFiles.Key},
 			wantErr: "x509: cannot validate certificate",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			for _, k := range []string{"VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY", "VAULT_TLS_SERVER_NAME", "VAULT_ADDR"} {
+			for _, k := range []string{"VAULT_CACERT", "VAULT_NAMESPACE", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY", "VAULT_TLS_SERVER_NAME", "VAULT_ADDR", "VAULT_SKIP_VERIFY"} {
 				t.Setenv(k, tc.env[k])
 			}
 			vc, err := watcher.NewVaultClient(tc.cfg)
@@ -190,6 +208,47 @@ func TestVaultClientBadFiles(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), "vault client: TLS") {
 				t.Fatalf("error %q does not say TLS", err)
+			}
+		})
+	}
+}
+
+// TestVaultTransportRisks: a plaintext address, and an https one whose
+// certificate VAULT_SKIP_VERIFY leaves unverified, are told apart from a
+// verified one (internal/app warns of both at start and on /readyz).
+func TestVaultTransportRisks(t *testing.T) {
+	ca, err := testca.New("vault-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Server("vault")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := testca.Write(t.TempDir(), "vault", ca, leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		cfg                   watcher.VaultClientConfig
+		skipVerify            string
+		plaintext, unverified bool
+	}{
+		"http":                       {cfg: watcher.VaultClientConfig{Address: "http://vault:8200"}, plaintext: true},
+		"HTTP upper case":            {cfg: watcher.VaultClientConfig{Address: "HTTP://vault:8200"}, plaintext: true},
+		"https":                      {cfg: watcher.VaultClientConfig{Address: "https://vault:8200"}},
+		"https, skip verify":         {cfg: watcher.VaultClientConfig{Address: "https://vault:8200"}, skipVerify: "true", unverified: true},
+		"https, caFile, skip verify": {cfg: watcher.VaultClientConfig{Address: "https://vault:8200", CAFile: files.CA}, skipVerify: "true"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("VAULT_SKIP_VERIFY", c.skipVerify)
+			t.Setenv("VAULT_CACERT", "")
+			vc, err := watcher.NewVaultClient(c.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p, u := watcher.VaultTransportRisks(vc); p != c.plaintext || u != c.unverified {
+				t.Fatalf("plaintext %v unverified %v, want %v %v", p, u, c.plaintext, c.unverified)
 			}
 		})
 	}

@@ -134,7 +134,11 @@ info "auth/$AUTH_MOUNT accessor: $accessor"
 #    can read exactly secret/egress/<its namespace>/<its service account>,
 #    which is credinject's vault.path "egress/{namespace}/{serviceaccount}".
 #    If you add routes[].path templates with other prefixes, add one templated
-#    path stanza per prefix.
+#    path stanza per prefix. A vault-read route (leased secrets, e.g.
+#    database/creds/<ns>-<sa>) also needs, to revoke a replaced lease at once,
+#    revoke scoped to the identity's own leases (credinject sends the lease id
+#    in the path), never the unscoped "sys/leases/revoke":
+#      path "sys/leases/revoke/database/creds/{{...namespace}}-{{...name}}/*" { capabilities = ["update"] }
 info "writing policy $POLICY"
 vault policy write "$POLICY" - <<EOF
 # Written by credinject deploy/vault/setup.sh. Each Kubernetes workload

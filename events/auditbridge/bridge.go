@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/redact"
 )
 
 // Defaults of Config.
@@ -231,7 +231,7 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	)
 	nc, err := nats.Connect(b.cfg.NATSURL, opts...)
 	if err != nil {
-		return fmt.Errorf("auditbridge: connect to %s: %w", redactURL(b.cfg.NATSURL), err)
+		return fmt.Errorf("auditbridge: connect to %s: %w", redact.URLs(b.cfg.NATSURL), redact.Error(err))
 	}
 	defer func() {
 		b.stopping.Store(true)
@@ -285,7 +285,7 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 		f := &follower{clock: b.cfg.Clock, path: path, fromStart: b.cfg.FromStart, poll: b.cfg.PollInterval, handle: b.handle, log: b.log}
 		start("file input "+path, f.run)
 	}
-	b.log.Info("auditbridge: running", "nats", redactURL(b.cfg.NATSURL), "subject", b.cfg.Subject,
+	b.log.Info("auditbridge: running", "nats", redact.URLs(b.cfg.NATSURL), "subject", b.cfg.Subject,
 		"mount", b.matcher.Mount(), "templates", len(b.matcher.templates), "files", len(b.cfg.Files),
 		"socket", b.cfg.Listener != nil)
 
@@ -401,18 +401,4 @@ func short(s string) string {
 		return s
 	}
 	return s[:n] + "…"
-}
-
-// redactURL hides credentials in NATS URLs (a comma-separated list).
-func redactURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		if u, err := url.Parse(p); err == nil && u.User != nil {
-			u.User = url.User("redacted")
-			p = u.String()
-		}
-		parts[i] = p
-	}
-	return strings.Join(parts, ",")
 }

@@ -49,7 +49,10 @@ type Options struct {
 	// NoKubernetes runs without an API server (jwks mode with fixed keys
 	// only): no informer, no prefetch, no revocation by ServiceAccount.
 	NoKubernetes bool
-	Clock        clock.WithTicker
+	// Dev is credinject dev, whose Vault on loopback is plaintext by
+	// design: no warning about an http:// vault.address.
+	Dev   bool
+	Clock clock.WithTicker
 	// ReloginPhase overrides the watcher's draw of how much sooner than
 	// vault.reloginInterval each identity's first relogin comes, a share
 	// of it in [0, 1) (watcher.Config.ReloginPhase; nil: uniform). Tests

@@ -53,10 +53,12 @@ func (a *App) listen() error {
 	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 	reflection.Register(a.grpcSrv)
 
-	// /check answers a TLS client whose certificate names none of
-	// listen.tls.clientNames with a 403 (gRPC fails its handshake), and
-	// believes forwarded host headers only from listen.trustedProxies and
-	// named clients, judged once per connection (ConnContext).
+	// /check and /check/<any path> go to the checker before the mux,
+	// which would clean (and redirect) the appended path. /check answers a
+	// TLS client whose certificate names none of listen.tls.clientNames
+	// with a 403 (gRPC fails its handshake), and believes forwarded host
+	// headers only from listen.trustedProxies and named clients, judged
+	// once per connection (ConnContext).
 	proxies, err := cfg.Listen.TrustedProxyPrefixes()
 	if err != nil {
 		return err
@@ -67,10 +69,8 @@ func (a *App) listen() error {
 	}
 	check := checker.NewHTTPWith(a.checker, opts)
 	mux := http.NewServeMux()
-	mux.Handle("/check", check)
-	mux.Handle("/check/", check)
 	a.probes(mux)
-	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: check.ConnContext}
+	a.httpSrv = &http.Server{Handler: check.Mount(mux), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: check.ConnContext}
 
 	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)
@@ -172,6 +172,9 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "serviceaccounts: synced=%v\n", a.sas.HasSynced())
 	}
 	fmt.Fprintf(&b, "tokens: %s\n", a.offline)
+	if w := a.vaultTransportWarning(); w != "" {
+		fmt.Fprintf(&b, "vault: warning: %s\n", w)
+	}
 	if a.bound != nil {
 		fmt.Fprintf(&b, "bound objects: %s\n", a.bound.Status())
 	}

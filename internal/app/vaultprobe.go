@@ -7,6 +7,8 @@ import (
 	"errors"
 	"strings"
 	"time"
+
+	"github.com/credinject/credinject/watcher"
 )
 
 // probeVault asks Vault's health endpoint once at start, so that a TLS
@@ -15,6 +17,9 @@ import (
 // vault_unavailable answers it causes. It never stops the server: Vault may
 // simply not be up yet, and the watcher retries on its own.
 func (a *App) probeVault(ctx context.Context) {
+	if w := a.vaultTransportWarning(); w != "" {
+		a.log.Warn("vault: "+w, "address", a.vault.Address())
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := a.vault.Sys().HealthWithContext(ctx)
@@ -28,6 +33,21 @@ func (a *App) probeVault(ctx context.Context) {
 	default:
 		a.log.Warn("vault: not reachable at start; retrying as requests and refreshes need it", "address", a.cfg.Vault.Address, "err", err)
 	}
+}
+
+// vaultTransportWarning says what is wrong with how Vault is reached, ""
+// when nothing is: a plaintext http:// address outside credinject dev (every
+// identity's Vault token and credential would cross the network
+// unencrypted), or certificate verification turned off (VAULT_SKIP_VERIFY
+// without vault.caFile). Logged at start and shown on /readyz.
+func (a *App) vaultTransportWarning() string {
+	switch plaintext, unverified := watcher.VaultTransportRisks(a.vault); {
+	case plaintext && !a.opts.Dev:
+		return "plaintext http://: Vault tokens and credentials cross the network unencrypted; use https:// with vault.caFile"
+	case unverified:
+		return "certificate not verified (VAULT_SKIP_VERIFY): set vault.caFile"
+	}
+	return ""
 }
 
 // isTLSError: the handshake failed on a certificate, ours or Vault's.

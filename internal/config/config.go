@@ -527,6 +527,16 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// isASCII reports whether s has no byte outside 7-bit ASCII.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 // checkRoutes validates and completes the routes: names, hosts, source,
 // path and injection (defaults from the top level or the source).
 func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
@@ -539,15 +549,23 @@ func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
 			bad(key+".hosts", "at least one host is required")
 		}
 		for j, h := range r.Hosts {
+			// Checked before lower-casing: strings.ToLower folds some
+			// non-ASCII letters (U+212A KELVIN SIGN) into ASCII ones.
+			if !isASCII(h) {
+				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
+			}
 			h = strings.ToLower(h)
 			r.Hosts[j] = h
 			if !hostPattern.MatchString(h) {
 				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q is not a host name or *.suffix", h)
 			}
-			if hosts[h] {
-				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q appears in two routes", h)
+			// Hosts are routed without their port: a.example:443 and
+			// a.example:8443 are one host.
+			name, _, _ := strings.Cut(h, ":")
+			if hosts[name] {
+				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q appears in two routes (hosts are matched without their port)", h)
 			}
-			hosts[h] = true
+			hosts[name] = true
 		}
 		if r.Name == "" && len(r.Hosts) > 0 {
 			r.Name = strings.TrimPrefix(r.Hosts[0], "*.")

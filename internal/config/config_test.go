@@ -441,3 +441,28 @@ func TestParseTracingAndDebug(t *testing.T) {
 		t.Fatalf("parsed %+v %+v", c.Tracing, c.Debug)
 	}
 }
+
+// TestRouteHostsThatRouteAlike: hosts are routed without their port and
+// with ASCII case folding only, so two routes whose hosts differ only by
+// port are refused, and so is a non-ASCII host that strings.ToLower would
+// fold into an ASCII one.
+func TestRouteHostsThatRouteAlike(t *testing.T) {
+	for name, c := range map[string]struct{ yaml, wantInError string }{
+		"ports differ":          {`routes: [{hosts: ["a.com:443"]}, {hosts: ["a.com:8443"]}]`, "routes[1].hosts[0]"},
+		"port and none":         {`routes: [{hosts: [a.com]}, {hosts: ["A.com:443"]}]`, "routes[1].hosts[0]"},
+		"Kelvin sign":           {"routes: [{hosts: [\"\u212aey.example.com\"]}]", "routes[0].hosts[0]"},
+		"non-ASCII wildcard":    {"routes: [{hosts: [\"*.\u00e9xample.com\"]}]", "routes[0].hosts[0]"},
+		"dotless i upper-cased": {"routes: [{hosts: [\"\u0130d.example.com\"]}]", "routes[0].hosts[0]"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(c.yaml))
+			if err == nil || !strings.Contains(err.Error(), c.wantInError) {
+				t.Fatalf("error %v does not name %q", err, c.wantInError)
+			}
+		})
+	}
+	// One port per route is still fine, and so is punycode.
+	if _, err := Parse(strings.NewReader(`routes: [{name: a, hosts: ["a.com:443", "xn--xample-9ua.com"]}, {name: b, hosts: ["b.com:443"]}]`)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -267,6 +267,10 @@ func TestDev(t *testing.T) {
 	if !strings.Contains(d.stderr.String(), "credinject dev: stopped") {
 		t.Fatalf("no 'stopped' on stderr:\n%s", d.stderr.String())
 	}
+	// Its loopback Vault is plaintext by design: no warning about it.
+	if strings.Contains(d.stderr.String(), "plaintext http://") {
+		t.Fatalf("credinject dev warns about its own Vault:\n%s", d.stderr.String())
+	}
 	for _, addr := range []string{"http://" + httpAddr + "/healthz", vault + "/v1/sys/health"} {
 		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(addr)
 		if err == nil {

@@ -2,7 +2,9 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"testing"
 	"time"
@@ -17,7 +19,8 @@ import (
 // setupDatabaseEngine mounts Vault's database secrets engine on the bed's
 // PostgreSQL with one role per identity (<ns>-<sa>), leases of ttl renewable
 // up to maxTTL, and lets each identity read its own role's credentials (the
-// policy is templated on the login's metadata) and revoke its leases.
+// policy is templated on the login's metadata) and revoke its own leases
+// only (sys/leases/revoke/<lease id>, scoped to its role's path).
 func setupDatabaseEngine(ctx context.Context, t *testing.T, env *testenv.Env, pg *testenv.Postgres, roles []string, ttl, maxTTL time.Duration) {
 	t.Helper()
 	c := env.Vault.Client
@@ -48,7 +51,7 @@ func setupDatabaseEngine(ctx context.Context, t *testing.T, env *testenv.Env, pg
 	}
 	meta := "{{identity.entity.aliases." + env.Vault.KubeAccessor + ".metadata."
 	policy := fmt.Sprintf(`path "database/creds/%[1]sservice_account_namespace}}_%[1]sservice_account_name}}" { capabilities = ["read"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/revoke/database/creds/%[1]sservice_account_namespace}}_%[1]sservice_account_name}}/*" { capabilities = ["update"] }
 `, meta)
 	if err := env.Vault.AddPolicy(ctx, "egress-database", policy); err != nil {
 		t.Fatal(err)
@@ -183,5 +186,62 @@ func TestVaultReadDatabase(t *testing.T) {
 	})
 	if err := pg.Exec(ctx, userB, passB, "select 1"); err == nil {
 		t.Fatal("the forgotten identity's database user still works")
+	}
+}
+
+// TestLeaseRevokeScoped: the policy above (the README's) lets an identity
+// revoke the leases of its own role's path and no other, on the real
+// Vault: through sys/leases/revoke/<lease id>, the form credinject uses,
+// while the body form (sys/leases/revoke with lease_id) is refused
+// altogether, since it cannot be scoped.
+func TestLeaseRevokeScoped(t *testing.T) {
+	env := testenv.Get(t)
+	pg := env.Postgres(t)
+	ctx := context.Background()
+	ns := testenv.UniqueName("vs")
+	tokA := identity(ctx, t, env, ns, "app-a", "unused")
+	roleA, roleB := ns+"-app-a", ns+"-app-b"
+	setupDatabaseEngine(ctx, t, env, pg, []string{roleA, roleB}, time.Hour, time.Hour)
+
+	// Identity A's own Vault token, as credinject gets it.
+	login, err := env.Vault.Client.Logical().WriteWithContext(ctx, "auth/"+testenv.VaultKubeMount+"/login",
+		map[string]any{"role": testenv.VaultRole, "jwt": tokA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := env.Vault.Client.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetToken(login.Auth.ClientToken)
+	readLease := func(c *vaultapi.Client, role string) string {
+		t.Helper()
+		s, err := c.Logical().ReadWithContext(ctx, "database/creds/"+role)
+		if err != nil || s == nil || s.LeaseID == "" {
+			t.Fatalf("read database/creds/%s: %v %v", role, s, err)
+		}
+		return s.LeaseID
+	}
+	own, own2 := readLease(a, roleA), readLease(a, roleA)
+	other := readLease(env.Vault.Client, roleB) // another identity's lease
+
+	forbidden := func(err error) bool {
+		var re *vaultapi.ResponseError
+		return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
+	}
+	if _, err := a.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+other, nil); !forbidden(err) {
+		t.Fatalf("revoking another identity's lease: %v, want 403", err)
+	}
+	if _, err := a.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": own2}); !forbidden(err) {
+		t.Fatalf("revoking by body: %v, want 403", err)
+	}
+	if n := leases(ctx, t, env, roleB); n != 1 {
+		t.Fatalf("%d leases of %s, want the one still live", n, roleB)
+	}
+	if _, err := a.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+own, nil); err != nil {
+		t.Fatalf("revoking its own lease: %v", err)
+	}
+	if n := leases(ctx, t, env, roleA); n != 1 {
+		t.Fatalf("%d leases of %s after revoking one of two", n, roleA)
 	}
 }

@@ -64,6 +64,20 @@ events: {natsURL: %q}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	// The bed's Vault is plaintext http://: outside credinject dev that is
+	// a warning, in the log at start and on /readyz.
+	rresp, err := http.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rbody, _ := io.ReadAll(rresp.Body)
+	rresp.Body.Close()
+	if !strings.Contains(string(rbody), "vault: warning: plaintext http://") {
+		t.Fatalf("/readyz does not warn of the plaintext Vault:\n%s", rbody)
+	}
+	apptest.Eventually(t, 10*time.Second, "the plaintext Vault warning in the log", func() bool {
+		return strings.Contains(srv.logs.String(), `"level":"WARN","msg":"vault: plaintext http://`)
+	})
 	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", gp), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,43 @@
+package events
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConnectErrorsNeverEchoCredentials: a NATS URL that does not parse is
+// quoted whole by net/url's error; neither the publisher's nor the
+// subscriber's error (nor the subscriber's log) carries its user
+// information.
+func TestConnectErrorsNeverEchoCredentials(t *testing.T) {
+	const secret = "S3CR3T"
+	for _, u := range []string{"nats://u:" + secret + "%zz@127.0.0.1:1", "nats://u:" + secret + " x@127.0.0.1:1", "nats://127.0.0.1:1,nats://" + secret + "%@127.0.0.1:2"} {
+		_, err := Connect(t.Context(), u)
+		if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "redacted@") {
+			t.Errorf("Connect(%q): %v", u, err)
+		}
+		logs := &syncBuffer{}
+		rec := newRecorder()
+		s, err := NewSubscriber(SubscriberConfig{URL: u, Subject: "credinject.rotated", Refresher: rec, Resyncer: rec,
+			Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconnectWait: 10 * time.Millisecond})
+		if err != nil {
+			// Refused at construction: the error must not echo it either.
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("NewSubscriber(%q): %v", u, err)
+			}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		err = s.Run(ctx)
+		cancel()
+		if err == nil || strings.Contains(err.Error(), secret) {
+			t.Errorf("Run with %q: %v", u, err)
+		}
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the log has the secret:\n%s", logs.String())
+		}
+	}
+}

@@ -192,15 +192,19 @@ func (a *App) kubernetes() (kubernetes.Interface, *rest.Config, error) {
 func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	cfg := a.cfg
 	var err error
-	a.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity})
+	a.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity, DeniedCapacity: cfg.Cache.DeniedCapacity})
 	if err != nil {
 		return err
 	}
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
+		Name: "credinject_cache_entries", Help: "Credentials in the credential cache (refusals apart: credinject_cache_denied_entries).",
 	}, func() float64 { return float64(a.creds.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_capacity", Help: "Entries the credential cache holds at most (cache.capacity); when full, a new identity's credential is not kept and each of its requests is a miss.",
-	}, func() float64 { return float64(cfg.Cache.Capacity) }))
+	}, func() float64 { return float64(cfg.Cache.Capacity) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "credinject_cache_denied_entries", Help: "Refusals (vault_denied, no_credential, invalid_credential, token_endpoint_refused) cached for cache.deniedTTL, at most cache.deniedCapacity.",
+	}, func() float64 { return float64(a.creds.DeniedLen()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "credinject_cache_denied_evictions_total", Help: "Cached refusals evicted, the oldest first, because cache.deniedCapacity were held; each costs its identity's next request a miss.",
+	}, func() float64 { return float64(a.creds.DeniedEvictions()) }))
 	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
 		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,
 		CAFile: cfg.Vault.CAFile, ClientCertFile: cfg.Vault.ClientCertFile, ClientKeyFile: cfg.Vault.ClientKeyFile,

@@ -31,6 +31,7 @@ import (
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/internal/lograte"
 	"github.com/credinject/credinject/internal/tlsconfig"
 	"github.com/credinject/credinject/kube"
 	"github.com/credinject/credinject/watcher"
@@ -95,6 +96,11 @@ type App struct {
 	tracing  *sdktrace.TracerProvider // nil: tracing off
 	debugLn  net.Listener             // nil: no debug.listen
 	debugSrv *http.Server
+
+	// reqLog is log behind the per-message limiter (lograte), for the
+	// checker, the watcher and the audit trail, whose lines a request, a
+	// forged token or a refused identity can cause.
+	reqLog *slog.Logger
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -111,6 +117,13 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		opts.Clock = clock.RealClock{}
 	}
 	a := &App{opts: opts, cfg: cfg, log: opts.Log, reg: opts.Registry}
+	// One budget per message, shared by the parts whose log lines a
+	// request, a forged token or a refused identity can cause.
+	limiter, lerr := lograte.New(lograte.Config{Clock: opts.Clock, Registerer: a.reg})
+	if lerr != nil {
+		return nil, lerr
+	}
+	a.reqLog = slog.New(limiter.Handler(opts.Log.Handler()))
 	ok := false
 	defer func() {
 		if !ok {
@@ -225,7 +238,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		// The subscriber is built after the watcher; nil is never connected.
 		EventsConnected: func() bool { return a.sub.Connected() },
 		Concurrency:     cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
-		Clock: a.opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
+		Clock: a.opts.Clock, Log: a.reqLog.With("component", "watcher"), Registerer: a.reg,
 		Auditor:        a.auditor(),
 		TracerProvider: a.tracerProviderOrNil(),
 	})
@@ -261,7 +274,7 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		Validator: validator, ServiceAccounts: sas, BoundObjects: bound, Credentials: a.creds,
 		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
-		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.log.With("component", "checker"),
+		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.reqLog.With("component", "checker"),
 		Clock: a.opts.Clock, Recorder: a.recorder(),
 		Tracing: checker.Tracing{TracerProvider: a.tracerProviderOrNil(), SamplingRatio: cfg.Tracing.SamplingRatio},
 	})

@@ -90,8 +90,9 @@ func allow(at time.Time, id, route, host string, version int64) Use {
 }
 
 // TestUsageAggregates: allows per (identity, route, version, host) and
-// denies per (reason, identity or token tag, route), each with its count,
-// first and last time, then a flush record for the interval.
+// denies per (reason, identity, route), or per reason without an identity
+// (the last token's tag as a sample), each with its count, first and last
+// time, then a flush record for the interval.
 func TestUsageAggregates(t *testing.T) {
 	r := newRig(t, 100)
 	for i := range 3 {
@@ -138,8 +139,7 @@ func TestUsageAggregates(t *testing.T) {
 			parse(t, d["first"]).Sub(t0), parse(t, d["last"]).Sub(t0)))
 	}
 	wantDenied := []string{
-		"invalid_token|<nil>|01020304|1|0s-0s",
-		"invalid_token|<nil>|0a0b0c0d|4|0s-3s",
+		"invalid_token|<nil>|0a0b0c0d|5|0s-3s",
 		"missing_token|<nil>|<nil>|1|0s-0s",
 		"vault_denied|ns/c|<nil>|2|2s-3s",
 	}
@@ -147,7 +147,7 @@ func TestUsageAggregates(t *testing.T) {
 		t.Errorf("denied records\n got %v\nwant %v", denied, wantDenied)
 	}
 	flush := ofKind(recs, KindFlush)
-	if len(flush) != 1 || flush[0]["usage"] != 4.0 || flush[0]["denied"] != 4.0 || flush[0]["dropped"] != 0.0 ||
+	if len(flush) != 1 || flush[0]["usage"] != 4.0 || flush[0]["denied"] != 3.0 || flush[0]["dropped"] != 0.0 ||
 		!parse(t, flush[0]["from"]).Equal(t0) || !parse(t, flush[0]["to"]).Equal(t0.Add(time.Minute)) {
 		t.Errorf("flush records %v", flush)
 	}
@@ -176,25 +176,28 @@ func parse(t *testing.T, v any) time.Time {
 	return tm
 }
 
-// TestUsageBound: beyond MaxKeys keys in an interval new keys are dropped
-// and counted (metric and flush record); keys already held keep counting;
-// the next interval takes new keys again.
+// TestUsageBound: beyond MaxKeys allow keys in an interval new allow keys
+// are dropped and counted (metric and flush record), and so are deny keys
+// beyond MaxKeys of their own; keys already held keep counting; the next
+// interval takes new keys again.
 func TestUsageBound(t *testing.T) {
 	r := newRig(t, 2)
 	r.log.Use(allow(t0, "ns/a", "", "h", 1))
-	r.log.Use(Use{At: t0, Reason: authz.ReasonInvalidToken, TokenTag: 7})
+	r.log.Use(Use{At: t0, Reason: authz.ReasonVaultDenied, Identity: "ns/d0"})
 	for i := range 5 {
-		r.log.Use(allow(t0, fmt.Sprintf("ns/x%d", i), "", "h", 1)) // dropped
+		r.log.Use(allow(t0, fmt.Sprintf("ns/x%d", i), "", "h", 1)) // the first held, 4 dropped
 	}
-	r.log.Use(Use{At: t0, Reason: authz.ReasonInvalidToken, TokenTag: 8}) // dropped
-	r.log.Use(allow(t0.Add(time.Second), "ns/a", "", "h", 1))             // held: counted
+	for i := range 3 {
+		r.log.Use(Use{At: t0, Reason: authz.ReasonVaultDenied, Identity: fmt.Sprintf("ns/d%d", i+1)}) // the first held, 2 dropped
+	}
+	r.log.Use(allow(t0.Add(time.Second), "ns/a", "", "h", 1)) // held: counted
 	if n := testutil.ToFloat64(r.log.metrics.dropped); n != 6 {
 		t.Fatalf("credinject_audit_dropped_total = %v, want 6", n)
 	}
 	r.log.Flush()
 	recs := r.out.records(t)
 	u, d, f := ofKind(recs, KindUsage), ofKind(recs, KindDenied), ofKind(recs, KindFlush)
-	if len(u) != 1 || u[0]["count"] != 2.0 || len(d) != 1 || len(f) != 1 || f[0]["dropped"] != 6.0 {
+	if len(u) != 2 || u[0]["count"] != 2.0 || len(d) != 2 || len(f) != 1 || f[0]["dropped"] != 6.0 {
 		t.Fatalf("usage %v denied %v flush %v", u, d, f)
 	}
 	r.log.Use(allow(t0, "ns/x1", "", "h", 1))
@@ -205,6 +208,66 @@ func TestUsageBound(t *testing.T) {
 	f = ofKind(recs, KindFlush)
 	if got := f[len(f)-1]; got["usage"] != 2.0 || got["dropped"] != 1.0 {
 		t.Fatalf("second interval flush %v", got)
+	}
+}
+
+// TestDenyFloodKeepsEveryAllow: in one interval, 10 times MaxKeys denies
+// with distinct forged tokens, then 10 times MaxKeys denies of distinct
+// refused identities, interleaved with allows of MaxKeys identities: every
+// allow is in a usage record with its count, the forged tokens make one
+// denied record per reason, and only the refused identities beyond MaxKeys
+// deny keys are dropped.
+func TestDenyFloodKeepsEveryAllow(t *testing.T) {
+	const maxKeys = 100
+	r := newRig(t, maxKeys)
+	for i := range 10 * maxKeys {
+		r.log.Use(Use{At: t0, Reason: authz.ReasonInvalidToken, TokenTag: uint32(i*2654435761) | 1})
+		if i%10 == 0 {
+			r.log.Use(allow(t0, fmt.Sprintf("ns/ok-%d", i/10), "", "h", 1))
+		}
+	}
+	for i := range 10 * maxKeys {
+		r.log.Use(Use{At: t0, Reason: authz.ReasonVaultDenied, Identity: fmt.Sprintf("ns/refused-%d", i)})
+		if i%10 == 0 {
+			r.log.Use(allow(t0, fmt.Sprintf("ns/ok-%d", i/10), "", "h", 1))
+		}
+	}
+	r.log.Flush()
+	recs := r.out.records(t)
+	u := ofKind(recs, KindUsage)
+	if len(u) != maxKeys {
+		t.Fatalf("%d usage records, want one for each of the %d identities allowed", len(u), maxKeys)
+	}
+	for _, rec := range u {
+		if rec["count"] != 2.0 {
+			t.Fatalf("usage %v: want count 2", rec)
+		}
+	}
+	forged, refused := 0.0, 0
+	for _, d := range ofKind(recs, KindDenied) {
+		switch d["reason"] {
+		case string(authz.ReasonInvalidToken):
+			if d["identity"] != nil {
+				t.Fatalf("a forged token's record names an identity: %v", d)
+			}
+			forged += d["count"].(float64)
+		case string(authz.ReasonVaultDenied):
+			refused++
+		}
+	}
+	// The forged tokens' key may be held once per shard, never per token.
+	if forged != 10*maxKeys {
+		t.Fatalf("forged-token denies counted %v, want %d", forged, 10*maxKeys)
+	}
+	if n := len(ofKind(recs, KindDenied)) - refused; n != 1 {
+		t.Fatalf("%d denied records for the forged tokens, want 1 (per reason)", n)
+	}
+	if refused > maxKeys {
+		t.Fatalf("%d refused identities held, want at most %d", refused, maxKeys)
+	}
+	f := ofKind(recs, KindFlush)[0]
+	if want := float64(10*maxKeys - refused); f["dropped"] != want {
+		t.Fatalf("flush %v: want dropped %v (the refused identities not held only)", f, want)
 	}
 }
 

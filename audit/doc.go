@@ -8,10 +8,12 @@
 //     identity forgotten. The credential layer produces them (internal/app
 //     turns the watcher's events into Events).
 //   - usage records (Log.Use), aggregated: allows per (identity, route,
-//     credential version, host) and denies per (reason, identity or token
-//     tag, route), each with a count and the first and last time, written
-//     once per interval and at shutdown, followed by a flush record. The
-//     number of keys per interval is bounded (MaxKeys); decisions beyond the
+//     credential version, host) and denies per (reason, identity, route), or
+//     per reason alone without a valid token (so forged tokens add no key),
+//     each with a count and the first and last time, written once per
+//     interval and at shutdown, followed by a flush record. The number of
+//     keys per interval is bounded (MaxKeys allow keys and, apart, MaxKeys
+//     deny keys, so denies never crowd out an allow); decisions beyond the
 //     bound are counted in credinject_audit_dropped_total and in the flush
 //     record, never held.
 //

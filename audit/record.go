@@ -80,8 +80,9 @@ type usageRecord struct {
 	Last     time.Time `json:"last"`
 }
 
-// deniedRecord: denies of one (reason, identity or token tag, route) in an
-// interval.
+// deniedRecord: denies of one (reason, identity, route) in an interval, or
+// of one reason without an identity (no valid token), with the tag of the
+// last such token as a sample.
 type deniedRecord struct {
 	header
 	Reason   string    `json:"reason"`

@@ -34,9 +34,10 @@ type Use struct {
 	// Version is the credential's KV version (allows only; 0 when the
 	// source has none).
 	Version int64
-	// TokenTag is a prefix of the token's per-process HMAC: it tells tokens
-	// apart without holding them (denies without an identity only; 0
-	// without a token).
+	// TokenTag is a prefix of the token's per-process HMAC: it names a
+	// token without holding it (denies without an identity only; 0 without
+	// a token). Such denies are aggregated per reason, not per token: the
+	// record carries the tag of the last one as a sample.
 	TokenTag uint32
 }
 
@@ -44,19 +45,21 @@ type Use struct {
 const maxHostLen = 256
 
 // usageKey is what decisions are aggregated by: allows by (identity, route,
-// version, host), denies by (reason, identity or token tag, route).
+// version, host), denies by (reason, identity, route); a deny without an
+// identity (no valid token) by its reason alone, so forged tokens add no key.
 type usageKey struct {
 	reason   authz.Reason
 	identity string
 	route    string
 	host     string
 	version  int64
-	tag      uint32
 }
 
 type usageStat struct {
 	count       int64
 	first, last time.Time
+	// tag is the token tag of the last deny without an identity (a sample).
+	tag uint32
 }
 
 // nShards spreads the keys over locks, so concurrent decisions of different
@@ -73,11 +76,13 @@ type shard struct {
 	_     [64]byte // keep shards off each other's cache lines
 }
 
-// usage aggregates decisions per interval, with at most max keys.
+// usage aggregates decisions per interval, with at most max allow keys and,
+// apart, at most max deny keys: denies never take an allow's place.
 type usage struct {
 	seed    maphash.Seed
 	max     int64
-	keys    atomic.Int64 // keys held, all shards
+	allows  atomic.Int64 // allow keys held, all shards
+	denies  atomic.Int64 // deny keys held, all shards
 	dropped atomic.Int64 // decisions dropped this interval
 	counter prometheus.Counter
 	shards  [nShards]shard
@@ -98,19 +103,23 @@ func (u *usage) add(x Use) {
 		if len(k.host) > maxHostLen {
 			k.host = k.host[:maxHostLen]
 		}
-	} else if x.Identity == "" {
-		k.tag = x.TokenTag
 	}
-	h := uint64(k.tag)
+	// Without an identity, the token's tag spreads the reason's key over
+	// the shards (merged by take), so a flood does not queue on one lock.
+	h := uint64(x.TokenTag)
 	if k.identity != "" {
 		h = maphash.String(u.seed, k.identity)
+	}
+	keys := &u.allows
+	if x.Reason != authz.ReasonNone {
+		keys = &u.denies
 	}
 	s := &u.shards[h%nShards]
 	s.mu.Lock()
 	i, ok := s.idx[k]
 	if !ok {
-		if u.keys.Add(1) > u.max {
-			u.keys.Add(-1)
+		if keys.Add(1) > u.max {
+			keys.Add(-1)
 			s.mu.Unlock()
 			u.dropped.Add(1)
 			u.counter.Inc()
@@ -128,8 +137,9 @@ func (u *usage) add(x Use) {
 	if x.At.Before(st.first) {
 		st.first = x.At
 	}
-	if x.At.After(st.last) {
+	if !x.At.Before(st.last) {
 		st.last = x.At
+		st.tag = x.TokenTag
 	}
 	s.mu.Unlock()
 }
@@ -137,28 +147,39 @@ func (u *usage) add(x Use) {
 // take ends the interval: it returns its records (sorted) and the number
 // of decisions dropped, and starts the next with empty maps.
 func (u *usage) take() (allows []usageRecord, denies []deniedRecord, dropped int64) {
+	// A tokenless deny's key may be in every shard: merged here.
+	anon := map[usageKey]usageStat{}
 	for i := range u.shards {
 		s := &u.shards[i]
 		// Held under the shard's lock: the interval's own memory, no I/O.
 		s.mu.Lock()
+		var nAllows int64
 		for k, j := range s.idx {
 			st := s.stats[j]
-			if k.reason == authz.ReasonNone {
+			switch {
+			case k.reason == authz.ReasonNone:
+				nAllows++
 				allows = append(allows, usageRecord{Identity: k.identity, Route: k.route, Version: k.version, Host: k.host,
 					Count: st.count, First: st.first.UTC(), Last: st.last.UTC()})
-				continue
+			case k.identity == "":
+				anon[k] = merge(anon[k], st)
+			default:
+				denies = append(denies, deniedRecord{Reason: string(k.reason), Identity: k.identity, Route: k.route,
+					Count: st.count, First: st.first.UTC(), Last: st.last.UTC()})
 			}
-			d := deniedRecord{Reason: string(k.reason), Identity: k.identity, Route: k.route,
-				Count: st.count, First: st.first.UTC(), Last: st.last.UTC()}
-			if k.identity == "" && k.tag != 0 {
-				d.TokenTag = tokenTag(k.tag)
-			}
-			denies = append(denies, d)
 		}
-		u.keys.Add(-int64(len(s.stats)))
+		u.allows.Add(-nAllows)
+		u.denies.Add(nAllows - int64(len(s.stats)))
 		clear(s.idx)
 		s.stats = s.stats[:0]
 		s.mu.Unlock()
+	}
+	for k, st := range anon {
+		d := deniedRecord{Reason: string(k.reason), Route: k.route, Count: st.count, First: st.first.UTC(), Last: st.last.UTC()}
+		if st.tag != 0 {
+			d.TokenTag = tokenTag(st.tag)
+		}
+		denies = append(denies, d)
 	}
 	slices.SortFunc(allows, func(a, b usageRecord) int {
 		return cmp.Or(cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.Route, b.Route), cmp.Compare(a.Host, b.Host), cmp.Compare(a.Version, b.Version))
@@ -167,6 +188,22 @@ func (u *usage) take() (allows []usageRecord, denies []deniedRecord, dropped int
 		return cmp.Or(cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.TokenTag, b.TokenTag), cmp.Compare(a.Route, b.Route))
 	})
 	return allows, denies, u.dropped.Swap(0)
+}
+
+// merge adds b's decisions to a's (a zero a: none yet); the sample tag is
+// the later one's.
+func merge(a, b usageStat) usageStat {
+	if a.count == 0 {
+		return b
+	}
+	a.count += b.count
+	if b.first.Before(a.first) {
+		a.first = b.first
+	}
+	if !b.last.Before(a.last) {
+		a.last, a.tag = b.last, b.tag
+	}
+	return a
 }
 
 // tokenTag prints a tag as the checker's logs do: 8 hex digits.

@@ -2,10 +2,13 @@ package cache
 
 import (
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/credinject/credinject/authz"
 )
@@ -81,21 +84,37 @@ func (e *Entry) Memo(build func(*Entry) any) any {
 	return e.memo.Load()
 }
 
-// ErrFull is returned by Set when the cache holds Capacity entries and the
-// entry is a new one.
+// ErrFull is returned by Set when the cache holds Capacity credentials and
+// the entry is a new one.
 var ErrFull = errors.New("cache: credential cache is full")
 
-// Credentials is the credential cache. It never evicts on its own: capacity
-// is a hard bound that makes Set fail loudly instead of dropping a
-// credential. Since it never evicts, it needs no admission policy: it is a
-// map keyed exactly by (route, identity), sharded by the identity so
-// concurrent readers of different identities rarely share a lock's cache
-// line. Keys are exact: there is no hash to collide.
+// Credentials is the credential cache. It never evicts a credential:
+// capacity is a hard bound that makes Set fail loudly instead of dropping
+// one. Since it never evicts, it needs no admission policy: it is a map
+// keyed exactly by (route, identity), sharded by the identity so concurrent
+// readers of different identities rarely share a lock's cache line. Keys
+// are exact: there is no hash to collide.
+//
+// Negative entries (a refusal: Denied set) are kept apart, in one LRU of
+// at most DeniedCapacity entries ordered by when they were stored, and do
+// not count against Capacity: a flood of identities Vault refuses evicts
+// the refusals stored longest ago (with one TTL for every refusal, the
+// first to expire), never a credential, and cannot fill the cache. An
+// evicted refusal only costs its identity's next request a miss.
 type Credentials struct {
 	capacity int64
 	size     atomic.Int64
 	seed     maphash.Seed
 	shards   *[credShards]credShard
+
+	// denied holds the negative entries, guarded by deniedMu (taken after a
+	// shard's lock, never before). Get only peeks (a read lock): the order
+	// is that of Sets, not of Gets.
+	deniedMu sync.RWMutex
+	denied   *simplelru.LRU[credKey, *Entry]
+	// evicted counts the negative entries denied dropped to stay within
+	// its bound.
+	evicted atomic.Int64
 }
 
 const credShards = 64
@@ -113,8 +132,12 @@ type credKey struct{ route, identity string }
 
 // CredentialsConfig sizes the credential cache.
 type CredentialsConfig struct {
-	// Capacity is the maximum number of (route, identity) entries.
+	// Capacity is the maximum number of (route, identity) credentials
+	// (cache.capacity).
 	Capacity int64
+	// DeniedCapacity is the maximum number of (route, identity) negative
+	// entries, beyond Capacity (cache.deniedCapacity; 0: 65,536).
+	DeniedCapacity int
 }
 
 // NewCredentials builds the credential cache.
@@ -122,9 +145,19 @@ func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = 1 << 20
 	}
+	if cfg.DeniedCapacity <= 0 {
+		cfg.DeniedCapacity = 1 << 16
+	}
 	c := &Credentials{capacity: cfg.Capacity, seed: maphash.MakeSeed(), shards: new([credShards]credShard)}
 	for i := range c.shards {
 		c.shards[i].m = map[credKey]*Entry{}
+	}
+	var err error
+	// Called under deniedMu for an entry removed or evicted: a Token's
+	// Served no longer returns it.
+	c.denied, err = simplelru.NewLRU(cfg.DeniedCapacity, func(_ credKey, e *Entry) { e.superseded.Store(true) })
+	if err != nil {
+		return nil, fmt.Errorf("cache: negative entries: %w", err)
 	}
 	return c, nil
 }
@@ -134,23 +167,43 @@ func (c *Credentials) shard(identity string) *credShard {
 }
 
 // Get returns the entry for (route, identity), identity being an
-// authz.Identity's Key. It does no I/O and does not allocate.
+// authz.Identity's Key: a credential, or a negative entry. It does no I/O
+// and does not allocate.
 func (c *Credentials) Get(route, identity string) (*Entry, bool) {
+	k := credKey{route, identity}
 	s := c.shard(identity)
 	s.mu.RLock()
-	e, ok := s.m[credKey{route, identity}]
+	e, ok := s.m[k]
+	if !ok {
+		c.deniedMu.RLock()
+		e, ok = c.denied.Peek(k)
+		c.deniedMu.RUnlock()
+	}
 	s.mu.RUnlock()
 	return e, ok
 }
 
 // Set stores e, replacing any entry for the same (route, identity). When it
-// returns nil the entry is visible to every later Get.
+// returns nil the entry is visible to every later Get. A credential is
+// refused with ErrFull when Capacity credentials are held (the negative
+// entry it replaces is removed all the same); a negative entry is always
+// kept, evicting the one stored longest ago when DeniedCapacity are held.
 func (c *Credentials) Set(e *Entry) error {
 	k := credKey{e.Route, e.Identity.Key}
 	s := c.shard(k.identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, taken := s.m[k]
+	if e.Denied != authz.ReasonNone {
+		if taken {
+			delete(s.m, k)
+			c.size.Add(-1)
+			old.superseded.Store(true)
+		}
+		c.setDenied(k, e)
+		return nil
+	}
+	c.deleteDenied(k, e)
 	if !taken && !c.reserve() {
 		return ErrFull
 	}
@@ -161,6 +214,31 @@ func (c *Credentials) Set(e *Entry) error {
 		old.superseded.Store(true)
 	}
 	return nil
+}
+
+// setDenied stores the negative entry e under k. Called with k's shard
+// locked.
+func (c *Credentials) setDenied(k credKey, e *Entry) {
+	c.deniedMu.Lock()
+	old, taken := c.denied.Peek(k)
+	if c.denied.Add(k, e) {
+		c.evicted.Add(1)
+	}
+	c.deniedMu.Unlock()
+	e.superseded.Store(false)
+	if taken && old != e {
+		old.superseded.Store(true)
+	}
+}
+
+// deleteDenied removes k's negative entry, unless it is keep. Called with
+// k's shard locked.
+func (c *Credentials) deleteDenied(k credKey, keep *Entry) {
+	c.deniedMu.Lock()
+	if old, ok := c.denied.Peek(k); ok && old != keep {
+		c.denied.Remove(k)
+	}
+	c.deniedMu.Unlock()
 }
 
 // reserve takes one place for a new entry, unless the cache is full. Sets
@@ -189,10 +267,23 @@ func (c *Credentials) Delete(route, identity string) {
 		c.size.Add(-1)
 		old.superseded.Store(true)
 	}
+	c.deleteDenied(k, nil)
 }
 
-// Len is the number of entries.
+// Len is the number of credentials (at most Capacity; negative entries
+// apart).
 func (c *Credentials) Len() int64 { return c.size.Load() }
+
+// DeniedLen is the number of negative entries (at most DeniedCapacity).
+func (c *Credentials) DeniedLen() int {
+	c.deniedMu.RLock()
+	defer c.deniedMu.RUnlock()
+	return c.denied.Len()
+}
+
+// DeniedEvictions is how many negative entries were evicted to stay within
+// DeniedCapacity since the cache was built.
+func (c *Credentials) DeniedEvictions() int64 { return c.evicted.Load() }
 
 // Close releases the cache (nothing to release; kept for symmetry with
 // Tokens).

@@ -52,12 +52,17 @@ type fakeVault struct {
 	// badTokens: identity tokens come back with a line break (not
 	// injectable).
 	badTokens bool
+	// gone: service-account tokens Vault's TokenReview finds invalid (the
+	// pod they are bound to was deleted); a login with one is refused.
+	gone map[string]bool
 }
 
-// fakeLogin is a login Vault granted: whose, and when.
+// fakeLogin is a login Vault granted: whose, when, and with which
+// service-account token.
 type fakeLogin struct {
 	identity string
 	at       time.Time
+	jwt      string
 }
 
 type fakeLease struct {
@@ -74,7 +79,7 @@ type fakeToken struct {
 
 func newFakeVault(c *clocktesting.FakeClock) *fakeVault {
 	return &fakeVault{clock: c, ttl: time.Hour, bound: map[string]bool{}, live: map[string]fakeToken{},
-		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{}, stuck: map[string]bool{},
+		data: map[string]map[string]any{}, version: map[string]int64{}, calls: map[string]int{}, stuck: map[string]bool{}, gone: map[string]bool{},
 		leaseTTL: time.Minute, leaseMax: 5 * time.Minute, leases: map[string]fakeLease{}}
 }
 
@@ -173,6 +178,14 @@ func (v *fakeVault) bind(key string, ok bool) {
 	v.mu.Unlock()
 }
 
+// goneToken makes Vault refuse jwt from now on, as its TokenReview does once
+// the pod the token is bound to is deleted.
+func (v *fakeVault) goneToken(jwt string) {
+	v.mu.Lock()
+	v.gone[jwt] = true
+	v.mu.Unlock()
+}
+
 func (v *fakeVault) setDown(down bool) {
 	v.mu.Lock()
 	v.down = down
@@ -217,13 +230,13 @@ func (v *fakeVault) Login(_ context.Context, jwt string) (vaultLogin, error) {
 	parts := strings.Split(jwt, ":")
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(parts) != 3 || parts[0] != "jwt" || !v.bound[parts[1]] {
+	if len(parts) != 3 || parts[0] != "jwt" || !v.bound[parts[1]] || v.gone[jwt] {
 		return vaultLogin{}, authz.Deny(authz.ReasonVaultDenied, fmt.Errorf("login refused: %w", errForbidden))
 	}
 	v.n++
 	tok := fmt.Sprintf("hvs.%d", v.n)
 	v.live[tok] = fakeToken{identity: parts[1], created: v.clock.Now(), expires: v.clock.Now().Add(v.ttl)}
-	v.logins = append(v.logins, fakeLogin{identity: parts[1], at: v.clock.Now()})
+	v.logins = append(v.logins, fakeLogin{identity: parts[1], at: v.clock.Now(), jwt: jwt})
 	return vaultLogin{Token: tok, TTL: v.ttl, Renewable: !v.notRenewable}, nil
 }
 

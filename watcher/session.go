@@ -3,6 +3,7 @@ package watcher
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,8 +31,9 @@ const (
 )
 
 // session owns one identity's Vault token: it logs in with the identity's
-// service-account token (the one presented on a request, or one minted by
-// TokenRequest for a prefetched identity, used for that login and dropped),
+// service-account token (the newest presented on its requests, falling back
+// to an older one when Vault refuses it, or one minted by TokenRequest for
+// a prefetched identity, used for that login and dropped),
 // renews the Vault token at about two thirds of its life (±10 %), logs in
 // again when the token cannot be renewed, when the relogin interval has
 // passed (the first time, a share of it sooner drawn once: reloginAfter),
@@ -57,9 +59,11 @@ type session struct {
 	// identity share one login instead of each minting a Vault token.
 	login sync.Mutex
 
-	mu       sync.Mutex // guards what follows; never held across I/O
-	saToken  string     // a presented token only; a minted one is not kept
-	saExp    time.Time
+	mu sync.Mutex // guards what follows; never held across I/O
+	// sa are the presented service-account tokens kept to log in with,
+	// newest first, at most maxSATokens (nil for a prefetched identity: a
+	// minted token is not kept).
+	sa       []saToken
 	prefetch bool
 	token    string
 	// early, in [0, 1), brings the first relogin forward (reloginAfter):
@@ -67,6 +71,31 @@ type session struct {
 	early float64
 	tokenLife
 	retired []string
+}
+
+// maxSATokens bounds the presented service-account tokens a session keeps
+// (about 1 KB each): the newest, and two older ones to fall back on when
+// Vault refuses it (its pod is gone, so Vault's TokenReview says it is
+// invalid, while the workload's other pods present live ones).
+const maxSATokens = 3
+
+// saToken is a presented service-account token and its expiry (zero: none
+// known).
+type saToken struct {
+	jwt string
+	exp time.Time
+}
+
+// newer orders tokens newest first: a later expiry first, one without an
+// expiry before any with one.
+func (t saToken) newer(u saToken) bool {
+	return t.exp.IsZero() && !u.exp.IsZero() || !u.exp.IsZero() && t.exp.After(u.exp)
+}
+
+// usable: t can still be logged in with at now (10 s of margin for the
+// login's round trip).
+func (t saToken) usable(now time.Time) bool {
+	return t.exp.IsZero() || now.Before(t.exp.Add(-10*time.Second))
 }
 
 // newSession makes the session of id. every is the relogin interval (0: the
@@ -81,8 +110,8 @@ func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveC
 	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke, every: every, jitter: jitter, early: early}
 }
 
-// offer keeps the newest valid service-account token of the identity, to
-// log in again when its Vault token runs out.
+// offer keeps a valid service-account token of the identity among the
+// newest maxSATokens, to log in again when its Vault token runs out.
 func (s *session) offer(token string, exp time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -100,9 +129,51 @@ func (s *session) offerNewer(token string, exp time.Time) {
 	}
 }
 
+// offerLocked inserts token in s.sa, newest first (before those of the
+// same expiry: the latest offered), and drops the oldest beyond
+// maxSATokens. A token already held is not added twice.
 func (s *session) offerLocked(token string, exp time.Time) {
-	if token != "" && (s.saToken == "" || exp.IsZero() || exp.After(s.saExp)) {
-		s.saToken, s.saExp = token, exp
+	if token == "" {
+		return
+	}
+	t := saToken{jwt: token, exp: exp}
+	i := len(s.sa)
+	for j, u := range s.sa {
+		if u.jwt == token {
+			return
+		}
+		if i == len(s.sa) && !u.newer(t) {
+			i = j
+		}
+	}
+	if i >= maxSATokens {
+		return
+	}
+	s.sa = slices.Insert(s.sa, i, t)
+	if len(s.sa) > maxSATokens {
+		s.sa[maxSATokens] = saToken{}
+		s.sa = s.sa[:maxSATokens]
+	}
+}
+
+// usableLocked is a copy of the held tokens still usable at now, newest
+// first.
+func (s *session) usableLocked(now time.Time) []string {
+	var jwts []string
+	for _, t := range s.sa {
+		if t.usable(now) {
+			jwts = append(jwts, t.jwt)
+		}
+	}
+	return jwts
+}
+
+// dropLocked forgets the held tokens Vault refused, and those expired by
+// now.
+func (s *session) dropLocked(refused []string, now time.Time) {
+	s.sa = slices.DeleteFunc(s.sa, func(t saToken) bool { return !t.usable(now) || slices.Contains(refused, t.jwt) })
+	if len(s.sa) == 0 {
+		s.sa = nil
 	}
 }
 
@@ -186,49 +257,71 @@ func (s *session) Token(ctx context.Context, mode tokenMode) (string, error) {
 
 // canLoginLocked: a service-account token is held or can be minted.
 func (s *session) canLoginLocked(now time.Time) bool {
-	if s.saToken != "" && (s.saExp.IsZero() || now.Before(s.saExp.Add(-10*time.Second))) {
-		return true
+	for _, t := range s.sa {
+		if t.usable(now) {
+			return true
+		}
 	}
 	return s.prefetch && s.minter != nil
 }
 
-// logIn logs in with the held service-account token, or a freshly minted
-// one (not kept: about 1 KB per identity, and minting again for the next
-// login costs one TokenRequest an interval), and revokes the Vault token it
-// replaces. Called with s.login held.
+// logIn logs in with the newest held service-account token, or a freshly
+// minted one (not kept: about 1 KB per identity, and minting again for the
+// next login costs one TokenRequest an interval), and revokes the Vault
+// token it replaces. When Vault refuses a held token (its pod is gone), it
+// tries the next older one, then, for a prefetched identity, a minted one:
+// at most maxSATokens+1 logins, each refused token dropped. Only when
+// every one is refused is the identity refused. Called with s.login held.
 func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	s.mu.Lock()
-	jwt, saExp, prefetch := s.saToken, s.saExp, s.prefetch
+	jwts, prefetch := s.usableLocked(now), s.prefetch
 	s.mu.Unlock()
-	if jwt != "" && !saExp.IsZero() && !now.Before(saExp.Add(-10*time.Second)) {
-		jwt = ""
-	}
-	if jwt == "" && prefetch && s.minter != nil {
-		t, _, err := s.minter.Token(ctx, s.id)
-		if err != nil {
-			return "", authz.Denyf(authz.ReasonVaultUnavailable, "token request: %w", err)
-		}
-		jwt = t
-	}
-	if jwt == "" {
+	canMint := prefetch && s.minter != nil
+	if len(jwts) == 0 && !canMint {
 		return "", authz.Deny(authz.ReasonVaultUnavailable, errNoToken)
 	}
-	l, err := s.vault.Login(ctx, jwt)
-	if err != nil {
-		if !errors.Is(err, authz.ErrVaultUnavailable) {
-			// Refused: the identity is no longer Vault's to serve. The
-			// token held until now is revoked with the rest (retire),
-			// and Vault ends the leases read with it.
-			s.mu.Lock()
-			if s.token != "" {
-				s.retired = append(s.retired, s.token)
-			}
-			s.token, s.tokenLife = "", tokenLife{}
-			s.mu.Unlock()
+	var (
+		refused []string
+		l       vaultLogin
+		err     error
+		ok      bool
+	)
+	for _, jwt := range jwts {
+		if l, err = s.vault.Login(ctx, jwt); err == nil {
+			ok = true
+			break
 		}
-		return "", err
+		if errors.Is(err, authz.ErrVaultUnavailable) {
+			return "", err
+		}
+		refused = append(refused, jwt)
+	}
+	if !ok && canMint {
+		t, _, merr := s.minter.Token(ctx, s.id)
+		if merr != nil {
+			s.dropRefused(refused, now)
+			return "", authz.Denyf(authz.ReasonVaultUnavailable, "token request: %w", merr)
+		}
+		if l, err = s.vault.Login(ctx, t); err == nil {
+			ok = true
+		} else if errors.Is(err, authz.ErrVaultUnavailable) {
+			s.dropRefused(refused, now)
+			return "", err
+		}
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropLocked(refused, now)
+	if !ok {
+		// Refused: the identity is no longer Vault's to serve. The token
+		// held until now is revoked with the rest (retire), and Vault ends
+		// the leases read with it.
+		if s.token != "" {
+			s.retired = append(s.retired, s.token)
+		}
+		s.token, s.tokenLife = "", tokenLife{}
+		return "", err
+	}
 	old := s.token
 	s.token = l.Token
 	s.loggedIn(now, l.TTL, l.Renewable, s.early, s.jitter())
@@ -236,8 +329,14 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	if old != "" {
 		s.retired = append(s.retired, old)
 	}
-	s.mu.Unlock()
 	return l.Token, nil
+}
+
+// dropRefused is dropLocked under s.mu.
+func (s *session) dropRefused(refused []string, now time.Time) {
+	s.mu.Lock()
+	s.dropLocked(refused, now)
+	s.mu.Unlock()
 }
 
 // retire revokes the tokens replaced since the last call: one live Vault

@@ -31,6 +31,7 @@ import (
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/config"
+	"github.com/credinject/credinject/internal/lograte"
 	"github.com/credinject/credinject/internal/tlsconfig"
 	"github.com/credinject/credinject/kube"
 	"github.com/credinject/credinject/watcher"
@@ -98,6 +99,11 @@ type App struct {
 	tracing  *sdktrace.TracerProvider // nil: tracing off
 	debugLn  net.Listener             // nil: no debug.listen
 	debugSrv *http.Server
+
+	// reqLog is log behind the per-message limiter (lograte), for the
+	// checker, the watcher and the audit trail, whose lines a request, a
+	// forged token or a refused identity can cause.
+	reqLog *slog.Logger
 }
 
 // New builds every part and binds the listeners; Run starts them.
@@ -114,6 +120,13 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		opts.Clock = clock.RealClock{}
 	}
 	a := &App{opts: opts, cfg: cfg, log: opts.Log, reg: opts.Registry}
+	// One budget per message, shared by the parts whose log lines a
+	// request, a forged token or a refused identity can cause.
+	limiter, lerr := lograte.New(lograte.Config{Clock: opts.Clock, Registerer: a.reg})
+	if lerr != nil {
+		return nil, lerr
+	}
+	a.reqLog = slog.New(limiter.Handler(opts.Log.Handler()))
 	ok := false
 	defer func() {
 		if !ok {
@@ -195,15 +208,19 @@ func (a *App) kubernetes() (kubernetes.Interface, *rest.Config, error) {
 func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	cfg := a.cfg
 	var err error
-	a.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity})
+	a.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity, DeniedCapacity: cfg.Cache.DeniedCapacity})
 	if err != nil {
 		return err
 	}
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "credinject_cache_entries", Help: "Entries in the credential cache.",
+		Name: "credinject_cache_entries", Help: "Credentials in the credential cache (refusals apart: credinject_cache_denied_entries).",
 	}, func() float64 { return float64(a.creds.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_capacity", Help: "Entries the credential cache holds at most (cache.capacity); when full, a new identity's credential is not kept and each of its requests is a miss.",
-	}, func() float64 { return float64(cfg.Cache.Capacity) }))
+	}, func() float64 { return float64(cfg.Cache.Capacity) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "credinject_cache_denied_entries", Help: "Refusals (vault_denied, no_credential, invalid_credential, token_endpoint_refused) cached for cache.deniedTTL, at most cache.deniedCapacity.",
+	}, func() float64 { return float64(a.creds.DeniedLen()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "credinject_cache_denied_evictions_total", Help: "Cached refusals evicted, the oldest first, because cache.deniedCapacity were held; each costs its identity's next request a miss.",
+	}, func() float64 { return float64(a.creds.DeniedEvictions()) }))
 	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
 		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,
 		CAFile: cfg.Vault.CAFile, ClientCertFile: cfg.Vault.ClientCertFile, ClientKeyFile: cfg.Vault.ClientKeyFile,
@@ -224,7 +241,7 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		// The subscriber is built after the watcher; nil is never connected.
 		EventsConnected: func() bool { return a.sub.Connected() },
 		Concurrency:     cfg.Vault.Concurrency, Store: a.creds, Minter: minter,
-		Clock: a.opts.Clock, Log: a.log.With("component", "watcher"), Registerer: a.reg,
+		Clock: a.opts.Clock, Log: a.reqLog.With("component", "watcher"), Registerer: a.reg,
 		Auditor:        a.auditor(),
 		TracerProvider: a.tracerProviderOrNil(),
 	})
@@ -260,7 +277,7 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		Validator: validator, ServiceAccounts: sas, BoundObjects: bound, Credentials: a.creds,
 		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
-		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.log.With("component", "checker"),
+		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.reqLog.With("component", "checker"),
 		Clock: a.opts.Clock, Recorder: a.recorder(),
 		Tracing: checker.Tracing{TracerProvider: a.tracerProviderOrNil(), SamplingRatio: cfg.Tracing.SamplingRatio},
 	})

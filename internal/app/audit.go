@@ -25,7 +25,7 @@ func (a *App) auditTrail() error {
 	}
 	l, err := audit.New(audit.Config{
 		Output: w, Interval: cfg.Interval, MaxKeys: cfg.MaxKeys,
-		Clock: a.opts.Clock, Registerer: a.reg, Log: a.log.With("component", "audit"),
+		Clock: a.opts.Clock, Registerer: a.reg, Log: a.reqLog.With("component", "audit"),
 	})
 	if err != nil {
 		return err

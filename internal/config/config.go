@@ -278,6 +278,11 @@ type Cache struct {
 	TokenTTL      time.Duration `yaml:"tokenTTL"`
 	TokenNegative time.Duration `yaml:"tokenNegativeTTL"`
 	DeniedTTL     time.Duration `yaml:"deniedTTL"`
+
+	// DeniedCapacity bounds the negative entries (refusals cached for
+	// deniedTTL), kept apart from the Capacity credentials: beyond it the
+	// oldest refusal is evicted, never a credential.
+	DeniedCapacity int `yaml:"deniedCapacity"`
 }
 
 // Default returns the configuration used when a key is absent.
@@ -308,6 +313,8 @@ func Default() Config {
 			TokenTTL:      30 * time.Second,
 			TokenNegative: 5 * time.Second,
 			DeniedTTL:     10 * time.Second,
+
+			DeniedCapacity: 1 << 16,
 		},
 		Audit:   Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
 		Tracing: Tracing{SamplingRatio: 0.01},
@@ -502,6 +509,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.Capacity <= 0 || c.Cache.TokenTTL <= 0 || c.Cache.TokenNegative <= 0 || c.Cache.DeniedTTL <= 0 {
 		bad("cache", "capacity and TTLs must be positive")
+	}
+	if c.Cache.DeniedCapacity <= 0 {
+		bad("cache.deniedCapacity", "must be positive, got %d", c.Cache.DeniedCapacity)
 	}
 	if strings.TrimSpace(c.Audit.Output) == "" || strings.ContainsAny(c.Audit.Output, "\r\n\x00") {
 		bad("audit.output", "%q is not stdout, off or a file path", c.Audit.Output)

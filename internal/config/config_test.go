@@ -170,6 +170,7 @@ func TestParseRefuses(t *testing.T) {
 		"empty audit output":       {`audit: {output: ""}`, "audit.output"},
 		"zero audit interval":      {"audit: {interval: 0s}", "audit.interval"},
 		"zero audit keys":          {"audit: {maxKeys: 0}", "audit.maxKeys"},
+		"zero denied capacity":     {"cache: {deniedCapacity: 0}", "cache.deniedCapacity"},
 		"unknown audit key":        {"audit: {file: /a}", "file"},
 		"otlp endpoint no scheme":  {"tracing: {otlpEndpoint: collector:4317}", "tracing.otlpEndpoint"},
 		"sampling ratio above 1":   {"tracing: {samplingRatio: 1.5}", "tracing.samplingRatio"},

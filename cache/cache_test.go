@@ -168,6 +168,38 @@ func TestTokens(t *testing.T) {
 	}
 }
 
+// TestTokensSetStamped: a result cached with SetStamped is stamped at that
+// generation from the first Get, and only at it; Set leaves it unstamped.
+func TestTokensSetStamped(t *testing.T) {
+	tc, err := cache.NewTokens[string](cache.TokensConfig{MaxEntries: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	now := time.Now()
+	var a, b cache.MAC
+	a[0], b[0] = 1, 2
+	tc.SetStamped(&a, "alice", now, now.Add(time.Minute), 7)
+	tc.Set(&b, "bob", now, now.Add(time.Minute))
+	tc.Wait()
+	ta, ok := tc.Get(&a, now)
+	if !ok {
+		t.Fatal("stamped result not stored")
+	}
+	if !ta.Stamped(7) || ta.Stamped(0) || ta.Stamped(8) {
+		t.Fatalf("stamped at 7: Stamped(7)=%v Stamped(0)=%v Stamped(8)=%v", ta.Stamped(7), ta.Stamped(0), ta.Stamped(8))
+	}
+	tb, ok := tc.Get(&b, now)
+	if !ok || tb.Stamped(0) {
+		t.Fatalf("Set result: stored %v, stamped at 0 %v", ok, ok && tb.Stamped(0))
+	}
+	tc.SetStamped(&b, "bob", now, now.Add(-time.Second), 1)
+	tc.Wait()
+	if got, _ := tc.Get(&b, now); got == nil || got.Stamped(1) {
+		t.Fatal("an already expired SetStamped replaced the stored result")
+	}
+}
+
 // TestTokensExpireOnTheMonotonicClock: a result's lifetime is measured as
 // time.Time measures it: on the monotonic clock when both times carry a
 // reading of it (the real clock's do), so a wall clock stepped back (NTP, a

@@ -102,13 +102,26 @@ func (t *Tokens[V]) Get(mac *MAC, now time.Time) (*Token[V], bool) {
 // Set caches v for mac until expires. Ristretto applies Sets asynchronously;
 // a result that is not yet visible only costs one more validation.
 func (t *Tokens[V]) Set(mac *MAC, v V, now, expires time.Time) {
+	t.set(mac, v, now, expires, 0)
+}
+
+// SetStamped is Set with the result already stamped at gen (Stamp), so no
+// reader sees it unstamped: the caller checked it as of gen before caching.
+func (t *Tokens[V]) SetStamped(mac *MAC, v V, now, expires time.Time, gen uint64) {
+	t.set(mac, v, now, expires, gen+1)
+}
+
+// set caches v with stamp, the raw value Stamp stores (0: none).
+func (t *Tokens[V]) set(mac *MAC, v V, now, expires time.Time, stamp uint64) {
 	ttl := expires.Sub(now)
 	if ttl <= 0 {
 		return
 	}
+	it := &Token[V]{mac: *mac, Value: v, expires: expires.Sub(t.base)}
+	it.stamp.Store(stamp)
 	// The ristretto TTL only reclaims memory; expiry is decided by Get
 	// against the caller's clock.
-	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), &Token[V]{mac: *mac, Value: v, expires: expires.Sub(t.base)}, 1, ttl+10*time.Minute)
+	t.c.SetWithTTL(binary.LittleEndian.Uint64(mac[:8]), it, 1, ttl+10*time.Minute)
 }
 
 // Delete forgets mac.

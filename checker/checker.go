@@ -48,6 +48,13 @@ type Config struct {
 	// ServiceAccountRemovals, cached token results skip it while nothing
 	// has been removed.
 	ServiceAccounts ServiceAccounts
+	// ServiceAccountLookup, if set with ServiceAccounts, is asked before a
+	// valid token is refused because the informer does not know its
+	// ServiceAccount (or knows another uid): one read per ServiceAccount at
+	// a time, within LookupBudget, so an informer that lags behind a new
+	// ServiceAccount is not a refusal.
+	ServiceAccountLookup ServiceAccountLookup
+	LookupBudget         LookupBudget
 	// BoundObjects, if set, revokes tokens bound to a Pod, Secret or Node
 	// when the object is gone or has another uid (jwks mode).
 	BoundObjects BoundObjects
@@ -117,6 +124,12 @@ func New(cfg Config) (*Checker, error) {
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
 	}
 	c.tokens.removals, _ = cfg.ServiceAccounts.(ServiceAccountRemovals)
+	if cfg.ServiceAccounts != nil && cfg.ServiceAccountLookup != nil {
+		if c.tokens.lookups, err = newSALookups(cfg.ServiceAccountLookup, c.tokens.removals, cfg.LookupBudget, cfg.Clock, cfg.TokenCache.Timeout, cfg.Registerer); err != nil {
+			tc.Close()
+			return nil, err
+		}
+	}
 	c.tokens.sink, _ = cfg.Source.(TokenSink)
 	return c, nil
 }

@@ -37,7 +37,8 @@ type JWKSConfig struct {
 	// Keys, if set, is a fixed key set used instead of URL.
 	Keys *jose.JSONWebKeySet
 	// Refresh is how often the key set is re-fetched (default 10m); an
-	// unknown kid triggers a fetch at most every MinRefetch (default 10s).
+	// unknown kid triggers a fetch at most once per MinRefetch (default
+	// 10s) after the last fetch, whether that fetch succeeded or failed.
 	Refresh    time.Duration
 	MinRefetch time.Duration
 	// Clock tells the time and ticks the refresh (default the real clock).
@@ -106,10 +107,18 @@ func discoverIssuer(ctx context.Context, hc *http.Client, host string) (string, 
 // JWKSValidator verifies tokens offline: signature, iss, aud, exp/nbf/iat and
 // the kubernetes.io claims (checkClaims).
 type JWKSValidator struct {
-	cfg       JWKSConfig
-	keys      atomic.Pointer[jose.JSONWebKeySet]
-	lastFetch atomic.Int64
-	flight    singleflight.Group
+	cfg  JWKSConfig
+	keys atomic.Pointer[jose.JSONWebKeySet]
+	// last is the last fetch, successful or not (nil before the first).
+	last   atomic.Pointer[fetchAttempt]
+	flight singleflight.Group
+}
+
+// fetchAttempt is when a fetch of the key set began, and its error (nil: the
+// keys were replaced).
+type fetchAttempt struct {
+	at  time.Time
+	err error
 }
 
 var _ Validator = (*JWKSValidator)(nil)
@@ -167,31 +176,54 @@ func (v *JWKSValidator) Run(ctx context.Context) {
 	}
 }
 
+// fetch gets the key set now (concurrent callers share one request) and
+// records the attempt.
 func (v *JWKSValidator) fetch(ctx context.Context) error {
 	_, err, _ := v.flight.Do("fetch", func() (any, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.URL, nil)
-		if err != nil {
-			return nil, err
+		at := v.cfg.Clock.Now()
+		err := v.get(ctx)
+		v.last.Store(&fetchAttempt{at: at, err: err})
+		return nil, err
+	})
+	return err
+}
+
+// get fetches and decodes the key set and stores it.
+func (v *JWKSValidator) get(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.URL, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := v.cfg.Client.Do(req)
+	if err != nil {
+		return fmt.Errorf("jwks: fetch: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("jwks: fetch: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("jwks: fetch %s: status %d", v.cfg.URL, resp.StatusCode)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(body, &set); err != nil {
+		return fmt.Errorf("jwks: decode: %w", err)
+	}
+	v.keys.Store(&set)
+	return nil
+}
+
+// refetch fetches the key set unless the last fetch began less than
+// MinRefetch ago; then it returns that fetch's error (nil if it succeeded).
+// The check runs inside a flight of its own, so callers that arrive as a
+// fetch ends see it, not their own.
+func (v *JWKSValidator) refetch(ctx context.Context) error {
+	_, err, _ := v.flight.Do("refetch", func() (any, error) {
+		if last := v.last.Load(); last != nil && v.cfg.Clock.Since(last.at) < v.cfg.MinRefetch {
+			return nil, last.err
 		}
-		resp, err := v.cfg.Client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("jwks: fetch: %w", err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if err != nil {
-			return nil, fmt.Errorf("jwks: fetch: %w", err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("jwks: fetch %s: status %d", v.cfg.URL, resp.StatusCode)
-		}
-		var set jose.JSONWebKeySet
-		if err := json.Unmarshal(body, &set); err != nil {
-			return nil, fmt.Errorf("jwks: decode: %w", err)
-		}
-		v.keys.Store(&set)
-		v.lastFetch.Store(v.cfg.Clock.Now().UnixNano())
-		return nil, nil
+		return nil, v.fetch(ctx)
 	})
 	return err
 }
@@ -203,15 +235,15 @@ func (v *JWKSValidator) key(ctx context.Context, kid string) (*jose.JSONWebKey, 
 	if v.cfg.Keys != nil {
 		return nil, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: unknown key id"))
 	}
-	// An unknown kid may be a rotated signing key: re-fetch, but not more
-	// often than MinRefetch, so garbage tokens cannot hammer the API server.
-	if time.Duration(v.cfg.Clock.Now().UnixNano()-v.lastFetch.Load()) >= v.cfg.MinRefetch {
-		if err := v.fetch(ctx); err != nil {
-			return nil, authz.Deny(authz.ReasonTokenReviewUnavailable, err)
-		}
-		if k := findKey(v.keys.Load(), kid); k != nil {
-			return k, nil
-		}
+	// An unknown kid may be a rotated signing key: re-fetch, but at most
+	// once per MinRefetch, whether the last fetch succeeded or not, so
+	// garbage tokens cannot hammer the API server, nor retry a failing one.
+	// While the last fetch has failed, an unknown kid cannot be judged.
+	if err := v.refetch(ctx); err != nil {
+		return nil, authz.Deny(authz.ReasonTokenReviewUnavailable, err)
+	}
+	if k := findKey(v.keys.Load(), kid); k != nil {
+		return k, nil
 	}
 	return nil, authz.Deny(authz.ReasonInvalidToken, errors.New("jwks: unknown key id"))
 }

@@ -39,9 +39,16 @@ func (o *offlineFirst) Validate(ctx context.Context, token string) (TokenInfo, e
 	}
 	var bound []BoundRef
 	if c.Issuer != LegacyIssuer {
-		off, err := checkClaims(c, expected{Issuer: o.offline.cfg.Issuer, Audiences: o.offline.cfg.Audiences}, o.offline.cfg.Clock.Now())
+		now := o.offline.cfg.Clock.Now()
+		off, err := checkClaims(c, expected{Issuer: o.offline.cfg.Issuer, Audiences: o.offline.cfg.Audiences}, now)
 		if err != nil {
 			return TokenInfo{}, err
+		}
+		// A token past its exp on this clock is refused by the checker
+		// whatever the API server says (ClockSkew is for the API server's
+		// clock, not ours): asking would be a TokenReview for nothing.
+		if !now.Before(off.Expires) {
+			return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "token expired at %s", off.Expires.UTC().Format(time.RFC3339))
 		}
 		bound = off.Bound
 	}
@@ -67,8 +74,11 @@ type BudgetConfig struct {
 	// tokens, remembered (default 100,000 each); beyond it new identities
 	// share the unknown budget.
 	MaxIdentities int
-	// ServiceAccounts, if set, refuses offline a token whose (unverified)
-	// subject names no existing ServiceAccount.
+	// ServiceAccounts, if set, tells which identities exist: a token whose
+	// (unverified) subject names a ServiceAccount the informer does not
+	// know is charged to the never-confirmed budget, whatever its identity
+	// earned (the informer may only lag behind a new ServiceAccount; after
+	// the TokenReview the checker confirms it with the API server).
 	ServiceAccounts ServiceAccounts
 	Clock           clock.PassiveClock
 	// Registerer receives credinject_tokenreview_budget_exhausted_total
@@ -77,8 +87,9 @@ type BudgetConfig struct {
 }
 
 // Budgeted is the fallback when tokens cannot be verified offline: online is
-// asked only about tokens that are well-formed, unexpired, name a
-// service account that exists, and fit the budget of the identity they name.
+// asked only about tokens that are well-formed, unexpired and fit the budget
+// of the identity they name (the never-confirmed budget when the informer
+// does not know its ServiceAccount).
 // A token over budget is refused with tokenreview_unavailable (503, not
 // cached): the API server was not asked.
 //
@@ -125,19 +136,21 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 		return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "subject: %w", err)
 	}
 	now := b.cfg.Clock.Now()
-	if c.Expiry != 0 && now.After(time.Unix(c.Expiry, 0).Add(ClockSkew)) {
+	// No ClockSkew on exp: the checker refuses a token past its exp on
+	// this clock whatever the API server says.
+	if c.Expiry != 0 && !now.Before(time.Unix(c.Expiry, 0)) {
 		return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "token expired")
 	}
 	key := authz.NewIdentity(ns, name).Key
-	if b.cfg.ServiceAccounts != nil && !b.cfg.ServiceAccounts.Exists(key, "") {
-		return TokenInfo{}, authz.Denyf(authz.ReasonUnknownServiceAccount, "no service account %s", key)
-	}
 	var sum cache.MAC
 	b.hash.mac(token, &sum)
 	b.mu.Lock()
 	_, confirmed := b.confirmed[sum]
 	lim, seen := b.seen[key]
 	b.mu.Unlock()
+	if seen && b.cfg.ServiceAccounts != nil && !b.cfg.ServiceAccounts.Exists(key, "") {
+		seen = false
+	}
 	if !confirmed {
 		budget := "seen"
 		if !seen {

@@ -110,15 +110,18 @@ func TestOfflineFirst(t *testing.T) {
 		reason authz.Reason
 		asked  bool
 	}{
-		"valid":           {token: r.mint(t, "ns", t0), asked: true},
-		"legacy":          {token: legacy, asked: true},
-		"forged legacy":   {token: forge(t, legacy), reason: authz.ReasonInvalidToken},
-		"forged":          {token: forge(t, r.mint(t, "ns", t0)), reason: authz.ReasonInvalidToken},
-		"foreign key":     {token: foreign, reason: authz.ReasonInvalidToken},
-		"expired":         {token: r.mint(t, "ns", t0.Add(-2*time.Hour)), reason: authz.ReasonInvalidToken},
-		"not yet valid":   {token: r.mint(t, "ns", t0.Add(5*time.Minute)), reason: authz.ReasonInvalidToken},
-		"wrong audience":  {token: wrongAud, reason: authz.ReasonInvalidToken},
-		"not a signature": {token: "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", reason: authz.ReasonInvalidToken},
+		"valid":         {token: r.mint(t, "ns", t0), asked: true},
+		"legacy":        {token: legacy, asked: true},
+		"forged legacy": {token: forge(t, legacy), reason: authz.ReasonInvalidToken},
+		"forged":        {token: forge(t, r.mint(t, "ns", t0)), reason: authz.ReasonInvalidToken},
+		"foreign key":   {token: foreign, reason: authz.ReasonInvalidToken},
+		"expired":       {token: r.mint(t, "ns", t0.Add(-2*time.Hour)), reason: authz.ReasonInvalidToken},
+		// Within ClockSkew of its exp: the checker would refuse it whatever
+		// the API server said, so the API server is not asked.
+		"expired within the skew": {token: r.mint(t, "ns", t0.Add(-time.Hour-30*time.Second)), reason: authz.ReasonInvalidToken},
+		"not yet valid":           {token: r.mint(t, "ns", t0.Add(5*time.Minute)), reason: authz.ReasonInvalidToken},
+		"wrong audience":          {token: wrongAud, reason: authz.ReasonInvalidToken},
+		"not a signature":         {token: "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", reason: authz.ReasonInvalidToken},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -226,8 +229,8 @@ func TestBudgetRefusesOffline(t *testing.T) {
 		token  string
 		reason authz.Reason
 	}{
-		"unknown service account": {r.mint(t, "ghost", t0), authz.ReasonUnknownServiceAccount},
 		"expired":                 {r.mint(t, "ns", t0.Add(-2*time.Hour)), authz.ReasonInvalidToken},
+		"expired within the skew": {r.mint(t, "ns", t0.Add(-time.Hour-30*time.Second)), authz.ReasonInvalidToken},
 		"not a service account":   {"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", authz.ReasonInvalidToken},
 		"not json":                {"a.b.c", authz.ReasonMalformedToken},
 	}
@@ -240,6 +243,41 @@ func TestBudgetRefusesOffline(t *testing.T) {
 	}
 	if n := r.online.calls.Load(); n != 0 {
 		t.Fatalf("%d calls reached the API server", n)
+	}
+}
+
+// TestBudgetUnknownServiceAccount: a token naming a ServiceAccount the
+// informer does not know is not refused offline (the informer may lag behind
+// a new ServiceAccount) but charged to the never-confirmed budget, even when
+// its identity was confirmed before: once that budget is spent, it waits.
+func TestBudgetUnknownServiceAccount(t *testing.T) {
+	r := newOfflineRig(t)
+	var known atomic.Bool
+	known.Store(true)
+	v, err := Budgeted(r.online, BudgetConfig{Rate: 1, Burst: 2, Clock: r.clk,
+		ServiceAccounts: saExists(func(key, _ string) bool { return key != "new/sa" || known.Load() })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := v.Validate(ctx, r.mint(t, "new", t0)); err != nil {
+		t.Fatalf("a token of a ServiceAccount the informer knows: %v", err)
+	}
+	known.Store(false)
+	// The unknown budget has one token left (burst 2, the clock stands
+	// still): the first new token of new/sa spends it and is asked about.
+	if _, err := v.Validate(ctx, r.mint(t, "new", t0.Add(time.Millisecond))); err != nil {
+		t.Fatalf("a token of a ServiceAccount the informer does not know yet: %v", err)
+	}
+	if _, err := v.Validate(ctx, r.mint(t, "new", t0.Add(2*time.Millisecond))); authz.ReasonOf(err) != authz.ReasonTokenReviewUnavailable {
+		t.Fatalf("with the unknown budget spent, its own budget must not be used: %v", err)
+	}
+	known.Store(true)
+	if _, err := v.Validate(ctx, r.mint(t, "new", t0.Add(3*time.Millisecond))); err != nil {
+		t.Fatalf("once the informer knows it, its own budget: %v", err)
+	}
+	if n := r.online.calls.Load(); n != 3 {
+		t.Fatalf("%d TokenReviews, want 3", n)
 	}
 }
 

@@ -237,6 +237,18 @@ func tokenTag(mac *cache.MAC) string { return hex.EncodeToString(mac[:4]) }
 type tokenResult struct {
 	id     TokenInfo
 	reason authz.Reason
+	// live says the ServiceAccount was confirmed by the API server
+	// (ServiceAccountLookup) because the informer did not know it yet: a
+	// later "no" from the informer may be the same lag, and is confirmed the
+	// same way before the token is refused.
+	live bool
+}
+
+// filled is a validation's result, and the removal count its ServiceAccount
+// was checked at, plus one (0: not checked).
+type filled struct {
+	res   tokenResult
+	stamp uint64
 }
 
 // TokenCacheConfig sets the token-result cache's lifetimes.
@@ -255,6 +267,7 @@ type cachedValidator struct {
 	v        Validator
 	sas      ServiceAccounts
 	removals ServiceAccountRemovals // nil: sas does not count removals
+	lookups  *saLookups             // nil: the informer's "no" is final
 	sink     TokenSink              // nil: nobody is told of new tokens
 	bound    BoundObjects
 	cache    *cache.Tokens[tokenResult]
@@ -269,7 +282,10 @@ type cachedValidator struct {
 // token cache hit it also returns the cached result, which remembers the
 // credential entry last served for the token (nil on a miss).
 func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC, now time.Time) (TokenInfo, *cache.Token[tokenResult], authz.Reason) {
-	var res tokenResult
+	var (
+		res   tokenResult
+		stamp uint64
+	)
 	hit, ok := c.cache.Get(mac, now)
 	if ok {
 		c.metrics.tokenHit.Inc()
@@ -279,11 +295,11 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 			return TokenInfo{}, nil, r
 		}
 		c.metrics.tokenMiss.Inc()
-		var err error
-		res, err = c.fill(ctx, token, mac)
+		f, err := c.fill(ctx, token, mac)
 		if err != nil {
 			return TokenInfo{}, nil, authz.ReasonOf(err)
 		}
+		res, stamp = f.res, f.stamp
 	}
 	if res.reason != authz.ReasonNone {
 		return TokenInfo{}, nil, res.reason
@@ -293,42 +309,77 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 	}
 	// Revocation: a deleted (or deleted and re-created) ServiceAccount's
 	// tokens stop working as soon as the informer sees it.
-	if c.sas != nil && !c.serviceAccountExists(hit, &res.id) {
-		return TokenInfo{}, nil, authz.ReasonUnknownServiceAccount
+	if c.sas != nil {
+		if r := c.serviceAccount(ctx, mac, hit, stamp, &res); r != authz.ReasonNone {
+			return TokenInfo{}, nil, r
+		}
 	}
 	// Likewise a token bound to a Pod, Secret or Node dies with it, as the
 	// API server's own authenticator refuses it.
-	if c.bound != nil {
-		for i := range res.id.Bound {
-			b := &res.id.Bound[i]
-			if !c.bound.Exists(b.Kind, b.Key, b.UID) {
-				return TokenInfo{}, nil, authz.ReasonInvalidToken
-			}
-		}
+	if c.bound != nil && !c.boundExist(&res.id) {
+		return TokenInfo{}, nil, authz.ReasonInvalidToken
 	}
 	return res.id, hit, authz.ReasonNone
 }
 
-// serviceAccountExists asks the informer whether id's ServiceAccount still
-// exists, unless hit, the token's cached result, was confirmed at the
-// current count of removals. The count is read before asking, so a removal
-// the answer missed moves it past the stamp.
-func (c *cachedValidator) serviceAccountExists(hit *cache.Token[tokenResult], id *TokenInfo) bool {
-	if hit == nil || c.removals == nil {
-		return c.sas.Exists(id.Identity.Key, id.UID)
+// boundExist reports whether every object id is bound to still exists.
+func (c *cachedValidator) boundExist(id *TokenInfo) bool {
+	for i := range id.Bound {
+		b := &id.Bound[i]
+		if !c.bound.Exists(b.Kind, b.Key, b.UID) {
+			return false
+		}
 	}
-	gen := c.removals.Removals()
-	if hit.Stamped(gen) {
-		return true
-	}
-	if !c.sas.Exists(id.Identity.Key, id.UID) {
-		return false
-	}
-	hit.Stamp(gen)
 	return true
 }
 
-func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MAC) (tokenResult, error) {
+// serviceAccount asks the informer whether res's ServiceAccount still
+// exists, unless the result was confirmed at the current count of removals:
+// hit, the token's cached result, stamped at it, or stamp, what a fill just
+// checked. The count is read before asking, so a removal the answer missed
+// moves it past the stamp. A result the API server confirmed while the
+// informer lagged (res.live) is confirmed again the same way before the
+// informer's "no" refuses it; a refusal found so replaces the cached result.
+func (c *cachedValidator) serviceAccount(ctx context.Context, mac *cache.MAC, hit *cache.Token[tokenResult], stamp uint64, res *tokenResult) authz.Reason {
+	id := &res.id
+	var gen uint64
+	if c.removals != nil {
+		gen = c.removals.Removals()
+		if stamp == gen+1 || (hit != nil && hit.Stamped(gen)) {
+			return authz.ReasonNone
+		}
+	}
+	if c.sas.Exists(id.Identity.Key, id.UID) {
+		if hit != nil && c.removals != nil {
+			hit.Stamp(gen)
+		}
+		return authz.ReasonNone
+	}
+	if !res.live || c.lookups == nil {
+		return authz.ReasonUnknownServiceAccount
+	}
+	gen, r, err := c.lookups.confirm(ctx, id.Identity, id.UID)
+	switch r {
+	case authz.ReasonNone:
+		if hit != nil && c.removals != nil {
+			hit.Stamp(gen)
+		}
+	case authz.ReasonUnknownServiceAccount:
+		c.log.Debug("token refused", "token", tokenTag(mac), "reason", string(r), "error", err)
+		now := c.clock.Now()
+		c.cache.Set(mac, tokenResult{reason: r}, now, now.Add(c.cfg.NegativeTTL))
+	default:
+		c.log.Warn("service account lookup failed", "token", tokenTag(mac), "identity", id.Identity.Key, "reason", string(r), "error", err)
+	}
+	return r
+}
+
+// fill validates token once for all concurrent callers and caches the
+// result: a valid token's until its expiry or the TTL, a rejected one's for
+// NegativeTTL. A token that is valid but refused by what the checker adds
+// (expired by its clock, a bound object or the ServiceAccount gone) is a
+// rejected one: repeated, it costs no more validations than a forgery.
+func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MAC) (filled, error) {
 	// A copy for the flight, so the caller's MAC stays on its stack.
 	mac := new(cache.MAC)
 	*mac = *macp
@@ -337,11 +388,16 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 		// timeout, and re-checks the cache first.
 		now := c.clock.Now()
 		if hit, ok := c.cache.Get(mac, now); ok {
-			return hit.Value, nil
+			return filled{res: hit.Value}, nil
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()
 		id, err := c.v.Validate(fctx, token)
+		var stamp uint64
+		live := false
+		if err == nil {
+			stamp, live, err = c.admit(fctx, &id)
+		}
 		now = c.clock.Now()
 		switch r := authz.ReasonOf(err); r {
 		case authz.ReasonNone:
@@ -349,17 +405,24 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 			if !id.Expires.IsZero() && id.Expires.Before(exp) {
 				exp = id.Expires
 			}
-			res := tokenResult{id: id}
-			c.cache.Set(mac, res, now, exp)
+			res := tokenResult{id: id, live: live}
+			if stamp != 0 {
+				c.cache.SetStamped(mac, res, now, exp, stamp-1)
+			} else {
+				c.cache.Set(mac, res, now, exp)
+			}
 			if c.sink != nil {
 				c.sink.OfferToken(id.Identity, token, id.Expires)
 			}
-			return res, nil
+			return filled{res: res, stamp: stamp}, nil
 		case authz.ReasonInvalidToken, authz.ReasonMalformedToken, authz.ReasonUnknownServiceAccount:
 			c.log.Debug("token rejected", "token", tokenTag(mac), "reason", string(r), "error", err)
 			res := tokenResult{reason: r}
 			c.cache.Set(mac, res, now, now.Add(c.cfg.NegativeTTL))
-			return res, nil
+			// Callers arriving after this flight ends find the result in
+			// the cache, not a new validation (Sets apply asynchronously).
+			c.cache.Wait()
+			return filled{res: res}, nil
 		default:
 			// Transport errors are not cached.
 			c.log.Warn("token validation failed", "token", tokenTag(mac), "reason", string(r), "error", err)
@@ -369,10 +432,52 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 	select {
 	case r := <-ch:
 		if r.Err != nil {
-			return tokenResult{}, r.Err
+			return filled{}, r.Err
 		}
-		return r.Val.(tokenResult), nil
+		return r.Val.(filled), nil
 	case <-ctx.Done():
-		return tokenResult{}, authz.Deny(authz.ReasonTokenReviewUnavailable, ctx.Err())
+		return filled{}, authz.Deny(authz.ReasonTokenReviewUnavailable, ctx.Err())
 	}
+}
+
+// admit checks a token the Validator accepted against what the checker adds
+// at now: its expiry on the checker's clock (a validator allows ClockSkew),
+// the objects it is bound to, and its ServiceAccount. When the informer does
+// not know the ServiceAccount, the API server is asked (ServiceAccountLookup):
+// a valid token proves the ServiceAccount existed when it was issued, and
+// the informer may not have seen it yet. It returns the removal count the
+// ServiceAccount was confirmed at plus one (0: not confirmed), and whether
+// the API server confirmed it; a refusal is an error with its reason.
+func (c *cachedValidator) admit(ctx context.Context, id *TokenInfo) (stamp uint64, live bool, err error) {
+	if !id.Expires.IsZero() && !c.clock.Now().Before(id.Expires) {
+		return 0, false, authz.Denyf(authz.ReasonInvalidToken, "token expired at %s (within the clock-skew allowance)", id.Expires.UTC().Format(time.RFC3339))
+	}
+	if c.bound != nil && !c.boundExist(id) {
+		return 0, false, authz.Denyf(authz.ReasonInvalidToken, "an object the token is bound to is gone")
+	}
+	if c.sas == nil {
+		return 0, false, nil
+	}
+	var gen uint64
+	if c.removals != nil {
+		gen = c.removals.Removals()
+	}
+	if c.sas.Exists(id.Identity.Key, id.UID) {
+		if c.removals == nil {
+			return 0, false, nil
+		}
+		return gen + 1, false, nil
+	}
+	if c.lookups == nil {
+		// The informer's answer is final; validate gives it.
+		return 0, false, nil
+	}
+	gen, r, err := c.lookups.confirm(ctx, id.Identity, id.UID)
+	if r != authz.ReasonNone {
+		return 0, false, authz.Deny(r, err)
+	}
+	if c.removals == nil {
+		return 0, true, nil
+	}
+	return gen + 1, true, nil
 }

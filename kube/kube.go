@@ -18,6 +18,7 @@ import (
 
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -30,9 +31,11 @@ import (
 )
 
 // ServiceAccounts is a cluster-wide ServiceAccount informer. The checker asks
-// it, with no I/O, whether a token's ServiceAccount still exists; the
-// prefetcher discovers identities from it.
+// it, with no I/O, whether a token's ServiceAccount still exists, and reads
+// the API server through it (LookupServiceAccount) when the informer does
+// not know one yet; the prefetcher discovers identities from it.
 type ServiceAccounts struct {
+	client   kubernetes.Interface
 	factory  informers.SharedInformerFactory
 	informer toolscache.SharedIndexInformer
 	// removals counts ServiceAccounts deleted or replaced; see Removals.
@@ -47,7 +50,7 @@ type ServiceAccounts struct {
 func NewServiceAccounts(client kubernetes.Interface, resync time.Duration) *ServiceAccounts {
 	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(trimServiceAccount))
 	inf := f.Core().V1().ServiceAccounts().Informer()
-	s := &ServiceAccounts{factory: f, informer: inf}
+	s := &ServiceAccounts{client: client, factory: f, informer: inf}
 	// An informer calls its handlers after its store holds the change, so
 	// the count moves only once Exists already answers the new state.
 	_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
@@ -114,6 +117,21 @@ func (s *ServiceAccounts) Exists(key, uid string) bool {
 // Exists answer true, may trust that answer while Removals still returns
 // what it read: the checker's cached token results skip Exists that way.
 func (s *ServiceAccounts) Removals() uint64 { return s.removals.Load() }
+
+// LookupServiceAccount reads the ServiceAccount namespace/name from the API
+// server (a GET, past the informer; needs serviceaccounts get): its uid, or
+// found false when there is none. err is a read that failed. The checker
+// asks it when the informer does not know a valid token's ServiceAccount yet.
+func (s *ServiceAccounts) LookupServiceAccount(ctx context.Context, namespace, name string) (uid string, found bool, err error) {
+	sa, err := s.client.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("get serviceaccount %s/%s: %w", namespace, name, err)
+	}
+	return string(sa.UID), true, nil
+}
 
 // AddHandler registers add/delete callbacks.
 func (s *ServiceAccounts) AddHandler(onAdd, onDelete func(namespace, name string)) error {

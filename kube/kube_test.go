@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	toolscache "k8s.io/client-go/tools/cache"
 )
 
@@ -170,4 +172,33 @@ func TestServiceAccountRemovals(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(2, func() bool { return !s.Exists(key, "") })
+}
+
+// TestLookupServiceAccount: the lookup reads the API server, not the
+// informer: a ServiceAccount the informer has not seen is found with its
+// uid, a missing one is not found (no error), and a failed read is an error.
+func TestLookupServiceAccount(t *testing.T) {
+	client := fake.NewClientset()
+	// Not started: the informer knows nothing.
+	s := NewServiceAccounts(client, 0)
+	ctx := context.Background()
+	if _, err := client.CoreV1().ServiceAccounts("ns-0").Create(ctx, serviceAccount(1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if s.Exists("ns-0/sa-1", "") {
+		t.Fatal("the informer was not started, yet knows the ServiceAccount")
+	}
+	uid, found, err := s.LookupServiceAccount(ctx, "ns-0", "sa-1")
+	if err != nil || !found || uid != string(serviceAccount(1).UID) {
+		t.Fatalf("existing: %q %v %v", uid, found, err)
+	}
+	if uid, found, err := s.LookupServiceAccount(ctx, "ns-0", "ghost"); err != nil || found || uid != "" {
+		t.Fatalf("missing: %q %v %v", uid, found, err)
+	}
+	client.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, kruntime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	if _, found, err := s.LookupServiceAccount(ctx, "ns-0", "sa-1"); err == nil || found {
+		t.Fatalf("failed read: found %v, error %v", found, err)
+	}
 }

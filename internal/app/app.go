@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	"k8s.io/client-go/kubernetes"
@@ -265,9 +266,14 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 	if err != nil {
 		return err
 	}
-	var sas checker.ServiceAccounts
+	var (
+		sas    checker.ServiceAccounts
+		lookup checker.ServiceAccountLookup
+	)
 	if a.sas != nil {
-		sas = a.sas
+		// A valid token whose ServiceAccount the informer does not know
+		// yet is confirmed with a GET, within the TokenReview budget's size.
+		sas, lookup = a.sas, a.sas
 	}
 	var bound checker.BoundObjects
 	if a.bound != nil {
@@ -275,7 +281,9 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 	}
 	a.checker, err = checker.New(checker.Config{
 		Validator: validator, ServiceAccounts: sas, BoundObjects: bound, Credentials: a.creds,
-		Source: a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
+		ServiceAccountLookup: lookup,
+		LookupBudget:         checker.LookupBudget{Rate: rate.Limit(cfg.Kubernetes.TokenReviewBudget.Rate), Burst: cfg.Kubernetes.TokenReviewBudget.Burst},
+		Source:               a.watcher, Router: router, Audiences: cfg.Kubernetes.Audiences,
 		TokenCache:     checker.TokenCacheConfig{TTL: cfg.Cache.TokenTTL, NegativeTTL: cfg.Cache.TokenNegative},
 		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.reqLog.With("component", "checker"),
 		Clock: a.opts.Clock, Recorder: a.recorder(),

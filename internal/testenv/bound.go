@@ -107,6 +107,12 @@ func (k *Kube) RequestCount(ctx context.Context, resource string) (float64, erro
 // the resource itself, "*" for any): "serviceaccounts", "token" counts
 // TokenRequests.
 func (k *Kube) RequestCountOf(ctx context.Context, resource, subresource string) (float64, error) {
+	return k.RequestCountVerb(ctx, resource, subresource, "*")
+}
+
+// RequestCountVerb is RequestCountOf for one verb as the API server labels
+// it ("GET", "LIST", "WATCH", "CREATE", ...; "*" for any).
+func (k *Kube) RequestCountVerb(ctx context.Context, resource, subresource, verb string) (float64, error) {
 	raw, err := k.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("testenv: apiserver /metrics: %w", err)
@@ -118,7 +124,7 @@ func (k *Kube) RequestCountOf(ctx context.Context, resource, subresource string)
 	}
 	sum := 0.0
 	for _, m := range fams["apiserver_request_total"].GetMetric() {
-		if label(m, "resource") == resource && (subresource == "*" || label(m, "subresource") == subresource) {
+		if label(m, "resource") == resource && (subresource == "*" || label(m, "subresource") == subresource) && (verb == "*" || label(m, "verb") == verb) {
 			sum += m.GetCounter().GetValue()
 		}
 	}

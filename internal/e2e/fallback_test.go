@@ -36,6 +36,7 @@ func TestRequestOnlyIdentityOutlivesItsNewestPod(t *testing.T) {
 	}
 	tokB := token("pod-b")
 	tokA := token("pod-a") // minted later: the newest (the later offered, on a tie)
+	t.Logf("DEBUG A=%s B=%s", tokA[len(tokA)-12:], tokB[len(tokB)-12:])
 
 	cfg := apptest.Config(env)
 	cfg.Events.NatsURL = ""
@@ -75,6 +76,7 @@ func TestRequestOnlyIdentityOutlivesItsNewestPod(t *testing.T) {
 		clk.Step(time.Second)
 		return false
 	})
+	t.Logf("DEBUG denied=%v ok=%v error=%v notfound=%v reviews=%v", logins("denied")-denied0, logins("ok")-ok0, logins("error"), logins("not_found"), reviews()-reviews0)
 	if d, o := logins("denied")-denied0, logins("ok")-ok0; d != 1 || o != 1 {
 		t.Fatalf("relogin: %v logins refused, %v granted; want 1 (pod-a's token) and 1 (pod-b's)", d, o)
 	}

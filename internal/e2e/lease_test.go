@@ -144,7 +144,12 @@ func TestVaultReadDatabase(t *testing.T) {
 		userA2, passA2, replaced = u, p, true
 		return nil
 	})
-	if !renewed || !replaced || time.Since(start) > maxTTL {
+	// Replaced in time is asserted in the loop, not by the clock here: the
+	// user served was tried at every poll, and one that stopped working
+	// before a new one came (the max TTL passed first) fails the test. The
+	// time of the poll that saw the new user says nothing: it may come
+	// after the max TTL on a loaded machine although the swap was earlier.
+	if !renewed || !replaced {
 		t.Fatalf("renewed %v, replaced %v after %v (max TTL %v)", renewed, replaced, time.Since(start), maxTTL)
 	}
 	if err := pg.Exec(ctx, userA2, passA2, "select 1"); err != nil {
@@ -200,7 +205,7 @@ func TestLeaseRevokeScoped(t *testing.T) {
 	ctx := context.Background()
 	ns := testenv.UniqueName("vs")
 	tokA := identity(ctx, t, env, ns, "app-a", "unused")
-	roleA, roleB := ns+"-app-a", ns+"-app-b"
+	roleA, roleB := ns+"_app-a", ns+"_app-b"
 	setupDatabaseEngine(ctx, t, env, pg, []string{roleA, roleB}, time.Hour, time.Hour)
 
 	// Identity A's own Vault token, as credinject gets it.

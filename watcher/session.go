@@ -287,7 +287,6 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 		ok      bool
 	)
 	for _, jwt := range jwts {
-		println("DEBUG login try", len(jwts), jwt[len(jwt)-12:])
 		if l, err = s.vault.Login(ctx, jwt); err == nil {
 			ok = true
 			break

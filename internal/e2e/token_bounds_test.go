@@ -189,24 +189,71 @@ type lagWatches struct {
 func (l lagWatches) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := l.rt.RoundTrip(r)
 	if err == nil && strings.HasSuffix(r.URL.Path, "/serviceaccounts") && r.URL.Query().Get("watch") == "true" {
-		resp.Body = lagBody{ReadCloser: resp.Body, lag: l.lag}
+		resp.Body = newLagBody(resp.Body, l.lag)
 	}
 	return resp, err
 }
 
+// lagBody hands over each chunk of a watch stream lag after it arrived (a
+// fault injected, not a wait). The delay does not add up: a backlog of
+// events (other tests' namespaces going away) arrives lag late, not lag
+// times the backlog late.
 type lagBody struct {
-	io.ReadCloser
-	lag time.Duration
+	rc       io.ReadCloser
+	lag      time.Duration
+	chunks   chan lagChunk
+	rest     []byte
+	readErr  error
+	finished bool
 }
 
-// Read hands over what arrived lag later (a fault injected, not a wait).
-func (b lagBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		time.Sleep(b.lag)
-	}
-	return n, err
+type lagChunk struct {
+	data []byte
+	at   time.Time
+	err  error
 }
+
+func newLagBody(rc io.ReadCloser, lag time.Duration) *lagBody {
+	b := &lagBody{rc: rc, lag: lag, chunks: make(chan lagChunk, 1024)}
+	go func() {
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := rc.Read(buf)
+			b.chunks <- lagChunk{data: buf[:n], at: time.Now(), err: err}
+			if err != nil {
+				close(b.chunks)
+				return
+			}
+		}
+	}()
+	return b
+}
+
+func (b *lagBody) Read(p []byte) (int, error) {
+	for len(b.rest) == 0 {
+		if b.finished {
+			return 0, b.readErr
+		}
+		c, ok := <-b.chunks
+		if !ok {
+			b.finished = true
+			if b.readErr == nil {
+				b.readErr = io.EOF
+			}
+			continue
+		}
+		time.Sleep(time.Until(c.at.Add(b.lag)))
+		b.rest = c.data
+		if c.err != nil {
+			b.readErr, b.finished = c.err, true
+		}
+	}
+	n := copy(p, b.rest)
+	b.rest = b.rest[n:]
+	return n, nil
+}
+
+func (b *lagBody) Close() error { return b.rc.Close() }
 
 // TestNewServiceAccountAtOnce: a ServiceAccount created a moment before its
 // tokens are used, with an informer that sees changes 2 s late: 400

@@ -49,14 +49,19 @@ type removalCount struct{ n atomic.Uint64 }
 func (r *removalCount) Removals() uint64 { return r.n.Load() }
 
 // waitingCtx counts the callers that have begun waiting on it (Done), so a
-// test knows they all joined the read in flight; it never ends.
+// test knows they all joined the read in flight; it never ends. all is
+// closed when want callers wait.
 type waitingCtx struct {
 	context.Context
+	want    int64
 	waiting atomic.Int64
+	all     chan struct{}
 }
 
 func (c *waitingCtx) Done() <-chan struct{} {
-	c.waiting.Add(1)
+	if c.waiting.Add(1) == c.want {
+		close(c.all)
+	}
 	return nil
 }
 
@@ -76,8 +81,8 @@ func newTestLookups(t *testing.T, f *fakeLookup, rem ServiceAccountRemovals, bud
 func TestLookupsCollapse(t *testing.T) {
 	f := &fakeLookup{uids: map[string]string{"ns/sa": "u1"}, gate: make(chan struct{})}
 	l, _, _ := newTestLookups(t, f, nil, LookupBudget{Rate: 1, Burst: 100})
-	ctx := &waitingCtx{Context: context.Background()}
 	const callers = 20
+	ctx := &waitingCtx{Context: context.Background(), want: callers, all: make(chan struct{})}
 	reasons := make(chan authz.Reason, callers)
 	for i := range callers {
 		uid := "u1"
@@ -89,12 +94,10 @@ func TestLookupsCollapse(t *testing.T) {
 			reasons <- r
 		}()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for ctx.waiting.Load() < callers {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d callers waiting", ctx.waiting.Load(), callers)
-		}
-		time.Sleep(time.Millisecond)
+	select {
+	case <-ctx.all:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("only %d of %d callers waiting", ctx.waiting.Load(), callers)
 	}
 	close(f.gate)
 	got := map[authz.Reason]int{}

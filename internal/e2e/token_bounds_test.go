@@ -178,102 +178,61 @@ func TestFailingTokensCostOneUpstreamCall(t *testing.T) {
 	})
 }
 
-// lagWatches delays the ServiceAccount watch stream by lag: the informer
-// sees every change that long after the API server made it, as an informer
-// behind a busy API server does.
-type lagWatches struct {
-	rt  http.RoundTripper
-	lag time.Duration
+// heldWatches holds back what the ServiceAccount watch stream delivers
+// once held is set, until release is closed: the informer syncs at start,
+// then sees no change until the test lets it, as an informer behind a busy
+// API server does. A fault the test injects and lifts, so the lag needs no
+// clock.
+type heldWatches struct {
+	rt      http.RoundTripper
+	held    *atomic.Bool
+	release <-chan struct{}
 }
 
-func (l lagWatches) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := l.rt.RoundTrip(r)
+func (h heldWatches) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.rt.RoundTrip(r)
 	if err == nil && strings.HasSuffix(r.URL.Path, "/serviceaccounts") && r.URL.Query().Get("watch") == "true" {
-		resp.Body = newLagBody(resp.Body, l.lag)
+		resp.Body = heldBody{ReadCloser: resp.Body, h: h}
 	}
 	return resp, err
 }
 
-// lagBody hands over each chunk of a watch stream lag after it arrived (a
-// fault injected, not a wait). The delay does not add up: a backlog of
-// events (other tests' namespaces going away) arrives lag late, not lag
-// times the backlog late.
-type lagBody struct {
-	rc       io.ReadCloser
-	lag      time.Duration
-	chunks   chan lagChunk
-	rest     []byte
-	readErr  error
-	finished bool
+type heldBody struct {
+	io.ReadCloser
+	h heldWatches
 }
 
-type lagChunk struct {
-	data []byte
-	at   time.Time
-	err  error
-}
-
-func newLagBody(rc io.ReadCloser, lag time.Duration) *lagBody {
-	b := &lagBody{rc: rc, lag: lag, chunks: make(chan lagChunk, 1024)}
-	go func() {
-		for {
-			buf := make([]byte, 32<<10)
-			n, err := rc.Read(buf)
-			b.chunks <- lagChunk{data: buf[:n], at: time.Now(), err: err}
-			if err != nil {
-				close(b.chunks)
-				return
-			}
-		}
-	}()
-	return b
-}
-
-func (b *lagBody) Read(p []byte) (int, error) {
-	for len(b.rest) == 0 {
-		if b.finished {
-			return 0, b.readErr
-		}
-		c, ok := <-b.chunks
-		if !ok {
-			b.finished = true
-			if b.readErr == nil {
-				b.readErr = io.EOF
-			}
-			continue
-		}
-		time.Sleep(time.Until(c.at.Add(b.lag)))
-		b.rest = c.data
-		if c.err != nil {
-			b.readErr, b.finished = c.err, true
-		}
+// Read hands over what arrived only once released, when held.
+func (b heldBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.h.held.Load() {
+		<-b.h.release
 	}
-	n := copy(p, b.rest)
-	b.rest = b.rest[n:]
-	return n, nil
+	return n, err
 }
-
-func (b *lagBody) Close() error { return b.rc.Close() }
 
 // TestNewServiceAccountAtOnce: a ServiceAccount created a moment before its
-// tokens are used, with an informer that sees changes 2 s late: 400
+// tokens are used, with an informer that has not seen it yet: 400
 // concurrent requests with its first token and 16 more tokens minted during
 // them are all allowed (never unknown_serviceaccount), costing a few
 // ServiceAccount GETs; once the ServiceAccount is deleted its token is
-// refused within the informer's lag, and then costs at most one GET per
+// refused within 5 s of the informer catching up, and then costs at most one GET per
 // negative TTL.
 func TestNewServiceAccountAtOnce(t *testing.T) {
 	env := testenv.Get(t)
 	ctx := context.Background()
-	const lag = 2 * time.Second
 	for _, mode := range []string{"tokenreview", "jwks"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := apptest.Config(env)
 			cfg.Events.NatsURL = ""
 			cfg.Kubernetes.TokenValidation = mode
+			release, held := make(chan struct{}), new(atomic.Bool)
+			lift := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(lift) // before the server stops (cleanups run last first)
 			srv := apptest.StartWith(t, env, cfg, func(o *app.Options) {
-				o.RestConfig.Wrap(func(rt http.RoundTripper) http.RoundTripper { return lagWatches{rt: rt, lag: lag} })
+				o.RestConfig.Wrap(func(rt http.RoundTripper) http.RoundTripper { return heldWatches{rt: rt, held: held, release: release} })
 			})
+			held.Store(true) // synced: from now on the informer sees nothing new
 			before := countUpstream(t, env, srv)
 			ns, sa, tok := boundIdentity(ctx, t, env, "atonce-"+mode, "sk-atonce")
 			allow := "allow authorization=Bearer sk-atonce"
@@ -316,12 +275,13 @@ func TestNewServiceAccountAtOnce(t *testing.T) {
 				t.Fatalf("%.0f ServiceAccount GETs for %d tokens", d.saGets, len(tokens))
 			}
 
-			deleted := time.Now()
 			if err := env.Kube.DeleteServiceAccount(ctx, ns, sa); err != nil {
 				t.Fatal(err)
 			}
-			took := refusedWithin(t, srv, tok, deleted, lag+5*time.Second, "deny 401 unknown_serviceaccount")
-			t.Logf("%s: refused %v after the deletion (informer lag %v)", mode, took.Round(time.Millisecond), lag)
+			caughtUp := time.Now()
+			lift() // the informer sees the creation and the deletion now
+			took := refusedWithin(t, srv, tok, caughtUp, 5*time.Second, "deny 401 unknown_serviceaccount")
+			t.Logf("%s: refused %v after the informer caught up", mode, took.Round(time.Millisecond))
 			before = countUpstream(t, env, srv)
 			start := time.Now()
 			answers := hammer(t, srv, tokens, 20)

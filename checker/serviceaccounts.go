@@ -37,6 +37,11 @@ type LookupBudget struct {
 // it the memory starts again (it costs one read per ServiceAccount).
 const maxConfirmed = 10_000
 
+// notFoundShared is how long a read that found no ServiceAccount answers
+// the callers that come after it, so a burst of a deleted ServiceAccount's
+// tokens costs one read, not one per caller that missed the flight.
+const notFoundShared = time.Second
+
 // lookupResults are credinject_serviceaccount_lookups_total's results.
 var lookupResults = []string{"found", "not_found", "error", "budget_exhausted"}
 
@@ -58,6 +63,10 @@ type saLookups struct {
 	// stays there, since a removal the informer sees after the read moves it.
 	confirmed   map[string]string
 	confirmedAt uint64
+	// gone maps the ServiceAccounts a read found missing to when: callers
+	// arriving within notFoundShared share that answer (the token cache
+	// then holds each token's refusal for its negative TTL).
+	gone map[string]time.Time
 }
 
 func newSALookups(lookup ServiceAccountLookup, removals ServiceAccountRemovals, budget LookupBudget, clk clock.PassiveClock, timeout time.Duration, reg prometheus.Registerer) (*saLookups, error) {
@@ -72,7 +81,7 @@ func newSALookups(lookup ServiceAccountLookup, removals ServiceAccountRemovals, 
 		return nil, err
 	}
 	l := &saLookups{lookup: lookup, removals: removals, limiter: rate.NewLimiter(budget.Rate, budget.Burst),
-		clock: clk, timeout: timeout, results: map[string]prometheus.Counter{}, confirmed: map[string]string{}}
+		clock: clk, timeout: timeout, results: map[string]prometheus.Counter{}, confirmed: map[string]string{}, gone: map[string]time.Time{}}
 	for _, r := range lookupResults {
 		l.results[r] = calls.WithLabelValues(r)
 	}
@@ -81,9 +90,10 @@ func newSALookups(lookup ServiceAccountLookup, removals ServiceAccountRemovals, 
 
 // lookedUp is one read's answer, with the removal count read before it.
 type lookedUp struct {
-	uid   string
-	found bool
-	gen   uint64
+	uid      string
+	found    bool
+	gen      uint64
+	recalled bool // an earlier read's answer, not this flight's
 }
 
 // confirm tells whether id's ServiceAccount exists with wantUID (any uid
@@ -95,17 +105,65 @@ type lookedUp struct {
 // spent) or did not answer; the error says why.
 func (l *saLookups) confirm(ctx context.Context, id authz.Identity, wantUID string) (uint64, authz.Reason, error) {
 	key := id.Key
-	if l.removals != nil {
-		gen := l.removals.Removals()
-		l.mu.Lock()
-		uid, ok := l.confirmed[key]
-		valid := ok && l.confirmedAt == gen
-		l.mu.Unlock()
-		if valid && (wantUID == "" || uid == wantUID) {
-			return gen, authz.ReasonNone, nil
-		}
+	if got, ok := l.recall(key); ok && (!got.found || wantUID == "" || got.uid == wantUID) {
+		return l.answer(key, got, wantUID)
 	}
-	ch := l.flight.DoChan(key, func() (any, error) {
+	got, err := l.read(ctx, id, true)
+	if err == nil && got.recalled && got.found && wantUID != "" && got.uid != wantUID {
+		// A flight that began after another's answer reused it; this
+		// caller holds another uid, so it asks the API server itself.
+		got, err = l.read(ctx, id, false)
+	}
+	if err != nil {
+		return 0, authz.ReasonOf(err), err
+	}
+	return l.answer(key, got, wantUID)
+}
+
+// answer turns a read (or a recalled one) into confirm's result.
+func (l *saLookups) answer(key string, got lookedUp, wantUID string) (uint64, authz.Reason, error) {
+	if !got.found {
+		return 0, authz.ReasonUnknownServiceAccount, fmt.Errorf("serviceaccount %s: not found", key)
+	}
+	if wantUID != "" && got.uid != wantUID {
+		return 0, authz.ReasonUnknownServiceAccount, fmt.Errorf("serviceaccount %s: replaced (another uid)", key)
+	}
+	return got.gen, authz.ReasonNone, nil
+}
+
+// recall returns what an earlier read answered and still holds: a found
+// ServiceAccount while the informer's removal count has not moved, a
+// missing one for notFoundShared.
+func (l *saLookups) recall(key string) (lookedUp, bool) {
+	var gen uint64
+	if l.removals != nil {
+		gen = l.removals.Removals()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if uid, ok := l.confirmed[key]; ok && l.removals != nil && l.confirmedAt == gen {
+		return lookedUp{uid: uid, found: true, gen: gen, recalled: true}, true
+	}
+	if at, ok := l.gone[key]; ok && l.clock.Since(at) < notFoundShared {
+		return lookedUp{recalled: true}, true
+	}
+	return lookedUp{}, false
+}
+
+// read asks the API server for id's ServiceAccount, one read per key at a
+// time (callers share it); with reuse, a flight first takes an answer
+// recalled since its callers looked (a flight that just ended).
+func (l *saLookups) read(ctx context.Context, id authz.Identity, reuse bool) (lookedUp, error) {
+	key, flight := id.Key, id.Key
+	if !reuse {
+		flight += "\x00fresh"
+	}
+	ch := l.flight.DoChan(flight, func() (any, error) {
+		if reuse {
+			if got, ok := l.recall(key); ok {
+				return got, nil
+			}
+		}
 		var got lookedUp
 		// Read before the API server is: a removal the informer sees
 		// after this read moves the count past what the answer holds at.
@@ -127,39 +185,40 @@ func (l *saLookups) confirm(ctx context.Context, id authz.Identity, wantUID stri
 		}
 		if !got.found {
 			l.results["not_found"].Inc()
+			l.remember(key, got)
 			return got, nil
 		}
 		l.results["found"].Inc()
 		l.remember(key, got)
 		return got, nil
 	})
-	var got lookedUp
 	select {
 	case r := <-ch:
 		if r.Err != nil {
-			return 0, authz.ReasonOf(r.Err), r.Err
+			return lookedUp{}, r.Err
 		}
-		got = r.Val.(lookedUp)
+		return r.Val.(lookedUp), nil
 	case <-ctx.Done():
-		return 0, authz.ReasonTokenReviewUnavailable, ctx.Err()
+		return lookedUp{}, authz.Deny(authz.ReasonTokenReviewUnavailable, ctx.Err())
 	}
-	if !got.found {
-		return 0, authz.ReasonUnknownServiceAccount, fmt.Errorf("serviceaccount %s: not found", key)
-	}
-	if wantUID != "" && got.uid != wantUID {
-		return 0, authz.ReasonUnknownServiceAccount, fmt.Errorf("serviceaccount %s: replaced (another uid)", key)
-	}
-	return got.gen, authz.ReasonNone, nil
 }
 
 // remember records a found ServiceAccount at the count its read holds at,
 // forgetting every earlier one once the count has moved.
 func (l *saLookups) remember(key string, got lookedUp) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !got.found {
+		if len(l.gone) >= maxConfirmed {
+			clear(l.gone)
+		}
+		l.gone[key] = l.clock.Now()
+		return
+	}
+	delete(l.gone, key)
 	if l.removals == nil {
 		return
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if cur := l.removals.Removals(); cur != l.confirmedAt || len(l.confirmed) >= maxConfirmed {
 		clear(l.confirmed)
 		l.confirmedAt = cur

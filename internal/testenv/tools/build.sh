@@ -4,7 +4,7 @@
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints the binary directory of each tool and how long each build took.
 #
-#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink]     (default: all)
+#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -34,6 +34,7 @@ spec() {
     hydra) version=2.3.0 bins=hydra ;;
     promtool) version=0.316.0 bins=promtool ;;
     otlpsink) version=0.165.0 bins=otlpsink ;;
+    controllergen) version=0.23.0 bins=controller-gen ;;
     *) echo "build.sh: unknown tool $1" >&2; exit 2 ;;
   esac
 }
@@ -90,6 +91,11 @@ compile_otlpsink() {
   go build -trimpath -ldflags "-s -w" -o "$1/otlpsink" .
 }
 
+compile_controllergen() {
+  echo "controllergen: building controller-gen v$version (sigs.k8s.io/controller-tools; cold: about a minute)…"
+  go build -trimpath -ldflags "-s -w" -o "$1/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen
+}
+
 if [ "${1:-}" = path ]; then
   name=${2:?build.sh path NAME}
   spec "$name"
@@ -98,7 +104,7 @@ if [ "${1:-}" = path ]; then
   exit 0
 fi
 
-what=${*:-vault kube hydra promtool otlpsink}
+what=${*:-vault kube hydra promtool otlpsink controllergen}
 for w in $what; do
   build "$w"
 done

@@ -26,13 +26,13 @@ setup:
 	@bash scripts/setup.sh
 
 # The test bed's real servers (Vault, kube-apiserver, kubectl, Ory Hydra,
-# promtool, an OTLP receiver),
-# built from the Go module proxy into ~/.cache/credinject/tools, in parallel;
-# cached by version.
+# promtool, an OTLP receiver), controller-gen, and the CRDs of the projects
+# deploy/ targets, from the Go module proxy into ~/.cache/credinject/tools,
+# in parallel; cached by version.
 tools:
 	@$(TOOLS) vault > .tools-vault.log 2>&1 & v=$$!; \
 	 $(TOOLS) kube  > .tools-kube.log 2>&1 & k=$$!; \
-	 $(TOOLS) hydra promtool otlpsink controllergen > .tools-hydra.log 2>&1 & h=$$!; \
+	 $(TOOLS) hydra promtool otlpsink controllergen crds > .tools-hydra.log 2>&1 & h=$$!; \
 	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \
 	 cat .tools-vault.log .tools-kube.log .tools-hydra.log; rm -f .tools-vault.log .tools-kube.log .tools-hydra.log; \
 	 test $$rv -eq 0 -a $$rk -eq 0 -a $$rh -eq 0

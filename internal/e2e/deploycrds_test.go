@@ -56,7 +56,8 @@ func installCRDs(ctx context.Context, t *testing.T, kubectl kubectlCmd) {
 // cert-manager, the Prometheus Operator and credinject's own. A field the
 // target API does not know, a wrong type or a refused value fails the test
 // with the API server's message. Kustomize trees are rendered first; a file
-// a kustomization does not name is applied alone.
+// a kustomization does not name is applied alone; the Helm chart is
+// TestHelmChart's.
 func TestDeployManifestsAgainstTheirAPIs(t *testing.T) {
 	env := testenv.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -71,12 +72,21 @@ func TestDeployManifestsAgainstTheirAPIs(t *testing.T) {
 	}
 	var units []unit
 	kustomized := map[string]string{} // file -> the kustomization that names it
-	var loose []string
+	var loose, charts []string
 	err := filepath.WalkDir(filepath.Join(root, "deploy"), func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(root, path)
+		if d.IsDir() {
+			// A Helm chart's templates are not YAML until rendered:
+			// TestHelmChart renders and applies them.
+			if _, err := os.Stat(filepath.Join(path, "Chart.yaml")); err == nil {
+				charts = append(charts, rel)
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		if d.Name() == "kustomization.yaml" {
 			k, err := os.ReadFile(path)
 			if err != nil {
@@ -135,10 +145,13 @@ func TestDeployManifestsAgainstTheirAPIs(t *testing.T) {
 			t.Logf("%s", out)
 		})
 	}
+	if !slices.Equal(charts, []string{"deploy/helm/credinject"}) {
+		t.Errorf("Helm charts %v: TestHelmChart renders and applies deploy/helm/credinject only", charts)
+	}
 	// The examples the docs point at are among them.
 	for _, want := range []string{"deploy/istio", "deploy/envoy-gateway/securitypolicy.yaml", "deploy/envoy-gateway/backendtlspolicy.yaml",
 		"deploy/istio/destinationrule-credinject-tls.yaml", "deploy/monitoring/prometheusrule.yaml", "deploy/kubernetes/overlays/tls",
-		"deploy/crds/credinject.io_credentialpolicies.yaml"} {
+		"deploy/crds/credinject.io_credentialpolicies.yaml", "deploy/policies/httpbin-external.yaml"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("%s was not applied (applied: %v)", want, names)
 		}

@@ -4,7 +4,7 @@
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints the binary directory of each tool and how long each build took.
 #
-#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen] [crds]     (default: all)
+#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen] [helm] [crds]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -35,6 +35,7 @@ spec() {
     promtool) version=0.316.0 bins=promtool ;;
     otlpsink) version=0.165.0 bins=otlpsink ;;
     controllergen) version=0.23.0 bins=controller-gen ;;
+    helm) version=4.3.2 bins=helm ;;
     crds) version=gwapi1.6.3-istio1.32.0-eg1.9.1-cm1.21.2-po0.85.0 bins=crds.txt ;;
     *) echo "build.sh: unknown tool $1" >&2; exit 2 ;;
   esac
@@ -97,6 +98,11 @@ compile_controllergen() {
   go build -trimpath -ldflags "-s -w" -o "$1/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen
 }
 
+compile_helm() {
+  echo "helm: building Helm v$version (helm.sh/helm/v4; cold: several minutes on 2 cores)…"
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$version" -o "$1/helm" helm.sh/helm/v4/cmd/helm
+}
+
 # compile_crds: the CRDs of the projects deploy/ targets, as each ships
 # them in its own Go module (downloaded from the module proxy, not
 # compiled): Gateway API (standard channel), Istio, Envoy Gateway,
@@ -130,7 +136,7 @@ if [ "${1:-}" = path ]; then
   exit 0
 fi
 
-what=${*:-vault kube hydra promtool otlpsink controllergen crds}
+what=${*:-vault kube hydra promtool otlpsink controllergen helm crds}
 for w in $what; do
   build "$w"
 done

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -157,6 +158,24 @@ func TestHelmChart(t *testing.T) {
 			}
 			if err := kube.CheckAccess(ctx, as); err != nil {
 				t.Fatalf("the chart's ServiceAccount: %v", err)
+			}
+			want := []authzv1.ResourceAttributes{
+				{Group: "authentication.k8s.io", Resource: "tokenreviews", Verb: "create"},
+				{Resource: "serviceaccounts", Verb: "list"},
+				{Resource: "serviceaccounts", Verb: "watch"},
+			}
+			for _, n := range tc.namespaces {
+				want = append(want, authzv1.ResourceAttributes{Namespace: n, Resource: "serviceaccounts", Subresource: "token", Verb: "create"})
+			}
+			for _, ra := range want {
+				r, err := as.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+					&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &ra}}, metav1.CreateOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !r.Status.Allowed {
+					t.Fatalf("the chart's ServiceAccount may not %s %s/%s in %q", ra.Verb, ra.Resource, ra.Subresource, ra.Namespace)
+				}
 			}
 		})
 	}

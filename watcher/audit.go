@@ -62,8 +62,9 @@ type Lifecycle struct {
 	Version, OldVersion int64
 	// LeaseID and OldLeaseID are Vault lease ids (vault-read).
 	LeaseID, OldLeaseID string
-	// Trigger is what started the read: miss, schedule, event, prefetch.
-	Trigger string
+	// Trigger is what started the read (its String is the audit trail's
+	// trigger: miss, schedule, event, prefetch).
+	Trigger Trigger
 	// Reason is a refusal's deny reason.
 	Reason authz.Reason
 	// Cause says why a lease was revoked or an identity forgotten.
@@ -78,7 +79,7 @@ func (nopAuditor) Lifecycle(Lifecycle) {}
 
 // origin says where a stored entry came from, for its lifecycle record.
 type origin struct {
-	trigger string
+	trigger Trigger
 	source  Source
 	path    string
 	lease   string

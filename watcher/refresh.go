@@ -92,13 +92,8 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 	if gone || p == nil {
 		w.release(x)
 		if p != nil {
-			for _, wt := range p.waiters {
-				a := answer{err: errLetGo}
-				if e, ok := w.cfg.Store.Get(wt.route, x.Key); ok && !wt.outcome {
-					a = answer{entry: e} // a refusal stays until DeniedTTL
-				}
-				wt.ch <- a
-			}
+			// Let go before this run: a refusal stays until DeniedTTL.
+			w.answer(x, p.waiters, nil, errLetGo)
 		}
 		return
 	}
@@ -152,18 +147,24 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 	if worst < outcomeRetry {
 		worstErr = nil
 	}
-	for _, wt := range p.waiters {
+	w.answer(x, p.waiters, answers, worstErr)
+}
+
+// answer tells each caller waiting for a run its answer: its route's read,
+// or, when the run did not read it, the entry a run before stored (or a
+// refusal of every route did); the run's heaviest failure (err) to a caller
+// that waits for the outcome.
+func (w *Watcher) answer(x *identity, waiters []waiter, answers map[string]answer, err error) {
+	for _, wt := range waiters {
 		a, ok := answers[wt.route]
 		switch {
 		case wt.outcome:
-			a = answer{err: worstErr}
+			a = answer{err: err}
 		case ok:
 		default:
-			// Not read in this run: answered by a run before it, or by a
-			// refusal of every route.
 			if e, found := w.cfg.Store.Get(wt.route, x.Key); found {
 				a = answer{entry: e}
-			} else if a.err = worstErr; a.err == nil {
+			} else if a.err = err; a.err == nil {
 				a.err = errNoAnswer
 			}
 		}
@@ -196,23 +197,7 @@ func (w *Watcher) plan(ctx context.Context, x *identity, p *pending, answers map
 			triggers[route] = t
 		}
 	}
-	kept := x.rs[:0]
-	for _, rs := range x.rs {
-		cur := table[rs.name]
-		if rs.def != nil && rs.def != cur {
-			w.dropRoute(ctx, x, &rs)
-			if cur != nil && rs.watched {
-				ask(rs.name, TriggerSchedule) // changed: read anew
-			}
-		}
-		if cur == nil {
-			continue // removed
-		}
-		rs.def = cur
-		kept = append(kept, rs)
-	}
-	clear(x.rs[len(kept):])
-	x.rs = kept
+	w.reconcile(ctx, x, table, ask)
 	prefetch := false
 	for _, a := range p.asks {
 		if a.trigger == TriggerPrefetch {
@@ -272,6 +257,29 @@ func (w *Watcher) plan(ctx context.Context, x *identity, p *pending, answers map
 		reads = append(reads, want{route: rs.name, def: rs.def, trigger: t})
 	}
 	return reads
+}
+
+// reconcile drops x's state of the routes removed or changed since it
+// read them (their lease revoked, their entries evicted) and asks to read
+// the changed ones it watches again.
+func (w *Watcher) reconcile(ctx context.Context, x *identity, table map[string]*Route, ask func(string, Trigger)) {
+	kept := x.rs[:0]
+	for _, rs := range x.rs {
+		cur := table[rs.name]
+		if rs.def != nil && rs.def != cur {
+			w.dropRoute(ctx, x, &rs)
+			if cur != nil && rs.watched {
+				ask(rs.name, TriggerSchedule) // changed: read anew
+			}
+		}
+		if cur == nil {
+			continue // removed
+		}
+		rs.def = cur
+		kept = append(kept, rs)
+	}
+	clear(x.rs[len(kept):])
+	x.rs = kept
 }
 
 // keptOnWildcard: the route holds a lease or a minted token that is valid

@@ -46,6 +46,8 @@ type Config struct {
 	Tracing Tracing `yaml:"tracing"`
 	// Debug serves /debug/pprof on its own listener (off by default).
 	Debug Debug `yaml:"debug"`
+	// Policies turns on CredentialPolicy resources (policies.go).
+	Policies Policies `yaml:"policies"`
 }
 
 // Audit configures the credential audit trail (package audit).
@@ -534,6 +536,7 @@ func (c *Config) Validate() error {
 		checkAddr("debug.listen", c.Debug.Listen)
 	}
 	c.checkRoutes(bad)
+	c.checkPolicies(bad)
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,112 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/credinject/credinject/authz"
+)
+
+// Policies says whether and whose CredentialPolicy resources are obeyed
+// (policies.*).
+type Policies struct {
+	// Enabled turns the policy controller on (default false): credinject
+	// watches CredentialPolicies and the HTTPRoutes they target, and serves
+	// the accepted ones beside the config file's routes.
+	Enabled bool `yaml:"enabled"`
+	// Namespaces are the namespaces whose policies are obeyed; empty: all.
+	Namespaces []string `yaml:"namespaces"`
+	// LeaderElection: only the replica holding the Lease writes policy
+	// status (default true when enabled). Every replica serves every
+	// policy either way.
+	LeaderElection *bool `yaml:"leaderElection"`
+}
+
+// LeaderElectionEnabled reports whether status is written by a leader
+// (policies.leaderElection, default true).
+func (p Policies) LeaderElectionEnabled() bool { return p.LeaderElection == nil || *p.LeaderElection }
+
+// checkPolicies checks the policies.* keys.
+func (c *Config) checkPolicies(bad func(key, format string, a ...any)) {
+	for i, ns := range c.Policies.Namespaces {
+		if !authz.IsDNSLabel(ns) {
+			bad(fmt.Sprintf("policies.namespaces[%d]", i), "%q is not a namespace name", ns)
+		}
+	}
+}
+
+// VaultOverride is a route's own Vault login and mount (a
+// CredentialPolicy's spec.vault); an empty field keeps vault.*'s value.
+type VaultOverride struct {
+	Role      string
+	AuthMount string
+	KVMount   string
+	Namespace string
+}
+
+// CheckRoute completes and checks one route defined outside the file (a
+// CredentialPolicy) with the rules of routes[]: its hosts, source, the
+// keys only oauth2-client-credentials takes, its path (vault.path when it
+// needs none of its own), its injection (the source's or the top-level
+// one), and its Vault override (each set field as vault.role,
+// vault.authMount, vault.kvMount, vault.namespace). Call it on a
+// validated Config. key names a route key in the messages ("path" ->
+// "spec.source.path"). The route's name is the caller's. It returns the
+// completed route, or every error joined, each naming its key.
+func (c *Config) CheckRoute(r Route, v VaultOverride, key func(string) string) (Route, error) {
+	var errs []error
+	bad := func(k, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", k, fmt.Sprintf(format, a...)))
+	}
+	r.Hosts = append([]string(nil), r.Hosts...)
+	if len(r.Hosts) == 0 {
+		bad(key("hosts"), "at least one host is required")
+	}
+	for j, h := range r.Hosts {
+		hkey := key(fmt.Sprintf("hosts[%d]", j))
+		if !isASCII(h) {
+			bad(hkey, "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
+			continue
+		}
+		h = strings.ToLower(h)
+		r.Hosts[j] = h
+		if !hostPattern.MatchString(h) || strings.Contains(h, "..") {
+			bad(hkey, "%q is not a host name or *.suffix", h)
+		}
+	}
+	if r.Source == "" {
+		r.Source = SourceKV
+	}
+	for _, e := range checkSource("", r.Source, r.TokenURL, r.Scopes, &r.ClientAuth) {
+		bad(key(e[0]), "%s", e[1])
+	}
+	if r.Path == "" && (r.Source == SourceVaultRead || r.Source == SourceIdentityToken) {
+		bad(key("path"), "source %s needs its own path (a full Vault path)", r.Source)
+	} else {
+		if r.Path == "" {
+			r.Path = c.Vault.Path
+		}
+		if err := CheckPath(r.Path); err != nil {
+			bad(key("path"), "%v", err)
+		}
+	}
+	if r.Inject == (Inject{}) {
+		r.Inject = sourceInject[r.Source]
+		if r.Source == SourceKV {
+			r.Inject = c.Inject
+		}
+	}
+	if err := r.Inject.check(); err != nil {
+		bad(key("inject"), "%v", err)
+	}
+	for _, f := range []struct{ name, v string }{{"role", v.Role}, {"authMount", v.AuthMount}, {"kvMount", v.KVMount}} {
+		if strings.ContainsAny(f.v, " \t\r\n?#") {
+			bad(key("vault."+f.name), "%q has illegal characters", f.v)
+		}
+	}
+	if ns := v.Namespace; ns != strings.TrimSpace(ns) || strings.ContainsAny(ns, "\r\n\x00") {
+		bad(key("vault.namespace"), "%q has surrounding spaces or control characters", ns)
+	}
+	return r, errors.Join(errs...)
+}

@@ -37,7 +37,11 @@ const (
 	// certificate the client CA signed, but naming none of
 	// listen.tls.clientNames: it is not the gateway, and gets nothing.
 	ReasonClientNotAllowed Reason = "client_not_allowed"
-	ReasonInternal         Reason = "internal"
+	// ReasonSubjectNotAllowed: the route of the request's host and path
+	// (a CredentialPolicy's) lists subjects, and the caller's identity is
+	// none of them.
+	ReasonSubjectNotAllowed Reason = "subject_not_allowed"
+	ReasonInternal          Reason = "internal"
 )
 
 // Reasons lists every deny reason, in the order of the README.
@@ -45,7 +49,7 @@ var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
 	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
 	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointRefused,
-	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInternal,
+	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonSubjectNotAllowed, ReasonInternal,
 }
 
 // Known reports whether r is ReasonNone or one of Reasons.
@@ -70,7 +74,8 @@ func (r Reason) Status() int {
 		return 200
 	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount:
 		return 401
-	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused, ReasonClientNotAllowed:
+	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused, ReasonClientNotAllowed,
+		ReasonSubjectNotAllowed:
 		return 403
 	case ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointUnavailable:
 		return 503

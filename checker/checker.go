@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,7 +61,8 @@ type Config struct {
 	BoundObjects BoundObjects
 	Credentials  credentialCache
 	Source       CredentialSource
-	Router       *Router
+	// Router is the first router; SetRouter replaces it.
+	Router *Router
 	// Audiences are folded into the token MAC key.
 	Audiences  []string
 	TokenCache TokenCacheConfig
@@ -88,6 +90,7 @@ type Checker struct {
 	hash    *hasher
 	tcache  *cache.Tokens[tokenResult]
 	tracer  *tracer // nil: tracing off
+	router  atomic.Pointer[Router]
 }
 
 // New builds a Checker.
@@ -119,6 +122,7 @@ func New(cfg Config) (*Checker, error) {
 		return nil, err
 	}
 	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc, tracer: newTracer(cfg.Tracing)}
+	c.router.Store(cfg.Router)
 	c.tokens = &cachedValidator{
 		v: cfg.Validator, sas: cfg.ServiceAccounts, bound: cfg.BoundObjects, cache: tc, cfg: cfg.TokenCache,
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
@@ -132,6 +136,14 @@ func New(cfg Config) (*Checker, error) {
 	}
 	c.tokens.sink, _ = cfg.Source.(TokenSink)
 	return c, nil
+}
+
+// SetRouter replaces the router: requests decided from now on use r. A
+// request already past routing finishes with the router it found.
+func (c *Checker) SetRouter(r *Router) {
+	if r != nil {
+		c.router.Store(r)
+	}
 }
 
 // Close releases the token cache.
@@ -155,9 +167,10 @@ type Decision struct {
 }
 
 // Decide validates the Authorization header value, picks the route for host
-// and finds the credential. It never panics and never returns an allow
-// without a credential of the identity's own.
-func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Decision) {
+// and path (the request's path; its query is ignored), checks the route
+// serves the identity and finds the credential. It never panics and never
+// returns an allow without a credential of the identity's own.
+func (c *Checker) Decide(ctx context.Context, authorization, host, path string) (d Decision) {
 	start := c.cfg.Clock.Now()
 	var (
 		mac   cache.MAC
@@ -193,10 +206,15 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		return Decision{Reason: r}
 	}
 	id := ti.Identity
-	route, ok := c.cfg.Router.Match(host)
-	if !ok {
+	t := c.router.Load().Route(host, path)
+	if t == nil {
 		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key, "host", host)
 		return Decision{Reason: authz.ReasonNoRoute, Identity: id}
+	}
+	route = t.Name
+	if !t.Allows(id) {
+		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonSubjectNotAllowed), "identity", id.Key, "route", route)
+		return Decision{Reason: authz.ReasonSubjectNotAllowed, Identity: id, route: route, routed: true}
 	}
 	d = c.credential(ctx, route, ti, hit, token, start)
 	d.route, d.routed = route, true

@@ -53,7 +53,7 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 		th, carrier := grpcTraceHeaders(httpReq)
 		ctx, span = t.start(ctx, &th, carrier)
 	}
-	d := g.c.Decide(ctx, authorization, host)
+	d := g.c.Decide(ctx, authorization, host, httpReq.GetPath())
 	endCheck(span, &d)
 	if d.Reason != authz.ReasonNone {
 		resp, ok := g.denied[d.Reason]

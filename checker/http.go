@@ -161,7 +161,7 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx, span = t.start(ctx, &th, propagation.HeaderCarrier(r.Header))
 	}
-	d := h.c.Decide(ctx, r.Header.Get("Authorization"), host)
+	d := h.c.Decide(ctx, r.Header.Get("Authorization"), host, checkedPath(r.URL.Path))
 	endCheck(span, &d)
 	if d.Reason != authz.ReasonNone {
 		writeDeny(w, d.Reason)

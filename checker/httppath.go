@@ -10,8 +10,9 @@ import (
 // every other request goes to rest (the probes' mux).
 //
 // The path after /check is the original request's (Envoy's HTTP ext_authz
-// appends it) and plays no part in the decision. It must not change the
-// answer either: http.ServeMux cleans a path before it matches it, so
+// appends it): routes with path prefixes match it (checkedPath), byte by
+// byte, never cleaned. Nothing else may change the answer: http.ServeMux
+// cleans a path before it matches it, so
 // "/check//x", "/check/../x" or "/check/%2e%2e/x" would get a 301 to
 // another path, or land on another handler. Here the path is only compared
 // with the prefix, never cleaned, so every such request gets the decision
@@ -33,4 +34,14 @@ func (h *HTTP) Mount(rest http.Handler) http.Handler {
 func IsCheckPath(p string) bool {
 	rest, ok := strings.CutPrefix(p, "/check")
 	return ok && (rest == "" || rest[0] == '/')
+}
+
+// checkedPath is the original request's path in a /check request's path
+// (decoded, as in URL.Path): what follows /check, or "/" when nothing does.
+func checkedPath(p string) string {
+	rest := strings.TrimPrefix(p, "/check")
+	if rest == "" {
+		return "/"
+	}
+	return rest
 }

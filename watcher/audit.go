@@ -99,6 +99,9 @@ func (w *Watcher) vaultPath(rt Route, id authz.Identity) string {
 	p := authz.ExpandPath(rt.Path, id)
 	switch rt.Source {
 	case SourceKV, SourceOAuth2, "":
+		if rt.Vault.KVMount != "" {
+			return rt.Vault.KVMount + "/data/" + p
+		}
 		return w.cfg.KVMount + "/data/" + p
 	}
 	return p

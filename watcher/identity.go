@@ -70,6 +70,10 @@ func (t Trigger) String() string {
 type identity struct {
 	authz.Identity
 	session session
+	// others are the sessions of routes with their own login (a
+	// policy's Vault role, auth mount or namespace). Run-owned; offers
+	// reach them under mu.
+	others []otherSession
 
 	mu      sync.Mutex
 	pending *pending // nil: nothing asked for

@@ -102,7 +102,11 @@ type kvProvider struct {
 var _ Provider = kvProvider{}
 
 func (p kvProvider) Fetch(ctx context.Context, f Fetch) (Credential, error) {
-	path := p.mount + "/data/" + authz.ExpandPath(f.Route.Path, f.Identity)
+	mount := p.mount
+	if f.Route.Vault.KVMount != "" {
+		mount = f.Route.Vault.KVMount
+	}
+	path := mount + "/data/" + authz.ExpandPath(f.Route.Path, f.Identity)
 	s, err := readAs(ctx, p.vault, f.Tokens, path)
 	if err != nil {
 		return Credential{}, err

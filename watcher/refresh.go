@@ -137,7 +137,7 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 	}
 	// The one place replaced Vault tokens are revoked: after the reads
 	// that replaced the credentials read with them.
-	x.session.retire()
+	x.eachSession((*session).retire)
 	if !x.isGone() {
 		w.settle(x, worst, worstErr, p.full)
 	}
@@ -205,7 +205,7 @@ func (w *Watcher) plan(ctx context.Context, x *identity, p *pending, answers map
 		}
 	}
 	if prefetch {
-		x.session.setPrefetch()
+		x.eachSession((*session).setPrefetch)
 	}
 	if prefetch || p.reconcile && x.session.prefetched() {
 		for name, def := range table {
@@ -308,7 +308,8 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 	ctx, span := w.tracer.Start(withScope(ctx, x.Key, r.route, true), SpanRefresh, trace.WithAttributes(
 		attrIdentity.String(x.Key), attrRoute.String(r.route), attrTrigger.String(r.trigger.String()), attrSource.String(src)))
 	defer func() { endSpan(span, refreshResult(e, err)) }()
-	cred, err := w.providers[rt.Source].Fetch(ctx, Fetch{Tokens: &x.session, Identity: x.Identity, Route: rt,
+	l := loginOf(&rt)
+	cred, err := w.set(l).providers[rt.Source].Fetch(ctx, Fetch{Tokens: w.sessionFor(x, l), Identity: x.Identity, Route: rt,
 		Anew: r.trigger >= TriggerNamed, Held: &rs.provider})
 	now := w.cfg.Clock.Now()
 	o := origin{trigger: r.trigger, source: rt.Source, path: w.vaultPath(rt, x.Identity), lease: cred.LeaseID}
@@ -453,7 +454,7 @@ func (w *Watcher) nextTurn(x *identity, now time.Time) (time.Time, bool) {
 // read: its lease is revoked now (the identity keeps its Vault token), its
 // entry evicted, and what the audit trail heard forgotten.
 func (w *Watcher) dropRoute(ctx context.Context, x *identity, rs *routeState) {
-	if lp, ok := w.providers[rs.def.Source].(*leaseProvider); ok {
+	if lp, ok := w.set(loginOf(rs.def)).providers[rs.def.Source].(*leaseProvider); ok {
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
 		lp.drop(withScope(cctx, x.Key, rs.name, true), &rs.provider, x.Identity, rs.name, true)
 		cancel()
@@ -472,11 +473,11 @@ func (w *Watcher) release(x *identity) {
 	x.loop.released = true
 	for i := range x.rs {
 		rs := &x.rs[i]
-		if lp, ok := w.providers[SourceVaultRead].(*leaseProvider); ok && rs.provider.lease != nil {
+		if lp, ok := w.set(w.loginOfRoute(rs)).providers[SourceVaultRead].(*leaseProvider); ok && rs.provider.lease != nil {
 			lp.drop(context.Background(), &rs.provider, x.Identity, rs.name, false)
 		}
 	}
-	x.session.close()
+	x.eachSession((*session).close)
 	x.mu.Lock()
 	cause := x.cause
 	x.mu.Unlock()

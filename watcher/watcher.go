@@ -37,6 +37,8 @@ type Route struct {
 	TokenURL   string
 	Scopes     []string
 	ClientAuth ClientAuth
+	// Vault overrides the watcher's Vault settings for this route.
+	Vault VaultOverride
 }
 
 // Store is the credential cache as the watcher sees it
@@ -133,6 +135,10 @@ type Watcher struct {
 	wg      sync.WaitGroup
 	tracer  trace.Tracer
 	sched   *scheduler
+	// newVault makes the Vault client of a route's own login (nil: every
+	// login uses vault, as the tests' fakes do); logins keeps them.
+	newVault func(login) vault
+	logins   logins
 
 	mu  sync.Mutex // guards ids; never held with another lock
 	ids map[string]*identity
@@ -152,7 +158,27 @@ func New(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("watcher: Concurrency must be positive, got %d", cfg.Concurrency)
 	}
 	v := &vaultClient{base: cfg.Vault, authMount: cfg.AuthMount, role: cfg.Role, calls: m.call, tracer: newTracer(cfg.TracerProvider)}
-	return newWatcher(cfg, v, nil, m)
+	w, err := newWatcher(cfg, v, nil, m)
+	if err != nil {
+		return nil, err
+	}
+	w.newVault = func(l login) vault {
+		c := *v
+		if l.role != "" {
+			c.role = l.role
+		}
+		if l.authMount != "" {
+			c.authMount = l.authMount
+		}
+		if l.namespace != "" {
+			if base, err := cfg.Vault.Clone(); err == nil {
+				base.SetNamespace(l.namespace)
+				c.base = base
+			}
+		}
+		return &c
+	}
+	return w, nil
 }
 
 // providers builds one Provider per source over v.
@@ -396,7 +422,7 @@ func (w *Watcher) OfferToken(id authz.Identity, token string, expires time.Time)
 	x := w.ids[id.Key]
 	w.mu.Unlock()
 	if x != nil {
-		x.session.offerNewer(token, expires)
+		x.eachSession(func(s *session) { s.offerNewer(token, expires) })
 	}
 }
 
@@ -418,7 +444,7 @@ func (w *Watcher) Credential(ctx context.Context, route string, id authz.Identit
 	p := pending{asks: []ask{{route: route, trigger: TriggerMiss}}, waiters: []waiter{{route: route, ch: ch, span: trace.SpanFromContext(ctx)}}}
 	for {
 		x := w.lookup(id)
-		x.session.offer(token, tokenExpires)
+		x.eachSession(func(s *session) { s.offer(token, tokenExpires) })
 		if w.enqueue(x, p) {
 			break
 		}

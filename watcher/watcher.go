@@ -293,12 +293,27 @@ func (w *Watcher) SetRoutes(ctx context.Context, routes []Route) error {
 	if len(routes) == 0 {
 		return errors.New("watcher: at least one Route is required")
 	}
-	table, err := w.buildTable(routes)
+	wait, err := w.ReplaceRoutes(routes)
 	if err != nil {
 		return err
 	}
+	return wait(ctx)
+}
+
+// ReplaceRoutes is SetRoutes in two steps (an empty set is allowed: every
+// request is then no_route): it checks routes and makes them
+// the route table at once (a miss on a route added is served from now on;
+// a miss on a route removed is no_route), and returns wait, which asks
+// every identity to reconcile and returns when each has run (or ctx ends).
+func (w *Watcher) ReplaceRoutes(routes []Route) (wait func(ctx context.Context) error, err error) {
+	table, err := w.buildTable(routes)
+	if err != nil {
+		return nil, err
+	}
 	w.routes.Store(&table)
-	return w.ask(ctx, w.all(), func(*identity) pending { return pending{reconcile: true} })
+	return func(ctx context.Context) error {
+		return w.ask(ctx, w.all(), func(*identity) pending { return pending{reconcile: true} })
+	}, nil
 }
 
 // Close stops the executor and waits for it.
@@ -438,7 +453,8 @@ func (w *Watcher) OfferToken(id authz.Identity, token string, expires time.Time)
 // (vault_unavailable when Vault or a token was missing).
 func (w *Watcher) Credential(ctx context.Context, route string, id authz.Identity, token string, tokenExpires time.Time) (*cache.Entry, error) {
 	if w.table()[route] == nil {
-		return nil, authz.Denyf(authz.ReasonInternal, "watcher: unknown route %q", route)
+		// Removed by a route change the router had not yet followed.
+		return nil, authz.Denyf(authz.ReasonNoRoute, "watcher: unknown route %q", route)
 	}
 	ch := make(chan answer, 1)
 	p := pending{asks: []ask{{route: route, trigger: TriggerMiss}}, waiters: []waiter{{route: route, ch: ch, span: trace.SpanFromContext(ctx)}}}

@@ -39,7 +39,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	a, err := app.New(ctx, app.Options{Config: cfg, Log: log})
+	a, err := app.New(ctx, app.Options{Config: cfg, Log: log, ConfigPath: *path})
 	if err != nil {
 		return err
 	}

@@ -60,6 +60,16 @@ type Options struct {
 	// of it in [0, 1) (watcher.Config.ReloginPhase; nil: uniform). Tests
 	// that move a fake clock pass 0: the relogin at the full interval.
 	ReloginPhase func() float64
+	// ConfigPath is the config file, reloaded when it changes (checked
+	// every ReloadInterval, default 5s) and on SIGHUP; empty: no reload.
+	ConfigPath     string
+	ReloadInterval time.Duration
+	// LeaseNamespace overrides where the policy status Lease lives
+	// (default: $POD_NAMESPACE, the ServiceAccount's namespace); a
+	// LeaseDuration > 0 overrides client-go's 15s (renew deadline 2/3 of
+	// it, retry 1/5).
+	LeaseNamespace string
+	LeaseDuration  time.Duration
 }
 
 // App is a wired, listening credinject.
@@ -100,6 +110,9 @@ type App struct {
 	tracing  *sdktrace.TracerProvider // nil: tracing off
 	debugLn  net.Listener             // nil: no debug.listen
 	debugSrv *http.Server
+
+	// routing applies route tables: policies and config reloads.
+	routing *routing
 
 	// reqLog is log behind the per-message limiter (lograte), for the
 	// checker, the watcher and the audit trail, whose lines a request, a
@@ -153,6 +166,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		return nil, err
 	}
 	if err := a.hotPath(ctx, kc, rc); err != nil {
+		return nil, err
+	}
+	if err := a.newRouting(kc, rc); err != nil {
 		return nil, err
 	}
 	if cfg.Events.NatsURL != "" {

@@ -260,6 +260,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.audit != nil {
 		goSafe("audit", func() error { a.audit.Run(gctx); return nil })
 	}
+	goSafe("routing", func() error { return a.routing.run(gctx) })
 	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
 	goSafe("vault-probe", func() error { a.probeVault(gctx); return nil })
 	goSafe("shutdown", func() error {

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/credinject/credinject/authz"
 )
 
 // loginVault is the fake Vault as a route's own login sees it: it records
@@ -17,6 +19,8 @@ type loginVault struct {
 	l   login
 	mu  *sync.Mutex
 	log *[]string
+	// refuse: the login's role is not bound to this identity.
+	refuse string
 }
 
 func (v loginVault) note(s string) {
@@ -27,6 +31,9 @@ func (v loginVault) note(s string) {
 
 func (v loginVault) Login(ctx context.Context, jwt string) (vaultLogin, error) {
 	v.note("login " + v.l.role + "@" + v.l.authMount)
+	if v.refuse != "" && strings.Contains(jwt, v.refuse) {
+		return vaultLogin{}, authz.Deny(authz.ReasonVaultDenied, errForbidden)
+	}
 	return v.fakeVault.Login(ctx, jwt)
 }
 
@@ -67,5 +74,31 @@ func TestRouteOwnLogin(t *testing.T) {
 	r.w.Forget(id)
 	if n := r.vault.liveTokens(); n != 0 {
 		t.Errorf("%d live Vault tokens after Forget; want 0", n)
+	}
+}
+
+// TestRouteOwnLoginRefused: Vault refusing a route's own login denies that
+// route (vault_denied), never the identity's other routes.
+func TestRouteOwnLoginRefused(t *testing.T) {
+	own := Route{Name: "own", Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {api_key}",
+		Vault: VaultOverride{Role: "second"}}
+	r := newRig(t, kvRoute, own)
+	var (
+		mu  sync.Mutex
+		log []string
+	)
+	r.w.newVault = func(l login) vault { return loginVault{fakeVault: r.vault, l: l, mu: &mu, log: &log, refuse: "ns/sa"} }
+	id, tok := r.identity("ns", "sa", "k")
+	if e, err := r.miss("", id, tok); err != nil || e.Value != "Bearer k" {
+		t.Fatalf("default route: %+v %v", e, err)
+	}
+	if e, err := r.miss("own", id, tok); err != nil || e.Denied != authz.ReasonVaultDenied {
+		t.Fatalf("own route: %+v %v; want vault_denied", e, err)
+	}
+	if e := r.entry("", id); e == nil || e.Denied != authz.ReasonNone || e.Value != "Bearer k" {
+		t.Errorf("the default route after the own login's refusal: %+v", e)
+	}
+	if e, err := r.miss("", id, tok); err != nil || e.Value != "Bearer k" {
+		t.Errorf("default route after: %+v %v", e, err)
 	}
 }

@@ -132,6 +132,11 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 		}
 		e, err := w.read(cctx, x, r)
 		cancel()
+		if classify(err) == outcomeRefused && loginOf(r.def) != (login{}) {
+			// A route's own login was refused: that login's routes are
+			// denied (read did), not the identity.
+			err = nil
+		}
 		note(err)
 		answers[r.route] = answer{entry: e, err: err}
 	}
@@ -331,9 +336,10 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 			rs.due = NextRefresh(now, interval, cred.Expires, w.cfg.Jitter())
 		}
 	case outcomeRefused:
-		// A refusal applies to the identity: stop serving every route.
+		// A refusal applies to the identity's login: stop serving every
+		// route that logs in alike.
 		w.metrics.refreshes.WithLabelValues(r.trigger.String(), "denied", src).Inc()
-		return w.denyAll(x, r.route, r.trigger), err
+		return w.denyLogin(x, r.route, r.trigger, loginOf(&rt)), err
 	case outcomeNoCredential:
 		reason := authz.ReasonOf(err)
 		result = map[authz.Reason]string{authz.ReasonNoCredential: "not_found", authz.ReasonInvalidCredential: "invalid",
@@ -358,9 +364,17 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 // denyAll stores a vault_denied entry for every route and returns the one
 // for route.
 func (w *Watcher) denyAll(x *identity, route string, t Trigger) *cache.Entry {
+	return w.denyLogin(x, route, t, login{})
+}
+
+// denyLogin is denyAll for the routes that log in with l.
+func (w *Watcher) denyLogin(x *identity, route string, t Trigger, l login) *cache.Entry {
 	now := w.cfg.Clock.Now()
 	var mine *cache.Entry
 	for name, def := range w.table() {
+		if loginOf(def) != l {
+			continue
+		}
 		e := w.negative(x, name, authz.ReasonVaultDenied, now)
 		rs := x.route(name)
 		rs.def, rs.due, rs.retry = def, time.Time{}, false

@@ -66,7 +66,9 @@ type Config struct {
 	AuthMount string
 	Role      string
 	KVMount   string
-	Routes    []Route
+	// Routes are the first routes (none: every request is no_route
+	// until ReplaceRoutes gives some).
+	Routes []Route
 	// Refresh is the re-read interval; StaleGrace how long after its last
 	// successful read a credential is served while Vault is unreachable;
 	// DeniedTTL how long a refusal is cached.
@@ -199,8 +201,8 @@ func providers(cfg Config, v vault, m *metrics) map[Source]Provider {
 // newWatcher builds a Watcher over any vault (tests pass fakes); ps
 // overrides the providers of some sources.
 func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watcher, error) {
-	if cfg.Store == nil || len(cfg.Routes) == 0 {
-		return nil, errors.New("watcher: a Store and at least one Route are required")
+	if cfg.Store == nil {
+		return nil, errors.New("watcher: a Store is required")
 	}
 	if cfg.Refresh <= 0 || cfg.DeniedTTL <= 0 || cfg.StaleGrace < 0 || cfg.RefreshWithEvents < 0 || cfg.ReloginInterval < 0 {
 		return nil, fmt.Errorf("watcher: Refresh (%v) and DeniedTTL (%v) must be positive, StaleGrace (%v), RefreshWithEvents (%v) and ReloginInterval (%v) not negative",

@@ -224,7 +224,7 @@ func fileRoute(spec map[string]any) (string, bool) {
 // repository root.
 type kubectlCmd struct{ bin, kubeconfig string }
 
-func newKubectl(t *testing.T, env *testenv.Env) kubectlCmd {
+func newKubectl(t testing.TB, env *testenv.Env) kubectlCmd {
 	t.Helper()
 	kubeDir, err := testenv.ToolDir("kube")
 	if err != nil {
@@ -238,7 +238,7 @@ func newKubectl(t *testing.T, env *testenv.Env) kubectlCmd {
 }
 
 // run returns kubectl's combined output and its error.
-func (k kubectlCmd) run(ctx context.Context, t *testing.T, stdin []byte, args ...string) (string, error) {
+func (k kubectlCmd) run(ctx context.Context, t testing.TB, stdin []byte, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, k.bin, append([]string{"--kubeconfig", k.kubeconfig}, args...)...)
 	cmd.Dir = repoRoot(t)
@@ -249,7 +249,7 @@ func (k kubectlCmd) run(ctx context.Context, t *testing.T, stdin []byte, args ..
 }
 
 // must is run, failing the test on error.
-func (k kubectlCmd) must(ctx context.Context, t *testing.T, stdin []byte, args ...string) string {
+func (k kubectlCmd) must(ctx context.Context, t testing.TB, stdin []byte, args ...string) string {
 	t.Helper()
 	out, err := k.run(ctx, t, stdin, args...)
 	if err != nil {

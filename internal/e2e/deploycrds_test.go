@@ -32,7 +32,7 @@ var notManifests = map[string]string{
 // installCRDs installs, server-side, the CRDs of every project deploy/
 // targets, as each ships them in its own Go module (the bed's crds tool),
 // and credinject's own, and waits until the API server serves them.
-func installCRDs(ctx context.Context, t *testing.T, kubectl kubectlCmd) {
+func installCRDs(ctx context.Context, t testing.TB, kubectl kubectlCmd) {
 	t.Helper()
 	dir, err := testenv.ToolDir("crds")
 	if err != nil {

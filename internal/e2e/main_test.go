@@ -23,7 +23,7 @@ import (
 func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
 
 // repoRoot is the module's root (tests run in internal/e2e).
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {

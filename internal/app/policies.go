@@ -251,7 +251,9 @@ func (a *App) ReloadConfig(ctx context.Context) { a.routing.Reload(ctx, true) }
 
 // PolicyLeader reports whether this replica writes CredentialPolicy status
 // (false with policies off).
-func (a *App) PolicyLeader() bool { return a.routing.controller != nil && a.routing.controller.Leader() }
+func (a *App) PolicyLeader() bool {
+	return a.routing.controller != nil && a.routing.controller.Leader()
+}
 
 func (r *routing) refuse(err error) {
 	r.reloads.WithLabelValues("error").Inc()

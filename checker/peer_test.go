@@ -13,6 +13,8 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc/peer"
 
 	"github.com/credinject/credinject/authz"
@@ -308,4 +310,68 @@ func TestPeerHTTP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPeerDecisionsNameTheirSource: the audit trail's Use, the metrics and
+// the Check span say which source gave the identity.
+func TestPeerDecisionsNameTheirSource(t *testing.T) {
+	var mu sync.Mutex
+	var uses []checker.Use
+	rec := checker.RecorderFunc(func(u checker.Use) { mu.Lock(); uses = append(uses, u); mu.Unlock() })
+	sr := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
+	r := newRigMod(t, nil, true, rec, checker.Tracing{TracerProvider: tp, SamplingRatio: 1}, func(c *checker.Config) {
+		c.Sources, c.TrustDomain, c.PeerLogins = []authz.IdentitySource{authz.SourcePeer, authz.SourceToken}, trustDomain, &peerLogins{}
+	}, &checker.GRPCOptions{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}})
+	r.put(t, "", "a", "b", "authorization", "Bearer k")
+	checkFrom(t, r, from(gatewayAddr), peerRequest("", "spiffe://cluster.local/ns/a/sa/b", "h"))
+	checkFrom(t, r, from(gatewayAddr), peerRequest("Bearer "+r.token(t, "a", "b"), "", "h"))
+	mu.Lock()
+	defer mu.Unlock()
+	if len(uses) != 2 || uses[0].IdentitySource != authz.SourcePeer || uses[0].Identity.Key != "a/b" || uses[1].IdentitySource != authz.SourceToken {
+		t.Fatalf("uses %+v", uses)
+	}
+	spans := sr.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	for i, want := range []string{"peer", "token"} {
+		found := false
+		for _, a := range spans[i].Attributes() {
+			if a.Key == checker.AttrIdentitySource && a.Value.AsString() == want {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("span %d attributes %v, want credinject.identity_source=%s", i, spans[i].Attributes(), want)
+		}
+	}
+	if got := counterOf(t, r, "allow", "", "peer"); got != 1 {
+		t.Fatalf(`credinject_check_total{result="allow",identity_source="peer"} = %v`, got)
+	}
+}
+
+// counterOf finds credinject_check_total{result,reason,identity_source}.
+func counterOf(t *testing.T, r *rig, result, reason, source string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "credinject_check_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			if l["result"] == result && l["reason"] == reason && l["identity_source"] == source {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no credinject_check_total{result=%q,reason=%q,identity_source=%q}", result, reason, source)
+	return 0
 }

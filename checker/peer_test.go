@@ -15,6 +15,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	"github.com/credinject/credinject/authz"
@@ -374,4 +375,26 @@ func counterOf(t *testing.T, r *rig, result, reason, source string) float64 {
 	}
 	t.Fatalf("no credinject_check_total{result=%q,reason=%q,identity_source=%q}", result, reason, source)
 	return 0
+}
+
+// TestPeerFromNamedClient: with named client certificates required
+// (listen.tls.clientNames: the handshake refused everyone else), a TLS
+// caller's principal counts wherever it connects from; a plaintext one's
+// does not.
+func TestPeerFromNamedClient(t *testing.T) {
+	pl := &peerLogins{}
+	r := newRigMod(t, nil, true, nil, checker.Tracing{}, func(c *checker.Config) {
+		c.Sources, c.TrustDomain, c.PeerLogins = []authz.IdentitySource{authz.SourcePeer}, trustDomain, pl
+	}, &checker.GRPCOptions{NamedClients: true})
+	r.put(t, "", "a", "b", "authorization", "Bearer k")
+	q := peerRequest("", "spiffe://cluster.local/ns/a/sa/b", "h")
+	addr := net.TCPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.9:5000"))
+	tlsPeer := peer.NewContext(context.Background(), &peer.Peer{Addr: addr, AuthInfo: credentials.TLSInfo{}})
+	plainPeer := peer.NewContext(context.Background(), &peer.Peer{Addr: addr})
+	if got := checkFrom(t, r, tlsPeer, q); got != "allow authorization=Bearer k" {
+		t.Fatalf("named TLS client: %s", got)
+	}
+	if got := checkFrom(t, r, plainPeer, q); got != "deny 401 missing_token" {
+		t.Fatalf("plaintext client: %s", got)
+	}
 }

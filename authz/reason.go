@@ -37,6 +37,11 @@ const (
 	// certificate the client CA signed, but naming none of
 	// listen.tls.clientNames: it is not the gateway, and gets nothing.
 	ReasonClientNotAllowed Reason = "client_not_allowed"
+	// ReasonInvalidPeer: a trusted caller vouched for a mesh peer whose
+	// identity is not spiffe://<identity.peer.trustDomain>/ns/<namespace>/sa/<name>
+	// with valid names (another trust domain, another shape), or sent a
+	// peer header that cannot be read.
+	ReasonInvalidPeer Reason = "invalid_peer"
 	// ReasonSubjectNotAllowed: the route of the request's host and path
 	// (a CredentialPolicy's) lists subjects, and the caller's identity is
 	// none of them.
@@ -49,7 +54,7 @@ var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
 	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
 	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointRefused,
-	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonSubjectNotAllowed, ReasonInternal,
+	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInvalidPeer, ReasonSubjectNotAllowed, ReasonInternal,
 }
 
 // Known reports whether r is ReasonNone or one of Reasons.
@@ -72,7 +77,7 @@ func (r Reason) Status() int {
 	switch r {
 	case ReasonNone:
 		return 200
-	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount:
+	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount, ReasonInvalidPeer:
 		return 401
 	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused, ReasonClientNotAllowed,
 		ReasonSubjectNotAllowed:

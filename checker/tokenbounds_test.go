@@ -126,7 +126,7 @@ func (r *boundsRig) decide(t *testing.T, token string, n int) map[string]int {
 		go func() {
 			defer wg.Done()
 			for i := g; i < n; i += 10 {
-				d := r.c.Decide(context.Background(), "Bearer "+token, "h", "/")
+				d := r.c.Decide(context.Background(), "Bearer "+token, "h")
 				mu.Lock()
 				got[string(d.Reason)]++
 				mu.Unlock()
@@ -310,15 +310,15 @@ func TestLookupBudgetSpent(t *testing.T) {
 		r.api.set(ns+"/sa", "uid-sa")
 		r.put(t, "", ns, "sa", "authorization", "Bearer k")
 	}
-	if d := r.c.Decide(context.Background(), "Bearer "+r.token(t, "a", "sa"), "h", "/"); d.Reason != authz.ReasonNone {
+	if d := r.c.Decide(context.Background(), "Bearer "+r.token(t, "a", "sa"), "h"); d.Reason != authz.ReasonNone {
 		t.Fatalf("first: %q", d.Reason)
 	}
 	tokB := "Bearer " + r.token(t, "b", "sa")
-	if d := r.c.Decide(context.Background(), tokB, "h", "/"); d.Reason != authz.ReasonTokenReviewUnavailable {
+	if d := r.c.Decide(context.Background(), tokB, "h"); d.Reason != authz.ReasonTokenReviewUnavailable {
 		t.Fatalf("over budget: %q", d.Reason)
 	}
 	r.informer.add("b/sa", "uid-sa")
-	if d := r.c.Decide(context.Background(), tokB, "h", "/"); d.Reason != authz.ReasonNone {
+	if d := r.c.Decide(context.Background(), tokB, "h"); d.Reason != authz.ReasonNone {
 		t.Fatalf("once the informer knows it: %q", d.Reason)
 	}
 	if n := r.api.gets.Load(); n != 1 {

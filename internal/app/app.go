@@ -7,6 +7,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/audit"
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
@@ -60,6 +62,10 @@ type Options struct {
 	// of it in [0, 1) (watcher.Config.ReloginPhase; nil: uniform). Tests
 	// that move a fake clock pass 0: the relogin at the full interval.
 	ReloginPhase func() float64
+	// Minter, with NoKubernetes, mints the tokens peer identities log in
+	// to Vault with (credinject dev's issuer); with Kubernetes,
+	// TokenRequest does.
+	Minter watcher.TokenMinter
 	// ConfigPath is the config file, reloaded when it changes (checked
 	// every ReloadInterval, default 5s) and on SIGHUP; empty: no reload.
 	ConfigPath     string
@@ -245,9 +251,15 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 	}); err != nil {
 		return fmt.Errorf("vault (vault.caFile, vault.clientCertFile, vault.clientKeyFile or VAULT_* environment): %w", err)
 	}
-	var minter watcher.TokenMinter
-	if kc != nil && len(cfg.Prefetch.Namespaces) > 0 {
+	// Prefetched identities and mesh peers present no token: the watcher
+	// requests one for them (audience kubernetes.audiences, as Vault's role
+	// expects).
+	minter := a.opts.Minter
+	if kc != nil && (len(cfg.Prefetch.Namespaces) > 0 || cfg.Identity.HasPeer()) {
 		minter = kube.TokenRequester{Client: kc, Audiences: cfg.Kubernetes.Audiences, TTL: time.Hour}
+	}
+	if cfg.Identity.HasPeer() && minter == nil {
+		return errors.New("identity.sources: peer needs Kubernetes (TokenRequest) to log in to Vault as a peer")
 	}
 	a.watcher, err = watcher.New(watcher.Config{
 		Vault: a.vault, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
@@ -304,8 +316,20 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.reqLog.With("component", "checker"),
 		Clock: a.opts.Clock, Recorder: a.recorder(),
 		Tracing: checker.Tracing{TracerProvider: a.tracerProviderOrNil(), SamplingRatio: cfg.Tracing.SamplingRatio},
+		Sources: identitySources(cfg.Identity), TrustDomain: cfg.Identity.Peer.TrustDomain, PeerLogins: a.watcher,
 	})
 	return err
+}
+
+// identitySources are identity.sources, validated by config.
+func identitySources(c config.Identity) []authz.IdentitySource {
+	var ss []authz.IdentitySource
+	for _, s := range c.Sources {
+		if src, ok := authz.ParseIdentitySource(s); ok {
+			ss = append(ss, src)
+		}
+	}
+	return ss
 }
 
 func watcherRoutes(cfg config.Config) []watcher.Route {

@@ -46,6 +46,8 @@ type Config struct {
 	Tracing Tracing `yaml:"tracing"`
 	// Debug serves /debug/pprof on its own listener (off by default).
 	Debug Debug `yaml:"debug"`
+	// Identity says where a request's identity comes from (identity.go).
+	Identity Identity `yaml:"identity"`
 	// Policies turns on CredentialPolicy resources (policies.go).
 	Policies Policies `yaml:"policies"`
 }
@@ -318,8 +320,9 @@ func Default() Config {
 
 			DeniedCapacity: 1 << 16,
 		},
-		Audit:   Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
-		Tracing: Tracing{SamplingRatio: 0.01},
+		Audit:    Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
+		Tracing:  Tracing{SamplingRatio: 0.01},
+		Identity: defaultIdentity(),
 	}
 }
 
@@ -536,6 +539,7 @@ func (c *Config) Validate() error {
 		checkAddr("debug.listen", c.Debug.Listen)
 	}
 	c.checkRoutes(bad)
+	c.checkIdentity(bad)
 	c.checkPolicies(bad)
 	return errors.Join(errs...)
 }

@@ -73,11 +73,13 @@ func TestHelmChart(t *testing.T) {
 		namespaces []string
 		natsURL    bool
 		tls        bool
+		policies   bool
 	}{
 		{name: "defaults"},
 		{name: "prefetch", set: []string{"prefetch.namespaces={helm-team-a}"}, namespaces: []string{"helm-team-a"}},
 		{name: "nats", set: []string{"nats.url=nats://nats.nats.svc.cluster.local:4222"}, natsURL: true},
 		{name: "tls", set: []string{"tls.enabled=true"}, tls: true},
+		{name: "policies", set: []string{"policies.enabled=true", "policies.namespaces={helm-team-a}"}, policies: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var sets []string
@@ -145,6 +147,9 @@ func TestHelmChart(t *testing.T) {
 			if tc.tls {
 				checkTLSOverlay(t, cfg, dep, secret)
 			}
+			if cfg.Policies.Enabled != tc.policies || (tc.policies && (!cfg.Policies.LeaderElectionEnabled() || !slices.Equal(cfg.Policies.Namespaces, []string{"helm-team-a"}))) {
+				t.Fatalf("policies %+v", cfg.Policies)
+			}
 			checkHealthPort(t, cfg, dep)
 			checkGatewayOnly(t, cfg, dep, np)
 
@@ -166,6 +171,15 @@ func TestHelmChart(t *testing.T) {
 			}
 			for _, n := range tc.namespaces {
 				want = append(want, authzv1.ResourceAttributes{Namespace: n, Resource: "serviceaccounts", Subresource: "token", Verb: "create"})
+			}
+			if tc.policies {
+				want = append(want,
+					authzv1.ResourceAttributes{Group: "credinject.io", Resource: "credentialpolicies", Verb: "list"},
+					authzv1.ResourceAttributes{Group: "credinject.io", Resource: "credentialpolicies", Verb: "watch"},
+					authzv1.ResourceAttributes{Group: "credinject.io", Resource: "credentialpolicies", Subresource: "status", Verb: "update"},
+					authzv1.ResourceAttributes{Group: "gateway.networking.k8s.io", Resource: "httproutes", Verb: "watch"},
+					authzv1.ResourceAttributes{Group: "coordination.k8s.io", Namespace: ns, Resource: "leases", Verb: "update"},
+					authzv1.ResourceAttributes{Group: "coordination.k8s.io", Namespace: ns, Resource: "leases", Verb: "create"})
 			}
 			for _, ra := range want {
 				r, err := as.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,

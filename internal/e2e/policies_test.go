@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/credinject/credinject/api/v1alpha1"
@@ -121,10 +123,8 @@ func (b *policyBed) apply(t testing.TB, name string, spec map[string]any) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res := b.dyn.Resource(policies.PolicyResource).Namespace(b.ns)
-	cur, err := res.Get(ctx, name, metav1.GetOptions{})
-	if err == nil {
-		cur.Object["spec"] = spec
-		if _, err := res.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+	if _, err := res.Get(ctx, name, metav1.GetOptions{}); err == nil {
+		if err := replaceSpec(ctx, res, name, spec); err != nil {
 			t.Fatalf("update %s: %v", name, err)
 		}
 		return
@@ -527,12 +527,7 @@ func BenchmarkPolicyChangeToHotPath(b *testing.B) {
 	for i := range 100 {
 		want := fmt.Sprintf("allow x-bench-%d=sk-a", i)
 		spec["inject"] = map[string]any{"header": fmt.Sprintf("x-bench-%d", i), "value": "{api_key}"}
-		cur, err := res.Get(ctx, "bench", metav1.GetOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		cur.Object["spec"] = spec
-		if _, err := res.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		if err := replaceSpec(ctx, res, "bench", spec); err != nil {
 			b.Fatal(err)
 		}
 		start := time.Now()
@@ -554,6 +549,17 @@ func BenchmarkPolicyChangeToHotPath(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// replaceSpec replaces a policy's spec with a JSON patch: no conflict with
+// the status credinject writes meanwhile.
+func replaceSpec(ctx context.Context, res dynamic.ResourceInterface, name string, spec map[string]any) error {
+	patch, err := json.Marshal([]map[string]any{{"op": "replace", "path": "/spec", "value": spec}})
+	if err != nil {
+		return err
+	}
+	_, err = res.Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{})
+	return err
 }
 
 func fromUnstructured(u *unstructured.Unstructured, into any) error {

@@ -38,5 +38,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $prefetch := get $c "prefetch" | default dict -}}
 {{- $_ := set $prefetch "namespaces" (.Values.prefetch.namespaces | default list) -}}
 {{- $_ := set $c "prefetch" $prefetch -}}
+{{- if .Values.policies.enabled -}}
+{{- $_ := set $c "policies" (dict "enabled" true "namespaces" (.Values.policies.namespaces | default list) "leaderElection" .Values.policies.leaderElection) -}}
+{{- end -}}
 {{- toYaml $c -}}
 {{- end -}}

@@ -45,6 +45,12 @@
 //     kind of credential for (identity, route): KV v2, a leased read of any
 //     path (renewed, re-read before max TTL, replaced lease revoked), an
 //     OAuth2 access token (client credentials), a Vault identity token.
+//   - login.go: a route with its own Vault login (Route.Vault: role, auth
+//     mount, namespace; a CredentialPolicy's) gets, per identity, a session
+//     of its own beside the default one, offered the same service-account
+//     tokens and retired and closed with it; its Vault client and providers
+//     are made once per distinct login. A refusal of that login denies the
+//     routes that use it, not the identity.
 //   - prefetch.go: the Prefetcher follows the ServiceAccount informer; it
 //     paces the first pass (prefetch.concurrency identities asked of the
 //     executor at once) and does no credential work itself.

@@ -378,8 +378,8 @@ func checkGatewayOnly(t *testing.T, cfg config.Config, dep *appsv1.Deployment, n
 }
 
 // TestIstioManifests renders deploy/istio and deploy/istio/mesh with kubectl
-// kustomize (the bed has no Istio CRDs to apply them to) and checks what
-// each setup relies on: the CUSTOM policy naming the credinject provider;
+// kustomize and checks what each setup relies on (that the API server
+// accepts them, Istio's CRDs installed, is TestDeployManifestsAgainstTheirAPIs'): the CUSTOM policy naming the credinject provider;
 // for the mesh setup, ISTIO_MUTUAL from the sidecars to the gateway and on
 // its server, and credinject reachable only by the gateway's identity.
 func TestIstioManifests(t *testing.T) {

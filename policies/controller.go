@@ -187,6 +187,15 @@ func (c *Controller) SetConfig(cfg config.Config) {
 	c.queue.Add(syncKey)
 }
 
+// Applied reports whether a table compiled from the policies has been
+// served once (readiness waits for it: a replica that started serves no
+// policy before).
+func (c *Controller) Applied() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applied != nil
+}
+
 // Leader reports whether this replica writes status.
 func (c *Controller) Leader() bool { return c.leader.Load() }
 

@@ -309,7 +309,8 @@ func (a *App) waitReady(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		ok := (a.sas == nil || a.sas.HasSynced()) && (a.bound == nil || a.bound.HasSynced()) && (a.prefetch == nil || a.prefetch.Ready())
+		ok := (a.sas == nil || a.sas.HasSynced()) && (a.bound == nil || a.bound.HasSynced()) && (a.prefetch == nil || a.prefetch.Ready()) &&
+			(a.routing.controller == nil || a.routing.controller.Applied())
 		if ok {
 			a.ready.Store(true)
 			a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

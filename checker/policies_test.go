@@ -170,3 +170,31 @@ func BenchmarkCheckPolicies(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRouterRoute is the router alone: one route, and 1,000 routes on
+// 1,000 hosts with a path prefix and subjects, asked for each host in turn.
+func BenchmarkRouterRoute(b *testing.B) {
+	for _, n := range []int{1, 1_000} {
+		b.Run(fmt.Sprintf("routes=%d", n), func(b *testing.B) {
+			routes := make([]checker.Route, n)
+			hosts := make([]string, n)
+			for i := range n {
+				hosts[i] = fmt.Sprintf("h-%d.example", i)
+				routes[i] = checker.Route{Name: fmt.Sprintf("p-%d", i), Hosts: []string{hosts[i]}, Paths: []string{"/v1/"},
+					Subjects: &checker.Subjects{Namespaces: []string{fmt.Sprintf("ns-%d", i)}}}
+			}
+			r, err := checker.NewRouter(routes, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if r.Route(hosts[i%n], "/v1/chat/completions") == nil {
+					b.Fatal("no route")
+				}
+				i += 7919
+			}
+		})
+	}
+}

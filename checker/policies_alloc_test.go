@@ -29,4 +29,3 @@ func TestPolicyHitAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per hit", n)
 	}
 }
-

@@ -120,7 +120,8 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 	}
 	r.validator, r.router = v, router
 	r.c, err = checker.New(checker.Config{
-		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
+		TokenCacheSize: 1 << 16,
+		Validator:      v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: r.sas,
 		BoundObjects: checker.BoundObjectsFunc(func(kind checker.BoundKind, key, uid string) bool {
 			if r.bound != nil {
@@ -578,7 +579,8 @@ func TestNewTokensAreOffered(t *testing.T) {
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}}
 	c, err := checker.New(checker.Config{
-		Validator: r.validator, Credentials: r.creds, Router: r.router, Audiences: []string{aud}, Clock: r.clock,
+		TokenCacheSize: 1 << 16,
+		Validator:      r.validator, Credentials: r.creds, Router: r.router, Audiences: []string{aud}, Clock: r.clock,
 		Source: sink, TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 	})
 	if err != nil {

@@ -64,7 +64,8 @@ type Config struct {
 	// Audiences are folded into the token MAC key.
 	Audiences  []string
 	TokenCache TokenCacheConfig
-	// TokenCacheSize bounds the token-result cache (entries).
+	// TokenCacheSize bounds the token-result cache (entries, cache.capacity);
+	// required.
 	TokenCacheSize int64
 	// SourceTimeout bounds a miss's call to the Source.
 	SourceTimeout time.Duration

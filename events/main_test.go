@@ -227,6 +227,9 @@ func runSubscriber(t *testing.T, cfg SubscriberConfig) *running {
 	if cfg.ReconnectWait == 0 {
 		cfg.ReconnectWait = 20 * time.Millisecond
 	}
+	if cfg.MinInterval == 0 {
+		cfg.MinInterval = time.Second
+	}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	logs := &syncBuffer{}

@@ -21,7 +21,7 @@ func TestConnectErrorsNeverEchoCredentials(t *testing.T) {
 		}
 		logs := &syncBuffer{}
 		rec := newRecorder()
-		s, err := NewSubscriber(SubscriberConfig{URL: u, Subject: "credinject.rotated", Refresher: rec, Resyncer: rec,
+		s, err := NewSubscriber(SubscriberConfig{URL: u, Subject: "credinject.rotated", MinInterval: time.Second, Refresher: rec, Resyncer: rec,
 			Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconnectWait: 10 * time.Millisecond})
 		if err != nil {
 			// Refused at construction: the error must not echo it either.

@@ -67,7 +67,6 @@ const (
 	DefaultRefreshTimeout = 10 * time.Second
 	DefaultResyncTimeout  = 2 * time.Minute
 	DefaultQueueSize      = 1024
-	DefaultMinInterval    = time.Second
 	DefaultDedupeSize     = 10000
 	DefaultDedupeWindow   = 10 * time.Minute
 	DefaultReconnectWait  = 250 * time.Millisecond
@@ -87,7 +86,8 @@ type SubscriberConfig struct {
 	// Empty disables the subscriber: Run only waits for its context and
 	// Status reports StatusDisabled.
 	URL string
-	// Subject to subscribe to; default DefaultSubject. Wildcards are allowed.
+	// Subject to subscribe to (config events.subject); required unless
+	// disabled. Wildcards are allowed.
 	Subject string
 	// Refresher receives every valid event. Required unless disabled.
 	Refresher Refresher
@@ -113,8 +113,8 @@ type SubscriberConfig struct {
 	// replaced by a resync; default DefaultQueueSize.
 	QueueSize int
 	// MinInterval is the least time between two refreshes of scopes that
-	// share an identity and route (config events.minInterval; default
-	// DefaultMinInterval): events arriving meanwhile wait and coalesce
+	// share an identity and route (config events.minInterval; required
+	// unless disabled): events arriving meanwhile wait and coalesce
 	// into one refresh at the end of the interval, so each credential is
 	// re-read at most once per interval, and always after the last event.
 	MinInterval time.Duration
@@ -174,9 +174,6 @@ type Subscriber struct {
 // NewSubscriber checks cfg, fills in defaults and registers the metrics. It
 // does not connect; Run does.
 func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
-	if cfg.Subject == "" {
-		cfg.Subject = DefaultSubject
-	}
 	if cfg.RefreshTimeout <= 0 {
 		cfg.RefreshTimeout = DefaultRefreshTimeout
 	}
@@ -185,9 +182,6 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
-	}
-	if cfg.MinInterval <= 0 {
-		cfg.MinInterval = DefaultMinInterval
 	}
 	if cfg.DedupeSize <= 0 {
 		cfg.DedupeSize = DefaultDedupeSize
@@ -209,6 +203,9 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	if !disabled {
 		if err := checkSubject(cfg.Subject, true); err != nil {
 			return nil, fmt.Errorf("events: %w: %w", ErrInvalidConfig, err)
+		}
+		if cfg.MinInterval <= 0 {
+			return nil, fmt.Errorf("events: %w: MinInterval %v is not positive", ErrInvalidConfig, cfg.MinInterval)
 		}
 		if cfg.Refresher == nil {
 			return nil, fmt.Errorf("events: %w: no Refresher", ErrInvalidConfig)

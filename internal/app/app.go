@@ -292,27 +292,28 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 	return err
 }
 
+// watcherRoutes is every route the watcher reads, the default route (no
+// name) first when it is on.
 func watcherRoutes(cfg config.Config) []watcher.Route {
 	var rs []watcher.Route
-	if cfg.HasDefaultRoute() {
-		rs = append(rs, watcher.Route{
-			Name: "", Source: watcher.Source(cfg.Source), Path: cfg.Vault.Path, Header: cfg.Inject.Header, Value: cfg.Inject.Value,
-			TokenURL: cfg.TokenURL, Scopes: cfg.Scopes, ClientAuth: watcher.ClientAuth(cfg.ClientAuth),
-		})
-	}
-	for _, r := range cfg.Routes {
-		rs = append(rs, watcher.Route{
-			Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value,
-			TokenURL: r.TokenURL, Scopes: r.Scopes, ClientAuth: watcher.ClientAuth(r.ClientAuth),
-		})
+	for _, r := range cfg.AllRoutes() {
+		wr := watcher.Route{Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value}
+		if o := r.OAuth2; o != nil {
+			wr.TokenURL, wr.Scopes, wr.ClientAuth = o.TokenURL, o.Scopes, watcher.ClientAuth(o.ClientAuth)
+		}
+		rs = append(rs, wr)
 	}
 	return rs
 }
 
+// checkerRoutes is the routes with hosts; the default route is the router's
+// hasDefault.
 func checkerRoutes(cfg config.Config) []checker.Route {
 	rs := make([]checker.Route, 0, len(cfg.Routes))
-	for _, r := range cfg.Routes {
-		rs = append(rs, checker.Route{Name: r.Name, Hosts: r.Hosts})
+	for _, r := range cfg.AllRoutes() {
+		if r.Name != "" {
+			rs = append(rs, checker.Route{Name: r.Name, Hosts: r.Hosts})
+		}
 	}
 	return rs
 }

@@ -20,14 +20,14 @@ setup:
 
 # The test bed's real servers (Vault, kube-apiserver, kubectl, Ory Hydra,
 # promtool, an OTLP receiver),
-# built from the Go module proxy into ~/.cache/credinject/tools, in parallel;
-# cached by version.
+# built from the Go module proxy into ~/.cache/credinject/tools in three
+# parallel lanes; cached by version. Each lane prints its progress as it
+# goes, every line prefixed by the tool's name.
 tools:
-	@$(TOOLS) vault > .tools-vault.log 2>&1 & v=$$!; \
-	 $(TOOLS) kube  > .tools-kube.log 2>&1 & k=$$!; \
-	 $(TOOLS) hydra promtool otlpsink > .tools-hydra.log 2>&1 & h=$$!; \
+	@$(TOOLS) vault & v=$$!; \
+	 $(TOOLS) kube & k=$$!; \
+	 $(TOOLS) hydra promtool otlpsink & h=$$!; \
 	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \
-	 cat .tools-vault.log .tools-kube.log .tools-hydra.log; rm -f .tools-vault.log .tools-kube.log .tools-hydra.log; \
 	 test $$rv -eq 0 -a $$rk -eq 0 -a $$rh -eq 0
 
 # Unit packages test with fakes and need nothing; the bed-backed tests live in

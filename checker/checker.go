@@ -12,6 +12,7 @@ import (
 
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // CredentialSource fills the credential cache on a miss: it obtains the
@@ -165,8 +166,8 @@ func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Dec
 		route string
 	)
 	defer func() {
-		if p := recover(); p != nil {
-			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
+		if err := panics.Recovered(c.metrics.panics, "check", recover()); err != nil {
+			c.cfg.Log.Error("panic in check; denying", "err", err)
 			d = Decision{Reason: authz.ReasonInternal}
 		}
 		counter, known := c.metrics.checks[d.Reason]

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/credinject/credinject/internal/panics"
 	"github.com/credinject/credinject/internal/redact"
 )
 
@@ -462,7 +463,7 @@ func (s *Subscriber) refresh(ctx context.Context, w *waitingScope, settled []*wa
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
-	err := guard(func() error { return s.cfg.Refresher.Refresh(ctx, w.r) })
+	err := panics.Guard(s.m.panics, "events", func() error { return s.cfg.Refresher.Refresh(ctx, w.r) })
 	if err != nil {
 		s.m.refreshErrs.Inc()
 		s.log.Warn("events: refresh failed", "id", w.last.ID, "source", w.last.Source, "rotation", w.r, "coalesced", covered, "err", err)
@@ -483,7 +484,7 @@ func (s *Subscriber) resyncAll(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ResyncTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
-	if err := guard(func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
+	if err := panics.Guard(s.m.panics, "events", func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
 		s.m.resyncErrs.Inc()
 		s.log.Warn("events: resync failed", "triggers", covered, "err", err)
 		return
@@ -506,17 +507,6 @@ func triggerNames(bits uint32) []string {
 		}
 	}
 	return names
-}
-
-// guard turns a panic of the Refresher or Resyncer into an error, so one bad
-// call does not take the process down.
-func guard(f func() error) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
-		}
-	}()
-	return f()
 }
 
 // setConnected records the connection state and reports the previous one.

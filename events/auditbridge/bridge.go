@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/panics"
 	"github.com/credinject/credinject/internal/redact"
 )
 
@@ -260,7 +261,7 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	errs := make(chan error, 2+len(b.cfg.Files))
 	var pubWG sync.WaitGroup
 	pubWG.Go(func() {
-		err := guard("publisher", func() error { p.run(pubCtx, b.cfg.DrainTimeout); return nil })
+		err := panics.Guard(b.m.panics, "auditbridge", func() error { p.run(pubCtx, b.cfg.DrainTimeout); return nil })
 		if err != nil {
 			errs <- err
 			stopInputs()
@@ -270,7 +271,10 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	var inWG sync.WaitGroup
 	start := func(name string, f func(context.Context) error) {
 		inWG.Go(func() {
-			err := guard(name, func() error { return f(inCtx) })
+			err := panics.Guard(b.m.panics, "auditbridge", func() error { return f(inCtx) })
+			if errors.Is(err, panics.ErrPanic) {
+				err = fmt.Errorf("%s: %w", name, err)
+			}
 			if err != nil {
 				errs <- err
 				stopInputs()
@@ -382,16 +386,6 @@ func (b *Bridge) onDisconnect(_ *nats.Conn, err error) {
 
 func (b *Bridge) onConnectError(_ *nats.Conn, err error) {
 	b.log.Debug("auditbridge: NATS connection attempt failed", "err", err)
-}
-
-// guard turns a panic of a long-running loop into an error.
-func guard(name string, f func() error) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("auditbridge: %s: panic: %v", name, p)
-		}
-	}()
-	return f()
 }
 
 // short cuts a value for a log line.

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/panics"
 	"github.com/credinject/credinject/internal/tlsconfig"
 )
 
@@ -202,15 +203,12 @@ func (a *App) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
+	pc, err := panics.NewCounter(a.reg)
+	if err != nil {
+		return err
+	}
 	goSafe := func(name string, f func() error) {
-		g.Go(func() (err error) {
-			defer func() {
-				if p := recover(); p != nil {
-					err = fmt.Errorf("%s: panic: %v", name, p)
-				}
-			}()
-			return f()
-		})
+		g.Go(func() error { return panics.Guard(pc, name, f) })
 	}
 	goSafe("grpc", func() error {
 		if err := a.grpcSrv.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -289,7 +287,7 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(), "debug", a.DebugAddr(), "tracing", a.tracing != nil,
 		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(),
 		"clientNames", len(a.cfg.Listen.TLS.ClientNames), "trustedProxies", a.cfg.Listen.TrustedProxies, "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
-	err := g.Wait()
+	err = g.Wait()
 	if a.audit != nil {
 		// The servers have stopped: the last interval is complete.
 		a.audit.Close()

@@ -38,7 +38,7 @@ test: setup tools lint
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:
-	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/
+	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/ ./auditbridge/ ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/ ./internal/panics/
 
 # Without the race detector, for a quick loop.
 test-short: setup tools
@@ -51,7 +51,7 @@ FUZZTIME    ?= 30s
 FUZZ_TARGETS := \
 	./checker/:FuzzBearerToken ./checker/:FuzzUnverifiedClaims ./checker/:FuzzRouterMatch \
 	./checker/:FuzzRouterPatterns ./checker/:FuzzJWKSToken ./checker/:FuzzJWKSClaims ./checker/:FuzzServeHTTP \
-	./events/:FuzzParse ./events/auditbridge/:FuzzParseLine ./internal/config/:FuzzParse
+	./events/:FuzzParse ./auditbridge/:FuzzParseLine ./internal/config/:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \

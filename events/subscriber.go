@@ -306,17 +306,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	closed := make(chan struct{})
 	opts := append(slices.Clone(s.cfg.Options),
 		nats.Name(s.cfg.Name),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
 		nats.ReconnectWait(s.cfg.ReconnectWait),
 		nats.ReconnectJitter(3*s.cfg.ReconnectWait, 3*s.cfg.ReconnectWait),
-		// Notice a silently dead connection within about a minute.
-		nats.PingInterval(20*time.Second),
-		nats.MaxPingsOutstanding(3),
 		nats.DrainTimeout(5*time.Second),
-		// Refused credentials (rotated, not yet authorised) must not
-		// close the connection for good: keep trying, and say why.
-		nats.IgnoreAuthErrorAbort(),
 		nats.ConnectHandler(s.onConnect),
 		nats.ReconnectHandler(s.onReconnect),
 		nats.DisconnectErrHandler(s.onDisconnect),
@@ -327,9 +319,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			close(closed)
 		}),
 	)
-	nc, err := nats.Connect(s.cfg.URL, opts...)
+	nc, err := KeepConnected(s.cfg.URL, opts...)
 	if err != nil {
-		return fmt.Errorf("events: connect to %s: %w", redact.URLs(s.cfg.URL), redact.Error(err))
+		return fmt.Errorf("events: %w", err)
 	}
 	if _, err := nc.Subscribe(s.cfg.Subject, s.handle); err != nil {
 		nc.Close()

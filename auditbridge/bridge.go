@@ -209,18 +209,11 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	closed := make(chan struct{})
 	opts := append(slices.Clone(b.cfg.NATSOptions),
 		nats.Name(connectionName),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
 		nats.ReconnectWait(b.cfg.ReconnectWait),
 		nats.ReconnectJitter(b.cfg.ReconnectWait, b.cfg.ReconnectWait),
 		// Fail publishes while disconnected instead of holding them in the
 		// client: our own buffer is bounded, coalesces and is counted.
 		nats.ReconnectBufSize(-1),
-		nats.PingInterval(20*time.Second),
-		nats.MaxPingsOutstanding(3),
-		// Refused credentials keep the bridge retrying (and buffering)
-		// instead of closing the connection for good.
-		nats.IgnoreAuthErrorAbort(),
 		nats.ConnectHandler(b.onConnect),
 		nats.ReconnectHandler(b.onConnect),
 		nats.DisconnectErrHandler(b.onDisconnect),
@@ -230,9 +223,9 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
 	)
-	nc, err := nats.Connect(b.cfg.NATSURL, opts...)
+	nc, err := events.KeepConnected(b.cfg.NATSURL, opts...)
 	if err != nil {
-		return fmt.Errorf("auditbridge: connect to %s: %w", redact.URLs(b.cfg.NATSURL), redact.Error(err))
+		return fmt.Errorf("auditbridge: %w", err)
 	}
 	defer func() {
 		b.stopping.Store(true)

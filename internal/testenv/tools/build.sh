@@ -48,7 +48,9 @@ spec() {
 # cold NAME: seconds a build of NAME took on this 2-core machine with empty
 # module and build caches (Vault 659 s, kube-apiserver and kubectl 702 s and
 # Hydra 320 s, the three in parallel; promtool 607 s beside four other builds;
-# otlpsink ASSUMED 300 s, never measured cold alone). Only for the estimates.
+# otlpsink 300 s is a guess: its one measurement, 1039 s with the modules
+# present at nice 19 beside other engineers' builds, says more of the load).
+# Only for the estimates.
 cold() {
   case $1 in
     vault) echo 660 ;; kube) echo 700 ;; hydra) echo 470 ;; promtool) echo 600 ;; otlpsink) echo 300 ;;

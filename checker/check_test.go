@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credinject/credinject/authz"
@@ -351,6 +352,9 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 	set(func() (*cache.Entry, error) { panic("boom") })
 	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
 		t.Fatalf("panic: %q", got)
+	}
+	if n, err := testutil.GatherAndCount(r.reg, "credinject_panics_total"); err != nil || n != 1 {
+		t.Errorf("panics counted in %d series (%v), want 1", n, err)
 	}
 
 	// A negative entry whose reason is outside the closed set is internal.

@@ -250,6 +250,9 @@ func TestSubscriberRefreshErrors(t *testing.T) {
 	if !strings.Contains(run.logs.String(), "refresher bug") {
 		t.Error("the panic is not logged")
 	}
+	if got := metric(t, run.reg, "credinject_panics_total", "component", "events"); got != 1 {
+		t.Errorf("panics counted = %v, want 1", got)
+	}
 }
 
 // TestSubscriberReconnect: a drop asks for exactly one resync (trigger

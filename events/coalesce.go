@@ -18,12 +18,18 @@ import (
 //   - A start also settles the waiting scopes it covers (see subsumes): it
 //     reads after their events arrived. A wider scope that may start goes
 //     before the narrower ones it covers.
+//   - Scopes that may start and overlap start together, as one batch: the
+//     Refresher reads each (identity, route) of the batch once, with the
+//     strongest of their asks (an event naming an identity beats a
+//     wildcard, see BatchRefresher). Neither subsumes the other, so one
+//     started alone would make the other wait a second interval.
 //
 // Nothing is lost: an event either waits (and its scope starts later) or
 // is covered by a start that comes after it, so after the last event of a
 // burst there is always a re-read that starts after it (the trailing edge),
-// at most MinInterval after the previous one. The first event of a quiet
-// period starts at once (the leading edge).
+// at most MinInterval after the previous one, and so within MinInterval of
+// the last event. The first event of a quiet period starts at once (the
+// leading edge).
 //
 // Memory is bounded: at most max scopes wait (add reports the overflow, and
 // the Subscriber resyncs instead), and starts are remembered for one
@@ -69,11 +75,12 @@ func (c *coalescer) add(r Rotation, m Meta) (absorbed, ok bool) {
 	return false, true
 }
 
-// next takes the oldest waiting scope that may start at now and records its
-// start, settling the waiting scopes it covers (returned in settled, for the
-// logs). Without one, wait is how long until the first may start (0: none
-// is waiting).
-func (c *coalescer) next(now time.Time) (w *waitingScope, settled []*waitingScope, wait time.Duration) {
+// next takes the oldest waiting scope that may start at now, with every
+// other waiting scope that may start and overlaps it (batch, the first
+// being the widest), and records their start, settling the waiting scopes
+// they cover (returned in settled, for the logs). Without one, wait is how
+// long until the first may start (0: none is waiting).
+func (c *coalescer) next(now time.Time) (batch, settled []*waitingScope, wait time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for r, at := range c.started {
@@ -89,16 +96,31 @@ func (c *coalescer) next(now time.Time) (w *waitingScope, settled []*waitingScop
 			}
 			continue
 		}
-		x = c.widest(x, now)
+		batch = []*waitingScope{c.widest(x, now)}
+		for grown := true; grown; {
+			grown = false
+			for _, y := range c.waiting {
+				if !slices.Contains(batch, y) && !c.readyAt(y.r).After(now) &&
+					slices.ContainsFunc(batch, func(b *waitingScope) bool { return overlaps(b.r, y.r) }) &&
+					!slices.ContainsFunc(batch, func(b *waitingScope) bool { return subsumes(b.r, y.r) }) {
+					batch, grown = append(batch, y), true
+				}
+			}
+		}
 		c.waiting = slices.DeleteFunc(c.waiting, func(y *waitingScope) bool {
-			if y != x && subsumes(x.r, y.r) {
+			if slices.Contains(batch, y) {
+				return true
+			}
+			if slices.ContainsFunc(batch, func(b *waitingScope) bool { return subsumes(b.r, y.r) }) {
 				settled = append(settled, y)
 				return true
 			}
-			return y == x
+			return false
 		})
-		c.started[x.r] = now
-		return x, settled, 0
+		for _, b := range batch {
+			c.started[b.r] = now
+		}
+		return batch, settled, 0
 	}
 	return nil, nil, wait
 }

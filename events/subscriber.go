@@ -28,6 +28,15 @@ type Refresher interface {
 	Refresh(ctx context.Context, r Rotation) error
 }
 
+// BatchRefresher is a Refresher that re-reads several scopes in one call,
+// each (identity, route) once with the strongest ask of the scopes covering
+// it (an event naming the identity beats a wildcard). The Subscriber uses it,
+// when its Refresher has it, for overlapping scopes that start together (see
+// coalescer); otherwise it calls Refresh for each. The watcher implements it.
+type BatchRefresher interface {
+	RefreshBatch(ctx context.Context, rs []Rotation) error
+}
+
 // Resyncer re-reads every credential. The Subscriber calls it whenever events
 // may have been missed: when the connection drops (once per drop), after a
 // reconnect, when its queue overflowed, when the NATS client dropped
@@ -418,9 +427,9 @@ func (s *Subscriber) work(ctx context.Context) {
 			continue
 		default:
 		}
-		w, settled, wait := s.waiting.next(s.cfg.Clock.Now())
-		if w != nil {
-			s.refresh(ctx, w, settled)
+		batch, settled, wait := s.waiting.next(s.cfg.Clock.Now())
+		if batch != nil {
+			s.refresh(ctx, batch, settled)
 			continue
 		}
 		var timer clock.Timer
@@ -442,10 +451,16 @@ func (s *Subscriber) work(ctx context.Context) {
 	}
 }
 
-// refresh asks the Refresher to re-read w's scope, which also covers the
-// events of settled.
-func (s *Subscriber) refresh(ctx context.Context, w *waitingScope, settled []*waitingScope) {
-	covered := w.n - 1
+// refresh asks the Refresher to re-read the scopes of batch, started
+// together, which also covers the events of settled.
+func (s *Subscriber) refresh(ctx context.Context, batch, settled []*waitingScope) {
+	w := batch[0]
+	covered := -1
+	rs := make([]Rotation, 0, len(batch))
+	for _, b := range batch {
+		covered += b.n
+		rs = append(rs, b.r)
+	}
 	for _, x := range settled {
 		covered += x.n
 	}
@@ -455,13 +470,22 @@ func (s *Subscriber) refresh(ctx context.Context, w *waitingScope, settled []*wa
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
-	err := panics.Guard(s.m.panics, "events", func() error { return s.cfg.Refresher.Refresh(ctx, w.r) })
+	err := panics.Guard(s.m.panics, "events", func() error {
+		if br, ok := s.cfg.Refresher.(BatchRefresher); ok && len(rs) > 1 {
+			return br.RefreshBatch(ctx, rs)
+		}
+		var errs []error
+		for _, r := range rs {
+			errs = append(errs, s.cfg.Refresher.Refresh(ctx, r))
+		}
+		return errors.Join(errs...)
+	})
 	if err != nil {
 		s.m.refreshErrs.Inc()
-		s.log.Warn("events: refresh failed", "id", w.last.ID, "source", w.last.Source, "rotation", w.r, "coalesced", covered, "err", err)
+		s.log.Warn("events: refresh failed", "id", w.last.ID, "source", w.last.Source, "rotation", rs, "coalesced", covered, "err", err)
 		return
 	}
-	s.log.Debug("events: refreshed", "id", w.last.ID, "source", w.last.Source, "rotation", w.r, "coalesced", covered,
+	s.log.Debug("events: refreshed", "id", w.last.ID, "source", w.last.Source, "rotation", rs, "coalesced", covered,
 		"duration", s.cfg.Clock.Since(start))
 }
 

@@ -82,7 +82,9 @@ func TestSubscriberFanOut(t *testing.T) {
 	waitInterest(t, natsServer(), subject, len(recs))
 
 	p, _ := publisher(t, subject)
-	events := []Rotation{{Namespace: "a", ServiceAccount: "x"}, {Namespace: "b"}, {}}
+	// Scopes that do not overlap: each subscriber refreshes each at once,
+	// in order (overlapping ones may coalesce, see the coalescer's tests).
+	events := []Rotation{{Namespace: "a", ServiceAccount: "x"}, {Namespace: "b"}, {Namespace: "c", Route: "r"}}
 	for _, r := range events {
 		publish(t, p, r)
 	}

@@ -9,7 +9,7 @@ import (
 
 // Auditor receives the credential layer's lifecycle records, as they
 // happen (internal/app hands over the audit trail). Lifecycle is called
-// from refresh goroutines, never with a lock held; it must not block for
+// from the executor's workers, never with a lock held; it must not block for
 // long. A record never holds a token or a credential's value.
 type Auditor interface {
 	Lifecycle(e Lifecycle)
@@ -40,8 +40,9 @@ const (
 	// LeaseRenewed: a leased credential's lease was extended (vault-read).
 	LeaseRenewed LifecycleKind = "lease_renewed"
 	// LeaseRevoked: a lease ended before its TTL: replaced by a new read
-	// (Cause "replaced"), or with the identity's Vault token when the
-	// identity was let go (Cause "token_revoked").
+	// (Cause "replaced"), with the identity's Vault token when the
+	// identity was let go (Cause "token_revoked"), or because its route
+	// was removed or changed (Cause "route_removed").
 	LeaseRevoked LifecycleKind = "lease_revoked"
 	// Forgotten: the watcher stopped holding the identity and evicted its
 	// credentials; Cause is serviceaccount_deleted, no_token or panic.
@@ -62,8 +63,9 @@ type Lifecycle struct {
 	Version, OldVersion int64
 	// LeaseID and OldLeaseID are Vault lease ids (vault-read).
 	LeaseID, OldLeaseID string
-	// Trigger is what started the read: miss, schedule, event, prefetch.
-	Trigger string
+	// Trigger is what started the read (its String is the audit trail's
+	// trigger: miss, schedule, event, prefetch).
+	Trigger Trigger
 	// Reason is a refusal's deny reason.
 	Reason authz.Reason
 	// Cause says why a lease was revoked or an identity forgotten.
@@ -78,7 +80,7 @@ func (nopAuditor) Lifecycle(Lifecycle) {}
 
 // origin says where a stored entry came from, for its lifecycle record.
 type origin struct {
-	trigger string
+	trigger Trigger
 	source  Source
 	path    string
 	lease   string

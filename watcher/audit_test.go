@@ -60,7 +60,7 @@ func summary(e Lifecycle) string {
 		}
 		s += e.LeaseID
 	}
-	for _, f := range []string{e.Trigger, string(e.Reason), e.Cause} {
+	for _, f := range []string{e.Trigger.String(), string(e.Reason), e.Cause} {
 		if f != "" {
 			s += " " + f
 		}

@@ -151,7 +151,7 @@ func TestVaultDownTriesNoOtherToken(t *testing.T) {
 	s.offer(tok, t0.Add(time.Hour))
 	s.offer("jwt:ns/sa:newer", t0.Add(2*time.Hour))
 	r.vault.setDown(true)
-	if _, err := s.Token(context.Background(), force); !isRetryable(err) {
+	if _, err := s.Token(context.Background(), force); classify(err) != outcomeRetry {
 		t.Fatalf("Token = %v; want vault_unavailable", err)
 	}
 	if got := r.vault.count("login"); got != 1 {

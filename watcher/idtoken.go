@@ -26,10 +26,10 @@ type identityTokenProvider struct {
 
 var _ Provider = identityTokenProvider{}
 
-func (p identityTokenProvider) Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error) {
+func (p identityTokenProvider) Fetch(ctx context.Context, f Fetch) (Credential, error) {
 	now := p.clock.Now()
-	path := authz.ExpandPath(rt.Path, id)
-	s, err := readAs(ctx, p.vault, tokens, path)
+	path := authz.ExpandPath(f.Route.Path, f.Identity)
+	s, err := readAs(ctx, p.vault, f.Tokens, path)
 	if err != nil {
 		return Credential{}, err
 	}

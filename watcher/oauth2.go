@@ -48,8 +48,9 @@ type oauth2Provider struct {
 
 var _ Provider = oauth2Provider{}
 
-func (p oauth2Provider) Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error) {
-	sec, err := p.kv.Fetch(ctx, tokens, id, rt)
+func (p oauth2Provider) Fetch(ctx context.Context, f Fetch) (Credential, error) {
+	id, rt := f.Identity, f.Route
+	sec, err := p.kv.Fetch(ctx, f)
 	if err != nil {
 		return Credential{}, err
 	}

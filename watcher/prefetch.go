@@ -23,16 +23,20 @@ type ServiceAccounts interface {
 }
 
 // Prefetcher feeds the watcher the ServiceAccounts of the prefetch
-// namespaces as the informer sees them, through a rate-limited work queue
-// with a bounded number of workers (no thundering herd at start-up), and
-// makes every watched identity forget a deleted ServiceAccount.
+// namespaces as the informer sees them and makes the watcher forget a
+// deleted ServiceAccount. It does no credential work itself: each of its
+// workers asks the watcher's executor for one identity's prefetch and waits
+// for it, so the first pass puts at most `workers` identities ahead of a
+// request's miss in the executor's queue (no thundering herd at start-up),
+// and counts its progress. A prefetch that could not reach Vault is
+// retried by the executor, with backoff, like any failed run.
 type Prefetcher struct {
 	w          *Watcher
 	sas        ServiceAccounts
 	namespaces map[string]bool
 	workers    int
 	log        *slog.Logger
-	queue      workqueue.TypedRateLimitingInterface[string]
+	queue      workqueue.TypedInterface[string]
 
 	initial sync.WaitGroup
 	pending sync.Map // keys of the first pass not yet done
@@ -58,9 +62,7 @@ func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers
 	}
 	p := &Prefetcher{
 		w: w, sas: sas, namespaces: map[string]bool{}, workers: workers, log: log,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 30*time.Second),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "credinject-prefetch"}),
+		queue: workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[string]{Name: "credinject-prefetch"}),
 	}
 	for _, ns := range namespaces {
 		p.namespaces[ns] = true
@@ -155,13 +157,11 @@ func (p *Prefetcher) work(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		// Shutting down: the queue drains without prefetching what is
 		// left (the first pass's waiter is still released).
-		p.queue.Forget(key)
 		p.firstDone(key, true)
 		return true
 	}
 	ns, name, _ := toolscache.SplitMetaNamespaceKey(key)
 	if !p.sas.Exists(key, "") {
-		p.queue.Forget(key)
 		p.firstDone(key, false)
 		return true
 	}
@@ -169,12 +169,7 @@ func (p *Prefetcher) work(ctx context.Context) bool {
 	p.firstDone(key, err != nil)
 	if err != nil && ctx.Err() == nil {
 		p.log.Warn("prefetch failed", "identity", key, "error", err)
-		if isRetryable(err) {
-			p.queue.AddRateLimited(key)
-			return true
-		}
 	}
-	p.queue.Forget(key)
 	return true
 }
 

@@ -35,8 +35,9 @@ const (
 var Sources = []Source{SourceKV, SourceVaultRead, SourceOAuth2, SourceIdentityToken}
 
 // Provider obtains one kind of credential for an identity: how the
-// credential of (route, identity) is read or minted. The refresh loop, its
-// schedule and the cache's ordering talk only to this seam.
+// credential of (route, identity) is read or minted. The executor's run for
+// the identity is its only caller, so two Fetches of one (identity, route)
+// never overlap.
 //
 // Fetch returns the credential's fields, or an *authz.Error:
 // authz.ErrVaultDenied (Vault refused the identity), authz.ErrNoCredential
@@ -44,15 +45,28 @@ var Sources = []Source{SourceKV, SourceVaultRead, SourceOAuth2, SourceIdentityTo
 // authz.ErrTokenEndpointRefused / ErrTokenEndpointUnavailable (an OAuth2
 // token endpoint refused the client / could not be asked).
 type Provider interface {
-	Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error)
+	Fetch(ctx context.Context, f Fetch) (Credential, error)
 }
 
-// Releaser is a Provider that keeps state per (route, identity), a lease or
-// a token, and drops it when the watcher forgets the identity. (The
-// identity's Vault token is revoked then, and Vault revokes every lease it
-// holds with it.)
-type Releaser interface {
-	Release(id authz.Identity, route string)
+// Fetch is one request to a Provider.
+type Fetch struct {
+	// Tokens hands out the identity's own Vault token (its session).
+	Tokens   TokenSource
+	Identity authz.Identity
+	Route    Route
+	// Anew: obtain a new value instead of extending the one held (a lease
+	// is read again, not renewed): an event named the identity.
+	Anew bool
+	// Held is what the provider keeps of (identity, route) between
+	// fetches (a lease). The identity owns it; a provider that keeps
+	// nothing ignores it.
+	Held *Held
+}
+
+// Held is a provider's state for one (identity, route), kept in the
+// identity's route state and changed only by its run.
+type Held struct {
+	lease *lease
 }
 
 // TokenSource hands a Provider the identity's own Vault token (a session
@@ -61,13 +75,6 @@ type TokenSource interface {
 	// VaultToken returns a usable token; fresh forces a new login, after
 	// Vault refused a call with the current one.
 	VaultToken(ctx context.Context, fresh bool) (string, error)
-}
-
-// Invalidator is a Provider that would otherwise extend what it holds (a
-// lease): after Invalidate, its next Fetch for (identity, route) obtains a new
-// value. A rotation event invalidates before it refreshes.
-type Invalidator interface {
-	Invalidate(id authz.Identity, route string)
 }
 
 // Credential is what a Provider obtained.
@@ -94,9 +101,9 @@ type kvProvider struct {
 
 var _ Provider = kvProvider{}
 
-func (p kvProvider) Fetch(ctx context.Context, tokens TokenSource, id authz.Identity, rt Route) (Credential, error) {
-	path := p.mount + "/data/" + authz.ExpandPath(rt.Path, id)
-	s, err := readAs(ctx, p.vault, tokens, path)
+func (p kvProvider) Fetch(ctx context.Context, f Fetch) (Credential, error) {
+	path := p.mount + "/data/" + authz.ExpandPath(f.Route.Path, f.Identity)
+	s, err := readAs(ctx, p.vault, f.Tokens, path)
 	if err != nil {
 		return Credential{}, err
 	}

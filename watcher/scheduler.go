@@ -12,17 +12,20 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// scheduler runs every identity's refresher on one timer heap and a bounded
-// pool of workers, instead of a goroutine, a timer and a channel per
-// identity: at 100,000 identities per replica those cost more than the
-// credentials themselves. One goroutine waits on the injected clock for the
-// earliest due identity and hands due identities to a client-go work queue
-// (FIFO, one entry per identity, never two workers on one identity, and an
-// identity asked for again while it runs runs once more after); workers
-// drain it. An identity whose refresh hangs holds one worker for at most the
-// call timeout; the others go on.
+// scheduler is the executor: the one place credential work runs. Every
+// request (a miss, an event, a prefetch, a route change, the schedule
+// itself) is added to the identity's pending requests and the identity to
+// one client-go work queue, drained by a fixed pool of workers: a key
+// waiting in the queue is there once however often it is added (requests
+// coalesce), a key is never processed by two workers at once (an identity's
+// state has one writer, and a read that starts later stores later), and the
+// number of workers is the bound on concurrent Vault calls. At 100,000
+// identities per replica this costs no goroutine per identity; one whose
+// Vault calls hang holds one worker for at most the call timeout.
 //
-// client-go's delaying queue (AddAfter) is not used for the schedule: it
+// The schedule is a timer heap on the injected clock: one goroutine waits
+// for the earliest due identity and adds it to the queue with a scheduled
+// request. client-go's delaying queue (AddAfter) is not used for it: it
 // keeps its own heap entry and map entry per waiting item, wakes every 10 s
 // even when idle, and cannot move an item later, which a reschedule after a
 // resync needs.
@@ -32,9 +35,11 @@ type scheduler struct {
 	base    context.Context
 	log     *slog.Logger
 	workers int
-	// run is one turn of an identity's refresher; forget drops an
-	// identity whose turn panicked.
-	run    func(ctx context.Context, x *identity, full bool, trigger string)
+	// run is one run of an identity (refresh.go); due asks for an
+	// identity's scheduled turn (full: a full refresh); forget drops an
+	// identity whose run panicked.
+	run    func(ctx context.Context, x *identity)
+	due    func(x *identity, full bool)
 	forget func(x *identity)
 
 	mu   sync.Mutex // guards heap and every identity's sched
@@ -48,17 +53,16 @@ type schedState struct {
 	index int       // in the heap; -1 when not in it
 	at    time.Time // when the next turn is due
 	full  bool      // the next scheduled turn is a full refresh
-	// started: on the schedule since its first successful read; stopped:
-	// forgotten, never scheduled again; resync: a resync was asked for.
-	started, stopped, resync bool
-	// cancel ends the turn in flight, if any.
+	// stopped: let go, never scheduled again.
+	stopped bool
+	// cancel ends the run in flight, if any.
 	cancel context.CancelFunc
 }
 
 func newScheduler(base context.Context, c clock.WithTicker, workers int, log *slog.Logger,
-	run func(context.Context, *identity, bool, string), forget func(*identity)) *scheduler {
+	run func(context.Context, *identity), due func(*identity, bool), forget func(*identity)) *scheduler {
 	return &scheduler{
-		clock: c, base: base, log: log, workers: max(workers, 1), run: run, forget: forget,
+		clock: c, base: base, log: log, workers: max(workers, 1), run: run, due: due, forget: forget,
 		queue: workqueue.NewTyped[*identity](),
 		wake:  make(chan struct{}, 1),
 	}
@@ -82,24 +86,38 @@ func (s *scheduler) Start(wg *sync.WaitGroup) {
 	}
 }
 
+// add queues a run of x (its pending requests were recorded first).
+func (s *scheduler) add(x *identity) { s.queue.Add(x) }
+
 // shutdown lets the workers return once the queue is empty (the base
 // context is cancelled first, so what is left is skipped).
 func (s *scheduler) shutdown() { s.queue.ShutDown() }
 
-// dispatch moves due identities to the work queue and sleeps until the next
+// dispatch asks for the turns of due identities and sleeps until the next
 // one is due, or a sooner one is scheduled.
 func (s *scheduler) dispatch() {
+	type turn struct {
+		x    *identity
+		full bool
+	}
+	var due []turn
 	for {
 		s.mu.Lock()
 		now := s.clock.Now()
 		for len(s.heap) > 0 && !s.heap[0].sched.at.After(now) {
-			s.queue.Add(heap.Pop(&s.heap).(*identity))
+			x := heap.Pop(&s.heap).(*identity)
+			due = append(due, turn{x, x.sched.full})
 		}
 		next := time.Duration(-1)
 		if len(s.heap) > 0 {
 			next = s.heap[0].sched.at.Sub(now)
 		}
 		s.mu.Unlock()
+		for i, d := range due {
+			s.due(d.x, d.full)
+			due[i] = turn{}
+		}
+		due = due[:0]
 		var (
 			t    clock.Timer
 			tick <-chan time.Time
@@ -123,36 +141,24 @@ func (s *scheduler) dispatch() {
 	}
 }
 
-// turn runs one turn of x's refresher, unless x was stopped or is already
-// rescheduled (a resync ran first).
+// turn runs x's pending requests, unless x was let go before (its run then
+// only releases what it holds).
 func (s *scheduler) turn(x *identity) {
 	if s.base.Err() != nil {
 		return
 	}
-	s.mu.Lock()
-	st := &x.sched
-	if st.stopped || !st.started {
-		s.mu.Unlock()
-		return
-	}
-	full, trigger := st.full, "schedule"
-	switch {
-	case st.resync:
-		st.resync = false
-		full, trigger = true, "event"
-		if st.index >= 0 {
-			heap.Remove(&s.heap, st.index)
-		}
-	case st.index >= 0:
-		s.mu.Unlock()
-		return
-	}
 	ctx, cancel := context.WithCancel(s.base)
-	st.cancel = cancel
+	s.mu.Lock()
+	if x.sched.stopped {
+		cancel()
+		ctx = s.base
+	} else {
+		x.sched.cancel = cancel
+	}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		st.cancel = nil
+		x.sched.cancel = nil
 		s.mu.Unlock()
 		cancel()
 		if p := recover(); p != nil {
@@ -160,23 +166,10 @@ func (s *scheduler) turn(x *identity) {
 			s.forget(x)
 		}
 	}()
-	s.run(ctx, x, full, trigger)
+	s.run(ctx, x)
 }
 
-// claim puts x on the schedule for the first time; false if it already is,
-// or was stopped.
-func (s *scheduler) claim(x *identity) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if x.sched.started || x.sched.stopped {
-		return false
-	}
-	x.sched.started = true
-	return true
-}
-
-// schedule sets x's next turn: at, a full refresh or not. A resync asked for
-// meanwhile runs first.
+// schedule sets x's next turn: at, a full refresh or not.
 func (s *scheduler) schedule(x *identity, at time.Time, full bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -190,9 +183,6 @@ func (s *scheduler) schedule(x *identity, at time.Time, full bool) {
 	} else {
 		heap.Push(&s.heap, x)
 	}
-	if st.resync {
-		s.queue.Add(x)
-	}
 	if st.index == 0 {
 		select {
 		case s.wake <- struct{}{}:
@@ -201,21 +191,7 @@ func (s *scheduler) schedule(x *identity, at time.Time, full bool) {
 	}
 }
 
-// resync asks x's refresher to re-read now (a full refresh, trigger
-// event). Before x is on the schedule it is remembered for its first turn.
-func (s *scheduler) resync(x *identity) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if x.sched.stopped {
-		return
-	}
-	x.sched.resync = true
-	if x.sched.started {
-		s.queue.Add(x)
-	}
-}
-
-// stop takes x off the schedule for good and cancels its turn in flight.
+// stop takes x off the schedule for good and cancels its run in flight.
 func (s *scheduler) stop(x *identity) {
 	s.mu.Lock()
 	st := &x.sched

@@ -38,9 +38,9 @@ const (
 // again when the token cannot be renewed, when the relogin interval has
 // passed (the first time, a share of it sooner drawn once: reloginAfter),
 // or when told to, and revokes the token it replaces, so Vault holds one live token
-// per identity. A replaced token is revoked once the refresh that replaced it
-// is done (retire), not at once: the leases read with it stay valid until
-// their successors are in the cache.
+// per identity. A replaced token is revoked at the end of the run that
+// replaced it (the executor calls retire once per run), not at once: the
+// leases read with it stay valid until their successors are in the cache.
 type session struct {
 	id     authz.Identity
 	vault  vault
@@ -54,18 +54,20 @@ type session struct {
 	// jitter, in [-1, 1], spreads each renewal (renewAfter).
 	jitter func() float64
 
-	// login serialises Token calls: it is held across Vault and
-	// TokenRequest I/O on purpose, so that concurrent callers of one
-	// identity share one login instead of each minting a Vault token.
-	login sync.Mutex
-
-	mu sync.Mutex // guards what follows; never held across I/O
+	// mu guards sa and prefetch, which a request's OfferToken changes
+	// from outside the executor; it is the identity's one lock (newIdentity
+	// points it there), never held across I/O. The Vault token and its life
+	// (token, tokenLife, early, retired) are changed only by the
+	// identity's run, which the executor never runs twice at once, so they
+	// need no lock.
+	mu *sync.Mutex
 	// sa are the presented service-account tokens kept to log in with,
 	// newest first, at most maxSATokens (nil for a prefetched identity: a
 	// minted token is not kept).
 	sa       []saToken
 	prefetch bool
-	token    string
+
+	token string
 	// early, in [0, 1), brings the first relogin forward (reloginAfter):
 	// drawn once when the session is made, used by its first login.
 	early float64
@@ -107,7 +109,7 @@ func newSession(id authz.Identity, v vault, minter TokenMinter, c clock.PassiveC
 	if jitter == nil {
 		jitter = func() float64 { return 0 }
 	}
-	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke, every: every, jitter: jitter, early: early}
+	return &session{id: id, vault: v, minter: minter, clock: c, revoke: revoke, every: every, jitter: jitter, early: early, mu: new(sync.Mutex)}
 }
 
 // offer keeps a valid service-account token of the identity among the
@@ -184,16 +186,21 @@ func (s *session) setPrefetch() {
 	s.mu.Unlock()
 }
 
+// prefetched reports whether the session mints its own tokens.
+func (s *session) prefetched() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.prefetch
+}
+
 // Due is when the session next has to act on its Vault token (renew it or
 // log in again), as of now: now when it is due already, zero without a
 // token. The refresher wakes for it.
 func (s *session) Due(now time.Time) time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.token == "" {
 		return time.Time{}
 	}
-	act, at := s.plan(now, s.canLoginLocked(now), s.every)
+	act, at := s.plan(now, s.canLogin(now), s.every)
 	if act != keepToken {
 		return now
 	}
@@ -213,13 +220,9 @@ func (s *session) VaultToken(ctx context.Context, fresh bool) (string, error) {
 // (login refused), authz.ErrVaultUnavailable (Vault or TokenRequest could not
 // be asked; errNoToken in its chain when there was nothing to log in with).
 func (s *session) Token(ctx context.Context, mode tokenMode) (string, error) {
-	s.login.Lock()
-	defer s.login.Unlock()
 	now := s.clock.Now()
-	s.mu.Lock()
 	token, expires := s.token, s.expires
-	act, _ := s.plan(now, s.canLoginLocked(now), s.every)
-	s.mu.Unlock()
+	act, _ := s.plan(now, s.canLogin(now), s.every)
 	if mode == force || act == logInAgain {
 		return s.logIn(ctx, now)
 	}
@@ -229,25 +232,18 @@ func (s *session) Token(ctx context.Context, mode tokenMode) (string, error) {
 	ttl, err := s.vault.RenewSelf(ctx, token)
 	switch {
 	case err == nil && now.Add(ttl).After(expires):
-		s.mu.Lock()
 		s.renewed(now, ttl, s.jitter())
-		s.mu.Unlock()
 		return token, nil
 	case err == nil:
 		// At its max TTL: renewal no longer extends it.
-		s.mu.Lock()
 		s.capped = true
-		can := s.canLoginLocked(now)
-		s.mu.Unlock()
-		if can {
+		if s.canLogin(now) {
 			return s.logIn(ctx, now)
 		}
 		return token, nil
 	case errors.Is(err, authz.ErrVaultUnavailable):
 		// Vault is away: keep the token while it lasts, try again later.
-		s.mu.Lock()
 		s.postpone(now)
-		s.mu.Unlock()
 		return token, nil
 	default:
 		// Refused: revoked, or unknown to Vault (a restart).
@@ -255,8 +251,10 @@ func (s *session) Token(ctx context.Context, mode tokenMode) (string, error) {
 	}
 }
 
-// canLoginLocked: a service-account token is held or can be minted.
-func (s *session) canLoginLocked(now time.Time) bool {
+// canLogin: a service-account token is held or can be minted.
+func (s *session) canLogin(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, t := range s.sa {
 		if t.usable(now) {
 			return true
@@ -271,7 +269,7 @@ func (s *session) canLoginLocked(now time.Time) bool {
 // token it replaces. When Vault refuses a held token (its pod is gone), it
 // tries the next older one, then, for a prefetched identity, a minted one:
 // at most maxSATokens+1 logins, each refused token dropped. Only when
-// every one is refused is the identity refused. Called with s.login held.
+// every one is refused is the identity refused.
 func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 	s.mu.Lock()
 	jwts, prefetch := s.usableLocked(now), s.prefetch
@@ -309,9 +307,7 @@ func (s *session) logIn(ctx context.Context, now time.Time) (string, error) {
 			return "", err
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.dropLocked(refused, now)
+	s.dropRefused(refused, now)
 	if !ok {
 		// Refused: the identity is no longer Vault's to serve. The token
 		// held until now is revoked with the rest (retire), and Vault ends
@@ -343,10 +339,8 @@ func (s *session) dropRefused(refused []string, now time.Time) {
 // token per identity, so Vault's storage stays flat, and the leases read
 // with a replaced token end with it.
 func (s *session) retire() {
-	s.mu.Lock()
 	old := s.retired
 	s.retired = nil
-	s.mu.Unlock()
 	if s.revoke == nil {
 		return
 	}
@@ -358,11 +352,9 @@ func (s *session) retire() {
 // close revokes the session's tokens (the identity is forgotten); Vault
 // revokes the leases read with them.
 func (s *session) close() {
-	s.mu.Lock()
 	if s.token != "" {
 		s.retired = append(s.retired, s.token)
 	}
 	s.token, s.tokenLife = "", tokenLife{}
-	s.mu.Unlock()
 	s.retire()
 }

@@ -196,6 +196,18 @@ func TestRefusedMintedRouteNotRetriedHot(t *testing.T) {
 	}
 }
 
+// earliestDue is the soonest refresh of an expiring credential of x. Read
+// when x's run is done (its answer, or its wait on the clock, comes after).
+func (x *identity) earliestDue() (time.Time, bool) {
+	var first time.Time
+	for _, r := range x.rs {
+		if !r.due.IsZero() && (first.IsZero() || r.due.Before(first)) {
+			first = r.due
+		}
+	}
+	return first, !first.IsZero()
+}
+
 // watched is the identity the watcher keeps for id.
 func (w *Watcher) watched(id authz.Identity) *identity {
 	w.mu.Lock()

@@ -160,13 +160,13 @@ func VaultTransportRisks(vc *vaultapi.Client) (plaintext, unverified bool) {
 	return false, false
 }
 
-// vaultClient is vault over vault/api, with a bound on concurrent calls and
-// a counter of calls by operation and result.
+// vaultClient is vault over vault/api, with a counter of calls by operation
+// and result. It needs no bound of its own on concurrent calls: every call
+// is made by a run of the executor, whose workers are the bound.
 type vaultClient struct {
 	base      *vaultapi.Client
 	authMount string
 	role      string
-	sem       chan struct{}
 	calls     callCounter
 	// tracer makes a span per call (a no-op one in tests that leave it).
 	tracer trace.Tracer
@@ -177,21 +177,10 @@ type callCounter func(op, result string)
 
 var _ vault = (*vaultClient)(nil)
 
-func (c *vaultClient) acquire(ctx context.Context) error {
-	select {
-	case c.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
-	}
-}
-
-func (c *vaultClient) release() { <-c.sem }
-
-// with runs f with a clone of the base client carrying token, under the
-// concurrency bound, and counts the call. Its span (vault.<op>, a child of
-// ctx's) names the operation, the path (never a token or a lease id) and
-// the identity and route of ctx's scope; it includes the wait for a slot.
+// with runs f with a clone of the base client carrying token and counts
+// the call. Its span (vault.<op>, a child of ctx's) names the operation,
+// the path (never a token or a lease id) and the identity and route of
+// ctx's scope.
 func (c *vaultClient) with(ctx context.Context, op, path, token string, f func(context.Context, *vaultapi.Client) error) (err error) {
 	tracer := c.tracer
 	if tracer == nil {
@@ -206,10 +195,6 @@ func (c *vaultClient) with(ctx context.Context, op, path, token string, f func(c
 		span.SetAttributes(scopeAttrs(ctx, attrs)...)
 	}
 	defer func() { endSpan(span, resultOf(err)) }()
-	if err := c.acquire(ctx); err != nil {
-		return err
-	}
-	defer c.release()
 	vc, err := c.base.Clone()
 	if err != nil {
 		return fmt.Errorf("vault client: %w", err)
@@ -226,7 +211,7 @@ func (c *vaultClient) Login(ctx context.Context, jwt string) (vaultLogin, error)
 	err := c.with(ctx, "login", path, "", func(ctx context.Context, vc *vaultapi.Client) error {
 		s, err := vc.Logical().WriteWithContext(ctx, path, map[string]any{"role": c.role, "jwt": jwt})
 		if err != nil {
-			err = classify(err)
+			err = fromVault(err)
 			if errors.Is(err, errForbidden) || errors.Is(err, errNotFound) {
 				return authz.Deny(authz.ReasonVaultDenied, fmt.Errorf("login refused: %w", err))
 			}
@@ -246,7 +231,7 @@ func (c *vaultClient) RenewSelf(ctx context.Context, token string) (time.Duratio
 	err := c.with(ctx, "renew", "auth/token/renew-self", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		s, err := vc.Auth().Token().RenewSelfWithContext(ctx, 0)
 		if err != nil {
-			return classify(err)
+			return fromVault(err)
 		}
 		if s == nil || s.Auth == nil {
 			return authz.Deny(authz.ReasonVaultUnavailable, errors.New("renew returned no auth"))
@@ -263,7 +248,7 @@ func (c *vaultClient) Read(ctx context.Context, token, path string) (*vaultapi.S
 		var err error
 		s, err = vc.Logical().ReadWithContext(ctx, path)
 		if err != nil {
-			return classify(err)
+			return fromVault(err)
 		}
 		if s == nil {
 			return errNotFound
@@ -276,7 +261,7 @@ func (c *vaultClient) Read(ctx context.Context, token, path string) (*vaultapi.S
 func (c *vaultClient) RevokeSelf(ctx context.Context, token string) error {
 	return c.with(ctx, "revoke", "auth/token/revoke-self", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		if err := vc.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
-			return classify(err)
+			return fromVault(err)
 		}
 		return nil
 	})
@@ -287,7 +272,7 @@ func (c *vaultClient) RenewLease(ctx context.Context, token, leaseID string, inc
 	err := c.with(ctx, "renew_lease", "sys/leases/renew", token, func(ctx context.Context, vc *vaultapi.Client) error {
 		s, err := vc.Sys().RenewWithContext(ctx, leaseID, int(increment/time.Second))
 		if err != nil {
-			return classify(err)
+			return fromVault(err)
 		}
 		if s == nil {
 			return authz.Deny(authz.ReasonVaultUnavailable, errors.New("lease renew returned nothing"))
@@ -304,14 +289,15 @@ func (c *vaultClient) RevokeLease(ctx context.Context, token, leaseID string) er
 		// sys/leases/revoke: a policy could then only allow revoking
 		// every lease, or none.
 		if _, err := vc.Logical().WriteWithContext(ctx, "sys/leases/revoke/"+leaseID, nil); err != nil {
-			return classify(err)
+			return fromVault(err)
 		}
 		return nil
 	})
 }
 
-// classify maps a Vault API error to the watcher's errors.
-func classify(err error) error {
+// fromVault translates a Vault API error into the watcher's errors (what
+// the call answered; classify, in refresh.go, decides what that means).
+func fromVault(err error) error {
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) {
 		switch re.StatusCode {

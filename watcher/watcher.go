@@ -7,13 +7,14 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/authz"
@@ -112,29 +113,32 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
-// Watcher keeps identities' credentials in the Store: one session per
-// identity, one shared scheduler running every identity's refresher on a
-// bounded pool of workers (Concurrency), one Provider per source. It
-// satisfies the checker's CredentialSource and the events package's
-// Refresher and Resyncer.
+// Watcher keeps identities' credentials in the Store: one identity value
+// owns each identity's session, routes' state and schedule; one executor
+// (scheduler.go) runs every piece of credential work on a bounded pool of
+// workers (Concurrency); one Provider per source. It satisfies the
+// checker's CredentialSource and the events package's Refresher and
+// Resyncer.
 type Watcher struct {
 	cfg       Config
 	vault     vault
 	providers map[Source]Provider
-	routes    map[string]Route
-	metrics   *metrics
-	base      context.Context
-	stop      context.CancelFunc
-	wg        sync.WaitGroup
-	flight    singleflight.Group
-	tracer    trace.Tracer
-	sched     *scheduler
+	// routes is the route table: name -> definition. A definition is
+	// never changed in place: SetRoutes swaps in a new table, and a run
+	// compares the pointers it read with against it.
+	routes  atomic.Pointer[map[string]*Route]
+	metrics *metrics
+	base    context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	tracer  trace.Tracer
+	sched   *scheduler
 
-	mu  sync.Mutex // guards ids
+	mu  sync.Mutex // guards ids; never held with another lock
 	ids map[string]*identity
 }
 
-// New builds a Watcher. Its scheduler's goroutines (a dispatcher and
+// New builds a Watcher. Its executor's goroutines (a dispatcher and
 // Concurrency workers) run until Close.
 func New(cfg Config) (*Watcher, error) {
 	if cfg.Vault == nil {
@@ -147,7 +151,7 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Concurrency <= 0 {
 		return nil, fmt.Errorf("watcher: Concurrency must be positive, got %d", cfg.Concurrency)
 	}
-	v := &vaultClient{base: cfg.Vault, authMount: cfg.AuthMount, role: cfg.Role, sem: make(chan struct{}, cfg.Concurrency), calls: m.call, tracer: newTracer(cfg.TracerProvider)}
+	v := &vaultClient{base: cfg.Vault, authMount: cfg.AuthMount, role: cfg.Role, calls: m.call, tracer: newTracer(cfg.TracerProvider)}
 	return newWatcher(cfg, v, nil, m)
 }
 
@@ -204,28 +208,74 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 	for src, p := range ps {
 		all[src] = p
 	}
-	routes := make(map[string]Route, len(cfg.Routes))
-	for _, r := range cfg.Routes {
+	base, stop := context.WithCancel(context.Background())
+	w := &Watcher{cfg: cfg, vault: v, providers: all, metrics: m, base: base, stop: stop, ids: map[string]*identity{},
+		tracer: newTracer(cfg.TracerProvider)}
+	table, err := w.buildTable(cfg.Routes)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	w.routes.Store(&table)
+	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, w.run, w.scheduled,
+		func(x *identity) { w.leave(x, "panic", true); w.sched.add(x) })
+	w.sched.Start(&w.wg)
+	return w, nil
+}
+
+// buildTable checks routes and makes their table, keeping the current
+// table's definition of a route that did not change (so its state is
+// kept).
+func (w *Watcher) buildTable(routes []Route) (map[string]*Route, error) {
+	var cur map[string]*Route
+	if p := w.routes.Load(); p != nil {
+		cur = *p
+	}
+	table := make(map[string]*Route, len(routes))
+	for _, r := range routes {
 		if r.Source == "" {
 			r.Source = SourceKV
 		}
-		if all[r.Source] == nil {
+		if w.providers[r.Source] == nil {
 			return nil, fmt.Errorf("watcher: route %q: unknown source %q", r.Name, r.Source)
 		}
 		if r.Source == SourceOAuth2 && r.TokenURL == "" {
 			return nil, fmt.Errorf("watcher: route %q: %s needs a TokenURL", r.Name, r.Source)
 		}
-		routes[r.Name] = r
+		if _, dup := table[r.Name]; dup {
+			return nil, fmt.Errorf("watcher: route %q: defined twice", r.Name)
+		}
+		if old := cur[r.Name]; old != nil && reflect.DeepEqual(*old, r) {
+			table[r.Name] = old
+			continue
+		}
+		table[r.Name] = &r
 	}
-	base, stop := context.WithCancel(context.Background())
-	w := &Watcher{cfg: cfg, vault: v, providers: all, routes: routes, metrics: m, base: base, stop: stop, ids: map[string]*identity{},
-		tracer: newTracer(cfg.TracerProvider)}
-	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, w.refreshOnce, func(x *identity) { w.forget(x.Identity, "panic") })
-	w.sched.Start(&w.wg)
-	return w, nil
+	return table, nil
 }
 
-// Close stops every identity's refresher and waits for them.
+// table is the current route table; never changed in place.
+func (w *Watcher) table() map[string]*Route { return *w.routes.Load() }
+
+// SetRoutes replaces the route set at run time, as ordinary work of the
+// executor: every identity's next run drops what it holds for a route
+// removed or changed (the lease revoked, the entry evicted), reads a
+// changed route again if it was watched, and a prefetched identity reads
+// the routes added. It returns when every identity has run (or ctx ends);
+// the error joins those of identities Vault could not be asked about.
+func (w *Watcher) SetRoutes(ctx context.Context, routes []Route) error {
+	if len(routes) == 0 {
+		return errors.New("watcher: at least one Route is required")
+	}
+	table, err := w.buildTable(routes)
+	if err != nil {
+		return err
+	}
+	w.routes.Store(&table)
+	return w.ask(ctx, w.all(), func(*identity) pending { return pending{reconcile: true} })
+}
+
+// Close stops the executor and waits for it.
 func (w *Watcher) Close() {
 	w.stop()
 	w.sched.shutdown()
@@ -256,79 +306,81 @@ func (w *Watcher) lookup(id authz.Identity) *identity {
 	if x := w.ids[id.Key]; x != nil {
 		return x
 	}
-	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeLater, w.cfg.ReloginInterval,
+	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeToken, w.cfg.ReloginInterval,
 		w.cfg.Jitter, w.cfg.ReloginPhase()))
 	w.ids[id.Key] = x
 	w.metrics.identities.Set(float64(len(w.ids)))
 	return x
 }
 
-// current reports whether x is still the watched identity of its key.
-func (w *Watcher) current(x *identity) bool {
+// all is every watched identity.
+func (w *Watcher) all() []*identity {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ids[x.Key] == x
+	xs := make([]*identity, 0, len(w.ids))
+	for _, x := range w.ids {
+		xs = append(xs, x)
+	}
+	return xs
 }
 
-// revokeLater revokes a superseded Vault token in the background.
-func (w *Watcher) revokeLater(token string) {
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		ctx, cancel := context.WithTimeout(w.base, 5*time.Second)
-		defer cancel()
-		_ = w.vault.RevokeSelf(ctx, token) // best effort; counted by the client
-	}()
+// revokeToken revokes a superseded Vault token (a run's retire).
+func (w *Watcher) revokeToken(token string) {
+	ctx, cancel := context.WithTimeout(w.base, 5*time.Second)
+	defer cancel()
+	_ = w.vault.RevokeSelf(ctx, token) // best effort; counted by the client
 }
 
 // Forget stops watching id and evicts its entries: its ServiceAccount was
-// deleted (the Prefetcher calls it from the informer).
-func (w *Watcher) Forget(id authz.Identity) { w.forget(id, "serviceaccount_deleted") }
-
-// forget stops watching id and evicts its entries, for cause (the
-// forgotten record's): serviceaccount_deleted, no_token (an identity left
-// without a token to log in with) or panic.
-func (w *Watcher) forget(id authz.Identity, cause string) {
+// deleted (the Prefetcher calls it from the informer). It returns once its
+// run has released what it held (its Vault token revoked), or after
+// CallTimeout.
+func (w *Watcher) Forget(id authz.Identity) {
 	w.mu.Lock()
 	x := w.ids[id.Key]
-	delete(w.ids, id.Key)
-	w.metrics.identities.Set(float64(len(w.ids)))
 	w.mu.Unlock()
-	if x != nil {
-		w.sched.stop(x)
-		w.release(x)
-	}
-	for name := range w.routes {
-		w.cfg.Store.Delete(name, id.Key)
-	}
-	if x != nil {
-		w.cfg.Auditor.Lifecycle(Lifecycle{Kind: Forgotten, Identity: id, Cause: cause})
-	}
-}
-
-// release lets go of what x holds beyond the cache: the providers' state
-// and its Vault token, whose revocation makes Vault revoke the leases read
-// with it.
-func (w *Watcher) release(x *identity) {
-	for name, rt := range w.routes {
-		if r, ok := w.providers[rt.Source].(Releaser); ok {
-			r.Release(x.Identity, name)
+	if x == nil {
+		for name := range w.table() {
+			w.cfg.Store.Delete(name, id.Key)
 		}
+		return
 	}
-	x.session.close()
+	ch := make(chan answer, 1)
+	x.request(pending{waiters: []waiter{{outcome: true, ch: ch}}})
+	w.leave(x, "serviceaccount_deleted", true)
+	w.sched.add(x)
+	t := w.cfg.Clock.NewTimer(w.cfg.CallTimeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C():
+	case <-w.base.Done():
+	}
 }
 
-// forgetLoop stops watching x but keeps its (negative) entries: an identity
-// Vault refused stays refused until DeniedTTL.
-func (w *Watcher) forgetLoop(x *identity) {
+// leave stops watching x: off the registry and the schedule, its run in
+// flight cancelled, its entries evicted (evict) or kept (a refusal stays
+// until DeniedTTL). Its run then releases what it holds beyond the cache
+// (release), writes the forgotten record for cause (none without one) and
+// answers the callers waiting.
+func (w *Watcher) leave(x *identity, cause string, evict bool) {
 	w.mu.Lock()
 	if w.ids[x.Key] == x {
 		delete(w.ids, x.Key)
 		w.metrics.identities.Set(float64(len(w.ids)))
 	}
 	w.mu.Unlock()
+	x.mu.Lock()
+	if !x.gone {
+		x.gone, x.cause = true, cause
+	}
+	x.mu.Unlock()
 	w.sched.stop(x)
-	w.release(x)
+	if evict {
+		for name := range w.table() {
+			w.cfg.Store.Delete(name, x.Key)
+		}
+	}
 }
 
 // OfferToken hands the watcher a service-account token of id that was just
@@ -350,140 +402,141 @@ func (w *Watcher) OfferToken(id authz.Identity, token string, expires time.Time)
 
 // Credential is the checker's miss path: it returns id's entry for route,
 // logging in with token (already validated, valid until tokenExpires) and
-// reading Vault if needed. Concurrent misses for one identity and route share
-// one Vault round trip. From then on the watcher keeps the entry fresh.
+// reading Vault if needed. It asks the executor and waits for the answer:
+// concurrent misses for one identity share its run, and one that waited
+// behind a run that stored a fresh entry is answered from it. From then on
+// the watcher keeps the entry fresh.
 //
 // The entry may be negative (vault_denied, no_credential,
 // invalid_credential); with no entry, the error is an *authz.Error
 // (vault_unavailable when Vault or a token was missing).
 func (w *Watcher) Credential(ctx context.Context, route string, id authz.Identity, token string, tokenExpires time.Time) (*cache.Entry, error) {
-	if _, ok := w.routes[route]; !ok {
+	if w.table()[route] == nil {
 		return nil, authz.Denyf(authz.ReasonInternal, "watcher: unknown route %q", route)
 	}
-	ch := w.flight.DoChan(route+"\x00"+id.Key, func() (any, error) {
-		if e, ok := w.cfg.Store.Get(route, id.Key); ok && e.State(w.cfg.Clock.Now()) == cache.Fresh {
-			return e, nil
-		}
+	ch := make(chan answer, 1)
+	p := pending{asks: []ask{{route: route, trigger: TriggerMiss}}, waiters: []waiter{{route: route, ch: ch, span: trace.SpanFromContext(ctx)}}}
+	for {
 		x := w.lookup(id)
 		x.session.offer(token, tokenExpires)
-		x.watch(route)
-		fctx, cancel := context.WithTimeout(w.base, w.cfg.CallTimeout)
-		defer cancel()
-		// The flight outlives its first caller, not its trace: the calls
-		// it makes are children of that caller's Check span.
-		fctx = trace.ContextWithSpan(fctx, trace.SpanFromContext(ctx))
-		e, err := w.refreshRoute(fctx, x, route, "miss")
-		x.session.retire()
-		w.settle(x, err)
-		if e != nil {
-			return e, nil
+		if w.enqueue(x, p) {
+			break
 		}
-		return nil, err
-	})
+	}
 	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+	case a := <-ch:
+		if a.entry != nil {
+			return a.entry, nil
 		}
-		return r.Val.(*cache.Entry), nil
+		return nil, a.err
 	case <-ctx.Done():
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
 	}
 }
 
-// settle starts the identity's refresher after a successful first read, or
-// forgets an identity Vault refused or that has no token to log in with.
-func (w *Watcher) settle(x *identity, err error) {
-	switch {
-	case errors.Is(err, authz.ErrVaultDenied):
-		w.forgetLoop(x)
-	case errors.Is(err, errNoToken):
-		w.forget(x.Identity, "no_token")
-	default:
-		w.startLoop(x)
+// ask records build(x) for every identity of xs and waits until each has
+// run, or ctx ends; the error joins those of identities Vault (or a token
+// endpoint) could not be asked about, or left without a token.
+func (w *Watcher) ask(ctx context.Context, xs []*identity, build func(*identity) pending) error {
+	type call struct {
+		x  *identity
+		ch chan answer
 	}
+	calls := make([]call, 0, len(xs))
+	for _, x := range xs {
+		p := build(x)
+		if p.asks == nil && !p.reconcile {
+			continue
+		}
+		ch := make(chan answer, 1)
+		p.waiters = []waiter{{outcome: true, ch: ch}}
+		if w.enqueue(x, p) {
+			calls = append(calls, call{x, ch})
+		}
+	}
+	var errs []error
+	for _, c := range calls {
+		select {
+		case a := <-c.ch:
+			switch classify(a.err) {
+			case outcomeRetry, outcomeNoToken:
+				errs = append(errs, fmt.Errorf("%s: %w", c.x.Key, a.err))
+			case outcomeOK, outcomeNoCredential, outcomeRefused:
+				// Answered: a refusal is stored, and the identity let go.
+			}
+		case <-ctx.Done():
+			return errors.Join(append(errs, authz.Deny(authz.ReasonVaultUnavailable, ctx.Err()))...)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Refresh re-reads, now, the credentials of the identities and routes scope
 // names (a rotation event). It returns when the new values are in the cache;
-// the error joins those of identities Vault could not be asked about.
+// the error joins those of identities that could not be asked about.
 //
 // An event naming an identity re-reads each route it covers anew: a leased
 // secret is read again (and the old lease revoked), an access token or
 // identity token minted again. A wildcard (a namespace, or everything) only
 // re-reads what a plain read refreshes: KV routes, and routes that hold no
-// valid credential; a valid lease or minted token is kept (see eventRoutes),
-// so that a wildcard never costs a revocation or a mint per identity.
+// valid credential; a valid lease or minted token is kept (see
+// keptOnWildcard), so that a wildcard never costs a revocation or a mint per
+// identity.
 func (w *Watcher) Refresh(ctx context.Context, scope authz.Scope) error {
-	var targets []*identity
-	w.mu.Lock()
-	for _, x := range w.ids {
-		if scope.Covers(x.Identity) {
-			targets = append(targets, x)
-		}
-	}
-	w.mu.Unlock()
-	var wg sync.WaitGroup
-	errs := make([]error, len(targets))
-	sem := make(chan struct{}, w.cfg.Concurrency)
-	for i, x := range targets {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
-			defer cancel()
-			var err error
-			if routes := w.eventRoutes(x, scope); len(routes) > 0 {
-				err = w.refreshRoutes(cctx, x, routes, "event")
-				x.session.retire()
-			}
-			if errors.Is(err, authz.ErrVaultDenied) {
-				w.forgetLoop(x)
-			}
-			if errors.Is(err, authz.ErrVaultUnavailable) {
-				errs[i] = fmt.Errorf("%s: %w", x.Key, err)
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return w.RefreshBatch(ctx, []authz.Scope{scope})
 }
 
-// ResyncAll asks every identity's refresher to re-read now (after events may
-// have been missed), without waiting.
+// RefreshBatch is Refresh for several scopes at once (events coalesced
+// together): an identity covered by more than one is read once, each route
+// with the strongest trigger of the scopes covering it (an event naming
+// the identity beats a wildcard).
+func (w *Watcher) RefreshBatch(ctx context.Context, scopes []authz.Scope) error {
+	return w.ask(ctx, w.all(), func(x *identity) pending {
+		var p pending
+		for _, s := range scopes {
+			if !s.Covers(x.Identity) {
+				continue
+			}
+			t := TriggerWildcard
+			if s.ServiceAccount != "" {
+				t = TriggerNamed
+			}
+			p.asks = append(p.asks, ask{route: s.Route, all: true, trigger: t})
+		}
+		return p
+	})
+}
+
+// ResyncAll asks every identity to re-read everything now, anew (after
+// events may have been missed), without waiting; its schedule counts from
+// then.
 func (w *Watcher) ResyncAll(context.Context) error {
-	w.mu.Lock()
-	xs := make([]*identity, 0, len(w.ids))
-	for _, x := range w.ids {
-		xs = append(xs, x)
-	}
-	w.mu.Unlock()
-	for _, x := range xs {
-		w.sched.resync(x)
+	for _, x := range w.all() {
+		w.enqueue(x, pending{asks: []ask{{all: true, trigger: TriggerNamed}}, full: true})
 	}
 	return nil
 }
 
 // Prefetch makes the watcher own id before any request: it mints a token
-// for it, logs in to Vault as it, reads every route and starts its
-// refresher.
+// for it, logs in to Vault as it and reads every route, then keeps them
+// fresh. It returns when that first run is done: the error is its
+// heaviest failure (refused, no token, unavailable); an identity that
+// could not be asked is retried with backoff by the executor.
 func (w *Watcher) Prefetch(ctx context.Context, id authz.Identity) error {
 	if w.cfg.Minter == nil {
 		return errors.New("watcher: prefetch needs a token minter")
 	}
-	x := w.lookup(id)
-	x.session.setPrefetch()
-	for name := range w.routes {
-		x.watch(name)
+	for {
+		x := w.lookup(id)
+		ch := make(chan answer, 1)
+		if !w.enqueue(x, pending{asks: []ask{{all: true, trigger: TriggerPrefetch}}, waiters: []waiter{{outcome: true, ch: ch}}}) {
+			continue
+		}
+		select {
+		case a := <-ch:
+			return a.err
+		case <-ctx.Done():
+			return authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
+		}
 	}
-	err := w.refreshAll(ctx, x, "prefetch")
-	w.settle(x, err)
-	return err
-}
-
-// isRetryable: Vault or the API server could not be asked; try again later.
-func isRetryable(err error) bool {
-	return errors.Is(err, authz.ErrVaultUnavailable) && !errors.Is(err, errNoToken)
 }

@@ -280,37 +280,50 @@ func TestRefusedIdentityDeniedOnEveryRoute(t *testing.T) {
 	}
 }
 
-// TestStoreOrdering: a read that started earlier never overwrites a newer
-// one, and a read that finishes after the identity was forgotten does not
-// bring its credential back.
+// TestStoreOrdering: one identity's reads never overlap, so a read that
+// started earlier never overwrites a newer one (a request made while a read
+// is in flight runs after it, and its read is the one left in the cache),
+// and a read that finishes after the identity was forgotten does not bring
+// its credential back.
 func TestStoreOrdering(t *testing.T) {
 	r := newRig(t)
 	id, tok := r.identity("ns", "sa", "v1")
 	if _, err := r.miss("", id, tok); err != nil {
 		t.Fatal(err)
 	}
-	x := r.w.lookup(id)
+	x := r.w.watched(id)
+	named := authz.Scope{Namespace: "ns", ServiceAccount: "sa"}
 
-	// An old read (seq n) is held at Vault while a newer one is stored.
+	// An old read is held at Vault while a newer request is made.
 	gate := make(chan struct{})
 	r.vault.mu.Lock()
 	r.vault.readGate = gate
 	r.vault.mu.Unlock()
-	old := make(chan error, 1)
-	go func() {
-		_, err := r.w.refreshRoute(context.Background(), x, "", "schedule")
-		old <- err
-	}()
-	r.eventually("the old read to reach Vault", func() bool { return r.vault.count("read") == 2 })
-	// A newer read (an event) stores v2 while the old one still holds v1.
-	newer := x.nextSeq()
-	r.w.store(x, "", newer, &cache.Entry{Identity: id, Header: "authorization", Value: "Bearer v2", ReadAt: t0, FreshUntil: t0.Add(time.Minute), ExpiresAt: t0.Add(time.Hour)})
+	reads := r.vault.count("read")
+	old := make(chan error, 2)
+	go func() { old <- r.w.Refresh(context.Background(), named) }()
+	r.eventually("the old read to reach Vault", func() bool { return r.vault.count("read") == reads+1 })
+	go func() { old <- r.w.Refresh(context.Background(), named) }()
+	r.eventually("the newer request recorded", func() bool {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return x.pending != nil
+	})
+	if got := r.vault.count("read"); got != reads+1 {
+		t.Fatalf("%d reads in flight for one identity; want 1", got-reads)
+	}
+	r.vault.put(id.Key, "v2") // what the newer read finds
 	close(gate)
-	if err := <-old; err != nil {
-		t.Fatal(err)
+	for range 2 {
+		if err := <-old; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := r.vault.count("read"); got != reads+2 {
+		t.Fatalf("%d reads; want 2, one after the other", got-reads)
 	}
 	if e := r.entry("", id); e == nil || e.Value != "Bearer v2" {
-		t.Fatalf("entry %+v; the older read overwrote the newer one", e)
+		t.Fatalf("entry %+v; want the newer read's", e)
 	}
 
 	// Forgotten while a read is in flight: the read must not resurrect it.
@@ -318,17 +331,12 @@ func TestStoreOrdering(t *testing.T) {
 	r.vault.mu.Lock()
 	r.vault.readGate = gate
 	r.vault.mu.Unlock()
-	reads := r.vault.count("read")
-	go func() {
-		_, err := r.w.refreshRoute(context.Background(), x, "", "event")
-		old <- err
-	}()
+	reads = r.vault.count("read")
+	go func() { old <- r.w.Refresh(context.Background(), named) }()
 	r.eventually("the read to reach Vault", func() bool { return r.vault.count("read") == reads+1 })
 	r.w.Forget(id)
 	close(gate)
-	if err := <-old; err != nil {
-		t.Fatal(err)
-	}
+	<-old // cancelled with the identity: its error says so, or nothing
 	if e := r.entry("", id); e != nil {
 		t.Fatalf("a forgotten identity's credential came back: %+v", e)
 	}

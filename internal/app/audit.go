@@ -58,7 +58,7 @@ func (r lifecycleAuditor) Lifecycle(e watcher.Lifecycle) {
 	r.l.Lifecycle(audit.Event{
 		Kind: string(e.Kind), Identity: e.Identity.Key, Route: e.Route, Source: string(e.Source), Path: e.Path,
 		Version: e.Version, OldVersion: e.OldVersion, LeaseID: e.LeaseID, OldLeaseID: e.OldLeaseID,
-		Trigger: e.Trigger, Reason: string(e.Reason), Cause: e.Cause, TTLSeconds: int64(e.TTL.Seconds()),
+		Trigger: e.Trigger.String(), Reason: string(e.Reason), Cause: e.Cause, TTLSeconds: int64(e.TTL.Seconds()),
 	})
 }
 

@@ -34,9 +34,8 @@ import (
 // own strict parser.
 //
 // The tls overlay holds a cert-manager Certificate; the bed runs no
-// cert-manager, so the test first installs a subset of cert-manager's
-// Certificate CRD (testdata/cert-manager-certificate-crd.yaml: its real
-// field names, types and enums, strict) and checks the object against it and
+// cert-manager, so the test first installs cert-manager's own CRDs (from its
+// Go module, see installCRDs) and checks the object against them and
 // against the Deployment (the secret it mounts, the files the configuration
 // names). Every overlay probes the health port and ships the NetworkPolicy
 // that admits only the gateway to the decision ports.
@@ -70,8 +69,7 @@ func TestKustomizeApplies(t *testing.T) {
 		return stdout.Bytes()
 	}
 
-	run(t, nil, "apply", "--server-side", "--field-manager", "credinject-e2e", "-f", "internal/e2e/testdata/cert-manager-certificate-crd.yaml")
-	run(t, nil, "wait", "--for", "condition=Established", "--timeout", "60s", "crd/certificates.cert-manager.io")
+	installCRDs(ctx, t, newKubectl(t, env))
 
 	for _, tc := range []struct {
 		dir        string

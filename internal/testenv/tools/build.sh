@@ -8,7 +8,7 @@
 # done and about how long is left), and the finish with the elapsed time and
 # the binary directory. A tool already built prints "cached".
 #
-#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink]     (default: all)
+#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen] [helm] [crds]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -19,7 +19,7 @@ mkdir -p "$root"
 # key NAME VERSION: the cache folder for one tool module.
 key() {
   local sum
-  sum=$(cat "$here/$1"/go.mod "$here/$1"/go.sum "$here/$1"/*.go 2>/dev/null | sha256sum | cut -c1-12)
+  sum=$({ cat "$here/$1"/go.mod "$here/$1"/go.sum "$here/$1"/*.go 2>/dev/null || true; } | sha256sum | cut -c1-12)
   echo "$root/$1-$2-$sum"
 }
 
@@ -41,6 +41,9 @@ spec() {
     hydra) version=2.3.0 bins=hydra ;;
     promtool) version=0.316.0 bins=promtool ;;
     otlpsink) version=0.165.0 bins=otlpsink ;;
+    controllergen) version=0.23.0 bins=controller-gen ;;
+    helm) version=4.3.2 bins=helm ;;
+    crds) version=gwapi1.6.3-istio1.32.0-eg1.9.1-cm1.21.2-po0.85.0 bins=crds.txt ;;
     *) echo "build.sh: unknown tool $1" >&2; exit 2 ;;
   esac
 }
@@ -49,11 +52,14 @@ spec() {
 # module and build caches (Vault 659 s, kube-apiserver and kubectl 702 s and
 # Hydra 320 s, the three in parallel; promtool 607 s beside four other builds;
 # otlpsink 300 s is a guess: its one measurement, 1039 s with the modules
-# present at nice 19 beside other engineers' builds, says more of the load).
+# present at nice 19 beside other engineers' builds, says more of the load;
+# controller-gen "about a minute", Helm "several minutes" and the CRDs'
+# downloads are guesses too).
 # Only for the estimates.
 cold() {
   case $1 in
     vault) echo 660 ;; kube) echo 700 ;; hydra) echo 470 ;; promtool) echo 600 ;; otlpsink) echo 300 ;;
+    controllergen) echo 60 ;; helm) echo 300 ;; crds) echo 30 ;;
   esac
 }
 
@@ -156,6 +162,39 @@ compile_otlpsink() {
   gobuild otlpsink -trimpath -ldflags "-s -w" -o "$1/otlpsink" .
 }
 
+compile_controllergen() {
+  gobuild controllergen -trimpath -ldflags "-s -w" -o "$1/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen
+}
+
+compile_helm() {
+  gobuild helm -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$version" -o "$1/helm" helm.sh/helm/v4/cmd/helm
+}
+
+# compile_crds: the CRDs of the projects deploy/ targets, as each ships
+# them in its own Go module (downloaded from the module proxy, not
+# compiled): Gateway API (standard channel), Istio, Envoy Gateway,
+# cert-manager, the Prometheus Operator. crds.txt lists the files, in the order to apply them.
+compile_crds() {
+  echo "crds: downloading the CRDs of Gateway API, Istio, Envoy Gateway, cert-manager and the Prometheus Operator…"
+  local out=$1 m dir
+  mkdir -p "$out"
+  for m in sigs.k8s.io/gateway-api@v1.6.3 istio.io/api@v1.32.0 github.com/envoyproxy/gateway@v1.9.1 \
+           github.com/cert-manager/cert-manager@v1.21.2 github.com/prometheus-operator/prometheus-operator@v0.85.0; do
+    dir=$(cd "$out" && GOFLAGS=-mod=mod go mod download -json "$m" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$dir" ] || { echo "crds: no module directory for $m" >&2; return 1; }
+    case $m in
+      sigs.k8s.io/gateway-api@*) mkdir -p "$out/gateway-api"; cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$out/gateway-api/" ;;
+      istio.io/api@*) mkdir -p "$out/istio"; cp "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$out/istio/" ;;
+      github.com/envoyproxy/gateway@*) mkdir -p "$out/envoy-gateway"; cp "$dir"/charts/gateway-helm/charts/crds/crds/generated/*.yaml "$out/envoy-gateway/" ;;
+      github.com/cert-manager/cert-manager@*) mkdir -p "$out/cert-manager"; cp "$dir"/deploy/crds/*.yaml "$out/cert-manager/" ;;
+      github.com/prometheus-operator/*) mkdir -p "$out/prometheus-operator"
+        cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{prometheusrules,servicemonitors,podmonitors}.yaml "$out/prometheus-operator/" ;;
+    esac
+  done
+  chmod -R u+w "$out"
+  (cd "$out" && find . -name '*.yaml' | sort > crds.txt) && chmod +x "$out/crds.txt"
+}
+
 if [ "${1:-}" = path ]; then
   name=${2:?build.sh path NAME}
   spec "$name"
@@ -164,7 +203,7 @@ if [ "${1:-}" = path ]; then
   exit 0
 fi
 
-what=(${*:-vault kube hydra promtool otlpsink})
+what=(${*:-vault kube hydra promtool otlpsink controllergen helm crds})
 for i in "${!what[@]}"; do
   # later: the cold time of the tools after this one that are not built.
   later=0

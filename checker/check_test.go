@@ -121,7 +121,9 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 	}
 	r.validator, r.router = v, router
 	r.c, err = checker.New(checker.Config{
-		TokenCacheSize: 1 << 16,
+		// Holds every benchmark identity's token: BenchmarkCheck's
+		// 100,000 identities must all hit.
+		TokenCacheSize: 1 << 20,
 		Validator:      v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: r.sas,
 		BoundObjects: checker.BoundObjectsFunc(func(kind checker.BoundKind, key, uid string) bool {
@@ -583,7 +585,7 @@ func TestNewTokensAreOffered(t *testing.T) {
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}}
 	c, err := checker.New(checker.Config{
-		TokenCacheSize: 1 << 16,
+		TokenCacheSize: 1 << 20,
 		Validator:      r.validator, Credentials: r.creds, Router: r.router, Audiences: []string{aud}, Clock: r.clock,
 		Source: sink, TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 	})

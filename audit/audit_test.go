@@ -453,3 +453,28 @@ func TestLongHostsDoNotPinRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageByIdentitySource: one identity's decisions from its token and
+// from its mesh peer are kept apart, each record naming its source.
+func TestUsageByIdentitySource(t *testing.T) {
+	r := newRig(t, 100)
+	for _, src := range []string{"token", "peer", "peer"} {
+		u := allow(t0, "ns/a", "", "api.openai.com", 1)
+		u.IdentitySource = src
+		r.log.Use(u)
+	}
+	r.log.Use(Use{At: t0, Reason: authz.ReasonInvalidPeer, IdentitySource: "peer", TokenTag: 0x11})
+	r.clock.Step(time.Minute)
+	r.log.Flush()
+	recs := r.out.records(t)
+	var got []string
+	for _, u := range ofKind(recs, KindUsage) {
+		got = append(got, fmt.Sprintf("%v|%v|%v", u["identity"], u["identity_source"], u["count"]))
+	}
+	if want := []string{"ns/a|peer|2", "ns/a|token|1"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("usage records %v, want %v", got, want)
+	}
+	if d := ofKind(recs, KindDenied); len(d) != 1 || d[0]["reason"] != "invalid_peer" || d[0]["identity_source"] != "peer" {
+		t.Errorf("denied records %v", d)
+	}
+}

@@ -71,13 +71,15 @@ type eventRecord struct {
 // usageRecord: allows of one (identity, route, version, host) in an interval.
 type usageRecord struct {
 	header
-	Identity string    `json:"identity"`
-	Route    string    `json:"route"`
-	Version  int64     `json:"version"`
-	Host     string    `json:"host"`
-	Count    int64     `json:"count"`
-	First    time.Time `json:"first"`
-	Last     time.Time `json:"last"`
+	Identity string `json:"identity"`
+	// IdentitySource: token or peer.
+	IdentitySource string    `json:"identity_source,omitempty"`
+	Route          string    `json:"route"`
+	Version        int64     `json:"version"`
+	Host           string    `json:"host"`
+	Count          int64     `json:"count"`
+	First          time.Time `json:"first"`
+	Last           time.Time `json:"last"`
 }
 
 // deniedRecord: denies of one (reason, identity, route) in an interval, or
@@ -85,13 +87,15 @@ type usageRecord struct {
 // last such token as a sample.
 type deniedRecord struct {
 	header
-	Reason   string    `json:"reason"`
-	Identity string    `json:"identity,omitempty"`
-	TokenTag string    `json:"tokenTag,omitempty"`
-	Route    string    `json:"route,omitempty"`
-	Count    int64     `json:"count"`
-	First    time.Time `json:"first"`
-	Last     time.Time `json:"last"`
+	Reason   string `json:"reason"`
+	Identity string `json:"identity,omitempty"`
+	// IdentitySource: token or peer.
+	IdentitySource string    `json:"identity_source,omitempty"`
+	TokenTag       string    `json:"tokenTag,omitempty"`
+	Route          string    `json:"route,omitempty"`
+	Count          int64     `json:"count"`
+	First          time.Time `json:"first"`
+	Last           time.Time `json:"last"`
 }
 
 // flushRecord closes an interval's usage records.

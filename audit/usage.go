@@ -25,6 +25,9 @@ type Use struct {
 	// Identity is "namespace/serviceaccount"; empty when the token did not
 	// name a valid one.
 	Identity string
+	// IdentitySource is where the identity came from, or was looked for:
+	// "token" or "peer" ("" written as nothing).
+	IdentitySource string
 	// Route is the route's name ("" for the default route, and for a deny
 	// before routing).
 	Route string
@@ -50,6 +53,7 @@ const maxHostLen = 256
 type usageKey struct {
 	reason   authz.Reason
 	identity string
+	source   string
 	route    string
 	host     string
 	version  int64
@@ -97,7 +101,7 @@ func newUsage(maxKeys int, dropped prometheus.Counter) *usage {
 }
 
 func (u *usage) add(x Use) {
-	k := usageKey{reason: x.Reason, identity: x.Identity, route: x.Route}
+	k := usageKey{reason: x.Reason, identity: x.Identity, source: x.IdentitySource, route: x.Route}
 	if x.Reason == authz.ReasonNone {
 		k.host, k.version = x.Host, x.Version
 		if len(k.host) > maxHostLen {
@@ -159,12 +163,12 @@ func (u *usage) take() (allows []usageRecord, denies []deniedRecord, dropped int
 			switch {
 			case k.reason == authz.ReasonNone:
 				nAllows++
-				allows = append(allows, usageRecord{Identity: k.identity, Route: k.route, Version: k.version, Host: k.host,
+				allows = append(allows, usageRecord{Identity: k.identity, IdentitySource: k.source, Route: k.route, Version: k.version, Host: k.host,
 					Count: st.count, First: st.first.UTC(), Last: st.last.UTC()})
 			case k.identity == "":
 				anon[k] = merge(anon[k], st)
 			default:
-				denies = append(denies, deniedRecord{Reason: string(k.reason), Identity: k.identity, Route: k.route,
+				denies = append(denies, deniedRecord{Reason: string(k.reason), Identity: k.identity, IdentitySource: k.source, Route: k.route,
 					Count: st.count, First: st.first.UTC(), Last: st.last.UTC()})
 			}
 		}
@@ -175,17 +179,17 @@ func (u *usage) take() (allows []usageRecord, denies []deniedRecord, dropped int
 		s.mu.Unlock()
 	}
 	for k, st := range anon {
-		d := deniedRecord{Reason: string(k.reason), Route: k.route, Count: st.count, First: st.first.UTC(), Last: st.last.UTC()}
+		d := deniedRecord{Reason: string(k.reason), IdentitySource: k.source, Route: k.route, Count: st.count, First: st.first.UTC(), Last: st.last.UTC()}
 		if st.tag != 0 {
 			d.TokenTag = tokenTag(st.tag)
 		}
 		denies = append(denies, d)
 	}
 	slices.SortFunc(allows, func(a, b usageRecord) int {
-		return cmp.Or(cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.Route, b.Route), cmp.Compare(a.Host, b.Host), cmp.Compare(a.Version, b.Version))
+		return cmp.Or(cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.IdentitySource, b.IdentitySource), cmp.Compare(a.Route, b.Route), cmp.Compare(a.Host, b.Host), cmp.Compare(a.Version, b.Version))
 	})
 	slices.SortFunc(denies, func(a, b deniedRecord) int {
-		return cmp.Or(cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.TokenTag, b.TokenTag), cmp.Compare(a.Route, b.Route))
+		return cmp.Or(cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.IdentitySource, b.IdentitySource), cmp.Compare(a.TokenTag, b.TokenTag), cmp.Compare(a.Route, b.Route))
 	})
 	return allows, denies, u.dropped.Swap(0)
 }

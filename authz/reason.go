@@ -37,7 +37,12 @@ const (
 	// certificate the client CA signed, but naming none of
 	// listen.tls.clientNames: it is not the gateway, and gets nothing.
 	ReasonClientNotAllowed Reason = "client_not_allowed"
-	ReasonInternal         Reason = "internal"
+	// ReasonInvalidPeer: a trusted caller vouched for a mesh peer whose
+	// identity is not spiffe://<identity.peer.trustDomain>/ns/<namespace>/sa/<name>
+	// with valid names (another trust domain, another shape), or sent a
+	// peer header that cannot be read.
+	ReasonInvalidPeer Reason = "invalid_peer"
+	ReasonInternal    Reason = "internal"
 )
 
 // Reasons lists every deny reason, in the order of the README.
@@ -45,7 +50,7 @@ var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
 	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
 	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointRefused,
-	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInternal,
+	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInvalidPeer, ReasonInternal,
 }
 
 // Known reports whether r is ReasonNone or one of Reasons.
@@ -68,7 +73,7 @@ func (r Reason) Status() int {
 	switch r {
 	case ReasonNone:
 		return 200
-	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount:
+	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount, ReasonInvalidPeer:
 		return 401
 	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused, ReasonClientNotAllowed:
 		return 403

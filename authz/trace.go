@@ -7,6 +7,9 @@ package authz
 const (
 	// TraceAttrIdentity is the workload identity, "namespace/serviceaccount".
 	TraceAttrIdentity = "credinject.identity"
+	// TraceAttrIdentitySource is where the identity came from: token or
+	// peer (IdentitySource).
+	TraceAttrIdentitySource = "credinject.identity_source"
 	// TraceAttrRoute is the route's name ("" for the default route).
 	TraceAttrRoute = "credinject.route"
 	// TraceAttrResult is the outcome of the span's work (the checker: allow

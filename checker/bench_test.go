@@ -41,7 +41,42 @@ func BenchmarkCheck(b *testing.B) {
 		b.Run(fmt.Sprintf("identities=%d", n), func(b *testing.B) {
 			benchCheckHits(b, n, "authorization", "Bearer key-%d", nil)
 		})
+		b.Run(fmt.Sprintf("identities=%d/source=peer", n), func(b *testing.B) {
+			benchPeerHits(b, n)
+		})
 	}
+}
+
+// benchPeerHits is benchCheckHits for peer identities: each request
+// carries only source.principal, from a trusted gateway (no token to
+// verify, ever).
+func benchPeerHits(b *testing.B, n int) {
+	r, _ := newPeerRig(b, authz.SourcePeer, authz.SourceToken)
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range n {
+		ns := fmt.Sprintf("ns-%d", i)
+		r.put(b, "", ns, "sa", "authorization", fmt.Sprintf("Bearer key-%d", i))
+		reqs[i] = peerRequest("", "spiffe://cluster.local/ns/"+ns+"/sa/sa", "api.openai.com")
+	}
+	ctx := from(gatewayAddr)
+	for range 3 {
+		for _, q := range reqs {
+			if resp, _ := r.g.Check(ctx, q); resp.GetOkResponse() == nil {
+				b.Fatalf("not allowed: %v", outcome(resp))
+			}
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
+				b.Fatalf("not allowed: %v", outcome(resp))
+			}
+			i += 7919
+		}
+	})
 }
 
 // BenchmarkCheckAudit is BenchmarkCheck with the audit trail on: every

@@ -99,6 +99,13 @@ func newTracedRig(tb testing.TB, routes []checker.Route, hasDefault bool, tracin
 // newRigOpts builds a rig with a Recorder (nil: none) and tracing.
 func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder, tracing checker.Tracing) *rig {
 	tb.Helper()
+	return newRigMod(tb, routes, hasDefault, rec, tracing, nil, nil)
+}
+
+// newRigMod is newRigOpts with mod applied to the checker's Config (nil:
+// none) and the gRPC server's options.
+func newRigMod(tb testing.TB, routes []checker.Route, hasDefault bool, rec checker.Recorder, tracing checker.Tracing, mod func(*checker.Config), gopts *checker.GRPCOptions) *rig {
+	tb.Helper()
 	r := &rig{sas: &saFake{}, reg: prometheus.NewRegistry()}
 	r.clock = clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
 	var err error
@@ -120,7 +127,7 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}
 	r.validator, r.router = v, router
-	r.c, err = checker.New(checker.Config{
+	cfg := checker.Config{
 		// Holds every benchmark identity's token: BenchmarkCheck's
 		// 100,000 identities must all hit.
 		TokenCacheSize: 1 << 20,
@@ -140,11 +147,17 @@ func newRigOpts(tb testing.TB, routes []checker.Route, hasDefault bool, rec chec
 		Registerer: r.reg, TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 		Recorder: rec,
 		Tracing:  tracing,
-	})
-	if err != nil {
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	if r.c, err = checker.New(cfg); err != nil {
 		tb.Fatal(err)
 	}
 	r.g = checker.NewGRPC(r.c)
+	if gopts != nil {
+		r.g = checker.NewGRPCWith(r.c, *gopts)
+	}
 	tb.Cleanup(func() { r.c.Close(); r.creds.Close() })
 	return r
 }

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/authz"
@@ -80,6 +82,16 @@ type Config struct {
 	Clock clock.WithTicker
 	// Recorder, if set, is told of every decision (the audit trail).
 	Recorder Recorder
+	// Sources are where an identity is taken from, in order
+	// (identity.sources): the first one the request carries decides. nil:
+	// the token only.
+	Sources []authz.IdentitySource
+	// TrustDomain is the SPIFFE trust domain of peer identities
+	// (identity.peer.trustDomain); required with SourcePeer.
+	TrustDomain string
+	// PeerLogins, required with SourcePeer, obtains a peer identity's
+	// credential on a miss, as it presents no token to log in with.
+	PeerLogins PeerLogins
 }
 
 // Checker makes decisions. It is safe for concurrent use.
@@ -90,6 +102,11 @@ type Checker struct {
 	hash    *hasher
 	tcache  *cache.Tokens[tokenResult]
 	tracer  *tracer // nil: tracing off
+	// peerHash MACs peer identities under a key of their own, so no
+	// Authorization value can name a peer's cached result.
+	peerHash *hasher
+	peerOn   bool
+	enroll   singleflight.Group
 }
 
 // New builds a Checker.
@@ -112,6 +129,14 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.SourceTimeout <= 0 {
 		cfg.SourceTimeout = 10 * time.Second
 	}
+	if len(cfg.Sources) == 0 {
+		cfg.Sources = []authz.IdentitySource{authz.SourceToken}
+	}
+	cfg.Sources = slices.Clone(cfg.Sources)
+	peerOn := slices.Contains(cfg.Sources, authz.SourcePeer)
+	if peerOn && (cfg.TrustDomain == "" || cfg.PeerLogins == nil) {
+		return nil, errors.New("checker: the peer source needs TrustDomain and PeerLogins")
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
@@ -120,9 +145,11 @@ func New(cfg Config) (*Checker, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc, tracer: newTracer(cfg.Tracing)}
+	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc, tracer: newTracer(cfg.Tracing),
+		peerHash: newHasher(nil), peerOn: peerOn}
 	c.tokens = &cachedValidator{
-		v: cfg.Validator, sas: cfg.ServiceAccounts, bound: cfg.BoundObjects, cache: tc, cfg: cfg.TokenCache,
+		trustDomain: cfg.TrustDomain,
+		v:           cfg.Validator, sas: cfg.ServiceAccounts, bound: cfg.BoundObjects, cache: tc, cfg: cfg.TokenCache,
 		clock: cfg.Clock, metrics: m, log: cfg.Log,
 	}
 	c.tokens.removals, _ = cfg.ServiceAccounts.(ServiceAccountRemovals)
@@ -146,6 +173,8 @@ type Decision struct {
 	// Entry is the credential served (allow only).
 	Entry    *cache.Entry
 	Identity authz.Identity
+	// Source is where the identity came from (or was looked for).
+	Source authz.IdentitySource
 	// Stale is set when Entry is past its refresh time but within grace.
 	Stale bool
 
@@ -157,62 +186,123 @@ type Decision struct {
 }
 
 // Decide validates the Authorization header value, picks the route for host
-// and finds the credential. It never panics and never returns an allow
-// without a credential of the identity's own.
-func (c *Checker) Decide(ctx context.Context, authorization, host string) (d Decision) {
+// and finds the credential: DecideRequest with only a token.
+func (c *Checker) Decide(ctx context.Context, authorization, host string) Decision {
+	return c.DecideRequest(ctx, Request{Authorization: authorization, Host: host})
+}
+
+// DecideRequest takes the identity from the first of the configured
+// sources the request carries (its token, or the peer a trusted caller
+// vouched for), picks the route for req.Host and finds the credential. It
+// never panics and never returns an allow without a credential of the
+// identity's own.
+func (c *Checker) DecideRequest(ctx context.Context, req Request) (d Decision) {
 	start := c.cfg.Clock.Now()
 	var (
 		mac   cache.MAC
 		route string
 	)
+	src := c.source(&req)
 	defer func() {
 		if err := panics.Recovered(c.metrics.panics, "check", recover()); err != nil {
 			c.cfg.Log.Error("panic in check; denying", "err", err)
 			d = Decision{Reason: authz.ReasonInternal}
 		}
-		counter, known := c.metrics.checks[d.Reason]
+		d.Source = src
+		counter, known := c.metrics.checks[src][d.Reason]
 		if !known {
 			// A reason outside the closed set (a corrupt negative entry)
 			// is an internal error, never a panic in the deferred path.
-			d = Decision{Reason: authz.ReasonInternal}
-			counter = c.metrics.checks[authz.ReasonInternal]
+			d = Decision{Reason: authz.ReasonInternal, Source: src}
+			counter = c.metrics.checks[src][authz.ReasonInternal]
 		}
 		counter.Inc()
 		c.metrics.duration.Observe(c.cfg.Clock.Now().Sub(start).Seconds())
 		if c.cfg.Recorder != nil {
-			c.record(start, d, route, host, &mac)
+			c.record(start, d, route, req.Host, &mac)
 		}
 	}()
-	token, r := cutBearer(authorization)
-	if r != authz.ReasonNone {
-		c.cfg.Log.Debug("deny", "reason", string(r))
-		return Decision{Reason: r}
-	}
-	c.hash.mac(token, &mac)
-	ti, hit, r := c.tokens.validate(ctx, token, &mac, start)
-	if r != authz.ReasonNone {
-		c.cfg.Log.Debug("deny", "reason", string(r), "token", tokenTag(&mac))
-		return Decision{Reason: r}
+	var (
+		ti    TokenInfo
+		hit   *cache.Token[tokenResult]
+		token string
+		r     authz.Reason
+	)
+	if src == authz.SourcePeer {
+		if r = peerShape(&req); r != authz.ReasonNone {
+			c.cfg.Log.Debug("deny", "reason", string(r), "identity_source", "peer")
+			return Decision{Reason: r}
+		}
+		c.peerHash.mac(req.Peer, &mac)
+		ti, hit, r = c.tokens.validate(ctx, req.Peer, true, &mac, start)
+		if r != authz.ReasonNone {
+			c.cfg.Log.Debug("deny", "reason", string(r), "identity_source", "peer", "peer", req.Peer)
+			return Decision{Reason: r}
+		}
+	} else {
+		token, r = cutBearer(req.Authorization)
+		if r != authz.ReasonNone {
+			c.cfg.Log.Debug("deny", "reason", string(r))
+			return Decision{Reason: r}
+		}
+		c.hash.mac(token, &mac)
+		ti, hit, r = c.tokens.validate(ctx, token, false, &mac, start)
+		if r != authz.ReasonNone {
+			c.cfg.Log.Debug("deny", "reason", string(r), "token", tokenTag(&mac))
+			return Decision{Reason: r}
+		}
 	}
 	id := ti.Identity
-	route, ok := c.cfg.Router.Match(host)
+	route, ok := c.cfg.Router.Match(req.Host)
 	if !ok {
-		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key, "host", host)
+		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key, "identity_source", src.String(), "host", req.Host)
 		return Decision{Reason: authz.ReasonNoRoute, Identity: id}
 	}
-	d = c.credential(ctx, route, ti, hit, token, start)
+	d = c.credential(ctx, route, ti, hit, token, src, start)
 	d.route, d.routed = route, true
 	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
-		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "route", route, "token", tokenTag(&mac), "stale", d.Stale)
+		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "identity_source", src.String(), "route", route, "token", tokenTag(&mac), "stale", d.Stale)
 	}
 	return d
+}
+
+// source is the first configured source req carries; the first configured
+// one when it carries none (which then answers missing_token).
+func (c *Checker) source(req *Request) authz.IdentitySource {
+	for _, s := range c.cfg.Sources {
+		switch s {
+		case authz.SourceToken:
+			if req.Authorization != "" {
+				return s
+			}
+		case authz.SourcePeer:
+			if req.Peer != "" || req.PeerUnreadable {
+				return s
+			}
+		}
+	}
+	return c.cfg.Sources[0]
+}
+
+// peerShape is what the peer path checks before the cache: presence and
+// size (the full form is checked on a miss, as a token's shape is).
+func peerShape(req *Request) authz.Reason {
+	switch {
+	case req.PeerUnreadable:
+		return authz.ReasonInvalidPeer
+	case req.Peer == "":
+		return authz.ReasonMissingToken
+	case len(req.Peer) > maxPeerLen:
+		return authz.ReasonInvalidPeer
+	}
+	return authz.ReasonNone
 }
 
 // credential finds the credential of (route, ti's identity) at now. hit,
 // the token's cached result (nil if the token was just validated), gives the
 // entry last served for the token while the cache still holds it; otherwise
 // the entry is looked up and remembered there.
-func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, hit *cache.Token[tokenResult], token string, now time.Time) Decision {
+func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, hit *cache.Token[tokenResult], token string, src authz.IdentitySource, now time.Time) Decision {
 	id := ti.Identity
 	var e *cache.Entry
 	if hit != nil {
@@ -242,16 +332,24 @@ func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, hi
 	if c.tracer != nil {
 		missSpan(ctx, route)
 	}
-	d := c.miss(ctx, route, ti, token, now)
+	d := c.miss(ctx, route, ti, token, src, now)
 	d.miss = true
 	return d
 }
 
-// miss asks the Source for the credential of (route, identity).
-func (c *Checker) miss(ctx context.Context, route string, ti TokenInfo, token string, now time.Time) Decision {
+// miss asks the Source for the credential of (route, identity). A peer
+// identity, which brings no token to log in with, is first handed to
+// PeerLogins (once at a time per identity), which logs in as it with a token
+// it requests and reads its routes.
+func (c *Checker) miss(ctx context.Context, route string, ti TokenInfo, token string, src authz.IdentitySource, now time.Time) Decision {
 	id := ti.Identity
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.SourceTimeout)
 	defer cancel()
+	if src == authz.SourcePeer {
+		if err := c.enrollPeer(sctx, id); err != nil {
+			return Decision{Reason: authz.ReasonOf(err), Identity: id}
+		}
+	}
 	e, err := c.cfg.Source.Credential(sctx, route, id, token, ti.Expires)
 	if err != nil {
 		return Decision{Reason: authz.ReasonOf(err), Identity: id}
@@ -265,6 +363,23 @@ func (c *Checker) miss(ctx context.Context, route string, ti TokenInfo, token st
 		return Decision{Reason: authz.ReasonVaultUnavailable, Identity: id}
 	}
 	return entryDecision(e, id, false)
+}
+
+// enrollPeer runs PeerLogins.Prefetch for id, one call at a time per
+// identity, on a context detached from any one caller's (bounded by
+// SourceTimeout); each caller waits on its own ctx.
+func (c *Checker) enrollPeer(ctx context.Context, id authz.Identity) error {
+	ch := c.enroll.DoChan(id.Key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.SourceTimeout)
+		defer cancel()
+		return nil, c.cfg.PeerLogins.Prefetch(fctx, id)
+	})
+	select {
+	case r := <-ch:
+		return r.Err
+	case <-ctx.Done():
+		return authz.Deny(authz.ReasonVaultUnavailable, ctx.Err())
+	}
 }
 
 func entryDecision(e *cache.Entry, id authz.Identity, stale bool) Decision {

@@ -2,6 +2,7 @@ package checker
 
 import (
 	"context"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -27,13 +28,32 @@ const (
 // GRPC is the envoy.service.auth.v3.Authorization server.
 type GRPC struct {
 	authv3.UnimplementedAuthorizationServer
-	c      *Checker
-	denied map[authz.Reason]*authv3.CheckResponse
+	c       *Checker
+	denied  map[authz.Reason]*authv3.CheckResponse
+	proxies []netip.Prefix
+	named   bool
 }
 
-// NewGRPC wraps c as an ext_authz server.
-func NewGRPC(c *Checker) *GRPC {
-	g := &GRPC{c: c, denied: map[authz.Reason]*authv3.CheckResponse{}}
+// GRPCOptions say whose word on the mesh peer (source.principal) Check
+// believes, when the checker takes identities from peers. The zero value
+// believes nobody.
+type GRPCOptions struct {
+	// TrustedProxies (listen.trustedProxies): callers whose TCP peer
+	// address is in one of these prefixes.
+	TrustedProxies []netip.Prefix
+	// NamedClients: the server requires client certificates naming one of
+	// listen.tls.clientNames (the handshake refuses the others), so every
+	// TLS caller is trusted.
+	NamedClients bool
+}
+
+// NewGRPC wraps c as an ext_authz server that believes nobody's peer
+// (NewGRPCWith(c, GRPCOptions{})).
+func NewGRPC(c *Checker) *GRPC { return NewGRPCWith(c, GRPCOptions{}) }
+
+// NewGRPCWith wraps c as an ext_authz server with opts.
+func NewGRPCWith(c *Checker, opts GRPCOptions) *GRPC {
+	g := &GRPC{c: c, denied: map[authz.Reason]*authv3.CheckResponse{}, proxies: opts.TrustedProxies, named: opts.NamedClients}
 	for _, r := range append([]authz.Reason{authz.ReasonInternal}, authz.Reasons...) {
 		g.denied[r] = deniedResponse(r)
 	}
@@ -42,7 +62,8 @@ func NewGRPC(c *Checker) *GRPC {
 
 var _ authv3.AuthorizationServer = (*GRPC)(nil)
 
-// Check answers one ext_authz request. It always returns a CheckResponse and
+// Check answers one ext_authz request; with the peer source on, a trusted
+// caller's attributes.source.principal names the mesh peer. It always returns a CheckResponse and
 // a nil error: a transport error would let a gateway configured with
 // failure_mode_allow through.
 func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
@@ -53,7 +74,15 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 		th, carrier := grpcTraceHeaders(httpReq)
 		ctx, span = t.start(ctx, &th, carrier)
 	}
-	d := g.c.Decide(ctx, authorization, host)
+	r := Request{Authorization: authorization, Host: host}
+	if g.c.peerOn {
+		// A principal counts only from a trusted caller; from anyone else
+		// it is ignored, as if absent.
+		if p := req.GetAttributes().GetSource().GetPrincipal(); p != "" && trustedGRPC(ctx, g.proxies, g.named) {
+			r.Peer = p
+		}
+	}
+	d := g.c.DecideRequest(ctx, r)
 	endCheck(span, &d)
 	if d.Reason != authz.ReasonNone {
 		resp, ok := g.denied[d.Reason]

@@ -23,6 +23,9 @@ type HTTP struct {
 	c       *Checker
 	proxies []netip.Prefix
 	clients ClientNames
+	// peerHeader is the canonical name of the header a trusted caller
+	// names the mesh peer in ("": the peer source is off).
+	peerHeader string
 }
 
 // HTTPOptions say whose forwarded headers /check believes and, with client
@@ -38,7 +41,14 @@ type HTTPOptions struct {
 	// connection: a client certificate naming none of the names gets 403
 	// client_not_allowed; one that names one is also a trusted proxy.
 	Clients ClientNames
+	// PeerHeader (identity.peer.header; "": x-forwarded-client-cert) is
+	// where a trusted caller names the mesh peer, when the checker takes
+	// identities from peers: the URI= of its last element.
+	PeerHeader string
 }
+
+// DefaultPeerHeader is where Envoy forwards the client certificate.
+const DefaultPeerHeader = "x-forwarded-client-cert"
 
 // ClientNames decides about a TLS client by its certificate's names.
 // *tlsconfig.Reloader satisfies it.
@@ -60,6 +70,13 @@ func NewHTTP(c *Checker) *HTTP { return NewHTTPWith(c, HTTPOptions{}) }
 // judged once per connection rather than on every request.
 func NewHTTPWith(c *Checker, opts HTTPOptions) *HTTP {
 	h := &HTTP{c: c, proxies: opts.TrustedProxies}
+	if c.peerOn {
+		h.peerHeader = opts.PeerHeader
+		if h.peerHeader == "" {
+			h.peerHeader = DefaultPeerHeader
+		}
+		h.peerHeader = http.CanonicalHeaderKey(h.peerHeader)
+	}
 	if opts.Clients != nil && opts.Clients.HasClientNames() {
 		h.clients = opts.Clients
 	}
@@ -137,10 +154,14 @@ func (h *HTTP) caller(r *http.Request) (allowed, trusted bool) {
 // the nearest proxy wrote (the last one). An untrusted caller's forwarded
 // headers are ignored: a workload could otherwise send its request to one
 // host with another route's credential.
+//
+// With the peer source on, a trusted caller's PeerHeader (the URI= of its
+// last x-forwarded-client-cert element) names the mesh peer; anyone else's
+// is ignored, as if absent.
 func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	allowed, trusted := h.caller(r)
 	if !allowed {
-		h.c.metrics.checks[authz.ReasonClientNotAllowed].Inc()
+		h.c.metrics.checks[authz.SourceToken][authz.ReasonClientNotAllowed].Inc()
 		h.c.cfg.Log.Debug("deny", "reason", string(authz.ReasonClientNotAllowed), "peer", r.RemoteAddr)
 		writeDeny(w, authz.ReasonClientNotAllowed)
 		return
@@ -161,7 +182,14 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx, span = t.start(ctx, &th, propagation.HeaderCarrier(r.Header))
 	}
-	d := h.c.Decide(ctx, r.Header.Get("Authorization"), host)
+	req := Request{Authorization: r.Header.Get("Authorization"), Host: host}
+	if trusted && h.peerHeader != "" {
+		// Only the gateway's word counts: from anyone else the header is
+		// ignored, as if absent.
+		uri, _, err := XFCCURI(r.Header[h.peerHeader])
+		req.Peer, req.PeerUnreadable = uri, err != nil
+	}
+	d := h.c.DecideRequest(ctx, req)
 	endCheck(span, &d)
 	if d.Reason != authz.ReasonNone {
 		writeDeny(w, d.Reason)

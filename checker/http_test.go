@@ -240,13 +240,15 @@ func TestClientNamesOncePerConnection(t *testing.T) {
 	}
 }
 
-// denies is credinject_check_total{result="deny",reason}.
+// denies is credinject_check_total{result="deny",reason}, summed over
+// identity sources.
 func denies(t *testing.T, r *rig, reason string) float64 {
 	t.Helper()
 	mfs, err := r.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	found, sum := false, 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != "credinject_check_total" {
 			continue
@@ -257,10 +259,12 @@ func denies(t *testing.T, r *rig, reason string) float64 {
 				labels[l.GetName()] = l.GetValue()
 			}
 			if labels["result"] == "deny" && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
+				found, sum = true, sum+m.GetCounter().GetValue()
 			}
 		}
 	}
-	t.Fatalf("no credinject_check_total{reason=%q}", reason)
-	return 0
+	if !found {
+		t.Fatalf("no credinject_check_total{reason=%q}", reason)
+	}
+	return sum
 }

@@ -9,10 +9,12 @@ import (
 	"github.com/credinject/credinject/internal/panics"
 )
 
-// metrics are the checker's Prometheus metrics. Counters for every (result,
-// reason) pair are created up front so the hot path does no label lookup.
+// metrics are the checker's Prometheus metrics. Counters for every
+// (identity source, result, reason) are created up front so the hot path
+// does no label lookup.
 type metrics struct {
-	checks    map[authz.Reason]prometheus.Counter
+	// checks is indexed by authz.IdentitySource.
+	checks    [2]map[authz.Reason]prometheus.Counter
 	duration  prometheus.Observer
 	stale     prometheus.Counter
 	credHit   prometheus.Counter
@@ -28,8 +30,8 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	checks := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credinject_check_total",
-		Help: "Decisions made, by result (allow, deny) and reason.",
-	}, []string{"result", "reason"})
+		Help: "Decisions made, by result (allow, deny), reason and identity_source (token, peer: where the identity came from, or was looked for).",
+	}, []string{"result", "reason", "identity_source"})
 	dur := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "credinject_check_duration_seconds",
 		Help:    "Time to decide one check, from request to response.",
@@ -54,7 +56,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m := &metrics{
 		panics:    pc,
-		checks:    map[authz.Reason]prometheus.Counter{authz.ReasonNone: checks.WithLabelValues("allow", "")},
 		duration:  dur,
 		stale:     stale,
 		credHit:   hits.WithLabelValues("credential"),
@@ -62,8 +63,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		tokenHit:  hits.WithLabelValues("token"),
 		tokenMiss: misses.WithLabelValues("token"),
 	}
-	for _, r := range authz.Reasons {
-		m.checks[r] = checks.WithLabelValues("deny", string(r))
+	for _, src := range authz.IdentitySources {
+		m.checks[src] = map[authz.Reason]prometheus.Counter{authz.ReasonNone: checks.WithLabelValues("allow", "", src.String())}
+		for _, r := range authz.Reasons {
+			m.checks[src][r] = checks.WithLabelValues("deny", string(r), src.String())
+		}
 	}
 	return m, nil
 }

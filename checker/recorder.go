@@ -29,9 +29,11 @@ type Use struct {
 	At time.Time
 	// Reason is the deny reason; authz.ReasonNone for an allow.
 	Reason authz.Reason
-	// Identity is the token's identity; zero when the token was missing or
-	// not valid.
+	// Identity is the token's or the peer's identity; zero when neither
+	// named a valid one.
 	Identity authz.Identity
+	// IdentitySource is where the identity came from (or was looked for).
+	IdentitySource authz.IdentitySource
 	// Route is the matched route's name ("" for the default route, and
 	// for a deny before routing).
 	Route string
@@ -47,7 +49,7 @@ type Use struct {
 
 // record tells the Recorder, if any, of d.
 func (c *Checker) record(at time.Time, d Decision, route, host string, mac *cache.MAC) {
-	u := Use{At: at, Reason: d.Reason, Identity: d.Identity, Route: route, Host: host,
+	u := Use{At: at, Reason: d.Reason, Identity: d.Identity, IdentitySource: d.Source, Route: route, Host: host,
 		TokenTag: binary.BigEndian.Uint32(mac[:4])}
 	if d.Entry != nil {
 		u.Version = d.Entry.Version

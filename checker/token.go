@@ -264,24 +264,28 @@ type TokenCacheConfig struct {
 // cachedValidator puts the token-result cache, single-flight and the
 // ServiceAccount existence check in front of a Validator.
 type cachedValidator struct {
-	v        Validator
-	sas      ServiceAccounts
-	removals ServiceAccountRemovals // nil: sas does not count removals
-	lookups  *saLookups             // nil: the informer's "no" is final
-	sink     TokenSink              // nil: nobody is told of new tokens
-	bound    BoundObjects
-	cache    *cache.Tokens[tokenResult]
-	cfg      TokenCacheConfig
-	clock    clock.PassiveClock
-	flight   singleflight.Group
-	metrics  *metrics
-	log      *slog.Logger
+	// trustDomain is the peer identities' (peer results are parsed, not
+	// validated).
+	trustDomain string
+	v           Validator
+	sas         ServiceAccounts
+	removals    ServiceAccountRemovals // nil: sas does not count removals
+	lookups     *saLookups             // nil: the informer's "no" is final
+	sink        TokenSink              // nil: nobody is told of new tokens
+	bound       BoundObjects
+	cache       *cache.Tokens[tokenResult]
+	cfg         TokenCacheConfig
+	clock       clock.PassiveClock
+	flight      singleflight.Group
+	metrics     *metrics
+	log         *slog.Logger
 }
 
-// validate returns the identity for token at now, or a deny reason. On a
-// token cache hit it also returns the cached result, which remembers the
-// credential entry last served for the token (nil on a miss).
-func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache.MAC, now time.Time) (TokenInfo, *cache.Token[tokenResult], authz.Reason) {
+// validate returns the identity for token (peer: a peer identity, parsed
+// rather than validated, whose MAC is under the peer key) at now, or a deny
+// reason. On a token cache hit it also returns the cached result, which
+// remembers the credential entry last served for the token (nil on a miss).
+func (c *cachedValidator) validate(ctx context.Context, token string, peer bool, mac *cache.MAC, now time.Time) (TokenInfo, *cache.Token[tokenResult], authz.Reason) {
 	var (
 		res   tokenResult
 		stamp uint64
@@ -291,11 +295,13 @@ func (c *cachedValidator) validate(ctx context.Context, token string, mac *cache
 		c.metrics.tokenHit.Inc()
 		res = hit.Value
 	} else {
-		if r := checkShape(token); r != authz.ReasonNone {
-			return TokenInfo{}, nil, r
+		if !peer {
+			if r := checkShape(token); r != authz.ReasonNone {
+				return TokenInfo{}, nil, r
+			}
 		}
 		c.metrics.tokenMiss.Inc()
-		f, err := c.fill(ctx, token, mac)
+		f, err := c.fill(ctx, token, peer, mac)
 		if err != nil {
 			return TokenInfo{}, nil, authz.ReasonOf(err)
 		}
@@ -379,7 +385,7 @@ func (c *cachedValidator) serviceAccount(ctx context.Context, mac *cache.MAC, hi
 // NegativeTTL. A token that is valid but refused by what the checker adds
 // (expired by its clock, a bound object or the ServiceAccount gone) is a
 // rejected one: repeated, it costs no more validations than a forgery.
-func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MAC) (filled, error) {
+func (c *cachedValidator) fill(ctx context.Context, token string, peer bool, macp *cache.MAC) (filled, error) {
 	// A copy for the flight, so the caller's MAC stays on its stack.
 	mac := new(cache.MAC)
 	*mac = *macp
@@ -392,7 +398,18 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()
-		id, err := c.v.Validate(fctx, token)
+		var (
+			id  TokenInfo
+			err error
+		)
+		if peer {
+			id.Identity, err = ParsePeer(c.trustDomain, token)
+			if err != nil {
+				err = authz.Deny(authz.ReasonInvalidPeer, err)
+			}
+		} else {
+			id, err = c.v.Validate(fctx, token)
+		}
 		var stamp uint64
 		live := false
 		if err == nil {
@@ -411,11 +428,11 @@ func (c *cachedValidator) fill(ctx context.Context, token string, macp *cache.MA
 			} else {
 				c.cache.Set(mac, res, now, exp)
 			}
-			if c.sink != nil {
+			if c.sink != nil && !peer {
 				c.sink.OfferToken(id.Identity, token, id.Expires)
 			}
 			return filled{res: res, stamp: stamp}, nil
-		case authz.ReasonInvalidToken, authz.ReasonMalformedToken, authz.ReasonUnknownServiceAccount:
+		case authz.ReasonInvalidToken, authz.ReasonMalformedToken, authz.ReasonUnknownServiceAccount, authz.ReasonInvalidPeer:
 			c.log.Debug("token rejected", "token", tokenTag(mac), "reason", string(r), "error", err)
 			res := tokenResult{reason: r}
 			c.cache.Set(mac, res, now, now.Add(c.cfg.NegativeTTL))

@@ -27,6 +27,8 @@ const (
 
 	// AttrIdentity is the workload identity, "namespace/serviceaccount".
 	AttrIdentity = attribute.Key(authz.TraceAttrIdentity)
+	// AttrIdentitySource is token or peer.
+	AttrIdentitySource = attribute.Key(authz.TraceAttrIdentitySource)
 	// AttrRoute is the route's name ("" for the default route).
 	AttrRoute = attribute.Key(authz.TraceAttrRoute)
 	// AttrResult is allow or deny; AttrReason the deny reason.
@@ -175,10 +177,11 @@ func endCheck(span trace.Span, d *Decision) {
 	if span == nil {
 		return
 	}
-	attrs := make([]attribute.KeyValue, 0, 6)
+	attrs := make([]attribute.KeyValue, 0, 7)
 	if d.Identity.Key != "" {
 		attrs = append(attrs, AttrIdentity.String(d.Identity.Key))
 	}
+	attrs = append(attrs, AttrIdentitySource.String(d.Source.String()))
 	if d.routed {
 		cache := "hit"
 		if d.miss {

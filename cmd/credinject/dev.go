@@ -61,7 +61,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a, err := app.New(ctx, app.Options{Config: cfg, Log: log, JWKS: stack.JWKS(), NoKubernetes: true, Dev: true})
+	a, err := app.New(ctx, app.Options{Config: cfg, Log: log, JWKS: stack.JWKS(), NoKubernetes: true, Dev: true, Minter: stack.Minter()})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/audit"
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 	"github.com/credinject/credinject/events"
@@ -56,6 +58,10 @@ type Options struct {
 	// of it in [0, 1) (watcher.Config.ReloginPhase; nil: uniform). Tests
 	// that move a fake clock pass 0: the relogin at the full interval.
 	ReloginPhase func() float64
+	// Minter, with NoKubernetes, mints the tokens peer identities log in
+	// to Vault with (credinject dev's issuer); with Kubernetes,
+	// TokenRequest does.
+	Minter watcher.TokenMinter
 }
 
 // App is a wired, listening credinject. New sets each field once, from
@@ -249,9 +255,15 @@ func (a *App) vaultClient() (*vaultapi.Client, error) {
 // every value of the configuration it takes is passed explicitly.
 func (a *App) newWatcher(kc kubernetes.Interface) (*watcher.Watcher, error) {
 	cfg := a.cfg
-	var minter watcher.TokenMinter
-	if kc != nil && len(cfg.Prefetch.Namespaces) > 0 {
+	// Prefetched identities and mesh peers present no token: the watcher
+	// requests one for them (audience kubernetes.audiences, as Vault's role
+	// expects).
+	minter := a.opts.Minter
+	if kc != nil && (len(cfg.Prefetch.Namespaces) > 0 || cfg.Identity.HasPeer()) {
 		minter = kube.TokenRequester{Client: kc, Audiences: cfg.Kubernetes.Audiences, TTL: time.Hour}
+	}
+	if cfg.Identity.HasPeer() && minter == nil {
+		return nil, errors.New("identity.sources: peer needs Kubernetes (TokenRequest) to log in to Vault as a peer")
 	}
 	return watcher.New(watcher.Config{
 		Vault: a.vault, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
@@ -298,7 +310,19 @@ func (a *App) newChecker(validator checker.Validator) (*checker.Checker, error) 
 		TokenCacheSize: cfg.Cache.Capacity, Registerer: a.reg, Log: a.reqLog.With("component", "checker"),
 		Clock: a.opts.Clock, Recorder: a.recorder(),
 		Tracing: checker.Tracing{TracerProvider: a.tracerProviderOrNil(), SamplingRatio: cfg.Tracing.SamplingRatio},
+		Sources: identitySources(cfg.Identity), TrustDomain: cfg.Identity.Peer.TrustDomain, PeerLogins: a.watcher,
 	})
+}
+
+// identitySources are identity.sources, validated by config.
+func identitySources(c config.Identity) []authz.IdentitySource {
+	var ss []authz.IdentitySource
+	for _, s := range c.Sources {
+		if src, ok := authz.ParseIdentitySource(s); ok {
+			ss = append(ss, src)
+		}
+	}
+	return ss
 }
 
 // watcherRoutes is every route the watcher reads, the default route (no

@@ -45,7 +45,7 @@ type usageRecorder struct{ l *audit.Log }
 var _ checker.Recorder = usageRecorder{}
 
 func (r usageRecorder) Record(u checker.Use) {
-	r.l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, Route: u.Route, Host: u.Host,
+	r.l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, IdentitySource: u.IdentitySource.String(), Route: u.Route, Host: u.Host,
 		Version: u.Version, TokenTag: u.TokenTag})
 }
 

@@ -54,7 +54,14 @@ func (a *App) listen() (s servers, err error) {
 		gopts = append(gopts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig("h2"))))
 	}
 	s.grpcSrv = grpc.NewServer(gopts...)
-	authv3.RegisterAuthorizationServer(s.grpcSrv, checker.NewGRPC(a.checker))
+	proxies, err := cfg.Listen.TrustedProxyPrefixes()
+	if err != nil {
+		return s, err
+	}
+	// A mesh peer (source.principal) counts only from listen.trustedProxies
+	// or, with listen.tls.clientNames, any client (the handshake checked).
+	authv3.RegisterAuthorizationServer(s.grpcSrv, checker.NewGRPCWith(a.checker,
+		checker.GRPCOptions{TrustedProxies: proxies, NamedClients: a.tls != nil && a.tls.HasClientNames()}))
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
@@ -66,12 +73,9 @@ func (a *App) listen() (s servers, err error) {
 	// TLS client whose certificate names none of listen.tls.clientNames
 	// with a 403 (gRPC fails its handshake), and believes forwarded host
 	// headers only from listen.trustedProxies and named clients, judged
-	// once per connection (ConnContext).
-	proxies, err := cfg.Listen.TrustedProxyPrefixes()
-	if err != nil {
-		return s, err
-	}
-	opts := checker.HTTPOptions{TrustedProxies: proxies}
+	// once per connection (ConnContext); the mesh peer's header
+	// (identity.peer.header) likewise.
+	opts := checker.HTTPOptions{TrustedProxies: proxies, PeerHeader: cfg.Identity.Peer.Header}
 	if a.tls != nil {
 		opts.Clients = a.tls
 	}

@@ -60,6 +60,8 @@ type Config struct {
 	Tracing Tracing `yaml:"tracing"`
 	// Debug serves /debug/pprof on its own listener (off by default).
 	Debug Debug `yaml:"debug"`
+	// Identity says where a request's identity comes from (identity.go).
+	Identity Identity `yaml:"identity"`
 }
 
 // Audit configures the credential audit trail (package audit).
@@ -381,8 +383,9 @@ func Default() Config {
 
 			DeniedCapacity: 1 << 16,
 		},
-		Audit:   Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
-		Tracing: Tracing{SamplingRatio: 0.01},
+		Audit:    Audit{Output: "stdout", Interval: time.Minute, MaxKeys: 100_000},
+		Tracing:  Tracing{SamplingRatio: 0.01},
+		Identity: defaultIdentity(),
 	}
 }
 
@@ -710,6 +713,7 @@ func (c *Config) check() error {
 		checkAddr("debug.listen", c.Debug.Listen)
 	}
 	c.checkRoutes(bad)
+	c.checkIdentity(bad)
 	return errors.Join(errs...)
 }
 

@@ -38,6 +38,24 @@ func CheckRequestJSON(authorization string) string {
 	return string(b)
 }
 
+// PeerCheckRequestJSON is an ext_authz CheckRequest (protojson) for a
+// request to api.openai.com carrying no authorization, from the mesh peer
+// principal, as a gateway sends it (attributes.source.principal).
+func PeerCheckRequestJSON(principal string) string {
+	req := map[string]any{"attributes": map[string]any{
+		"source":  map[string]any{"principal": principal},
+		"request": map[string]any{"http": map[string]any{"method": "GET", "host": "api.openai.com", "path": "/v1/models"}},
+	}}
+	b, _ := json.Marshal(req)
+	return string(b)
+}
+
+// XFCC is the x-forwarded-client-cert a gateway (Envoy, SANITIZE_SET with
+// the URI) sets for a client presenting id's mesh certificate.
+func XFCC(id Identity) string {
+	return "By=spiffe://" + TrustDomain + "/ns/istio-system/sa/egress-gateway;URI=" + id.SPIFFE()
+}
+
 // Write prints the guide.
 func (g Guide) Write(w io.Writer) error {
 	s := g.Stack
@@ -93,9 +111,7 @@ func (g Guide) Write(w io.Writer) error {
 		p("A minted credential (route federated, source vault-identity-token): a JWT from Vault's identity engine,")
 		p("for the workload's own Vault entity, refreshed before it expires:")
 		p("")
-		// Host, not X-Forwarded-Host: credinject believes forwarded
-		// headers only from listen.trustedProxies, and the dev stack
-		// trusts no one, as a deployment does by default.
+		// Host: what a workload itself sends (the gateway passes it on).
 		p(`  curl -si %s/check -H "Authorization: Bearer $%s" -H "Host: %s"`, url, TokenVar(id), FederatedHost)
 		p("    -> 200, authorization: Bearer eyJ… (sub: the entity; keys at %s/v1/identity/oidc/.well-known/keys)", s.VaultAddr)
 	}
@@ -114,6 +130,19 @@ func (g Guide) Write(w io.Writer) error {
 		p("    -> status code 7 (PERMISSION_DENIED), deniedResponse 403, x-credinject-reason: vault_denied")
 	}
 	if first.Token != "" {
+		p("")
+		p("Mesh identity, no token: the application sends nothing; the gateway names the workload by its mTLS")
+		p("certificate (identity.sources [token, peer]). The dev stack trusts loopback as its gateway")
+		p("(listen.trustedProxies 127.0.0.1, ::1); from any other address these headers are ignored:")
+		p("")
+		p(`  curl -si %s/check -H 'x-forwarded-client-cert: %s'`, url, XFCC(first))
+		p("    -> 200, authorization: Bearer %s", first.Key)
+		if denied.Token != "" {
+			p(`  curl -si %s/check -H 'x-forwarded-client-cert: %s'`, url, XFCC(denied))
+			p("    -> 403, x-credinject-reason: vault_denied")
+		}
+		p("  grpcurl -plaintext -d '%s' %s envoy.service.auth.v3.Authorization/Check", PeerCheckRequestJSON(first.SPIFFE()), g.GRPCAddr)
+		p("    -> status {}, okResponse.headers: authorization: Bearer %s", first.Key)
 		p("")
 		p("Rotate a key (writes a new version to Vault, then publishes the event; the next check has it):")
 		p("")

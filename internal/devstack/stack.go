@@ -17,6 +17,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/google/uuid"
 
+	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/satoken"
 )
@@ -37,7 +38,16 @@ const (
 	FederatedHost = "storage.cloud.example"
 	// IdentityTokenPolicy lets the demo role mint identity tokens.
 	IdentityTokenPolicy = "egress-identity-token"
+	// TrustDomain is the demo mesh's SPIFFE trust domain
+	// (identity.peer.trustDomain).
+	TrustDomain = "cluster.local"
 )
+
+// SPIFFE is the identity's mesh name, as a gateway passes it:
+// spiffe://cluster.local/ns/<namespace>/sa/<serviceaccount>.
+func (i Identity) SPIFFE() string {
+	return "spiffe://" + TrustDomain + "/ns/" + i.Namespace + "/sa/" + i.ServiceAccount
+}
 
 // Identity is one demo workload with its token.
 type Identity struct {
@@ -206,7 +216,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 
 // Config is credinject's configuration for the stack: jwks validation with
 // the issuer's fixed key set (pass JWKS() as app.Options.JWKS with
-// NoKubernetes), Vault JWT auth, rotation events from NATS.
+// NoKubernetes), Vault JWT auth, rotation events from NATS, and identities
+// from tokens, then from mesh peers, with loopback trusted as the gateway
+// that vouches for them (pass Minter() as app.Options.Minter).
 func (s *Stack) Config(grpcAddr, httpAddr string) config.Config {
 	c := config.Default()
 	c.Listen = config.Listen{GRPC: grpcAddr, HTTP: httpAddr}
@@ -219,11 +231,35 @@ func (s *Stack) Config(grpcAddr, httpAddr string) config.Config {
 	c.Vault.Role = Role
 	c.Vault.KVMount = KVMount
 	c.Events.NatsURL = s.NATSURL
+	// Loopback is the demo's gateway: its x-forwarded-client-cert,
+	// source.principal and forwarded host headers are believed.
+	c.Listen.TrustedProxies = []string{"127.0.0.1", "::1"}
+	c.Identity.Sources = []string{config.IdentitySourceToken, config.IdentitySourcePeer}
+	c.Identity.Peer.TrustDomain = TrustDomain
 	c.Routes = []config.Route{{
 		Name: "federated", Hosts: []string{"*.cloud.example"}, Source: config.SourceIdentityToken,
 		Path: "identity/oidc/token/egress_{namespace}",
 	}}
 	return c
+}
+
+// Minter mints the tokens credinject logs in to Vault with for a mesh
+// peer, as TokenRequest does in a cluster: signed by the dev issuer, for
+// the stack's audiences, valid an hour.
+func (s *Stack) Minter() Minter { return Minter{iss: s.Issuer, auds: s.Audiences} }
+
+// Minter is the dev stack's TokenRequest (watcher.TokenMinter).
+type Minter struct {
+	iss  *satoken.Issuer
+	auds []string
+}
+
+// Token mints a token for id.
+func (m Minter) Token(_ context.Context, id authz.Identity) (string, time.Time, error) {
+	now := time.Now()
+	t, err := m.iss.Mint(satoken.Token{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, UID: uuid.NewString(),
+		Audiences: m.auds, IssuedAt: now, TTL: time.Hour})
+	return t, now.Add(time.Hour), err
 }
 
 // JWKS is the issuer's public key set.

@@ -232,6 +232,54 @@ func TestDev(t *testing.T) {
 		}
 	})
 
+	t.Run("the printed mesh checks answer as printed", func(t *testing.T) {
+		d.line(t, "trusts loopback as its gateway")
+		egress := devstack.Identity{Namespace: "egress-test", ServiceAccount: "default"}
+		unbound := devstack.Identity{Namespace: "default", ServiceAccount: "default"}
+		for _, tc := range []struct {
+			id     devstack.Identity
+			status int
+			authz  string
+			reason string
+		}{
+			{egress, 200, "Bearer sk-test-openai-key-for-egress", ""},
+			{unbound, 403, "", "vault_denied"},
+		} {
+			xfcc := devstack.XFCC(tc.id)
+			d.line(t, "-H 'x-forwarded-client-cert: "+xfcc+"'")
+			req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/check", nil)
+			req.Header.Set("X-Forwarded-Client-Cert", xfcc)
+			resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || resp.Header.Get("Authorization") != tc.authz || resp.Header.Get("X-Credinject-Reason") != tc.reason {
+				t.Fatalf("%s: %d %v, want %d %q %q", tc.id.Name(), resp.StatusCode, resp.Header, tc.status, tc.authz, tc.reason)
+			}
+		}
+		body := devstack.PeerCheckRequestJSON(egress.SPIFFE())
+		d.line(t, "grpcurl -plaintext -d '"+body+"' "+grpcAddr)
+		var req authv3.CheckRequest
+		if err := protojson.Unmarshal([]byte(body), &req); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, &req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hs := resp.GetOkResponse().GetHeaders(); len(hs) != 1 || hs[0].GetHeader().GetValue() != "Bearer sk-test-openai-key-for-egress" {
+			t.Fatalf("gRPC with source.principal only: %v", resp)
+		}
+	})
+
 	t.Run("the printed rotate command rotates", func(t *testing.T) {
 		// Run the line exactly as printed (a shell, as after copy-paste).
 		rotate := d.line(t, " rotate --nats-url ")

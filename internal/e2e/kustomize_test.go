@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -76,11 +78,14 @@ func TestKustomizeApplies(t *testing.T) {
 		namespaces []string
 		natsURL    bool
 		tls        bool
+		// peer: identities from the mesh (overlays/mesh).
+		peer bool
 	}{
 		{dir: "deploy/kubernetes/base"},
 		{dir: "deploy/kubernetes/overlays/prefetch", namespaces: []string{"egress-test"}},
 		{dir: "deploy/kubernetes/overlays/nats", natsURL: true},
 		{dir: "deploy/kubernetes/overlays/tls", tls: true},
+		{dir: "deploy/kubernetes/overlays/mesh", peer: true},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			manifests := run(t, nil, "kustomize", tc.dir)
@@ -150,6 +155,12 @@ func TestKustomizeApplies(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if cfg.Identity.HasPeer() != tc.peer {
+				t.Fatalf("identity.sources %v", cfg.Identity.Sources)
+			}
+			if tc.peer {
+				checkMeshOverlay(ctx, t, env, cfg, dep)
+			}
 			if cfg.Listen.TLS.Enabled() != tc.tls {
 				t.Fatalf("listen.tls %+v", cfg.Listen.TLS)
 			}
@@ -166,6 +177,31 @@ func TestKustomizeApplies(t *testing.T) {
 			}
 			checkGatewayOnly(t, cfg, dep, np)
 		})
+	}
+}
+
+// checkMeshOverlay: credinject trusts only its sidecar, runs with one, and
+// may request tokens (serviceaccounts/token create) in the namespace it
+// serves by mesh identity, as the API server's authorizer answers.
+func checkMeshOverlay(ctx context.Context, t *testing.T, env *testenv.Env, cfg config.Config, dep *appsv1.Deployment) {
+	t.Helper()
+	if !slices.Equal(cfg.Listen.TrustedProxies, []string{"127.0.0.6"}) {
+		t.Fatalf("listen.trustedProxies %v, want the sidecar's [127.0.0.6]", cfg.Listen.TrustedProxies)
+	}
+	if dep.Spec.Template.Labels["sidecar.istio.io/inject"] != "true" {
+		t.Fatalf("pod labels %v: no sidecar", dep.Spec.Template.Labels)
+	}
+	for ns, want := range map[string]bool{"egress-test": true, "default": false} {
+		sar, err := env.Kube.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: "system:serviceaccount:credinject:credinject", Groups: []string{"system:serviceaccounts", "system:serviceaccounts:credinject", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: "create", Resource: "serviceaccounts", Subresource: "token"},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sar.Status.Allowed != want {
+			t.Fatalf("credinject may create serviceaccounts/token in %s: %v, want %v", ns, sar.Status.Allowed, want)
+		}
 	}
 }
 
@@ -338,5 +374,81 @@ func checkGatewayOnly(t *testing.T, cfg config.Config, dep *appsv1.Deployment, n
 	}
 	if len(admitted) != 3 {
 		t.Fatalf("the NetworkPolicy admits ports %v, want only the three listeners'", slices.Collect(maps.Keys(admitted)))
+	}
+}
+
+// TestIstioManifests renders deploy/istio and deploy/istio/mesh with kubectl
+// kustomize and checks what each setup relies on (that the API server
+// accepts them, Istio's CRDs installed, is TestDeployManifestsAgainstTheirAPIs'): the CUSTOM policy naming the credinject provider;
+// for the mesh setup, ISTIO_MUTUAL from the sidecars to the gateway and on
+// its server, and credinject reachable only by the gateway's identity.
+func TestIstioManifests(t *testing.T) {
+	kubeDir, err := testenv.ToolDir("kube")
+	if err != nil {
+		t.Fatal(err)
+	}
+	render := func(dir string) []map[string]any {
+		cmd := exec.Command(filepath.Join(kubeDir, "kubectl"), "kustomize", dir)
+		cmd.Dir = repoRoot(t)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("kubectl kustomize %s: %v", dir, err)
+		}
+		var docs []map[string]any
+		dec := yaml.NewDecoder(bytes.NewReader(out))
+		for {
+			var d map[string]any
+			if err := dec.Decode(&d); err != nil {
+				break
+			}
+			docs = append(docs, d)
+		}
+		return docs
+	}
+	find := func(docs []map[string]any, kind, name string) map[string]any {
+		for _, d := range docs {
+			md, _ := d["metadata"].(map[string]any)
+			if d["kind"] == kind && md["name"] == name {
+				return d
+			}
+		}
+		t.Fatalf("no %s %s", kind, name)
+		return nil
+	}
+	get := func(v any, path ...any) any {
+		for _, p := range path {
+			switch k := p.(type) {
+			case string:
+				m, _ := v.(map[string]any)
+				v = m[k]
+			case int:
+				l, _ := v.([]any)
+				if k >= len(l) {
+					return nil
+				}
+				v = l[k]
+			}
+		}
+		return v
+	}
+	for dir, name := range map[string]string{"deploy/istio": "httpbin-external-credinject", "deploy/istio/mesh": "httpbin-mesh-credinject"} {
+		ap := find(render(dir), "AuthorizationPolicy", name)
+		if get(ap, "spec", "action") != "CUSTOM" || get(ap, "spec", "provider", "name") != "credinject" {
+			t.Fatalf("%s: %v", dir, ap["spec"])
+		}
+	}
+	mesh := render("deploy/istio/mesh")
+	if got := get(find(mesh, "Gateway", "egress-mesh"), "spec", "servers", 0, "tls", "mode"); got != "ISTIO_MUTUAL" {
+		t.Fatalf("the gateway's mesh server tls mode %v", got)
+	}
+	if got := get(find(mesh, "DestinationRule", "egressgateway-mesh"), "spec", "subsets", 0, "trafficPolicy", "portLevelSettings", 0, "tls", "mode"); got != "ISTIO_MUTUAL" {
+		t.Fatalf("sidecar to gateway tls mode %v", got)
+	}
+	allow := find(mesh, "AuthorizationPolicy", "credinject-only-the-gateway")
+	if get(allow, "spec", "action") != "ALLOW" || get(allow, "spec", "rules", 0, "from", 0, "source", "principals", 0) != "cluster.local/ns/istio-system/sa/istio-egressgateway-service-account" {
+		t.Fatalf("credinject's ALLOW policy %v", allow["spec"])
+	}
+	if get(find(mesh, "PeerAuthentication", "credinject"), "spec", "mtls", "mode") != "STRICT" {
+		t.Fatal("credinject's sidecar accepts plaintext on the decision ports")
 	}
 }

@@ -100,7 +100,7 @@ events: {natsURL: %q}
 	}
 	body, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	if !strings.Contains(string(body), `credinject_check_total{reason="",result="allow"} 1`) {
+	if !strings.Contains(string(body), `credinject_check_total{identity_source="token",reason="",result="allow"} 1`) {
 		t.Fatalf("metrics lack the allow:\n%.2000s", body)
 	}
 	srv.stop(t)

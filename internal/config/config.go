@@ -476,6 +476,7 @@ func (c *Config) complete() {
 	if c.Source == "" {
 		c.Source = SourceKV
 	}
+	c.Identity.Peer.Header = asciiLower(c.Identity.Peer.Header)
 	// The top-level inject: each field not written takes the source's, or
 	// kv's when the source has none.
 	def, _ := lookupSource(c.Source)

@@ -30,13 +30,13 @@ setup:
 # The test bed's real servers (Vault, kube-apiserver, kubectl, Ory Hydra,
 # promtool, an OTLP receiver), controller-gen, and the CRDs of the projects
 # deploy/ targets, from the Go module proxy into ~/.cache/credinject/tools,
-# in parallel; cached by version.
+# in three parallel lanes; cached by version. Each lane prints its progress
+# as it goes, every line prefixed by the tool's name.
 tools:
-	@$(TOOLS) vault > .tools-vault.log 2>&1 & v=$$!; \
-	 $(TOOLS) kube  > .tools-kube.log 2>&1 & k=$$!; \
-	 $(TOOLS) hydra promtool otlpsink controllergen crds > .tools-hydra.log 2>&1 & h=$$!; \
+	@$(TOOLS) vault & v=$$!; \
+	 $(TOOLS) kube & k=$$!; \
+	 $(TOOLS) hydra promtool otlpsink controllergen crds & h=$$!; \
 	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \
-	 cat .tools-vault.log .tools-kube.log .tools-hydra.log; rm -f .tools-vault.log .tools-kube.log .tools-hydra.log; \
 	 test $$rv -eq 0 -a $$rk -eq 0 -a $$rh -eq 0
 
 # Unit packages test with fakes and need nothing; the bed-backed tests live in
@@ -47,7 +47,7 @@ test: setup tools lint
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:
-	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/... ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/
+	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/ ./auditbridge/ ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/ ./internal/panics/
 
 # Without the race detector, for a quick loop.
 test-short: setup tools
@@ -61,7 +61,7 @@ FUZZ_TARGETS := \
 	./checker/:FuzzBearerToken ./checker/:FuzzUnverifiedClaims ./checker/:FuzzRouterMatch \
 	./checker/:FuzzRouterPatterns ./checker/:FuzzJWKSToken ./checker/:FuzzJWKSClaims ./checker/:FuzzServeHTTP \
 	./checker/:FuzzXFCCURI \
-	./events/:FuzzParse ./events/auditbridge/:FuzzParseLine ./internal/config/:FuzzParse
+	./events/:FuzzParse ./auditbridge/:FuzzParseLine ./internal/config/:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \

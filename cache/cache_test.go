@@ -409,3 +409,14 @@ func TestCredentialsCapacityUnderConcurrentSets(t *testing.T) {
 		t.Fatalf("stored %d, Len %d, refused %d; want %d, %d, %d", stored, c.Len(), refusals, capacity, capacity, writers*each-capacity)
 	}
 }
+
+// TestSizesAreRequired: the caches take their sizes from the configuration
+// (cache.capacity) and refuse a zero one instead of choosing their own.
+func TestSizesAreRequired(t *testing.T) {
+	if _, err := cache.NewCredentials(cache.CredentialsConfig{DeniedCapacity: 1}); err == nil {
+		t.Error("NewCredentials with no Capacity: no error")
+	}
+	if _, err := cache.NewTokens[string](cache.TokensConfig{}); err == nil {
+		t.Error("NewTokens with no MaxEntries: no error")
+	}
+}

@@ -133,7 +133,7 @@ type credKey struct{ route, identity string }
 // CredentialsConfig sizes the credential cache.
 type CredentialsConfig struct {
 	// Capacity is the maximum number of (route, identity) credentials
-	// (cache.capacity).
+	// (cache.capacity); required.
 	Capacity int64
 	// DeniedCapacity is the maximum number of (route, identity) negative
 	// entries, beyond Capacity (cache.deniedCapacity; 0: 65,536).
@@ -143,7 +143,7 @@ type CredentialsConfig struct {
 // NewCredentials builds the credential cache.
 func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 	if cfg.Capacity <= 0 {
-		cfg.Capacity = 1 << 20
+		return nil, fmt.Errorf("cache: capacity %d is not positive (cache.capacity)", cfg.Capacity)
 	}
 	if cfg.DeniedCapacity <= 0 {
 		cfg.DeniedCapacity = 1 << 16

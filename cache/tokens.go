@@ -69,14 +69,15 @@ type Tokens[V any] struct {
 
 // TokensConfig sizes the token-result cache.
 type TokensConfig struct {
-	// MaxEntries bounds the number of cached results.
+	// MaxEntries bounds the number of cached results (cache.capacity);
+	// required.
 	MaxEntries int64
 }
 
 // NewTokens builds a token-result cache.
 func NewTokens[V any](cfg TokensConfig) (*Tokens[V], error) {
 	if cfg.MaxEntries <= 0 {
-		cfg.MaxEntries = 1 << 20
+		return nil, fmt.Errorf("cache: token results: MaxEntries %d is not positive (cache.capacity)", cfg.MaxEntries)
 	}
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *Token[V]]{
 		NumCounters:        cfg.MaxEntries * 10,

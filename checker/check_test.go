@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/credinject/credinject/authz"
@@ -127,7 +128,10 @@ func newRigMod(tb testing.TB, routes []checker.Route, hasDefault bool, rec check
 	}
 	r.validator, r.router = v, router
 	cfg := checker.Config{
-		Validator: v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
+		// Holds every benchmark identity's token: BenchmarkCheck's
+		// 100,000 identities must all hit.
+		TokenCacheSize: 1 << 20,
+		Validator:      v, Credentials: r.creds, Router: router, Audiences: []string{aud}, Clock: r.clock,
 		ServiceAccounts: r.sas,
 		BoundObjects: checker.BoundObjectsFunc(func(kind checker.BoundKind, key, uid string) bool {
 			if r.bound != nil {
@@ -364,6 +368,9 @@ func TestMissPathAndStalePolicy(t *testing.T) {
 	if got := outcome(check(t, r, tok, "h")); got != "deny 500 internal" {
 		t.Fatalf("panic: %q", got)
 	}
+	if n, err := testutil.GatherAndCount(r.reg, "credinject_panics_total"); err != nil || n != 1 {
+		t.Errorf("panics counted in %d series (%v), want 1", n, err)
+	}
 
 	// A negative entry whose reason is outside the closed set is internal.
 	now := r.clock.Now()
@@ -591,7 +598,8 @@ func TestNewTokensAreOffered(t *testing.T) {
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}}
 	c, err := checker.New(checker.Config{
-		Validator: r.validator, Credentials: r.creds, Router: r.router, Audiences: []string{aud}, Clock: r.clock,
+		TokenCacheSize: 1 << 20,
+		Validator:      r.validator, Credentials: r.creds, Router: r.router, Audiences: []string{aud}, Clock: r.clock,
 		Source: sink, TokenCache: checker.TokenCacheConfig{TTL: 30 * time.Second, NegativeTTL: 5 * time.Second},
 	})
 	if err != nil {

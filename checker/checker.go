@@ -15,6 +15,7 @@ import (
 
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // CredentialSource fills the credential cache on a miss: it obtains the
@@ -68,7 +69,8 @@ type Config struct {
 	// Audiences are folded into the token MAC key.
 	Audiences  []string
 	TokenCache TokenCacheConfig
-	// TokenCacheSize bounds the token-result cache (entries).
+	// TokenCacheSize bounds the token-result cache (entries, cache.capacity);
+	// required.
 	TokenCacheSize int64
 	// SourceTimeout bounds a miss's call to the Source.
 	SourceTimeout time.Duration
@@ -214,8 +216,8 @@ func (c *Checker) DecideRequest(ctx context.Context, req Request) (d Decision) {
 	)
 	src := c.source(&req)
 	defer func() {
-		if p := recover(); p != nil {
-			c.cfg.Log.Error("panic in check; denying", "panic", fmt.Sprint(p))
+		if err := panics.Recovered(c.metrics.panics, "check", recover()); err != nil {
+			c.cfg.Log.Error("panic in check; denying", "err", err)
 			d = Decision{Reason: authz.ReasonInternal}
 		}
 		d.Source = src

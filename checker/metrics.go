@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // metrics are the checker's Prometheus metrics. Counters for every
@@ -20,6 +21,8 @@ type metrics struct {
 	credMiss  prometheus.Counter
 	tokenHit  prometheus.Counter
 	tokenMiss prometheus.Counter
+	// panics counts panics recovered in a check (component "check").
+	panics *panics.Counter
 }
 
 // newMetrics builds the checker's metrics and registers them on reg (nil:
@@ -47,7 +50,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if err := register(reg, checks, dur, stale, hits, misses); err != nil {
 		return nil, err
 	}
+	pc, err := panics.NewCounter(reg)
+	if err != nil {
+		return nil, err
+	}
 	m := &metrics{
+		panics:    pc,
 		duration:  dur,
 		stale:     stale,
 		credHit:   hits.WithLabelValues("credential"),

@@ -94,6 +94,7 @@ func newBoundsRig(t *testing.T, lookupBurst int) *boundsRig {
 		return nil, authz.Deny(authz.ReasonVaultUnavailable, errors.New("no source in this test"))
 	}}
 	c, err := checker.New(checker.Config{
+		TokenCacheSize: 1 << 20,
 		Validator: checker.ValidatorFunc(func(ctx context.Context, token string) (checker.TokenInfo, error) {
 			r.validations.Add(1)
 			return r.validator.Validate(ctx, token)

@@ -7,9 +7,17 @@
 // Resyncer to re-read everything whenever events may have been lost (a
 // dropped connection, a reconnect, a full queue, a slow-consumer drop).
 //
+// Every connection to NATS of credinject's processes is made here (conn.go):
+// Credentials turns the credential and TLS files into options,
+// KeepConnected keeps a connection for a process's life (the Subscriber and
+// the audit bridge), Connect opens one for a one-shot publisher; both
+// redact the URL and the server's errors.
+//
 // It does not know what a credential is, where it lives or how it is cached:
 // Refresher and Resyncer are declared here; *watcher.Watcher satisfies both
-// and internal/app hands it to the Subscriber. It knows nothing of Envoy or Vault. Events are hints
+// and internal/app hands it to the Subscriber. It knows nothing of Envoy or
+// Vault (the audit bridge, which reads Vault's audit log, is package
+// auditbridge). Events are hints
 // that something changed, never carriers of secrets; the periodic refresh of
 // the watcher stays the safety net while NATS is unreachable.
 package events

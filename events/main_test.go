@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
+
+	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
 // One embedded nats-server for the package, on a port chosen at the first
@@ -111,15 +113,7 @@ func stopNATS(t *testing.T) (restart func()) {
 // have no event to wait on (server-side interest, connection state).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
+	poll.True(t, 15*time.Second, what, cond)
 }
 
 // waitInterest waits until the server has n subscriptions matching subject,
@@ -226,6 +220,9 @@ func runSubscriber(t *testing.T, cfg SubscriberConfig) *running {
 	}
 	if cfg.ReconnectWait == 0 {
 		cfg.ReconnectWait = 20 * time.Millisecond
+	}
+	if cfg.MinInterval == 0 {
+		cfg.MinInterval = time.Second
 	}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // Reasons an event is dropped: the closed set of the reason label of
@@ -45,6 +47,8 @@ type metrics struct {
 	refreshErrs prometheus.Counter
 	resyncErrs  prometheus.Counter
 	connected   prometheus.Gauge
+	// panics counts panics of the Refresher or Resyncer (component "events").
+	panics *panics.Counter
 }
 
 // newMetrics registers the subscriber's metrics on reg (nil: not registered).
@@ -94,6 +98,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, t := range triggers {
 		m.resyncs[t] = resyncs.WithLabelValues(t)
+	}
+	var err error
+	if m.panics, err = panics.NewCounter(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

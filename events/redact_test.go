@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // TestConnectErrorsNeverEchoCredentials: a NATS URL that does not parse is
@@ -19,9 +21,15 @@ func TestConnectErrorsNeverEchoCredentials(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "redacted@") {
 			t.Errorf("Connect(%q): %v", u, err)
 		}
+		if nc, err := KeepConnected(u); err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "redacted@") {
+			t.Errorf("KeepConnected(%q): %v", u, err)
+			if nc != nil {
+				nc.Close()
+			}
+		}
 		logs := &syncBuffer{}
 		rec := newRecorder()
-		s, err := NewSubscriber(SubscriberConfig{URL: u, Subject: "credinject.rotated", Refresher: rec, Resyncer: rec,
+		s, err := NewSubscriber(SubscriberConfig{URL: u, Subject: "credinject.rotated", MinInterval: time.Second, Refresher: rec, Resyncer: rec,
 			Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconnectWait: 10 * time.Millisecond})
 		if err != nil {
 			// Refused at construction: the error must not echo it either.
@@ -39,5 +47,27 @@ func TestConnectErrorsNeverEchoCredentials(t *testing.T) {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("the log has the secret:\n%s", logs.String())
 		}
+	}
+}
+
+// TestKeepConnectedKeepsTrying: a kept connection to a server that is not
+// there yet is returned (not an error) and keeps reconnecting; the caller's
+// options come after the shared ones.
+func TestKeepConnectedKeepsTrying(t *testing.T) {
+	nc, err := KeepConnected("nats://127.0.0.1:1", nats.Name("caller"), nats.ReconnectWait(time.Hour))
+	if err != nil {
+		t.Fatalf("KeepConnected to a closed port: %v", err)
+	}
+	defer nc.Close()
+	o := nc.Opts
+	if !o.RetryOnFailedConnect || o.MaxReconnect != -1 || !o.IgnoreAuthErrorAbort || o.PingInterval != 20*time.Second || o.MaxPingsOut != 3 {
+		t.Errorf("shared options not applied: retry %v, max reconnects %d, ignore auth abort %v, ping %v/%d",
+			o.RetryOnFailedConnect, o.MaxReconnect, o.IgnoreAuthErrorAbort, o.PingInterval, o.MaxPingsOut)
+	}
+	if o.Name != "caller" || o.ReconnectWait != time.Hour {
+		t.Errorf("caller's options: name %q, reconnect wait %v", o.Name, o.ReconnectWait)
+	}
+	if nc.IsConnected() {
+		t.Error("connected to a closed port")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"github.com/credinject/credinject/internal/panics"
 	"github.com/credinject/credinject/internal/redact"
 )
 
@@ -76,7 +77,6 @@ const (
 	DefaultRefreshTimeout = 10 * time.Second
 	DefaultResyncTimeout  = 2 * time.Minute
 	DefaultQueueSize      = 1024
-	DefaultMinInterval    = time.Second
 	DefaultDedupeSize     = 10000
 	DefaultDedupeWindow   = 10 * time.Minute
 	DefaultReconnectWait  = 250 * time.Millisecond
@@ -96,7 +96,8 @@ type SubscriberConfig struct {
 	// Empty disables the subscriber: Run only waits for its context and
 	// Status reports StatusDisabled.
 	URL string
-	// Subject to subscribe to; default DefaultSubject. Wildcards are allowed.
+	// Subject to subscribe to (config events.subject); required unless
+	// disabled. Wildcards are allowed.
 	Subject string
 	// Refresher receives every valid event. Required unless disabled.
 	Refresher Refresher
@@ -122,8 +123,8 @@ type SubscriberConfig struct {
 	// replaced by a resync; default DefaultQueueSize.
 	QueueSize int
 	// MinInterval is the least time between two refreshes of scopes that
-	// share an identity and route (config events.minInterval; default
-	// DefaultMinInterval): events arriving meanwhile wait and coalesce
+	// share an identity and route (config events.minInterval; required
+	// unless disabled): events arriving meanwhile wait and coalesce
 	// into one refresh at the end of the interval, so each credential is
 	// re-read at most once per interval, and always after the last event.
 	MinInterval time.Duration
@@ -183,9 +184,6 @@ type Subscriber struct {
 // NewSubscriber checks cfg, fills in defaults and registers the metrics. It
 // does not connect; Run does.
 func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
-	if cfg.Subject == "" {
-		cfg.Subject = DefaultSubject
-	}
 	if cfg.RefreshTimeout <= 0 {
 		cfg.RefreshTimeout = DefaultRefreshTimeout
 	}
@@ -194,9 +192,6 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
-	}
-	if cfg.MinInterval <= 0 {
-		cfg.MinInterval = DefaultMinInterval
 	}
 	if cfg.DedupeSize <= 0 {
 		cfg.DedupeSize = DefaultDedupeSize
@@ -218,6 +213,9 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	if !disabled {
 		if err := checkSubject(cfg.Subject, true); err != nil {
 			return nil, fmt.Errorf("events: %w: %w", ErrInvalidConfig, err)
+		}
+		if cfg.MinInterval <= 0 {
+			return nil, fmt.Errorf("events: %w: MinInterval %v is not positive", ErrInvalidConfig, cfg.MinInterval)
 		}
 		if cfg.Refresher == nil {
 			return nil, fmt.Errorf("events: %w: no Refresher", ErrInvalidConfig)
@@ -317,17 +315,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	closed := make(chan struct{})
 	opts := append(slices.Clone(s.cfg.Options),
 		nats.Name(s.cfg.Name),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
 		nats.ReconnectWait(s.cfg.ReconnectWait),
 		nats.ReconnectJitter(3*s.cfg.ReconnectWait, 3*s.cfg.ReconnectWait),
-		// Notice a silently dead connection within about a minute.
-		nats.PingInterval(20*time.Second),
-		nats.MaxPingsOutstanding(3),
 		nats.DrainTimeout(5*time.Second),
-		// Refused credentials (rotated, not yet authorised) must not
-		// close the connection for good: keep trying, and say why.
-		nats.IgnoreAuthErrorAbort(),
 		nats.ConnectHandler(s.onConnect),
 		nats.ReconnectHandler(s.onReconnect),
 		nats.DisconnectErrHandler(s.onDisconnect),
@@ -338,9 +328,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			close(closed)
 		}),
 	)
-	nc, err := nats.Connect(s.cfg.URL, opts...)
+	nc, err := KeepConnected(s.cfg.URL, opts...)
 	if err != nil {
-		return fmt.Errorf("events: connect to %s: %w", redact.URLs(s.cfg.URL), redact.Error(err))
+		return fmt.Errorf("events: %w", err)
 	}
 	if _, err := nc.Subscribe(s.cfg.Subject, s.handle); err != nil {
 		nc.Close()
@@ -480,7 +470,7 @@ func (s *Subscriber) refresh(ctx context.Context, batch, settled []*waitingScope
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
-	err := guard(func() error {
+	err := panics.Guard(s.m.panics, "events", func() error {
 		if br, ok := s.cfg.Refresher.(BatchRefresher); ok && len(rs) > 1 {
 			return br.RefreshBatch(ctx, rs)
 		}
@@ -510,7 +500,7 @@ func (s *Subscriber) resyncAll(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ResyncTimeout)
 	defer cancel()
 	start := s.cfg.Clock.Now()
-	if err := guard(func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
+	if err := panics.Guard(s.m.panics, "events", func() error { return s.cfg.Resyncer.ResyncAll(ctx) }); err != nil {
 		s.m.resyncErrs.Inc()
 		s.log.Warn("events: resync failed", "triggers", covered, "err", err)
 		return
@@ -533,17 +523,6 @@ func triggerNames(bits uint32) []string {
 		}
 	}
 	return names
-}
-
-// guard turns a panic of the Refresher or Resyncer into an error, so one bad
-// call does not take the process down.
-func guard(f func() error) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
-		}
-	}()
-	return f()
 }
 
 // setConnected records the connection state and reports the previous one.

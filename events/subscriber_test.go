@@ -252,6 +252,9 @@ func TestSubscriberRefreshErrors(t *testing.T) {
 	if !strings.Contains(run.logs.String(), "refresher bug") {
 		t.Error("the panic is not logged")
 	}
+	if got := metric(t, run.reg, "credinject_panics_total", "component", "events"); got != 1 {
+		t.Errorf("panics counted = %v, want 1", got)
+	}
 }
 
 // TestSubscriberReconnect: a drop asks for exactly one resync (trigger
@@ -500,7 +503,7 @@ func TestSubscriberStopsWhileDisconnected(t *testing.T) {
 	url := "nats://" + l.Addr().String()
 	l.Close()
 	rec := newRecorder()
-	run := runSubscriber(t, SubscriberConfig{URL: url, Refresher: rec, Resyncer: rec})
+	run := runSubscriber(t, SubscriberConfig{URL: url, Subject: DefaultSubject, Refresher: rec, Resyncer: rec})
 	waitFor(t, "a failed connection attempt", run.s.connectFailed.Load)
 	if err := run.stop(); err != nil {
 		t.Fatalf("Run = %v, want nil after cancel", err)
@@ -536,6 +539,8 @@ func TestSubscriberDisabled(t *testing.T) {
 func TestNewSubscriberInvalid(t *testing.T) {
 	rec := newRecorder()
 	tests := map[string]SubscriberConfig{
+		"no subject":         {URL: "nats://127.0.0.1:4222", Refresher: rec, Resyncer: rec, MinInterval: time.Second},
+		"no min interval":    {URL: "nats://127.0.0.1:4222", Refresher: rec, Resyncer: rec, Subject: DefaultSubject},
 		"no refresher":       {URL: "nats://127.0.0.1:4222", Resyncer: rec},
 		"no resyncer":        {URL: "nats://127.0.0.1:4222", Refresher: rec},
 		"subject with space": {URL: "nats://127.0.0.1:4222", Refresher: rec, Resyncer: rec, Subject: "a b"},
@@ -552,7 +557,7 @@ func TestNewSubscriberInvalid(t *testing.T) {
 	}
 	t.Run("metrics registered twice", func(t *testing.T) {
 		reg := prometheus.NewRegistry()
-		cfg := SubscriberConfig{URL: "nats://127.0.0.1:4222", Refresher: rec, Resyncer: rec, Registerer: reg}
+		cfg := SubscriberConfig{URL: "nats://127.0.0.1:4222", Subject: DefaultSubject, MinInterval: time.Second, Refresher: rec, Resyncer: rec, Registerer: reg}
 		if _, err := NewSubscriber(cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -561,7 +566,7 @@ func TestNewSubscriberInvalid(t *testing.T) {
 		}
 	})
 	t.Run("wildcard subject", func(t *testing.T) {
-		if _, err := NewSubscriber(SubscriberConfig{URL: "nats://127.0.0.1:4222", Refresher: rec, Resyncer: rec, Subject: "credinject.>"}); err != nil {
+		if _, err := NewSubscriber(SubscriberConfig{URL: "nats://127.0.0.1:4222", Refresher: rec, Resyncer: rec, Subject: "credinject.>", MinInterval: time.Second}); err != nil {
 			t.Errorf("NewSubscriber = %v", err)
 		}
 	})

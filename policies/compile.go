@@ -84,9 +84,10 @@ func Compile(cfg *config.Config, pols []*v1alpha1.CredentialPolicy, hostnames Ho
 	t := Table{HasDefault: cfg.HasDefaultRoute(), Conditions: make(map[types.NamespacedName]Condition, len(pols))}
 	claims := map[claim]string{} // (host, path) -> the winner's description
 	names := map[string]string{} // route name -> the winner's description
+	all := cfg.AllRoutes()
 	if t.HasDefault {
-		t.Routes = append(t.Routes, Route{Config: config.Route{Source: cfg.Source, Path: cfg.Vault.Path, Inject: cfg.Inject,
-			TokenURL: cfg.TokenURL, Scopes: cfg.Scopes, ClientAuth: cfg.ClientAuth}})
+		// AllRoutes' first: the top-level keys.
+		t.Routes = append(t.Routes, Route{Config: all[0]})
 	}
 	for i, r := range cfg.Routes {
 		who := fmt.Sprintf("the config file's routes[%d] (%s)", i, r.Name)
@@ -213,8 +214,10 @@ func policyRoute(cfg *config.Config, p *v1alpha1.CredentialPolicy, hostnames Hos
 		}
 	}
 	cr := config.Route{Name: name, Hosts: hosts, Source: s.Source.Type, Path: s.Source.Path,
-		TokenURL: s.Source.TokenURL, Scopes: s.Source.Scopes, ClientAuth: s.Source.ClientAuth,
 		Inject: config.Inject{Header: s.Inject.Header, Value: s.Inject.Value}}
+	if s.Source.TokenURL != "" || len(s.Source.Scopes) > 0 || s.Source.ClientAuth != "" {
+		cr.OAuth2 = &config.OAuth2{TokenURL: s.Source.TokenURL, Scopes: slices.Clone(s.Source.Scopes), ClientAuth: s.Source.ClientAuth}
+	}
 	var vo config.VaultOverride
 	if v := s.Vault; v != nil {
 		vo = config.VaultOverride{Role: v.Role, AuthMount: v.AuthMount, KVMount: v.KVMount, Namespace: v.Namespace}

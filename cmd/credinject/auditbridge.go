@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/credinject/credinject/events/auditbridge"
+	"github.com/credinject/credinject/auditbridge"
 	"github.com/credinject/credinject/internal/config"
 )
 

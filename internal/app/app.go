@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -22,8 +20,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
@@ -78,17 +74,14 @@ type Options struct {
 	LeaseDuration  time.Duration
 }
 
-// App is a wired, listening credinject.
+// App is a wired, listening credinject. New sets each field once, from
+// what a builder returns; Run only reads them.
 type App struct {
 	opts     Options
 	cfg      config.Config
 	log      *slog.Logger
 	reg      *prometheus.Registry
-	grpcLn   net.Listener
-	httpLn   net.Listener
-	grpcSrv  *grpc.Server
-	httpSrv  *http.Server
-	health   *health.Server
+	servers  // the listeners and their servers (listen)
 	checker  *checker.Checker
 	creds    *cache.Credentials
 	watcher  *watcher.Watcher
@@ -103,19 +96,15 @@ type App struct {
 	// else, and why not (logged at start, shown in /readyz).
 	offline string
 
-	// Transport security: listen.tls, listen.health.
-	tls       *tlsconfig.Reloader // nil: plaintext
-	healthLn  net.Listener        // nil: no listen.health
-	healthSrv *http.Server
+	// Transport security: listen.tls.
+	tls *tlsconfig.Reloader // nil: plaintext
 
 	// The audit trail (audit.*): nil when off.
 	audit      *audit.Log
 	auditClose func() error
 
-	// Operability: tracing.*, debug.listen.
-	tracing  *sdktrace.TracerProvider // nil: tracing off
-	debugLn  net.Listener             // nil: no debug.listen
-	debugSrv *http.Server
+	// Operability: tracing.*.
+	tracing *sdktrace.TracerProvider // nil: tracing off
 
 	// routing applies route tables: policies and config reloads.
 	routing *routing
@@ -154,13 +143,13 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}()
 
-	if err := a.loadTLS(); err != nil {
-		return nil, err
-	}
-	if err := a.auditTrail(); err != nil {
-		return nil, err
-	}
 	var err error
+	if a.tls, err = a.loadTLS(); err != nil {
+		return nil, err
+	}
+	if a.audit, a.auditClose, err = a.auditTrail(); err != nil {
+		return nil, err
+	}
 	if a.tracing, err = a.tracerProvider(); err != nil {
 		return nil, err
 	}
@@ -168,10 +157,29 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.credentialLayer(kc); err != nil {
+	if kc != nil {
+		a.sas = kube.NewServiceAccounts(kc, 0)
+	}
+	if a.creds, err = a.credentialCache(); err != nil {
 		return nil, err
 	}
-	if err := a.hotPath(ctx, kc, rc); err != nil {
+	if a.vault, err = a.vaultClient(); err != nil {
+		return nil, err
+	}
+	if a.watcher, err = a.newWatcher(kc); err != nil {
+		return nil, err
+	}
+	if a.sas != nil {
+		if a.prefetch, err = watcher.NewPrefetcher(a.watcher, a.sas, cfg.Prefetch.Namespaces, cfg.Prefetch.Concurrency, a.log.With("component", "prefetch")); err != nil {
+			return nil, err
+		}
+	}
+	tv, err := a.validator(ctx, kc, rc, a.sas)
+	if err != nil {
+		return nil, err
+	}
+	a.jwks, a.bound, a.offline = tv.jwks, tv.bound, tv.offline
+	if a.checker, err = a.newChecker(tv.validator); err != nil {
 		return nil, err
 	}
 	if err := a.newRouting(kc, rc); err != nil {
@@ -195,15 +203,15 @@ func New(ctx context.Context, opts Options) (*App, error) {
 			return nil, err
 		}
 	}
-	if err := a.listen(); err != nil {
+	if a.servers, err = a.listen(); err != nil {
 		return nil, err
 	}
 	ok = true
 	return a, nil
 }
 
-// kubernetes builds the API server client and the ServiceAccount informer
-// (nil, nil without Kubernetes).
+// kubernetes builds the API server client and its configuration (nil, nil
+// without Kubernetes).
 func (a *App) kubernetes() (kubernetes.Interface, *rest.Config, error) {
 	if a.opts.NoKubernetes {
 		return nil, nil, nil
@@ -222,35 +230,47 @@ func (a *App) kubernetes() (kubernetes.Interface, *rest.Config, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	a.sas = kube.NewServiceAccounts(kc, 0)
 	return kc, rc, nil
 }
 
-// credentialLayer builds the credential cache, the Vault client, the
-// watcher and the prefetcher.
-func (a *App) credentialLayer(kc kubernetes.Interface) error {
+// credentialCache builds the credential cache (cache.capacity,
+// cache.deniedCapacity) and registers its gauges.
+func (a *App) credentialCache() (*cache.Credentials, error) {
 	cfg := a.cfg
-	var err error
-	a.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity, DeniedCapacity: cfg.Cache.DeniedCapacity})
+	creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: cfg.Cache.Capacity, DeniedCapacity: cfg.Cache.DeniedCapacity})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	a.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_entries", Help: "Credentials in the credential cache (refusals apart: credinject_cache_denied_entries).",
-	}, func() float64 { return float64(a.creds.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	}, func() float64 { return float64(creds.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_capacity", Help: "Entries the credential cache holds at most (cache.capacity); when full, a new identity's credential is not kept and each of its requests is a miss.",
 	}, func() float64 { return float64(cfg.Cache.Capacity) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "credinject_cache_denied_entries", Help: "Refusals (vault_denied, no_credential, invalid_credential, token_endpoint_refused) cached for cache.deniedTTL, at most cache.deniedCapacity.",
-	}, func() float64 { return float64(a.creds.DeniedLen()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+	}, func() float64 { return float64(creds.DeniedLen()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "credinject_cache_denied_evictions_total", Help: "Cached refusals evicted, the oldest first, because cache.deniedCapacity were held; each costs its identity's next request a miss.",
-	}, func() float64 { return float64(a.creds.DeniedEvictions()) }))
-	if a.vault, err = watcher.NewVaultClient(watcher.VaultClientConfig{
-		Address: cfg.Vault.Address, Concurrency: cfg.Vault.Concurrency,
-		CAFile: cfg.Vault.CAFile, ClientCertFile: cfg.Vault.ClientCertFile, ClientKeyFile: cfg.Vault.ClientKeyFile,
-		TLSServerName: cfg.Vault.TLSServerName, Namespace: cfg.Vault.Namespace,
-	}); err != nil {
-		return fmt.Errorf("vault (vault.caFile, vault.clientCertFile, vault.clientKeyFile or VAULT_* environment): %w", err)
+	}, func() float64 { return float64(creds.DeniedEvictions()) }))
+	return creds, nil
+}
+
+// vaultClient builds the Vault client of vault.*.
+func (a *App) vaultClient() (*vaultapi.Client, error) {
+	v := a.cfg.Vault
+	c, err := watcher.NewVaultClient(watcher.VaultClientConfig{
+		Address: v.Address, Concurrency: v.Concurrency,
+		CAFile: v.CAFile, ClientCertFile: v.ClientCertFile, ClientKeyFile: v.ClientKeyFile,
+		TLSServerName: v.TLSServerName, Namespace: v.Namespace,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vault (vault.caFile, vault.clientCertFile, vault.clientKeyFile or VAULT_* environment): %w", err)
 	}
+	return c, nil
+}
+
+// newWatcher builds the watcher on the cache and Vault client New built;
+// every value of the configuration it takes is passed explicitly.
+func (a *App) newWatcher(kc kubernetes.Interface) (*watcher.Watcher, error) {
+	cfg := a.cfg
 	// Prefetched identities and mesh peers present no token: the watcher
 	// requests one for them (audience kubernetes.audiences, as Vault's role
 	// expects).
@@ -259,9 +279,9 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		minter = kube.TokenRequester{Client: kc, Audiences: cfg.Kubernetes.Audiences, TTL: time.Hour}
 	}
 	if cfg.Identity.HasPeer() && minter == nil {
-		return errors.New("identity.sources: peer needs Kubernetes (TokenRequest) to log in to Vault as a peer")
+		return nil, errors.New("identity.sources: peer needs Kubernetes (TokenRequest) to log in to Vault as a peer")
 	}
-	a.watcher, err = watcher.New(watcher.Config{
+	return watcher.New(watcher.Config{
 		Vault: a.vault, AuthMount: cfg.Vault.AuthMount, Role: cfg.Vault.Role, KVMount: cfg.Vault.KVMount,
 		Routes:  watcherRoutes(cfg),
 		Refresh: cfg.Prefetch.Refresh, StaleGrace: cfg.Prefetch.StaleGrace, DeniedTTL: cfg.Cache.DeniedTTL,
@@ -274,25 +294,15 @@ func (a *App) credentialLayer(kc kubernetes.Interface) error {
 		Auditor:        a.auditor(),
 		TracerProvider: a.tracerProviderOrNil(),
 	})
-	if err != nil {
-		return err
-	}
-	if a.sas != nil {
-		a.prefetch, err = watcher.NewPrefetcher(a.watcher, a.sas, cfg.Prefetch.Namespaces, cfg.Prefetch.Concurrency, a.log.With("component", "prefetch"))
-	}
-	return err
 }
 
-// hotPath builds the token validator, the router and the checker.
-func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Config) error {
+// newChecker builds the router and the checker on validator and the parts
+// New built before it.
+func (a *App) newChecker(validator checker.Validator) (*checker.Checker, error) {
 	cfg := a.cfg
-	validator, err := a.validator(ctx, kc, rc)
-	if err != nil {
-		return err
-	}
 	router, err := checker.NewRouter(checkerRoutes(cfg), cfg.HasDefaultRoute())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var (
 		sas    checker.ServiceAccounts
@@ -307,7 +317,7 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 	if a.bound != nil {
 		bound = checker.BoundObjectsFunc(func(k checker.BoundKind, key, uid string) bool { return a.bound.Exists(string(k), key, uid) })
 	}
-	a.checker, err = checker.New(checker.Config{
+	return checker.New(checker.Config{
 		Validator: validator, ServiceAccounts: sas, BoundObjects: bound, Credentials: a.creds,
 		ServiceAccountLookup: lookup,
 		LookupBudget:         checker.LookupBudget{Rate: rate.Limit(cfg.Kubernetes.TokenReviewBudget.Rate), Burst: cfg.Kubernetes.TokenReviewBudget.Burst},
@@ -318,7 +328,6 @@ func (a *App) hotPath(ctx context.Context, kc kubernetes.Interface, rc *rest.Con
 		Tracing: checker.Tracing{TracerProvider: a.tracerProviderOrNil(), SamplingRatio: cfg.Tracing.SamplingRatio},
 		Sources: identitySources(cfg.Identity), TrustDomain: cfg.Identity.Peer.TrustDomain, PeerLogins: a.watcher,
 	})
-	return err
 }
 
 // identitySources are identity.sources, validated by config.
@@ -332,27 +341,28 @@ func identitySources(c config.Identity) []authz.IdentitySource {
 	return ss
 }
 
+// watcherRoutes is every route the watcher reads, the default route (no
+// name) first when it is on.
 func watcherRoutes(cfg config.Config) []watcher.Route {
 	var rs []watcher.Route
-	if cfg.HasDefaultRoute() {
-		rs = append(rs, watcher.Route{
-			Name: "", Source: watcher.Source(cfg.Source), Path: cfg.Vault.Path, Header: cfg.Inject.Header, Value: cfg.Inject.Value,
-			TokenURL: cfg.TokenURL, Scopes: cfg.Scopes, ClientAuth: watcher.ClientAuth(cfg.ClientAuth),
-		})
-	}
-	for _, r := range cfg.Routes {
-		rs = append(rs, watcher.Route{
-			Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value,
-			TokenURL: r.TokenURL, Scopes: r.Scopes, ClientAuth: watcher.ClientAuth(r.ClientAuth),
-		})
+	for _, r := range cfg.AllRoutes() {
+		wr := watcher.Route{Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value}
+		if o := r.OAuth2; o != nil {
+			wr.TokenURL, wr.Scopes, wr.ClientAuth = o.TokenURL, o.Scopes, watcher.ClientAuth(o.ClientAuth)
+		}
+		rs = append(rs, wr)
 	}
 	return rs
 }
 
+// checkerRoutes is the routes with hosts; the default route is the router's
+// hasDefault.
 func checkerRoutes(cfg config.Config) []checker.Route {
 	rs := make([]checker.Route, 0, len(cfg.Routes))
-	for _, r := range cfg.Routes {
-		rs = append(rs, checker.Route{Name: r.Name, Hosts: r.Hosts})
+	for _, r := range cfg.AllRoutes() {
+		if r.Name != "" {
+			rs = append(rs, checker.Route{Name: r.Name, Hosts: r.Hosts})
+		}
 	}
 	return rs
 }
@@ -370,20 +380,9 @@ func (a *App) close() {
 	if a.creds != nil {
 		a.creds.Close()
 	}
-	if a.grpcLn != nil {
-		a.grpcLn.Close()
-	}
-	if a.httpLn != nil {
-		a.httpLn.Close()
-	}
-	if a.healthLn != nil {
-		a.healthLn.Close()
-	}
+	a.servers.close()
 	if a.auditClose != nil {
 		a.auditClose()
-	}
-	if a.debugLn != nil {
-		a.debugLn.Close()
 	}
 	a.shutdownTracing()
 }

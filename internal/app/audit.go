@@ -9,16 +9,16 @@ import (
 	"github.com/credinject/credinject/watcher"
 )
 
-// auditTrail opens audit.output and builds the audit log. With output off
-// the log is still built, writing nowhere and joined to nothing, so its
-// metrics exist (at zero) for dashboards and alerts; a.audit stays nil.
-func (a *App) auditTrail() error {
+// auditTrail opens audit.output and builds the audit log, and returns it
+// with the function that closes the output. With output off the log is
+// still built, writing nowhere and joined to nothing, so its metrics exist
+// (at zero) for dashboards and alerts; the log returned is then nil.
+func (a *App) auditTrail() (*audit.Log, func() error, error) {
 	cfg := a.cfg.Audit
 	w, closeFn, err := audit.Open(cfg.Output)
 	if err != nil {
-		return fmt.Errorf("audit.output: %w", err)
+		return nil, nil, fmt.Errorf("audit.output: %w", err)
 	}
-	a.auditClose = closeFn
 	on := w != nil
 	if !on {
 		w = io.Discard
@@ -28,12 +28,15 @@ func (a *App) auditTrail() error {
 		Clock: a.opts.Clock, Registerer: a.reg, Log: a.reqLog.With("component", "audit"),
 	})
 	if err != nil {
-		return err
+		if closeFn != nil {
+			closeFn()
+		}
+		return nil, nil, err
 	}
-	if on {
-		a.audit = l
+	if !on {
+		l = nil
 	}
-	return nil
+	return l, closeFn, nil
 }
 
 // usageRecorder hands the checker's decisions to the audit log.

@@ -149,11 +149,14 @@ func watcherRoutesOf(t policies.Table) []watcher.Route {
 	rs := make([]watcher.Route, 0, len(t.Routes))
 	for _, r := range t.Routes {
 		c := r.Config
-		rs = append(rs, watcher.Route{
+		wr := watcher.Route{
 			Name: r.Name, Source: watcher.Source(c.Source), Path: c.Path, Header: c.Inject.Header, Value: c.Inject.Value,
-			TokenURL: c.TokenURL, Scopes: c.Scopes, ClientAuth: watcher.ClientAuth(c.ClientAuth),
 			Vault: watcher.VaultOverride{Role: r.Vault.Role, AuthMount: r.Vault.AuthMount, KVMount: r.Vault.KVMount, Namespace: r.Vault.Namespace},
-		})
+		}
+		if o := c.OAuth2; o != nil {
+			wr.TokenURL, wr.Scopes, wr.ClientAuth = o.TokenURL, o.Scopes, watcher.ClientAuth(o.ClientAuth)
+		}
+		rs = append(rs, wr)
 	}
 	return rs
 }
@@ -267,7 +270,7 @@ func noTargets(string, string) ([]string, bool) { return nil, false }
 // defaultRoute).
 func liveRoutes(dst *config.Config, src config.Config) {
 	dst.Routes, dst.DefaultRoute = src.Routes, src.DefaultRoute
-	dst.Source, dst.TokenURL, dst.Scopes, dst.ClientAuth = src.Source, src.TokenURL, src.Scopes, src.ClientAuth
+	dst.Source, dst.OAuth2 = src.Source, src.OAuth2
 	dst.Inject, dst.Vault.Path = src.Inject, src.Vault.Path
 }
 

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/panics"
 	"github.com/credinject/credinject/internal/tlsconfig"
 )
 
@@ -36,8 +37,15 @@ import (
 // would need one too. listen.health is therefore a separate plaintext port
 // serving only /healthz, /readyz and /metrics, which carry no credential;
 // /check and ext_authz never answer there.
-func (a *App) listen() error {
+//
+// On error, whatever it had bound is closed.
+func (a *App) listen() (s servers, err error) {
 	cfg := a.cfg
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
 	gopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(1 << 20),
@@ -45,20 +53,20 @@ func (a *App) listen() error {
 	if a.tls != nil {
 		gopts = append(gopts, grpc.Creds(credentials.NewTLS(a.tls.ServerConfig("h2"))))
 	}
-	a.grpcSrv = grpc.NewServer(gopts...)
+	s.grpcSrv = grpc.NewServer(gopts...)
 	proxies, err := cfg.Listen.TrustedProxyPrefixes()
 	if err != nil {
-		return err
+		return s, err
 	}
 	// A mesh peer (source.principal) counts only from listen.trustedProxies
 	// or, with listen.tls.clientNames, any client (the handshake checked).
-	authv3.RegisterAuthorizationServer(a.grpcSrv, checker.NewGRPCWith(a.checker,
+	authv3.RegisterAuthorizationServer(s.grpcSrv, checker.NewGRPCWith(a.checker,
 		checker.GRPCOptions{TrustedProxies: proxies, NamedClients: a.tls != nil && a.tls.HasClientNames()}))
-	a.health = health.NewServer()
-	a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	a.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
-	reflection.Register(a.grpcSrv)
+	s.health = health.NewServer()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(s.grpcSrv, s.health)
+	reflection.Register(s.grpcSrv)
 
 	// /check and /check/<any path> go to the checker before the mux,
 	// which would clean (and redirect) the appended path. /check answers a
@@ -74,32 +82,55 @@ func (a *App) listen() error {
 	check := checker.NewHTTPWith(a.checker, opts)
 	mux := http.NewServeMux()
 	a.probes(mux)
-	a.httpSrv = &http.Server{Handler: check.Mount(mux), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: check.ConnContext}
+	s.httpSrv = &http.Server{Handler: check.Mount(mux), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: check.ConnContext}
 
-	if a.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
-		return fmt.Errorf("listen.grpc: %w", err)
+	if s.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
+		return s, fmt.Errorf("listen.grpc: %w", err)
 	}
-	if a.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
-		return fmt.Errorf("listen.http: %w", err)
+	if s.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+		return s, fmt.Errorf("listen.http: %w", err)
 	}
 	if a.tls != nil {
-		a.httpLn = tls.NewListener(a.httpLn, a.tls.ServerConfigNamesLater("h2", "http/1.1"))
+		s.httpLn = tls.NewListener(s.httpLn, a.tls.ServerConfigNamesLater("h2", "http/1.1"))
 	}
 	if cfg.Listen.Health != "" {
 		hmux := http.NewServeMux()
 		a.probes(hmux)
-		a.healthSrv = &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
-		if a.healthLn, err = net.Listen("tcp", cfg.Listen.Health); err != nil {
-			return fmt.Errorf("listen.health: %w", err)
+		s.healthSrv = &http.Server{Handler: hmux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+		if s.healthLn, err = net.Listen("tcp", cfg.Listen.Health); err != nil {
+			return s, fmt.Errorf("listen.health: %w", err)
 		}
 	}
 	if cfg.Debug.Listen != "" {
-		a.debugSrv = &http.Server{Handler: debugMux(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
-		if a.debugLn, err = net.Listen("tcp", cfg.Debug.Listen); err != nil {
-			return fmt.Errorf("debug.listen: %w", err)
+		s.debugSrv = &http.Server{Handler: debugMux(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+		if s.debugLn, err = net.Listen("tcp", cfg.Debug.Listen); err != nil {
+			return s, fmt.Errorf("debug.listen: %w", err)
 		}
 	}
-	return nil
+	return s, nil
+}
+
+// servers are the gRPC, HTTP, health and debug servers and their bound
+// listeners (health and debug nil when not configured).
+type servers struct {
+	grpcLn    net.Listener
+	httpLn    net.Listener
+	grpcSrv   *grpc.Server
+	httpSrv   *http.Server
+	health    *health.Server
+	healthLn  net.Listener
+	healthSrv *http.Server
+	debugLn   net.Listener
+	debugSrv  *http.Server
+}
+
+// close closes the listeners bound (Run's servers close them otherwise).
+func (s servers) close() {
+	for _, ln := range []net.Listener{s.grpcLn, s.httpLn, s.healthLn, s.debugLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 }
 
 // debugMux serves net/http/pprof's handlers under /debug/pprof/, on a mux
@@ -132,15 +163,14 @@ func (a *App) probes(mux *http.ServeMux) {
 
 // loadTLS reads the listeners' certificate files (listen.tls), first thing
 // at start: a missing or bad file is reported before anything is dialled.
-func (a *App) loadTLS() error {
+// Nil without listen.tls.
+func (a *App) loadTLS() (*tlsconfig.Reloader, error) {
 	t := a.cfg.Listen.TLS
 	if !t.Enabled() {
-		return nil
+		return nil, nil
 	}
-	var err error
-	a.tls, err = tlsconfig.New(tlsconfig.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
+	return tlsconfig.New(tlsconfig.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
 		tlsconfig.Options{Key: "listen.tls", Log: a.log.With("component", "tls"), Registerer: a.reg, ClientNames: t.ClientNames})
-	return err
 }
 
 // GRPCAddr and HTTPAddr are the bound addresses (useful with port 0).
@@ -201,106 +231,138 @@ func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte(b.String()))
 }
 
-// Run serves until ctx ends, then shuts down gracefully.
+// Run serves until ctx ends, then shuts down gracefully: it runs every
+// component (runComponents) and then closes what New built.
 func (a *App) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
-	goSafe := func(name string, f func() error) {
-		g.Go(func() (err error) {
-			defer func() {
-				if p := recover(); p != nil {
-					err = fmt.Errorf("%s: panic: %v", name, p)
-				}
-			}()
-			return f()
-		})
+	pc, err := panics.NewCounter(a.reg)
+	if err != nil {
+		return err
 	}
-	goSafe("grpc", func() error {
-		if err := a.grpcSrv.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("grpc: %w", err)
-		}
-		return nil
-	})
-	goSafe("http", func() error {
-		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http: %w", err)
-		}
-		return nil
-	})
-	if a.healthSrv != nil {
-		goSafe("health", func() error {
-			if err := a.healthSrv.Serve(a.healthLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("health: %w", err)
-			}
-			return nil
-		})
-	}
-	if a.debugSrv != nil {
-		goSafe("debug", func() error {
-			if err := a.debugSrv.Serve(a.debugLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("debug: %w", err)
-			}
-			return nil
-		})
-	}
-	if a.sas != nil {
-		goSafe("informer", func() error { a.sas.Run(gctx); return nil })
-	}
-	if a.bound != nil {
-		goSafe("bound objects", func() error { a.bound.Run(gctx); return nil })
-	}
-	if a.prefetch != nil {
-		goSafe("prefetch", func() error { a.prefetch.Run(gctx); return nil })
-	}
-	if a.jwks != nil {
-		goSafe("jwks", func() error { a.jwks.Run(gctx); return nil })
-	}
-	if a.sub != nil {
-		// The subscriber itself asks the watcher to re-read everything
-		// when the connection drops and when it comes back.
-		goSafe("events", func() error { return a.sub.Run(gctx) })
-	}
-	if a.audit != nil {
-		goSafe("audit", func() error { a.audit.Run(gctx); return nil })
-	}
-	goSafe("routing", func() error { return a.routing.run(gctx) })
-	goSafe("readiness", func() error { a.waitReady(gctx); return nil })
-	goSafe("vault-probe", func() error { a.probeVault(gctx); return nil })
-	goSafe("shutdown", func() error {
-		<-gctx.Done()
-		a.ready.Store(false)
-		a.health.Shutdown()
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		_ = a.httpSrv.Shutdown(sctx)
-		if a.healthSrv != nil {
-			_ = a.healthSrv.Shutdown(sctx)
-		}
-		if a.debugSrv != nil {
-			// A running CPU profile or trace would hold a graceful
-			// shutdown for its whole duration.
-			_ = a.debugSrv.Close()
-		}
-		stopped := make(chan struct{})
-		go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-sctx.Done():
-			a.grpcSrv.Stop()
-		}
-		return nil
-	})
 	a.log.Info("credinject serving", "grpc", a.GRPCAddr(), "http", a.HTTPAddr(), "health", a.HealthAddr(), "debug", a.DebugAddr(), "tracing", a.tracing != nil,
 		"tls", a.tls != nil, "mutualTLS", a.tls != nil && a.tls.MutualTLS(),
 		"clientNames", len(a.cfg.Listen.TLS.ClientNames), "trustedProxies", a.cfg.Listen.TrustedProxies, "tokenValidation", a.cfg.Kubernetes.TokenValidation, "tokens", a.offline)
-	err := g.Wait()
+	err = runComponents(ctx, pc, a.components(), shutdownGrace)
 	if a.audit != nil {
 		// The servers have stopped: the last interval is complete.
 		a.audit.Close()
 	}
 	a.close()
 	return err
+}
+
+// shutdownGrace bounds the graceful stop of every server together; past
+// it, gRPC streams are cut.
+const shutdownGrace = 10 * time.Second
+
+// component is one server or loop Run runs, under a fixed name (a metric
+// label of credinject_panics_total and the prefix of its errors).
+type component struct {
+	name string
+	// run blocks until ctx ends (a loop) or stop is called (a server).
+	run func(ctx context.Context) error
+	// stop, when set, makes run return; it is called once ctx ends, in
+	// the list's order, with the shutdown deadline.
+	stop func(ctx context.Context)
+}
+
+// components lists what Run runs: readiness first (it stops first, so
+// probes fail before the servers drain), then the servers, then the loops.
+func (a *App) components() []component {
+	cs := []component{{name: "readiness", run: func(ctx context.Context) error { a.waitReady(ctx); return nil }, stop: func(context.Context) {
+		a.ready.Store(false)
+		a.health.Shutdown()
+	}}}
+	cs = append(cs, httpComponent("http", a.httpSrv, a.httpLn))
+	if a.healthSrv != nil {
+		cs = append(cs, httpComponent("health", a.healthSrv, a.healthLn))
+	}
+	if a.debugSrv != nil {
+		c := httpComponent("debug", a.debugSrv, a.debugLn)
+		// A running CPU profile or trace would hold a graceful shutdown
+		// for its whole duration.
+		c.stop = func(context.Context) { _ = a.debugSrv.Close() }
+		cs = append(cs, c)
+	}
+	cs = append(cs, component{name: "grpc",
+		run: func(context.Context) error {
+			if err := a.grpcSrv.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("grpc: %w", err)
+			}
+			return nil
+		},
+		stop: func(ctx context.Context) {
+			stopped := make(chan struct{})
+			go func() { a.grpcSrv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				a.grpcSrv.Stop()
+			}
+		},
+	})
+	loop := func(name string, run func(context.Context)) component {
+		return component{name: name, run: func(ctx context.Context) error { run(ctx); return nil }}
+	}
+	if a.sas != nil {
+		cs = append(cs, loop("informer", a.sas.Run))
+	}
+	if a.bound != nil {
+		cs = append(cs, loop("bound-objects", a.bound.Run))
+	}
+	if a.prefetch != nil {
+		cs = append(cs, loop("prefetch", a.prefetch.Run))
+	}
+	if a.jwks != nil {
+		cs = append(cs, loop("jwks", a.jwks.Run))
+	}
+	if a.sub != nil {
+		// The subscriber itself asks the watcher to re-read everything
+		// when the connection drops and when it comes back.
+		cs = append(cs, component{name: "events", run: a.sub.Run})
+	}
+	if a.audit != nil {
+		cs = append(cs, loop("audit", a.audit.Run))
+	}
+	// Policies and config reloads: the route table changes here.
+	cs = append(cs, component{name: "routing", run: a.routing.run})
+	return append(cs, loop("vault-probe", a.probeVault))
+}
+
+// httpComponent serves srv on ln until it is shut down.
+func httpComponent(name string, srv *http.Server, ln net.Listener) component {
+	return component{name: name,
+		run: func(context.Context) error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		},
+		stop: func(ctx context.Context) { _ = srv.Shutdown(ctx) },
+	}
+}
+
+// runComponents runs each component in its own goroutine, a panic turned
+// into its error (panics.Guard). When ctx ends or one returns an error, it
+// calls every stop in order within grace and waits for all; the result is
+// the first error.
+func runComponents(ctx context.Context, pc *panics.Counter, cs []component, grace time.Duration) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range cs {
+		g.Go(func() error { return panics.Guard(pc, c.name, func() error { return c.run(gctx) }) })
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+		defer cancel()
+		var errs []error
+		for _, c := range cs {
+			if c.stop != nil {
+				errs = append(errs, panics.Guard(pc, c.name, func() error { c.stop(sctx); return nil }))
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return g.Wait()
 }
 
 func (a *App) waitReady(ctx context.Context) {

@@ -25,6 +25,7 @@ import (
 	"github.com/credinject/credinject/internal/app"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
 // Running is a started credinject.
@@ -139,17 +140,14 @@ func start(tb testing.TB, ctx context.Context, env *testenv.Env, cfg config.Conf
 	if err != nil {
 		tb.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for !a.Ready() {
-		if time.Now().After(deadline) {
-			tb.Fatal("credinject did not become ready")
-		}
+	poll.True(tb, 60*time.Second, "credinject to become ready", func() bool {
 		select {
 		case err := <-done:
 			tb.Fatalf("app stopped: %v", err)
-		case <-time.After(10 * time.Millisecond):
+		default:
 		}
-	}
+		return a.Ready()
+	})
 	return &Running{
 		App: a, Config: cfg, Client: authv3.NewAuthorizationClient(conn), Conn: conn,
 		HTTPURL: scheme + "://" + a.HTTPAddr(), HTTPClient: hc, Registry: reg,
@@ -267,16 +265,8 @@ func matches(m *dto.Metric, want map[string]string) bool {
 	return true
 }
 
-// Eventually polls cond every 20 ms until it holds or the timeout passes.
+// Eventually polls cond until it holds or the timeout passes (poll.True).
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-t.C
-	}
+	poll.True(tb, timeout, what, cond)
 }

@@ -1,6 +1,22 @@
 // Package config reads and validates credinject's YAML configuration. It is
 // strict: unknown keys and bad values are refused with a message that names
-// the key. It owns no behaviour; cmd turns a Config into the parts' settings.
+// the key. It owns no behaviour; internal/app turns a Config into the parts'
+// settings.
+//
+// It holds every default: the parts take each value from here and refuse a
+// zero one. A file becomes a Config in three steps, none of which guesses
+// whether a key was written by comparing its value with the default:
+//   - decode: the YAML over Default(), so an absent key keeps its default and
+//     a written one, whatever its value, replaces it;
+//   - complete: the defaults that depend on another key (vault.authMount on
+//     vault.authMethod, inject on source, a route's name, path, inject and
+//     clientAuth on its hosts, its source and the top level) fill the
+//     fields still at their zero value, which no valid configuration has;
+//     header names and hosts are lower-cased (ASCII only);
+//   - check: every value, without changing any.
+//
+// The top-level source, vault.path, inject and OAuth2 keys are the default
+// route's; AllRoutes lists it first, as a route like the others.
 package config
 
 import (
@@ -31,12 +47,10 @@ type Config struct {
 	Events     Events     `yaml:"events"`
 	Prefetch   Prefetch   `yaml:"prefetch"`
 	Routes     []Route    `yaml:"routes"`
-	// Source, TokenURL, Scopes and ClientAuth are the default route's
-	// credential source (see Route).
-	Source     string   `yaml:"source"`
-	TokenURL   string   `yaml:"tokenURL"`
-	Scopes     []string `yaml:"scopes"`
-	ClientAuth string   `yaml:"clientAuth"`
+	// Source and OAuth2 are the default route's credential source (see
+	// Route); its path is vault.path and its injection inject.
+	Source string  `yaml:"source"`
+	OAuth2 *OAuth2 `yaml:",inline"`
 	// DefaultRoute: whether hosts that match no route use the top-level
 	// vault.path and inject (default true). When false they get no_route.
 	DefaultRoute *bool `yaml:"defaultRoute"`
@@ -244,20 +258,38 @@ type Prefetch struct {
 }
 
 // Route is a per-host credential: its source, its path and the injection.
+// The default route (AllRoutes' first) has no name and no hosts.
 type Route struct {
 	Name  string   `yaml:"name"`
 	Hosts []string `yaml:"hosts"`
 	// Source is how the credential is obtained: kv (default; Path is a KV v2
 	// path under vault.kvMount), vault-read (Path is any Vault path, its
 	// lease kept), oauth2-client-credentials (Path is the KV v2 secret with
-	// client_id and client_secret; TokenURL, Scopes, ClientAuth say how to
-	// ask) or vault-identity-token (Path is identity/oidc/token/<role>).
-	Source     string   `yaml:"source"`
-	Path       string   `yaml:"path"`
-	TokenURL   string   `yaml:"tokenURL"`
-	Scopes     []string `yaml:"scopes"`
-	ClientAuth string   `yaml:"clientAuth"`
-	Inject     Inject   `yaml:"inject"`
+	// client_id and client_secret; OAuth2 says how to ask) or
+	// vault-identity-token (Path is identity/oidc/token/<role>).
+	Source string `yaml:"source"`
+	Path   string `yaml:"path"`
+	// OAuth2 holds the keys only oauth2-client-credentials takes, written
+	// beside source; nil when none is written.
+	OAuth2 *OAuth2 `yaml:",inline"`
+	Inject Inject  `yaml:"inject"`
+}
+
+// OAuth2 is how an oauth2-client-credentials route asks its token
+// endpoint (tokenURL, scopes, clientAuth beside the route's source).
+type OAuth2 struct {
+	// TokenURL is the token endpoint, an http(s) URL.
+	TokenURL string `yaml:"tokenURL"`
+	// Scopes are sent space-separated; empty: none.
+	Scopes []string `yaml:"scopes"`
+	// ClientAuth is basic (default: HTTP Basic) or post (in the form).
+	ClientAuth string `yaml:"clientAuth"`
+}
+
+// isZero reports whether no OAuth2 key has a value (an empty list of
+// scopes included).
+func (o *OAuth2) isZero() bool {
+	return o == nil || (o.TokenURL == "" && len(o.Scopes) == 0 && o.ClientAuth == "")
 }
 
 // The credential sources (routes[].source, source).
@@ -268,12 +300,45 @@ const (
 	SourceIdentityToken = "vault-identity-token"
 )
 
-// sourceInject is the injection of a route that names none, per source:
-// kv takes the top-level inject; vault-read has no default (its fields are
-// the engine's).
-var sourceInject = map[string]Inject{
-	SourceOAuth2:        {Header: "authorization", Value: "Bearer {access_token}"},
-	SourceIdentityToken: {Header: "authorization", Value: "Bearer {token}"},
+// sourceSpec is what the configuration knows of a credential source.
+type sourceSpec struct {
+	name string
+	// inject is the injection of a route of this source that names none.
+	// A kv route takes the top-level inject instead, whose own default is
+	// kv's; vault-read has none (its fields are the engine's).
+	inject Inject
+	// ownPath: a route needs its own path (a full Vault path), not vault.path.
+	ownPath bool
+	// oauth2: the source takes the OAuth2 keys.
+	oauth2 bool
+}
+
+// sources is the one list of credential sources, in the order messages
+// name them.
+var sources = []sourceSpec{
+	{name: SourceKV, inject: Inject{Header: "authorization", Value: "Bearer {api_key}"}},
+	{name: SourceVaultRead, ownPath: true},
+	{name: SourceOAuth2, oauth2: true, inject: Inject{Header: "authorization", Value: "Bearer {access_token}"}},
+	{name: SourceIdentityToken, ownPath: true, inject: Inject{Header: "authorization", Value: "Bearer {token}"}},
+}
+
+// lookupSource returns the source named name.
+func lookupSource(name string) (sourceSpec, bool) {
+	for _, s := range sources {
+		if s.name == name {
+			return s, true
+		}
+	}
+	return sourceSpec{}, false
+}
+
+// sourceNames lists the sources for a message: "kv, vault-read, ...".
+func sourceNames() string {
+	names := make([]string, len(sources))
+	for i, s := range sources {
+		names[i] = s.name
+	}
+	return strings.Join(names, ", ")
 }
 
 // Cache sizes the in-memory caches and the token result lifetimes.
@@ -289,7 +354,9 @@ type Cache struct {
 	DeniedCapacity int `yaml:"deniedCapacity"`
 }
 
-// Default returns the configuration used when a key is absent.
+// Default returns the configuration used when a key is absent. The defaults
+// that depend on another key (vault.authMount, inject, source, the routes'
+// name, path, inject and clientAuth) are zero here and filled by Validate.
 func Default() Config {
 	return Config{
 		Listen: Listen{GRPC: "127.0.0.1:9191", HTTP: "127.0.0.1:8181"},
@@ -303,13 +370,11 @@ func Default() Config {
 		Vault: Vault{
 			Address:     "http://vault.vault.svc.cluster.local:8200",
 			AuthMethod:  "kubernetes",
-			AuthMount:   "kubernetes",
 			Role:        "egress-workload",
 			KVMount:     "secret",
 			Path:        "egress/{namespace}/{serviceaccount}",
 			Concurrency: 16,
 		},
-		Inject:   Inject{Header: "authorization", Value: "Bearer {api_key}"},
 		Events:   Events{Subject: "credinject.rotated", MinInterval: time.Second},
 		Prefetch: Prefetch{Refresh: 5 * time.Minute, RefreshWithEvents: time.Hour, StaleGrace: 15 * time.Minute, Concurrency: 16},
 		Cache: Cache{
@@ -340,8 +405,22 @@ func Load(path string) (Config, error) {
 	return c, nil
 }
 
-// Parse decodes YAML over the defaults and validates the result.
+// Parse decodes YAML over the defaults, completes and checks the result
+// (Validate).
 func Parse(r io.Reader) (Config, error) {
+	c, err := decode(r)
+	if err != nil {
+		return Config{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// decode reads YAML over Default(): an absent key keeps its default. Unknown
+// keys are an error.
+func decode(r io.Reader) (Config, error) {
 	raw, err := io.ReadAll(r)
 	if err != nil {
 		return Config{}, err
@@ -354,10 +433,131 @@ func Parse(r io.Reader) (Config, error) {
 			return Config{}, fmt.Errorf("parse: %w", err)
 		}
 	}
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
 	return c, nil
+}
+
+// AllRoutes lists the routes in the order they are served: the default route
+// first (no name, no hosts: the top-level source, vault.path, inject and
+// OAuth2 keys) when HasDefaultRoute, then routes. Call it on a validated
+// Config.
+func (c *Config) AllRoutes() []Route {
+	rs := make([]Route, 0, len(c.Routes)+1)
+	if c.HasDefaultRoute() {
+		rs = append(rs, c.defaultRoute())
+	}
+	return append(rs, c.Routes...)
+}
+
+// defaultRoute is the top level's route.
+func (c *Config) defaultRoute() Route {
+	return Route{Source: c.Source, Path: c.Vault.Path, OAuth2: c.OAuth2, Inject: c.Inject}
+}
+
+// setDefaultRoute writes r back to the top-level keys.
+func (c *Config) setDefaultRoute(r Route) {
+	c.Source, c.Vault.Path, c.OAuth2, c.Inject = r.Source, r.Path, r.OAuth2, r.Inject
+}
+
+// Validate completes the defaults that depend on other keys (complete) and
+// checks every value (check). Completing a complete Config changes nothing,
+// so validating twice is validating once.
+func (c *Config) Validate() error {
+	c.complete()
+	return c.check()
+}
+
+// complete fills each field a key's default depends on another key for,
+// when it is still zero (absent: no valid configuration has it zero), and
+// lower-cases header names and hosts (ASCII only, so a non-ASCII host is
+// still refused by check).
+func (c *Config) complete() {
+	if c.Vault.AuthMount == "" {
+		// The mount is named after the method unless written.
+		c.Vault.AuthMount = c.Vault.AuthMethod
+	}
+	if c.Source == "" {
+		c.Source = SourceKV
+	}
+	c.Identity.Peer.Header = asciiLower(c.Identity.Peer.Header)
+	// The top-level inject: each field not written takes the source's, or
+	// kv's when the source has none.
+	def, _ := lookupSource(c.Source)
+	if def.inject == (Inject{}) {
+		def = sources[0]
+	}
+	if c.Inject.Header == "" {
+		c.Inject.Header = def.inject.Header
+	}
+	if c.Inject.Value == "" {
+		c.Inject.Value = def.inject.Value
+	}
+	top := c.defaultRoute()
+	completeRoute(&top, c.Inject, "")
+	c.setDefaultRoute(top)
+	// A kv route without inject takes the top-level one when that is a kv
+	// injection too; under another top-level source, kv's own.
+	kvInject := sources[0].inject
+	if c.Source == SourceKV {
+		kvInject = c.Inject
+	}
+	for i := range c.Routes {
+		completeRoute(&c.Routes[i], kvInject, c.Vault.Path)
+	}
+}
+
+// completeRoute fills a route's name (its first host, without "*."), source
+// (kv), path (vault.path, unless the source needs its own), inject (the
+// source's; kv: kvInject) and clientAuth (basic, for oauth2).
+func completeRoute(r *Route, kvInject Inject, vaultPath string) {
+	for j, h := range r.Hosts {
+		r.Hosts[j] = asciiLower(h)
+	}
+	if r.Name == "" && len(r.Hosts) > 0 {
+		r.Name = strings.TrimPrefix(r.Hosts[0], "*.")
+	}
+	if r.Source == "" {
+		r.Source = SourceKV
+	}
+	src, known := lookupSource(r.Source)
+	if r.Path == "" && known && !src.ownPath {
+		r.Path = vaultPath
+	}
+	if r.Inject == (Inject{}) {
+		r.Inject = src.inject
+		if r.Source == SourceKV {
+			r.Inject = kvInject
+		}
+	}
+	r.Inject.Header = asciiLower(r.Inject.Header)
+	switch {
+	case src.oauth2:
+		if r.OAuth2 == nil {
+			r.OAuth2 = &OAuth2{}
+		}
+		if r.OAuth2.ClientAuth == "" {
+			r.OAuth2.ClientAuth = "basic"
+		}
+	case r.OAuth2.isZero():
+		// "scopes: []" on another source says nothing.
+		r.OAuth2 = nil
+	}
+}
+
+// asciiLower lower-cases A-Z only: strings.ToLower folds some non-ASCII
+// letters (U+212A KELVIN SIGN) into ASCII ones.
+func asciiLower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
 }
 
 var (
@@ -367,8 +567,9 @@ var (
 	hostPattern = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$`)
 )
 
-// Validate checks every value and normalises header names to lower case.
-func (c *Config) Validate() error {
+// check reports every value that is wrong, naming its key; it changes
+// nothing.
+func (c *Config) check() error {
 	var errs []error
 	bad := func(key, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
@@ -422,12 +623,7 @@ func (c *Config) Validate() error {
 		bad("vault.address", "%q is not an http(s) URL", c.Vault.Address)
 	}
 	switch c.Vault.AuthMethod {
-	case "jwt":
-		// authMount follows the method unless it was set otherwise.
-		if c.Vault.AuthMount == Default().Vault.AuthMount {
-			c.Vault.AuthMount = "jwt"
-		}
-	case "kubernetes":
+	case "jwt", "kubernetes":
 	default:
 		bad("vault.authMethod", "%q is not one of kubernetes, jwt", c.Vault.AuthMethod)
 	}
@@ -451,25 +647,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Vault.Concurrency <= 0 {
 		bad("vault.concurrency", "must be positive, got %d", c.Vault.Concurrency)
-	}
-	if err := CheckPath(c.Vault.Path); err != nil {
-		bad("vault.path", "%v", err)
-	}
-	if c.Source == "" {
-		c.Source = SourceKV
-	}
-	// Header names compare in lower case, so that validating a validated
-	// configuration again changes nothing.
-	c.Inject.Header = strings.ToLower(c.Inject.Header)
-	if in, ok := sourceInject[c.Source]; ok && c.Inject == Default().Inject {
-		// The KV default ({api_key}) means nothing to a minted source.
-		c.Inject = in
-	}
-	for _, e := range checkSource("", c.Source, c.TokenURL, c.Scopes, &c.ClientAuth) {
-		bad(e[0], "%s", e[1])
-	}
-	if err := c.Inject.check(); err != nil {
-		bad("inject", "%v", err)
 	}
 	if c.Events.Subject == "" || strings.ContainsAny(c.Events.Subject, " \t\r\n") {
 		bad("events.subject", "%q is not a NATS subject", c.Events.Subject)
@@ -554,109 +731,107 @@ func isASCII(s string) bool {
 	return true
 }
 
-// checkRoutes validates and completes the routes: names, hosts, source,
-// path and injection (defaults from the top level or the source).
+// routeKeys names a route's keys in messages: the default route's are the
+// top-level ones (source, vault.path, inject, tokenURL...), route i's
+// routes[i].<key>.
+func routeKeys(i int) func(key string) string {
+	if i < 0 {
+		return func(key string) string {
+			if key == "path" {
+				return "vault.path"
+			}
+			return key
+		}
+	}
+	return func(key string) string { return fmt.Sprintf("routes[%d].%s", i, key) }
+}
+
+// checkRoutes checks the default route (its keys are checked whether or not
+// defaultRoute is on) and every route: names, hosts, source, path and
+// injection.
 func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
+	checkRoute(c.defaultRoute(), routeKeys(-1), bad)
 	names := map[string]bool{}
 	hosts := map[string]bool{}
-	for i := range c.Routes {
-		r := &c.Routes[i]
-		key := fmt.Sprintf("routes[%d]", i)
+	for i, r := range c.Routes {
+		key := routeKeys(i)
 		if len(r.Hosts) == 0 {
-			bad(key+".hosts", "at least one host is required")
+			bad(key("hosts"), "at least one host is required")
 		}
 		for j, h := range r.Hosts {
-			// Checked before lower-casing: strings.ToLower folds some
-			// non-ASCII letters (U+212A KELVIN SIGN) into ASCII ones.
+			hkey := key(fmt.Sprintf("hosts[%d]", j))
 			if !isASCII(h) {
-				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
+				bad(hkey, "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
 			}
-			h = strings.ToLower(h)
-			r.Hosts[j] = h
 			if !hostPattern.MatchString(h) {
-				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q is not a host name or *.suffix", h)
+				bad(hkey, "%q is not a host name or *.suffix", h)
 			}
 			// Hosts are routed without their port: a.example:443 and
 			// a.example:8443 are one host.
 			name, _, _ := strings.Cut(h, ":")
 			if hosts[name] {
-				bad(fmt.Sprintf("%s.hosts[%d]", key, j), "%q appears in two routes (hosts are matched without their port)", h)
+				bad(hkey, "%q appears in two routes (hosts are matched without their port)", h)
 			}
 			hosts[name] = true
 		}
-		if r.Name == "" && len(r.Hosts) > 0 {
-			r.Name = strings.TrimPrefix(r.Hosts[0], "*.")
-		}
 		if !authz.IsRouteName(r.Name) || r.Name == "default" {
-			bad(key+".name", "%q is not a valid route name", r.Name)
+			bad(key("name"), "%q is not a valid route name", r.Name)
 		}
 		if names[r.Name] {
-			bad(key+".name", "%q is used twice", r.Name)
+			bad(key("name"), "%q is used twice", r.Name)
 		}
 		names[r.Name] = true
-		if r.Source == "" {
-			r.Source = SourceKV
-		}
-		for _, e := range checkSource(key+".", r.Source, r.TokenURL, r.Scopes, &r.ClientAuth) {
-			bad(e[0], "%s", e[1])
-		}
-		if r.Path == "" && (r.Source == SourceVaultRead || r.Source == SourceIdentityToken) {
-			bad(key+".path", "source %s needs its own path (a full Vault path)", r.Source)
-		}
-		if r.Path == "" {
-			r.Path = c.Vault.Path
-		}
-		if err := CheckPath(r.Path); err != nil {
-			bad(key+".path", "%v", err)
-		}
-		if r.Inject == (Inject{}) {
-			r.Inject = sourceInject[r.Source]
-			if r.Source == SourceKV {
-				r.Inject = c.Inject
-			}
-		}
-		if err := r.Inject.check(); err != nil {
-			bad(key+".inject", "%v", err)
-		}
+		checkRoute(r, key, bad)
 	}
 }
 
-// checkSource validates a source and the keys only oauth2-client-credentials
-// takes; it defaults clientAuth to basic there. It returns (key, message)
-// pairs, keys prefixed with prefix.
-func checkSource(prefix, source, tokenURL string, scopes []string, clientAuth *string) [][2]string {
-	var errs [][2]string
-	switch source {
-	case SourceKV, SourceVaultRead, SourceIdentityToken:
-		for key, set := range map[string]bool{"tokenURL": tokenURL != "", "scopes": len(scopes) > 0, "clientAuth": *clientAuth != ""} {
+// checkRoute checks a route's source, the keys only oauth2-client-credentials
+// takes, its path and its injection.
+func checkRoute(r Route, key func(string) string, bad func(key, format string, a ...any)) {
+	src, known := lookupSource(r.Source)
+	switch {
+	case !known:
+		bad(key("source"), "%q is not one of %s", r.Source, sourceNames())
+	case !src.oauth2 && r.OAuth2 != nil:
+		for k, set := range map[string]bool{"tokenURL": r.OAuth2.TokenURL != "", "scopes": len(r.OAuth2.Scopes) > 0, "clientAuth": r.OAuth2.ClientAuth != ""} {
 			if set {
-				errs = append(errs, [2]string{prefix + key, fmt.Sprintf("only for source %s, not %s", SourceOAuth2, source)})
+				bad(key(k), "only for source %s, not %s", SourceOAuth2, r.Source)
 			}
 		}
-	case SourceOAuth2:
-		if u, err := url.Parse(tokenURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			errs = append(errs, [2]string{prefix + "tokenURL", fmt.Sprintf("%q is not an http(s) URL", tokenURL)})
+	case src.oauth2:
+		o := r.OAuth2
+		if o == nil {
+			o = &OAuth2{}
 		}
-		for i, sc := range scopes {
+		if u, err := url.Parse(o.TokenURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad(key("tokenURL"), "%q is not an http(s) URL", o.TokenURL)
+		}
+		for i, sc := range o.Scopes {
 			if sc == "" || strings.ContainsAny(sc, " \t\r\n\"\\") {
-				errs = append(errs, [2]string{fmt.Sprintf("%sscopes[%d]", prefix, i), fmt.Sprintf("%q is not a scope token", sc)})
+				bad(key(fmt.Sprintf("scopes[%d]", i)), "%q is not a scope token", sc)
 			}
 		}
-		switch *clientAuth {
-		case "":
-			*clientAuth = "basic"
+		switch o.ClientAuth {
 		case "basic", "post":
 		default:
-			errs = append(errs, [2]string{prefix + "clientAuth", fmt.Sprintf("%q is not one of basic, post", *clientAuth)})
+			bad(key("clientAuth"), "%q is not one of basic, post", o.ClientAuth)
 		}
-	default:
-		errs = append(errs, [2]string{prefix + "source", fmt.Sprintf("%q is not one of %s, %s, %s, %s", source, SourceKV, SourceVaultRead, SourceOAuth2, SourceIdentityToken)})
 	}
-	return errs
+	switch {
+	case r.Path == "" && src.ownPath:
+		bad(key("path"), "source %s needs its own path (a full Vault path)", r.Source)
+	case r.Path != "" || known:
+		if err := CheckPath(r.Path); err != nil {
+			bad(key("path"), "%v", err)
+		}
+	}
+	if err := r.Inject.check(); err != nil {
+		bad(key("inject"), "%v", err)
+	}
 }
 
-func (in *Inject) check() error {
-	in.Header = strings.ToLower(in.Header)
+// check reports a bad header name or value template.
+func (in Inject) check() error {
 	if !headerName.MatchString(in.Header) {
 		return fmt.Errorf("header %q is not a valid HTTP header name", in.Header)
 	}

@@ -389,8 +389,12 @@ routes:
 	}
 	for i, w := range want {
 		r := c.Routes[i]
-		if r.Source != w.source || r.ClientAuth != w.clientAuth || r.Inject.Value != w.value {
-			t.Errorf("routes[%d] = %s %q %q; want %+v", i, r.Source, r.ClientAuth, r.Inject.Value, w)
+		clientAuth := ""
+		if r.OAuth2 != nil {
+			clientAuth = r.OAuth2.ClientAuth
+		}
+		if r.Source != w.source || clientAuth != w.clientAuth || r.Inject.Value != w.value {
+			t.Errorf("routes[%d] = %s %q %q; want %+v", i, r.Source, clientAuth, r.Inject.Value, w)
 		}
 	}
 	if c.Source != "kv" {
@@ -465,5 +469,79 @@ func TestRouteHostsThatRouteAlike(t *testing.T) {
 	// One port per route is still fine, and so is punycode.
 	if _, err := Parse(strings.NewReader(`routes: [{name: a, hosts: ["a.com:443", "xn--xample-9ua.com"]}, {name: b, hosts: ["b.com:443"]}]`)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWrittenDefaultIsKept: a key written with the value its default has is
+// kept, even where another key's value would complete it differently.
+func TestWrittenDefaultIsKept(t *testing.T) {
+	c, err := Parse(strings.NewReader("vault: {authMethod: jwt, authMount: kubernetes}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Vault.AuthMount != "kubernetes" {
+		t.Errorf("vault.authMount written as kubernetes (the kubernetes method's default) became %q", c.Vault.AuthMount)
+	}
+	c, err = Parse(strings.NewReader(`
+source: oauth2-client-credentials
+tokenURL: "https://auth.example/token"
+inject: {header: authorization, value: "Bearer {api_key}"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Inject.Value != "Bearer {api_key}" {
+		t.Errorf("inject written as kv's default became %+v", c.Inject)
+	}
+	// Absent, each follows the key it depends on.
+	c, err = Parse(strings.NewReader("source: oauth2-client-credentials\ntokenURL: \"https://auth.example/token\"\ninject: {header: x-token}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Inject != (Inject{Header: "x-token", Value: "Bearer {access_token}"}) {
+		t.Errorf("inject.value absent on an oauth2 source: %+v, want the source's value", c.Inject)
+	}
+}
+
+// TestAllRoutes: the top-level keys are the first route's, a route like the
+// others, and only while defaultRoute is on.
+func TestAllRoutes(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+source: oauth2-client-credentials
+tokenURL: "https://auth.example/token"
+scopes: [read]
+vault: {path: "oauth/{namespace}/{serviceaccount}"}
+routes: [{hosts: [API.example.com]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := c.AllRoutes()
+	if len(rs) != 2 {
+		t.Fatalf("%d routes, want 2: %+v", len(rs), rs)
+	}
+	d := rs[0]
+	if d.Name != "" || d.Hosts != nil || d.Source != SourceOAuth2 || d.Path != "oauth/{namespace}/{serviceaccount}" ||
+		d.OAuth2 == nil || d.OAuth2.TokenURL != "https://auth.example/token" || d.OAuth2.ClientAuth != "basic" || d.Inject.Value != "Bearer {access_token}" {
+		t.Errorf("default route %+v (oauth2 %+v)", d, d.OAuth2)
+	}
+	if r := rs[1]; r.Name != "api.example.com" || r.Source != SourceKV || r.OAuth2 != nil || r.Inject.Value != "Bearer {api_key}" {
+		t.Errorf("route %+v", r)
+	}
+	off, err := Parse(strings.NewReader("defaultRoute: false\nroutes: [{hosts: [a.example]}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := off.AllRoutes(); len(rs) != 1 || rs[0].Name != "a.example" {
+		t.Errorf("defaultRoute false: %+v", rs)
+	}
+	// The default route's keys are named as written, also when it is off.
+	_, err = Parse(strings.NewReader("defaultRoute: false\nsource: ldap"))
+	if err == nil || !strings.Contains(err.Error(), "source: \"ldap\" is not one of kv, vault-read, oauth2-client-credentials, vault-identity-token") {
+		t.Errorf("err = %v", err)
+	}
+	// An empty list of OAuth2 scopes on another source says nothing.
+	if c, err := Parse(strings.NewReader("routes: [{hosts: [a.example], scopes: []}]")); err != nil || c.Routes[0].OAuth2 != nil {
+		t.Errorf("scopes: [] on kv: %v %+v", err, c.Routes)
 	}
 }

@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"slices"
-	"strings"
 )
 
 // Identity says where a request's identity comes from (identity.*).
@@ -72,7 +71,6 @@ func (c *Config) checkIdentity(bad func(key, format string, a ...any)) {
 	if !headerName.MatchString(id.Peer.Header) {
 		bad("identity.peer.header", "%q is not a header name", id.Peer.Header)
 	}
-	id.Peer.Header = strings.ToLower(id.Peer.Header)
 	if len(c.Listen.TrustedProxies) == 0 && len(c.Listen.TLS.ClientNames) == 0 {
 		bad("identity.sources", "peer needs a trusted caller to vouch for the peer: set listen.trustedProxies or listen.tls.clientNames")
 	}

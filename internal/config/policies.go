@@ -46,20 +46,33 @@ type VaultOverride struct {
 }
 
 // CheckRoute completes and checks one route defined outside the file (a
-// CredentialPolicy) with the rules of routes[]: its hosts, source, the
-// keys only oauth2-client-credentials takes, its path (vault.path when it
-// needs none of its own), its injection (the source's or the top-level
-// one), and its Vault override (each set field as vault.role,
-// vault.authMount, vault.kvMount, vault.namespace). Call it on a
-// validated Config. key names a route key in the messages ("path" ->
-// "spec.source.path"). The route's name is the caller's. It returns the
-// completed route, or every error joined, each naming its key.
+// CredentialPolicy) with the rules of routes[]: completeRoute (source kv,
+// vault.path when it needs none of its own, the source's or the top-level
+// injection, clientAuth basic), then checkRoute (source, the keys only
+// oauth2-client-credentials takes, path, injection), its hosts as
+// routes[].hosts (one label may not be empty), and its Vault override
+// (each set field as vault.role, vault.authMount, vault.kvMount,
+// vault.namespace). Call it on a validated Config. key names a route key in
+// the messages ("path" -> "spec.source.path"). The route's name is the
+// caller's. It returns the completed route, or every error joined, each
+// naming its key.
 func (c *Config) CheckRoute(r Route, v VaultOverride, key func(string) string) (Route, error) {
 	var errs []error
 	bad := func(k, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", k, fmt.Sprintf(format, a...)))
 	}
 	r.Hosts = append([]string(nil), r.Hosts...)
+	if r.OAuth2 != nil {
+		o := *r.OAuth2
+		r.OAuth2 = &o
+	}
+	kvInject := sources[0].inject
+	if c.Source == SourceKV {
+		kvInject = c.Inject
+	}
+	name := r.Name
+	completeRoute(&r, kvInject, c.Vault.Path)
+	r.Name = name
 	if len(r.Hosts) == 0 {
 		bad(key("hosts"), "at least one host is required")
 	}
@@ -69,37 +82,11 @@ func (c *Config) CheckRoute(r Route, v VaultOverride, key func(string) string) (
 			bad(hkey, "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
 			continue
 		}
-		h = strings.ToLower(h)
-		r.Hosts[j] = h
 		if !hostPattern.MatchString(h) || strings.Contains(h, "..") {
 			bad(hkey, "%q is not a host name or *.suffix", h)
 		}
 	}
-	if r.Source == "" {
-		r.Source = SourceKV
-	}
-	for _, e := range checkSource("", r.Source, r.TokenURL, r.Scopes, &r.ClientAuth) {
-		bad(key(e[0]), "%s", e[1])
-	}
-	if r.Path == "" && (r.Source == SourceVaultRead || r.Source == SourceIdentityToken) {
-		bad(key("path"), "source %s needs its own path (a full Vault path)", r.Source)
-	} else {
-		if r.Path == "" {
-			r.Path = c.Vault.Path
-		}
-		if err := CheckPath(r.Path); err != nil {
-			bad(key("path"), "%v", err)
-		}
-	}
-	if r.Inject == (Inject{}) {
-		r.Inject = sourceInject[r.Source]
-		if r.Source == SourceKV {
-			r.Inject = c.Inject
-		}
-	}
-	if err := r.Inject.check(); err != nil {
-		bad(key("inject"), "%v", err)
-	}
+	checkRoute(r, key, bad)
 	for _, f := range []struct{ name, v string }{{"role", v.Role}, {"authMount", v.AuthMount}, {"kvMount", v.KVMount}} {
 		if strings.ContainsAny(f.v, " \t\r\n?#") {
 			bad(key("vault."+f.name), "%q has illegal characters", f.v)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
 // The steady-state cost of credinject on Vault and the API server: with
@@ -252,16 +253,10 @@ func pause(d time.Duration) {
 	<-t.C
 }
 
-// waitUntilTB polls cond every 50 ms until it holds or timeout passes.
+// waitUntilTB polls cond until it holds or timeout passes (poll.True).
 func waitUntilTB(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		pause(50 * time.Millisecond)
-	}
+	poll.True(tb, timeout, what, cond)
 }
 
 // count reads the totals so far: Vault's audit log (responses, by path) and

@@ -12,8 +12,8 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/nats-io/nats.go"
 
+	"github.com/credinject/credinject/auditbridge"
 	"github.com/credinject/credinject/events"
-	"github.com/credinject/credinject/events/auditbridge"
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"

@@ -18,6 +18,7 @@ import (
 	"github.com/credinject/credinject/internal/app"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m, testenv.All) }
@@ -149,19 +150,5 @@ var errNotYet = errors.New("not yet")
 // condition with a deadline, never a sleep.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-		case <-tick.C:
-		}
-	}
+	poll.Until(t, timeout, what, cond)
 }

@@ -42,7 +42,7 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 	cfg.Events.NatsURL = ""
 	cfg.Routes = []config.Route{{
 		Name: "partner", Hosts: []string{"api.partner.example"}, Source: config.SourceOAuth2,
-		Path: "egress-oauth/{namespace}/{serviceaccount}", TokenURL: hy.TokenURL, Scopes: []string{"read"},
+		Path: "egress-oauth/{namespace}/{serviceaccount}", OAuth2: &config.OAuth2{TokenURL: hy.TokenURL, Scopes: []string{"read"}},
 	}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func TestOAuth2EndpointDown(t *testing.T) {
 	cfg.Events.NatsURL = ""
 	cfg.Routes = []config.Route{{
 		Name: "partner", Hosts: []string{"api.partner.example"}, Source: config.SourceOAuth2,
-		Path: "egress-oauth/{namespace}/{serviceaccount}", TokenURL: hy.TokenURL, ClientAuth: "post",
+		Path: "egress-oauth/{namespace}/{serviceaccount}", OAuth2: &config.OAuth2{TokenURL: hy.TokenURL, ClientAuth: "post"},
 	}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -182,7 +182,7 @@ func TestTracesTokenEndpoint(t *testing.T) {
 	cfg.Tracing.SamplingRatio = 0
 	cfg.Routes = []config.Route{{
 		Name: "partner", Hosts: []string{"api.partner.example"}, Source: config.SourceOAuth2,
-		Path: "egress-oauth/{namespace}/{serviceaccount}", TokenURL: hy.TokenURL, Scopes: []string{"read"},
+		Path: "egress-oauth/{namespace}/{serviceaccount}", OAuth2: &config.OAuth2{TokenURL: hy.TokenURL, Scopes: []string{"read"}},
 	}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

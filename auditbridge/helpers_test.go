@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
 const waitTimeout = 20 * time.Second
@@ -31,15 +33,7 @@ func recv[T any](t testing.TB, ch <-chan T, what string) T {
 // have no event to wait on (a metric, a connection state).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
+	poll.True(t, waitTimeout, what, cond)
 }
 
 // metric reads a counter or gauge; labels are name, value pairs.

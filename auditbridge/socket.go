@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/internal/backoff"
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // lineFunc receives the lines of one input; input names it for logs.
@@ -109,10 +110,10 @@ func (s *socketServer) read(c net.Conn) {
 	defer s.m.conns.Dec()
 	s.log.Info("auditbridge: audit device connected", "remote", remote)
 	defer func() {
-		if p := recover(); p != nil {
-			// A bug must cost this connection (Vault dials again), not
-			// the process.
-			s.log.Error("auditbridge: panic reading an audit connection", "remote", remote, "panic", p)
+		// A bug must cost this connection (Vault dials again), not the
+		// process.
+		if err := panics.Recovered(s.m.panics, "auditbridge", recover()); err != nil {
+			s.log.Error("auditbridge: panic reading an audit connection", "remote", remote, "err", err)
 		}
 	}()
 	sp := newSplitter(MaxLineSize, func(line []byte, tooLong bool) { s.handle(input, line, tooLong) })

@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/panics"
 	"github.com/credinject/credinject/internal/redact"
 )
 
@@ -208,18 +209,11 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	closed := make(chan struct{})
 	opts := append(slices.Clone(b.cfg.NATSOptions),
 		nats.Name(connectionName),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
 		nats.ReconnectWait(b.cfg.ReconnectWait),
 		nats.ReconnectJitter(b.cfg.ReconnectWait, b.cfg.ReconnectWait),
 		// Fail publishes while disconnected instead of holding them in the
 		// client: our own buffer is bounded, coalesces and is counted.
 		nats.ReconnectBufSize(-1),
-		nats.PingInterval(20*time.Second),
-		nats.MaxPingsOutstanding(3),
-		// Refused credentials keep the bridge retrying (and buffering)
-		// instead of closing the connection for good.
-		nats.IgnoreAuthErrorAbort(),
 		nats.ConnectHandler(b.onConnect),
 		nats.ReconnectHandler(b.onConnect),
 		nats.DisconnectErrHandler(b.onDisconnect),
@@ -229,9 +223,9 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
 	)
-	nc, err := nats.Connect(b.cfg.NATSURL, opts...)
+	nc, err := events.KeepConnected(b.cfg.NATSURL, opts...)
 	if err != nil {
-		return fmt.Errorf("auditbridge: connect to %s: %w", redact.URLs(b.cfg.NATSURL), redact.Error(err))
+		return fmt.Errorf("auditbridge: %w", err)
 	}
 	defer func() {
 		b.stopping.Store(true)
@@ -260,7 +254,7 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	errs := make(chan error, 2+len(b.cfg.Files))
 	var pubWG sync.WaitGroup
 	pubWG.Go(func() {
-		err := guard("publisher", func() error { p.run(pubCtx, b.cfg.DrainTimeout); return nil })
+		err := panics.Guard(b.m.panics, "auditbridge", func() error { p.run(pubCtx, b.cfg.DrainTimeout); return nil })
 		if err != nil {
 			errs <- err
 			stopInputs()
@@ -270,7 +264,10 @@ func (b *Bridge) Run(ctx context.Context) (err error) {
 	var inWG sync.WaitGroup
 	start := func(name string, f func(context.Context) error) {
 		inWG.Go(func() {
-			err := guard(name, func() error { return f(inCtx) })
+			err := panics.Guard(b.m.panics, "auditbridge", func() error { return f(inCtx) })
+			if errors.Is(err, panics.ErrPanic) {
+				err = fmt.Errorf("%s: %w", name, err)
+			}
 			if err != nil {
 				errs <- err
 				stopInputs()
@@ -382,16 +379,6 @@ func (b *Bridge) onDisconnect(_ *nats.Conn, err error) {
 
 func (b *Bridge) onConnectError(_ *nats.Conn, err error) {
 	b.log.Debug("auditbridge: NATS connection attempt failed", "err", err)
-}
-
-// guard turns a panic of a long-running loop into an error.
-func guard(name string, f func() error) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("auditbridge: %s: panic: %v", name, p)
-		}
-	}()
-	return f()
 }
 
 // short cuts a value for a log line.

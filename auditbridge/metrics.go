@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // Reasons an event is dropped: the closed set of the reason label of
@@ -26,6 +28,9 @@ type metrics struct {
 	pending     prometheus.Gauge
 	connected   prometheus.Gauge
 	conns       prometheus.Gauge
+	// panics counts panics of the bridge's loops and connections
+	// (component "auditbridge").
+	panics *panics.Counter
 }
 
 // newMetrics registers the bridge's metrics on reg (nil: not registered).
@@ -84,6 +89,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, r := range []string{DropOverflow, DropInvalid} {
 		m.dropped[r] = dropped.WithLabelValues(r)
+	}
+	var err error
+	if m.panics, err = panics.NewCounter(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -56,3 +56,34 @@ func BenchmarkPolicyMemory(b *testing.B) {
 	b.ReportMetric(float64(ms1.HeapAlloc-ms0.HeapAlloc)/n, "B/policy")
 	runtime.KeepAlive(kept)
 }
+
+// TestRestartKeys: a reload names every changed key it does not apply, and
+// none of those it applies.
+func TestRestartKeys(t *testing.T) {
+	parse := func(s string) config.Config {
+		t.Helper()
+		c, err := config.Parse(strings.NewReader(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old := parse("routes: [{hosts: [a.example]}]")
+	next := parse(`
+listen: {grpc: "0.0.0.0:9191"}
+vault: {role: other, path: "x/{namespace}/{serviceaccount}"}
+cache: {deniedTTL: 1m}
+defaultRoute: false
+inject: {header: x-key, value: "{api_key}"}
+routes: [{hosts: [b.example]}]
+`)
+	if got := strings.Join(restartKeys(old, next), ","); got != "listen.grpc,vault.role,cache.deniedTTL" {
+		t.Errorf("restart keys %q", got)
+	}
+	live := old
+	liveRoutes(&live, next)
+	if live.Listen.GRPC != old.Listen.GRPC || live.Vault.Role != old.Vault.Role || live.Vault.Path != next.Vault.Path ||
+		live.Routes[0].Hosts[0] != "b.example" || live.HasDefaultRoute() || live.Inject != next.Inject {
+		t.Errorf("applied %+v", live)
+	}
+}

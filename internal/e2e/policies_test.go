@@ -324,6 +324,33 @@ func TestCredentialPolicies(t *testing.T) {
 	})
 
 	t.Run("update and delete", func(t *testing.T) {
+		// Meanwhile another route (the config file's) is asked without
+		// pause: no change may refuse it.
+		stopOther := make(chan struct{})
+		otherDone := make(chan []string)
+		go func() {
+			var bad []string
+			for n := 0; ; n++ {
+				select {
+				case <-stopOther:
+					otherDone <- bad
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				resp, err := r.Client.Check(ctx, apptest.Request("Bearer "+b.tokA, "file.example"))
+				cancel()
+				if got := apptest.Outcome(resp); err != nil || got != "allow authorization=Bearer sk-a" {
+					bad = append(bad, fmt.Sprintf("%d: %s %v", n, got, err))
+				}
+			}
+		}()
+		defer func() {
+			close(stopOther)
+			if bad := <-otherDone; len(bad) > 0 {
+				t.Errorf("the config file's route was refused during policy changes: %v", bad)
+			}
+		}()
 		spec := kvSpec("api.update.example")
 		b.apply(t, "update", spec)
 		waitOutcome(t, r, b.tokA, "api.update.example", "/", "allow authorization=Bearer sk-a")

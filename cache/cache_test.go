@@ -56,7 +56,7 @@ func TestCredentialsNeverLose100k(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s lost", id)
 		}
-		if e.Identity.Key != id || e.Value != "v-"+id {
+		if e.Identity.Key() != id || e.Value != "v-"+id {
 			t.Fatalf("%s got another identity's entry: %s %s", id, e.Identity, e.Value)
 		}
 	}
@@ -306,7 +306,7 @@ func TestTokenServed(t *testing.T) {
 		t.Fatalf("a replaced entry was served: %q", e.Value)
 	}
 	tok.Remember(v2)
-	creds.Delete("openai", id.Key)
+	creds.Delete("openai", id.Key())
 	if e := tok.Served("openai"); e != nil {
 		t.Fatalf("a deleted entry was served: %q", e.Value)
 	}

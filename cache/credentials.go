@@ -189,7 +189,7 @@ func (c *Credentials) Get(route, identity string) (*Entry, bool) {
 // entry it replaces is removed all the same); a negative entry is always
 // kept, evicting the one stored longest ago when DeniedCapacity are held.
 func (c *Credentials) Set(e *Entry) error {
-	k := credKey{e.Route, e.Identity.Key}
+	k := credKey{e.Route, e.Identity.Key()}
 	s := c.shard(k.identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -336,7 +336,7 @@ func (m *fakeMinter) Token(_ context.Context, id authz.Identity) (string, time.T
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.n++
-	return fmt.Sprintf("jwt:%s:m%d", id.Key, m.n), m.clock.Now().Add(time.Hour), nil
+	return fmt.Sprintf("jwt:%s:m%d", id.Key(), m.n), m.clock.Now().Add(time.Hour), nil
 }
 
 func (m *fakeMinter) count() int {
@@ -401,11 +401,11 @@ func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
 // presented token.
 func (r *rig) identity(ns, sa, apiKey string) (authz.Identity, string) {
 	id := authz.NewIdentity(ns, sa)
-	r.vault.bind(id.Key, true)
+	r.vault.bind(id.Key(), true)
 	if apiKey != "" {
-		r.vault.put(id.Key, apiKey)
+		r.vault.put(id.Key(), apiKey)
 	}
-	return id, "jwt:" + id.Key + ":presented"
+	return id, "jwt:" + id.Key() + ":presented"
 }
 
 func (r *rig) miss(route string, id authz.Identity, token string) (*cache.Entry, error) {
@@ -417,7 +417,7 @@ func (r *rig) miss(route string, id authz.Identity, token string) (*cache.Entry,
 
 // entry is the cached entry of (route, id), or nil.
 func (r *rig) entry(route string, id authz.Identity) *cache.Entry {
-	e, ok := r.creds.Get(route, id.Key)
+	e, ok := r.creds.Get(route, id.Key())
 	if !ok {
 		return nil
 	}

@@ -111,7 +111,7 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 		// Renew the Vault token, or log in again, if due: a refusal
 		// applies to the identity before any read.
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
-		_, err := x.session.Token(withScope(cctx, x.Key, "", false), reuse)
+		_, err := x.session.Token(withScope(cctx, x.Key(), "", false), reuse)
 		cancel()
 		switch note(err) {
 		case outcomeRefused:
@@ -162,7 +162,7 @@ func (w *Watcher) answer(x *identity, waiters []waiter, answers map[string]answe
 			a = answer{err: err}
 		case ok:
 		default:
-			if e, found := w.cfg.Store.Get(wt.route, x.Key); found {
+			if e, found := w.cfg.Store.Get(wt.route, x.Key()); found {
 				a = answer{entry: e}
 			} else if a.err = err; a.err == nil {
 				a.err = errNoAnswer
@@ -246,7 +246,7 @@ func (w *Watcher) plan(ctx context.Context, x *identity, p *pending, answers map
 		if !ok || rs.def == nil {
 			continue
 		}
-		e, held := w.cfg.Store.Get(rs.name, x.Key)
+		e, held := w.cfg.Store.Get(rs.name, x.Key())
 		switch {
 		case t == TriggerMiss && held && e.State(now) == cache.Fresh:
 			answers[rs.name] = answer{entry: e}
@@ -305,8 +305,8 @@ func (w *Watcher) keptOnWildcard(rs *routeState, e *cache.Entry, now time.Time) 
 func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry, err error) {
 	rt, rs := *r.def, x.route(r.route)
 	src := string(rt.Source)
-	ctx, span := w.tracer.Start(withScope(ctx, x.Key, r.route, true), SpanRefresh, trace.WithAttributes(
-		attrIdentity.String(x.Key), attrRoute.String(r.route), attrTrigger.String(r.trigger.String()), attrSource.String(src)))
+	ctx, span := w.tracer.Start(withScope(ctx, x.Key(), r.route, true), SpanRefresh, trace.WithAttributes(
+		attrIdentity.String(x.Key()), attrRoute.String(r.route), attrTrigger.String(r.trigger.String()), attrSource.String(src)))
 	defer func() { endSpan(span, refreshResult(e, err)) }()
 	cred, err := w.providers[rt.Source].Fetch(ctx, Fetch{Tokens: &x.session, Identity: x.Identity, Route: rt,
 		Anew: r.trigger >= TriggerNamed, Held: &rs.provider})
@@ -315,7 +315,7 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 	var val string
 	if err == nil {
 		if val, err = Render(rt.Value, cred.Data); err != nil {
-			w.cfg.Log.Warn("credential is not injectable; denying", "identity", x.Key, "route", r.route, "version", cred.Version, "error", err)
+			w.cfg.Log.Warn("credential is not injectable; denying", "identity", x.Key(), "route", r.route, "version", cred.Version, "error", err)
 		}
 	}
 	rs.retry = false
@@ -338,7 +338,7 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 		result = map[authz.Reason]string{authz.ReasonNoCredential: "not_found", authz.ReasonInvalidCredential: "invalid",
 			authz.ReasonTokenEndpointRefused: "refused"}[reason]
 		if reason == authz.ReasonTokenEndpointRefused {
-			w.cfg.Log.Info("token endpoint refused the identity's client", "identity", x.Key, "route", r.route, "error", err)
+			w.cfg.Log.Info("token endpoint refused the identity's client", "identity", x.Key(), "route", r.route, "error", err)
 		}
 		e = w.negative(x, r.route, reason, now)
 		// A refusal follows the identity's schedule, not the expiry of
@@ -389,7 +389,7 @@ func (w *Watcher) store(x *identity, rs *routeState, e *cache.Entry, o origin) {
 	err := w.cfg.Store.Set(e)
 	x.mu.Unlock()
 	if err != nil {
-		w.cfg.Log.Error("credential cache refused an entry", "identity", x.Key, "route", rs.name, "error", err)
+		w.cfg.Log.Error("credential cache refused an entry", "identity", x.Key(), "route", rs.name, "error", err)
 		return
 	}
 	if ev, ok := x.lifecycle(rs, e, o); ok {
@@ -404,18 +404,18 @@ func (w *Watcher) settle(x *identity, worst outcome, err error, full bool) {
 	now := w.cfg.Clock.Now()
 	switch worst {
 	case outcomeRefused:
-		w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", x.Key)
+		w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", x.Key())
 		w.leave(x, "", false)
 		return
 	case outcomeNoToken:
-		w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", x.Key)
+		w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", x.Key())
 		w.leave(x, "no_token", true)
 		return
 	case outcomeRetry:
 		x.loop.failures++
 		d := backoff.Delay(x.loop.failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
 		x.loop.retryAt = now.Add(d)
-		w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", x.Key, "attempt", x.loop.failures, "retryIn", d, "error", err)
+		w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", x.Key(), "attempt", x.loop.failures, "retryIn", d, "error", err)
 	default:
 		if !slices.ContainsFunc(x.rs, func(rs routeState) bool { return rs.retry }) {
 			x.loop.failures = 0
@@ -455,10 +455,10 @@ func (w *Watcher) nextTurn(x *identity, now time.Time) (time.Time, bool) {
 func (w *Watcher) dropRoute(ctx context.Context, x *identity, rs *routeState) {
 	if lp, ok := w.providers[rs.def.Source].(*leaseProvider); ok {
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
-		lp.drop(withScope(cctx, x.Key, rs.name, true), &rs.provider, x.Identity, rs.name, true)
+		lp.drop(withScope(cctx, x.Key(), rs.name, true), &rs.provider, x.Identity, rs.name, true)
 		cancel()
 	}
-	w.cfg.Store.Delete(rs.name, x.Key)
+	w.cfg.Store.Delete(rs.name, x.Key())
 	rs.def, rs.held, rs.hasHeld, rs.due, rs.retry = nil, held{}, false, time.Time{}, false
 }
 

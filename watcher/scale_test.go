@@ -53,7 +53,7 @@ func (v *scaleVault) RevokeLease(context.Context, string, string) error { return
 type scaleMinter struct{ size int }
 
 func (m scaleMinter) Token(_ context.Context, id authz.Identity) (string, time.Time, error) {
-	t := "jwt:" + id.Key + ":"
+	t := "jwt:" + id.Key() + ":"
 	if pad := m.size - len(t); pad > 0 {
 		t += strings.Repeat("x", pad)
 	}

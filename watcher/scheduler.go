@@ -162,7 +162,7 @@ func (s *scheduler) turn(x *identity) {
 		s.mu.Unlock()
 		cancel()
 		if p := recover(); p != nil {
-			s.log.Error("panic in an identity's refresher; forgetting it", "identity", x.Key, "panic", fmt.Sprint(p))
+			s.log.Error("panic in an identity's refresher; forgetting it", "identity", x.Key(), "panic", fmt.Sprint(p))
 			s.forget(x)
 		}
 	}()

@@ -98,6 +98,14 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 		return
 	}
 	answers := map[string]answer{}
+	answered := false
+	defer func() {
+		if !answered {
+			// The run panicked (the scheduler recovers and counts it):
+			// its callers get an answer now, not at their deadlines.
+			w.answer(x, p.waiters, nil, errRunFailed)
+		}
+	}()
 	reads := w.plan(ctx, x, p, answers)
 	worst, worstErr := outcomeOK, error(nil)
 	note := func(err error) outcome {
@@ -147,6 +155,7 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 	if worst < outcomeRetry {
 		worstErr = nil
 	}
+	answered = true
 	w.answer(x, p.waiters, answers, worstErr)
 }
 
@@ -488,6 +497,9 @@ func (w *Watcher) release(x *identity) {
 // errNoAnswer: a run read nothing for a caller's route and holds nothing
 // for it.
 var errNoAnswer = authz.Deny(authz.ReasonVaultUnavailable, errors.New("watcher: no credential was read"))
+
+// errRunFailed answers the callers of a run that panicked.
+var errRunFailed = authz.Deny(authz.ReasonInternal, errors.New("watcher: the identity's run failed (a panic, counted in credinject_panics_total)"))
 
 // errLetGo answers the callers of an identity let go before its run.
 var errLetGo = authz.Deny(authz.ReasonVaultUnavailable, errors.New("watcher: the identity was let go"))

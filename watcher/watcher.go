@@ -217,7 +217,7 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 		return nil, err
 	}
 	w.routes.Store(&table)
-	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, w.run, w.scheduled,
+	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, m.panics, w.run, w.scheduled,
 		func(x *identity) { w.leave(x, "panic", true); w.sched.add(x) })
 	w.sched.Start(&w.wg)
 	return w, nil

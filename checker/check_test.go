@@ -116,7 +116,7 @@ func newRigMod(tb testing.TB, routes []checker.Route, hasDefault bool, rec check
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18}); err != nil {
+	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18, DeniedCapacity: 1 << 10}); err != nil {
 		tb.Fatal(err)
 	}
 	router, err := checker.NewRouter(routes, hasDefault)

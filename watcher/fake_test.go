@@ -382,7 +382,7 @@ func newRigProviders(t *testing.T, configure func(*Config), ps func(*rig) map[So
 	c := clocktesting.NewFakeClock(t0)
 	r := &rig{t: t, clock: c, vault: newFakeVault(c), minter: &fakeMinter{clock: c}, audit: &recAuditor{}, reg: prometheus.NewRegistry()}
 	var err error
-	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1024}); err != nil {
+	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1024, DeniedCapacity: 1 << 10}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := newMetrics(r.reg)

@@ -131,7 +131,7 @@ func benchPrefetch(b *testing.B, n, satSize int) {
 	var heapPer, stackPer, secs float64
 	for b.Loop() {
 		b.StopTimer()
-		creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18})
+		creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18, DeniedCapacity: 1 << 10})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -210,7 +210,7 @@ func TestAcceptedTemplatesExpandOneToOne(t *testing.T) {
 		}
 		for _, id := range ids {
 			p := ExpandPath(tmpl, id)
-			who := tmpl + " " + id.Key
+			who := tmpl + " " + id.Key()
 			if prev, ok := seen[p]; ok {
 				t.Errorf("%s and %s both expand to %q", prev, who, p)
 			}

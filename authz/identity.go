@@ -18,15 +18,19 @@ const (
 type Identity struct {
 	Namespace      string
 	ServiceAccount string
-	// Key is "namespace/serviceaccount": the credential cache's, the
-	// informer's and the logs' name for the identity.
-	Key string
+	// key is "namespace/serviceaccount", set by NewIdentity and
+	// ParseIdentity only, so that it always names the two fields above.
+	key string
 }
+
+// Key is "namespace/serviceaccount": the credential cache's, the
+// informer's and the logs' name for the identity.
+func (id Identity) Key() string { return id.key }
 
 // NewIdentity returns the identity namespace/serviceAccount. It does not
 // validate the names (tokens already vouched for them); see ParseIdentity.
 func NewIdentity(namespace, serviceAccount string) Identity {
-	return Identity{Namespace: namespace, ServiceAccount: serviceAccount, Key: namespace + "/" + serviceAccount}
+	return Identity{Namespace: namespace, ServiceAccount: serviceAccount, key: namespace + "/" + serviceAccount}
 }
 
 // ErrInvalidIdentity is wrapped by ParseIdentity's errors.
@@ -49,7 +53,7 @@ func ParseIdentity(key string) (Identity, error) {
 }
 
 // String is the identity's Key.
-func (id Identity) String() string { return id.Key }
+func (id Identity) String() string { return id.key }
 
 // IsDNSLabel reports whether s is a DNS-1123 label (a namespace name):
 // lower-case alphanumerics and '-', at most 63 bytes.

@@ -23,7 +23,7 @@ func entry(route, id, value string, now time.Time) *cache.Entry {
 // concurrent writers and readers.
 func TestCredentialsNeverLose100k(t *testing.T) {
 	const n = 100_000
-	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: n})
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: n, DeniedCapacity: 1 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestCredentialsNeverLose100k(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s lost", id)
 		}
-		if e.Identity.Key != id || e.Value != "v-"+id {
+		if e.Identity.Key() != id || e.Value != "v-"+id {
 			t.Fatalf("%s got another identity's entry: %s %s", id, e.Identity, e.Value)
 		}
 	}
@@ -73,7 +73,7 @@ func TestCredentialsNeverLose100k(t *testing.T) {
 }
 
 func TestCredentialsRoutesAndDelete(t *testing.T) {
-	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 10})
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 10, DeniedCapacity: 1 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ func monotonicAhead(t0 time.Time, d time.Duration) time.Time {
 // refresh's Set of a new entry or a Delete ends it, and storing it again
 // makes it current again.
 func TestTokenServed(t *testing.T) {
-	creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 10})
+	creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 10, DeniedCapacity: 1 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +306,7 @@ func TestTokenServed(t *testing.T) {
 		t.Fatalf("a replaced entry was served: %q", e.Value)
 	}
 	tok.Remember(v2)
-	creds.Delete("openai", id.Key)
+	creds.Delete("openai", id.Key())
 	if e := tok.Served("openai"); e != nil {
 		t.Fatalf("a deleted entry was served: %q", e.Value)
 	}
@@ -326,7 +326,7 @@ func TestTokenServed(t *testing.T) {
 }
 
 func BenchmarkCredentialsGet(b *testing.B) {
-	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 100_000})
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 100_000, DeniedCapacity: 1 << 10})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func BenchmarkCredentialsGet(b *testing.B) {
 }
 
 func BenchmarkCredentialsSetUnderContention(b *testing.B) {
-	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 16})
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 16, DeniedCapacity: 1 << 10})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -374,7 +374,7 @@ func BenchmarkCredentialsSetUnderContention(b *testing.B) {
 // every Set beyond it is refused with ErrFull.
 func TestCredentialsCapacityUnderConcurrentSets(t *testing.T) {
 	const capacity, writers, each = 100, 8, 200
-	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: capacity})
+	c, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: capacity, DeniedCapacity: 1 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,10 +411,13 @@ func TestCredentialsCapacityUnderConcurrentSets(t *testing.T) {
 }
 
 // TestSizesAreRequired: the caches take their sizes from the configuration
-// (cache.capacity) and refuse a zero one instead of choosing their own.
+// (cache.capacity, cache.deniedCapacity) and refuse a zero one instead of choosing their own.
 func TestSizesAreRequired(t *testing.T) {
 	if _, err := cache.NewCredentials(cache.CredentialsConfig{DeniedCapacity: 1}); err == nil {
 		t.Error("NewCredentials with no Capacity: no error")
+	}
+	if _, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1}); err == nil {
+		t.Error("NewCredentials with no DeniedCapacity: no error")
 	}
 	if _, err := cache.NewTokens[string](cache.TokensConfig{}); err == nil {
 		t.Error("NewTokens with no MaxEntries: no error")

@@ -136,7 +136,7 @@ type CredentialsConfig struct {
 	// (cache.capacity); required.
 	Capacity int64
 	// DeniedCapacity is the maximum number of (route, identity) negative
-	// entries, beyond Capacity (cache.deniedCapacity; 0: 65,536).
+	// entries, beyond Capacity (cache.deniedCapacity); required.
 	DeniedCapacity int
 }
 
@@ -146,7 +146,7 @@ func NewCredentials(cfg CredentialsConfig) (*Credentials, error) {
 		return nil, fmt.Errorf("cache: capacity %d is not positive (cache.capacity)", cfg.Capacity)
 	}
 	if cfg.DeniedCapacity <= 0 {
-		cfg.DeniedCapacity = 1 << 16
+		return nil, fmt.Errorf("cache: denied capacity %d is not positive (cache.deniedCapacity)", cfg.DeniedCapacity)
 	}
 	c := &Credentials{capacity: cfg.Capacity, seed: maphash.MakeSeed(), shards: new([credShards]credShard)}
 	for i := range c.shards {
@@ -189,7 +189,7 @@ func (c *Credentials) Get(route, identity string) (*Entry, bool) {
 // entry it replaces is removed all the same); a negative entry is always
 // kept, evicting the one stored longest ago when DeniedCapacity are held.
 func (c *Credentials) Set(e *Entry) error {
-	k := credKey{e.Route, e.Identity.Key}
+	k := credKey{e.Route, e.Identity.Key()}
 	s := c.shard(k.identity)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -68,9 +68,9 @@ func TestRefusalFloodStaysBounded(t *testing.T) {
 		t.Fatalf("Len = %d, want the %d credentials", c.Len(), capacity)
 	}
 	for _, e := range creds {
-		got, ok := c.Get("", e.Identity.Key)
+		got, ok := c.Get("", e.Identity.Key())
 		if !ok || got != e || e.superseded.Load() {
-			t.Fatalf("%s: credential lost or ended by the flood (found %v)", e.Identity.Key, ok)
+			t.Fatalf("%s: credential lost or ended by the flood (found %v)", e.Identity.Key(), ok)
 		}
 	}
 	// Stored one after the other, the refusals kept are the latest stored.
@@ -80,7 +80,7 @@ func TestRefusalFloodStaysBounded(t *testing.T) {
 		}
 	}
 	for i := range 2 * deniedCapacity {
-		e, ok := c.Get("", authz.NewIdentity("ns", fmt.Sprintf("late-%d", i)).Key)
+		e, ok := c.Get("", authz.NewIdentity("ns", fmt.Sprintf("late-%d", i)).Key())
 		if want := i >= deniedCapacity; ok != want || ok && e.superseded.Load() {
 			t.Fatalf("late-%d held %v, want %v", i, ok, want)
 		}
@@ -119,14 +119,14 @@ func TestRefusalReplacesCredential(t *testing.T) {
 	if err := c.Set(no); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := c.Get("", v1.Identity.Key); got != no || !v1.superseded.Load() || c.Len() != 0 || c.DeniedLen() != 1 {
+	if got, _ := c.Get("", v1.Identity.Key()); got != no || !v1.superseded.Load() || c.Len() != 0 || c.DeniedLen() != 1 {
 		t.Fatalf("after the refusal: got %+v, credential superseded %v, Len %d, DeniedLen %d", got, v1.superseded.Load(), c.Len(), c.DeniedLen())
 	}
 	v2 := credential("a", now)
 	if err := c.Set(v2); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := c.Get("", v2.Identity.Key); got != v2 || !no.superseded.Load() || c.Len() != 1 || c.DeniedLen() != 0 {
+	if got, _ := c.Get("", v2.Identity.Key()); got != v2 || !no.superseded.Load() || c.Len() != 1 || c.DeniedLen() != 0 {
 		t.Fatalf("after the credential: got %+v, refusal superseded %v, Len %d, DeniedLen %d", got, no.superseded.Load(), c.Len(), c.DeniedLen())
 	}
 	if c.DeniedEvictions() != 0 {
@@ -141,15 +141,15 @@ func TestRefusalReplacesCredential(t *testing.T) {
 	if err := c.Set(credential("b", now)); !errors.Is(err, ErrFull) {
 		t.Fatalf("Set = %v, want ErrFull", err)
 	}
-	if _, ok := c.Get("", nb.Identity.Key); ok || !nb.superseded.Load() {
+	if _, ok := c.Get("", nb.Identity.Key()); ok || !nb.superseded.Load() {
 		t.Fatalf("the refusal outlived the credential that replaced it")
 	}
 	nc := refusal("c", authz.ReasonNoCredential, now)
 	if err := c.Set(nc); err != nil {
 		t.Fatal(err)
 	}
-	c.Delete("", nc.Identity.Key)
-	if _, ok := c.Get("", nc.Identity.Key); ok || !nc.superseded.Load() || c.DeniedLen() != 0 {
+	c.Delete("", nc.Identity.Key())
+	if _, ok := c.Get("", nc.Identity.Key()); ok || !nc.superseded.Load() || c.DeniedLen() != 0 {
 		t.Fatalf("a deleted refusal is still held")
 	}
 	// Stored again after an eviction, a refusal is current again.

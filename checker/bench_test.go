@@ -92,7 +92,7 @@ func BenchmarkCheckAudit(b *testing.B) {
 					tb.Fatal(err)
 				}
 				return checker.RecorderFunc(func(u checker.Use) {
-					l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, Route: u.Route, Host: u.Host, Version: u.Version, TokenTag: u.TokenTag})
+					l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key(), Route: u.Route, Host: u.Host, Version: u.Version, TokenTag: u.TokenTag})
 				}), checker.Tracing{}
 			})
 		})

@@ -116,7 +116,7 @@ func newRigMod(tb testing.TB, routes []checker.Route, hasDefault bool, rec check
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18}); err != nil {
+	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18, DeniedCapacity: 1 << 10}); err != nil {
 		tb.Fatal(err)
 	}
 	router, err := checker.NewRouter(routes, hasDefault)
@@ -476,7 +476,7 @@ func TestRotationReachesAServedToken(t *testing.T) {
 	want("h", "allow authorization=Bearer v2")
 
 	calls := r.calls.Load()
-	r.creds.Delete("", authz.NewIdentity("ns", "sa").Key)
+	r.creds.Delete("", authz.NewIdentity("ns", "sa").Key())
 	want("h", "deny 503 vault_unavailable")
 	if r.calls.Load() != calls+1 {
 		t.Fatalf("a deleted entry must be a miss that asks the source: %d calls, want %d", r.calls.Load(), calls+1)
@@ -533,7 +533,7 @@ func TestMissDoesNotHoldUpOthers(t *testing.T) {
 	r := newRig(t, nil, true)
 	entered, release := make(chan struct{}), make(chan struct{})
 	r.source = func(ctx context.Context, route string, id authz.Identity, token string, exp time.Time) (*cache.Entry, error) {
-		if id.Key == "slow/sa" {
+		if id.Key() == "slow/sa" {
 			close(entered)
 			<-release
 		}
@@ -580,7 +580,7 @@ type offerSink struct {
 func (s *offerSink) OfferToken(id authz.Identity, token string, expires time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.offers = append(s.offers, fmt.Sprintf("%s %s %s", id.Key, expires.Format(time.RFC3339), token[len(token)-8:]))
+	s.offers = append(s.offers, fmt.Sprintf("%s %s %s", id.Key(), expires.Format(time.RFC3339), token[len(token)-8:]))
 }
 
 func (s *offerSink) got() []string {

@@ -267,18 +267,18 @@ func (c *Checker) DecideRequest(ctx context.Context, req Request) (d Decision) {
 	id := ti.Identity
 	t := c.router.Load().Route(req.Host, req.Path)
 	if t == nil {
-		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key, "identity_source", src.String(), "host", req.Host)
+		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonNoRoute), "identity", id.Key(), "identity_source", src.String(), "host", req.Host)
 		return Decision{Reason: authz.ReasonNoRoute, Identity: id}
 	}
 	route = t.Name
 	if !t.Allows(id) {
-		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonSubjectNotAllowed), "identity", id.Key, "route", route)
+		c.cfg.Log.Debug("deny", "reason", string(authz.ReasonSubjectNotAllowed), "identity", id.Key(), "route", route)
 		return Decision{Reason: authz.ReasonSubjectNotAllowed, Identity: id, route: route, routed: true}
 	}
 	d = c.credential(ctx, route, ti, hit, token, src, start)
 	d.route, d.routed = route, true
 	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
-		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key, "identity_source", src.String(), "route", route, "token", tokenTag(&mac), "stale", d.Stale)
+		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key(), "identity_source", src.String(), "route", route, "token", tokenTag(&mac), "stale", d.Stale)
 	}
 	return d
 }
@@ -327,7 +327,7 @@ func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, hi
 	}
 	ok := e != nil
 	if !ok {
-		if e, ok = c.cfg.Credentials.Get(route, id.Key); ok && hit != nil {
+		if e, ok = c.cfg.Credentials.Get(route, id.Key()); ok && hit != nil {
 			hit.Remember(e)
 		}
 	}
@@ -340,7 +340,7 @@ func (c *Checker) credential(ctx context.Context, route string, ti TokenInfo, hi
 			c.metrics.credHit.Inc()
 			if e.Denied == authz.ReasonNone {
 				c.metrics.stale.Inc()
-				c.cfg.Log.Info("serving a stale credential", "identity", id.Key, "route", route, "readAt", e.ReadAt)
+				c.cfg.Log.Info("serving a stale credential", "identity", id.Key(), "route", route, "readAt", e.ReadAt)
 			}
 			return entryDecision(e, id, true)
 		}
@@ -371,9 +371,9 @@ func (c *Checker) miss(ctx context.Context, route string, ti TokenInfo, token st
 	if err != nil {
 		return Decision{Reason: authz.ReasonOf(err), Identity: id}
 	}
-	if e == nil || e.Identity.Key != id.Key || e.Route != route {
+	if e == nil || e.Identity.Key() != id.Key() || e.Route != route {
 		// Never serve an entry that is not this identity's own.
-		c.cfg.Log.Error("credential source returned a foreign entry; denying", "identity", id.Key, "route", route)
+		c.cfg.Log.Error("credential source returned a foreign entry; denying", "identity", id.Key(), "route", route)
 		return Decision{Reason: authz.ReasonInternal, Identity: id}
 	}
 	if e.State(now) == cache.Expired && e.Denied == authz.ReasonNone {
@@ -386,7 +386,7 @@ func (c *Checker) miss(ctx context.Context, route string, ti TokenInfo, token st
 // identity, on a context detached from any one caller's (bounded by
 // SourceTimeout); each caller waits on its own ctx.
 func (c *Checker) enrollPeer(ctx context.Context, id authz.Identity) error {
-	ch := c.enroll.DoChan(id.Key, func() (any, error) {
+	ch := c.enroll.DoChan(id.Key(), func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.SourceTimeout)
 		defer cancel()
 		return nil, c.cfg.PeerLogins.Prefetch(fctx, id)

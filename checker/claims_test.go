@@ -72,7 +72,7 @@ func TestCheckClaims(t *testing.T) {
 			if r := authz.ReasonOf(err); r != tc.reason {
 				t.Fatalf("reason %q (%v), want %q", r, err, tc.reason)
 			}
-			if err == nil && (ti.Identity.Key != "ns/sa" || ti.UID != "sa-uid" || !ti.Expires.Equal(t0.Add(time.Hour))) {
+			if err == nil && (ti.Identity.Key() != "ns/sa" || ti.UID != "sa-uid" || !ti.Expires.Equal(t0.Add(time.Hour))) {
 				t.Fatalf("token info %+v", ti)
 			}
 		})

@@ -141,7 +141,7 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 	if c.Expiry != 0 && !now.Before(time.Unix(c.Expiry, 0)) {
 		return TokenInfo{}, authz.Denyf(authz.ReasonInvalidToken, "token expired")
 	}
-	key := authz.NewIdentity(ns, name).Key
+	key := authz.NewIdentity(ns, name).Key()
 	var sum cache.MAC
 	b.hash.mac(token, &sum)
 	b.mu.Lock()
@@ -176,8 +176,8 @@ func (b *budgeted) Validate(ctx context.Context, token string) (TokenInfo, error
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.seen[ti.Identity.Key]; !ok && len(b.seen) < b.cfg.MaxIdentities {
-		b.seen[ti.Identity.Key] = rate.NewLimiter(b.cfg.Rate, b.cfg.Burst)
+	if _, ok := b.seen[ti.Identity.Key()]; !ok && len(b.seen) < b.cfg.MaxIdentities {
+		b.seen[ti.Identity.Key()] = rate.NewLimiter(b.cfg.Rate, b.cfg.Burst)
 	}
 	if len(b.confirmed) >= b.cfg.MaxIdentities {
 		for k, e := range b.confirmed {

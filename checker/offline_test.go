@@ -133,8 +133,8 @@ func TestOfflineFirst(t *testing.T) {
 			if asked := r.online.calls.Load() > before; asked != c.asked {
 				t.Fatalf("API server asked: %v, want %v", asked, c.asked)
 			}
-			if err == nil && ti.Identity.Key != "ns/sa" {
-				t.Fatalf("identity %q", ti.Identity.Key)
+			if err == nil && ti.Identity.Key() != "ns/sa" {
+				t.Fatalf("identity %q", ti.Identity.Key())
 			}
 		})
 	}

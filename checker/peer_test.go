@@ -53,7 +53,7 @@ func TestParsePeer(t *testing.T) {
 				t.Fatalf("ParsePeer(%q) = %v, want an error", c.in, id)
 			case c.want == "" && !errors.Is(err, checker.ErrInvalidPeer):
 				t.Fatalf("error %v does not wrap ErrInvalidPeer", err)
-			case c.want != "" && (err != nil || id.Key != c.want):
+			case c.want != "" && (err != nil || id.Key() != c.want):
 				t.Fatalf("ParsePeer(%q) = %v, %v; want %s", c.in, id, err, c.want)
 			}
 		})
@@ -134,7 +134,7 @@ type peerLogins struct {
 func (p *peerLogins) Prefetch(_ context.Context, id authz.Identity) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ids = append(p.ids, id.Key)
+	p.ids = append(p.ids, id.Key())
 	return p.err
 }
 
@@ -329,7 +329,7 @@ func TestPeerDecisionsNameTheirSource(t *testing.T) {
 	checkFrom(t, r, from(gatewayAddr), peerRequest("Bearer "+r.token(t, "a", "b"), "", "h"))
 	mu.Lock()
 	defer mu.Unlock()
-	if len(uses) != 2 || uses[0].IdentitySource != authz.SourcePeer || uses[0].Identity.Key != "a/b" || uses[1].IdentitySource != authz.SourceToken {
+	if len(uses) != 2 || uses[0].IdentitySource != authz.SourcePeer || uses[0].Identity.Key() != "a/b" || uses[1].IdentitySource != authz.SourceToken {
 		t.Fatalf("uses %+v", uses)
 	}
 	spans := sr.Ended()

@@ -49,7 +49,7 @@ func TestRecorderToldOfEveryDecision(t *testing.T) {
 	}
 	for i, c := range cases {
 		u := uses[i]
-		got := fmt.Sprintf("%s|%s|%s|%s|%d|%v", u.Reason, u.Identity.Key, u.Route, u.Host, u.Version, u.TokenTag != 0)
+		got := fmt.Sprintf("%s|%s|%s|%s|%d|%v", u.Reason, u.Identity.Key(), u.Route, u.Host, u.Version, u.TokenTag != 0)
 		if got != c.want {
 			t.Errorf("decision %d: %s, want %s", i, got, c.want)
 		}

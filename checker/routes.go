@@ -46,7 +46,7 @@ func (t *Target) Allows(id authz.Identity) bool {
 	if _, ok := t.namespaces[id.Namespace]; ok {
 		return true
 	}
-	_, ok := t.serviceAccounts[id.Key]
+	_, ok := t.serviceAccounts[id.Key()]
 	return ok
 }
 

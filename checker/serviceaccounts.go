@@ -104,7 +104,7 @@ type lookedUp struct {
 // ReasonTokenReviewUnavailable when the API server was not asked (budget
 // spent) or did not answer; the error says why.
 func (l *saLookups) confirm(ctx context.Context, id authz.Identity, wantUID string) (uint64, authz.Reason, error) {
-	key := id.Key
+	key := id.Key()
 	if got, ok := l.recall(key); ok && (!got.found || wantUID == "" || got.uid == wantUID) {
 		return l.answer(key, got, wantUID)
 	}
@@ -154,7 +154,7 @@ func (l *saLookups) recall(key string) (lookedUp, bool) {
 // time (callers share it); with reuse, a flight first takes an answer
 // recalled since its callers looked (a flight that just ended).
 func (l *saLookups) read(ctx context.Context, id authz.Identity, reuse bool) (lookedUp, error) {
-	key, flight := id.Key, id.Key
+	key, flight := id.Key(), id.Key()
 	if !reuse {
 		flight += "\x00fresh"
 	}

@@ -122,7 +122,7 @@ func TestTokenNamesAreDNSNames(t *testing.T) {
 	// The same fake vouching for a real name: the refusals above were the
 	// names'.
 	user = "system:serviceaccount:team-a:app"
-	if ti, err := budgeted.Validate(context.Background(), r.token(t, "team-a", "app")); err != nil || ti.Identity.Key != "team-a/app" {
+	if ti, err := budgeted.Validate(context.Background(), r.token(t, "team-a", "app")); err != nil || ti.Identity.Key() != "team-a/app" {
 		t.Fatalf("tokenreview of a good name: %v %v", ti, err)
 	}
 }

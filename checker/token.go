@@ -355,7 +355,7 @@ func (c *cachedValidator) serviceAccount(ctx context.Context, mac *cache.MAC, hi
 			return authz.ReasonNone
 		}
 	}
-	if c.sas.Exists(id.Identity.Key, id.UID) {
+	if c.sas.Exists(id.Identity.Key(), id.UID) {
 		if hit != nil && c.removals != nil {
 			hit.Stamp(gen)
 		}
@@ -375,7 +375,7 @@ func (c *cachedValidator) serviceAccount(ctx context.Context, mac *cache.MAC, hi
 		now := c.clock.Now()
 		c.cache.Set(mac, tokenResult{reason: r}, now, now.Add(c.cfg.NegativeTTL))
 	default:
-		c.log.Warn("service account lookup failed", "token", tokenTag(mac), "identity", id.Identity.Key, "reason", string(r), "error", err)
+		c.log.Warn("service account lookup failed", "token", tokenTag(mac), "identity", id.Identity.Key(), "reason", string(r), "error", err)
 	}
 	return r
 }
@@ -479,7 +479,7 @@ func (c *cachedValidator) admit(ctx context.Context, id *TokenInfo) (stamp uint6
 	if c.removals != nil {
 		gen = c.removals.Removals()
 	}
-	if c.sas.Exists(id.Identity.Key, id.UID) {
+	if c.sas.Exists(id.Identity.Key(), id.UID) {
 		if c.removals == nil {
 			return 0, false, nil
 		}

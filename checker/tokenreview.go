@@ -74,7 +74,7 @@ func (v *TokenReviewValidator) Validate(ctx context.Context, token string) (ti T
 					span.SetStatus(codes.Error, string(r))
 				}
 			} else {
-				span.SetAttributes(AttrIdentity.String(ti.Identity.Key))
+				span.SetAttributes(AttrIdentity.String(ti.Identity.Key()))
 			}
 		}
 		span.End()

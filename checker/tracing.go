@@ -178,8 +178,8 @@ func endCheck(span trace.Span, d *Decision) {
 		return
 	}
 	attrs := make([]attribute.KeyValue, 0, 7)
-	if d.Identity.Key != "" {
-		attrs = append(attrs, AttrIdentity.String(d.Identity.Key))
+	if d.Identity.Key() != "" {
+		attrs = append(attrs, AttrIdentity.String(d.Identity.Key()))
 	}
 	attrs = append(attrs, AttrIdentitySource.String(d.Source.String()))
 	if d.routed {

@@ -108,10 +108,10 @@ func (w *Watcher) vaultPath(rt Route, id authz.Identity) string {
 }
 
 // lifecycle decides the record that storing e for route means, if any, and
-// remembers e. Called with id.mu held.
-func (id *identity) lifecycle(rs *routeState, e *cache.Entry, o origin) (Lifecycle, bool) {
+// remembers e. Called with x.mu held.
+func (x *identity) lifecycle(rs *routeState, e *cache.Entry, o origin) (Lifecycle, bool) {
 	prev, had := rs.held, rs.hasHeld
-	ev := Lifecycle{Identity: id.Identity, Route: rs.name, Source: o.source, Path: o.path, Trigger: o.trigger}
+	ev := Lifecycle{Identity: x.Identity, Route: rs.name, Source: o.source, Path: o.path, Trigger: o.trigger}
 	if e.Denied != authz.ReasonNone {
 		if had && prev.refused == e.Denied {
 			return Lifecycle{}, false

@@ -41,7 +41,7 @@ func (a *recAuditor) len() int {
 }
 
 func summary(e Lifecycle) string {
-	s := fmt.Sprintf("%s %s route=%q", e.Kind, e.Identity.Key, e.Route)
+	s := fmt.Sprintf("%s %s route=%q", e.Kind, e.Identity.Key(), e.Route)
 	if e.Source != "" {
 		s += fmt.Sprintf(" %s %s", e.Source, e.Path)
 	}
@@ -95,7 +95,7 @@ func TestLifecycleKV(t *testing.T) {
 	}
 
 	// A new version through a rotation event.
-	r.vault.put(id.Key, "key-v2")
+	r.vault.put(id.Key(), "key-v2")
 	if err := r.w.Refresh(context.Background(), authz.Scope{Namespace: "ns", ServiceAccount: "sa"}); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestLifecycleKV(t *testing.T) {
 	}
 
 	// And on schedule.
-	r.vault.put(id.Key, "key-v3")
+	r.vault.put(id.Key(), "key-v3")
 	r.step(4 * time.Minute)
 	r.eventually("the scheduled rotation", func() bool { return r.audit.len() == 3 })
 	want = []string{`rotated ns/sa route="" kv secret/data/egress/ns/sa v2->v3 schedule`}
@@ -132,7 +132,7 @@ func TestLifecycleKV(t *testing.T) {
 func TestLifecycleRefused(t *testing.T) {
 	r := newRig(t)
 	id, tok := r.identity("ns", "sa", "k1")
-	r.vault.bind(id.Key, false)
+	r.vault.bind(id.Key(), false)
 	for range 2 {
 		if e, err := r.miss("", id, tok); err != nil || e.Denied != authz.ReasonVaultDenied {
 			t.Fatalf("miss: %+v, %v", e, err)
@@ -145,7 +145,7 @@ func TestLifecycleRefused(t *testing.T) {
 	if got := r.audit.since(0); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("refusals:\n got %q\nwant %q", got, want)
 	}
-	r.vault.bind(id.Key, true)
+	r.vault.bind(id.Key(), true)
 	if _, err := r.miss("", id, tok); err != nil {
 		t.Fatal(err)
 	}

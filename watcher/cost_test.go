@@ -76,7 +76,7 @@ func TestRoleChangeRefusedWithinReloginInterval(t *testing.T) {
 			}
 			id := r.prefetched("ns", "sa")
 			r.advance(time.Minute, time.Minute)
-			r.vault.bind(id.Key, false) // the role change, at t0+1m
+			r.vault.bind(id.Key(), false) // the role change, at t0+1m
 			r.advance(limit-2*time.Minute, time.Minute)
 			if e := r.entry("", id); e == nil || e.Denied != authz.ReasonNone {
 				t.Fatalf("before the relogin: %+v; want the credential (reads with the token still succeed)", e)
@@ -99,7 +99,7 @@ func TestRoleChangeRefusedWithinReloginInterval(t *testing.T) {
 func TestRefusedReadRefusesAtOnce(t *testing.T) {
 	r := newRig(t)
 	id := r.prefetched("ns", "sa")
-	r.vault.bind(id.Key, false)
+	r.vault.bind(id.Key(), false)
 	r.vault.forgetTokens()
 	logins := r.vault.count("login")
 	if err := r.w.Refresh(context.Background(), authz.Scope{Namespace: "ns"}); err != nil {
@@ -173,7 +173,7 @@ func TestRoleChangeRefusedWithinReloginIntervalRequestOnly(t *testing.T) {
 	if err != nil || e.Value != "Bearer k1" {
 		t.Fatalf("miss: %+v, %v", e, err)
 	}
-	r.vault.bind(id.Key, false) // the role change, at t0
+	r.vault.bind(id.Key(), false) // the role change, at t0
 	r.advance(59*time.Minute, time.Minute)
 	if e := r.entry("", id); e == nil || e.Denied != authz.ReasonNone {
 		t.Fatalf("before the relogin interval: %+v; want the credential (the renewed token still reads)", e)
@@ -190,7 +190,7 @@ func TestRoleChangeRefusedWithinReloginIntervalRequestOnly(t *testing.T) {
 			r.clock.Now().Sub(t0), r.vault.count("renew"))
 	}
 	// The next request brings a token of its own: refused at its login.
-	e, err = r.w.Credential(ctx, "", id, "jwt:"+id.Key+":later", r.clock.Now().Add(time.Hour))
+	e, err = r.w.Credential(ctx, "", id, "jwt:"+id.Key()+":later", r.clock.Now().Add(time.Hour))
 	if err != nil || e == nil || e.Denied != authz.ReasonVaultDenied {
 		t.Fatalf("next request: %+v, %v; want vault_denied", e, err)
 	}
@@ -211,7 +211,7 @@ func TestRefusedLoginRevokesTheToken(t *testing.T) {
 	if r.vault.liveTokens() != 1 || r.vault.liveLeases() != 1 {
 		t.Fatalf("after the miss: %d tokens, %d leases; want 1, 1", r.vault.liveTokens(), r.vault.liveLeases())
 	}
-	r.vault.bind(id.Key, false) // the role change
+	r.vault.bind(id.Key(), false) // the role change
 	r.advance(9*time.Minute, 10*time.Second)
 	r.step(time.Minute) // the relogin, refused
 	r.eventually("the identity refused", func() bool {
@@ -238,7 +238,7 @@ func TestOfferedTokenKeepsARequestOnlyIdentity(t *testing.T) {
 	}
 	r.advance(40*time.Minute, time.Minute)
 	// The kubelet rotated the pod's token; its first request validates it.
-	r.w.OfferToken(id, "jwt:"+id.Key+":rotated", r.clock.Now().Add(time.Hour))
+	r.w.OfferToken(id, "jwt:"+id.Key()+":rotated", r.clock.Now().Add(time.Hour))
 	// A token of another, unwatched identity is ignored.
 	r.w.OfferToken(authz.NewIdentity("other", "sa"), "jwt:other/sa:x", r.clock.Now().Add(time.Hour))
 	logins := r.vault.count("login")

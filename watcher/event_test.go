@@ -25,7 +25,7 @@ func TestWildcardEventKeepsLeasesAndTokens(t *testing.T) {
 	id, tok := r.identity("ns", "sa", "")
 	put := func(key string) {
 		r.vault.mu.Lock()
-		r.vault.data["egress/"+id.Key] = map[string]any{"api_key": key, "client_id": "ns-sa", "client_secret": "s3cret"}
+		r.vault.data["egress/"+id.Key()] = map[string]any{"api_key": key, "client_id": "ns-sa", "client_secret": "s3cret"}
 		r.vault.mu.Unlock()
 	}
 	put("sk-1")
@@ -97,7 +97,7 @@ func TestWildcardEventRetriesWhatIsNotHeld(t *testing.T) {
 	r := newRig(t, Route{Name: "partner", Source: SourceOAuth2, Path: "egress/{namespace}/{serviceaccount}", Header: "x-partner", Value: "Bearer {access_token}", TokenURL: srv.URL})
 	id, tok := r.identity("ns", "sa", "")
 	r.vault.mu.Lock()
-	r.vault.data["egress/"+id.Key] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
+	r.vault.data["egress/"+id.Key()] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
 	r.vault.mu.Unlock()
 	if e, err := r.miss("partner", id, tok); err != nil || e.Denied != authz.ReasonTokenEndpointRefused {
 		t.Fatalf("refused client: %+v, %v", e, err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/util/wait"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -336,7 +337,7 @@ func (m *fakeMinter) Token(_ context.Context, id authz.Identity) (string, time.T
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.n++
-	return fmt.Sprintf("jwt:%s:m%d", id.Key, m.n), m.clock.Now().Add(time.Hour), nil
+	return fmt.Sprintf("jwt:%s:m%d", id.Key(), m.n), m.clock.Now().Add(time.Hour), nil
 }
 
 func (m *fakeMinter) count() int {
@@ -355,6 +356,7 @@ type rig struct {
 	creds  *cache.Credentials
 	w      *Watcher
 	audit  *recAuditor
+	reg    *prometheus.Registry // the watcher's metrics
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -367,16 +369,23 @@ func newRig(t *testing.T, routes ...Route) *rig {
 // newRigWith is newRig with the watcher's Config changed by configure.
 func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
 	t.Helper()
+	return newRigProviders(t, configure, nil, routes...)
+}
+
+// newRigProviders is newRigWith with the providers ps returns (given the
+// rig, its fake Vault made) in place of the built-in ones of their sources.
+func newRigProviders(t *testing.T, configure func(*Config), ps func(*rig) map[Source]Provider, routes ...Route) *rig {
+	t.Helper()
 	if len(routes) == 0 {
 		routes = []Route{{Name: "", Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {api_key}"}}
 	}
 	c := clocktesting.NewFakeClock(t0)
-	r := &rig{t: t, clock: c, vault: newFakeVault(c), minter: &fakeMinter{clock: c}, audit: &recAuditor{}}
+	r := &rig{t: t, clock: c, vault: newFakeVault(c), minter: &fakeMinter{clock: c}, audit: &recAuditor{}, reg: prometheus.NewRegistry()}
 	var err error
-	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1024}); err != nil {
+	if r.creds, err = cache.NewCredentials(cache.CredentialsConfig{Capacity: 1024, DeniedCapacity: 1 << 10}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := newMetrics(nil)
+	m, err := newMetrics(r.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +398,11 @@ func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
 	if configure != nil {
 		configure(&cfg)
 	}
-	r.w, err = newWatcher(cfg, r.vault, nil, m)
+	var override map[Source]Provider
+	if ps != nil {
+		override = ps(r)
+	}
+	r.w, err = newWatcher(cfg, r.vault, override, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,11 +414,11 @@ func newRigWith(t *testing.T, configure func(*Config), routes ...Route) *rig {
 // presented token.
 func (r *rig) identity(ns, sa, apiKey string) (authz.Identity, string) {
 	id := authz.NewIdentity(ns, sa)
-	r.vault.bind(id.Key, true)
+	r.vault.bind(id.Key(), true)
 	if apiKey != "" {
-		r.vault.put(id.Key, apiKey)
+		r.vault.put(id.Key(), apiKey)
 	}
-	return id, "jwt:" + id.Key + ":presented"
+	return id, "jwt:" + id.Key() + ":presented"
 }
 
 func (r *rig) miss(route string, id authz.Identity, token string) (*cache.Entry, error) {
@@ -417,7 +430,7 @@ func (r *rig) miss(route string, id authz.Identity, token string) (*cache.Entry,
 
 // entry is the cached entry of (route, id), or nil.
 func (r *rig) entry(route string, id authz.Identity) *cache.Entry {
-	e, ok := r.creds.Get(route, id.Key)
+	e, ok := r.creds.Get(route, id.Key())
 	if !ok {
 		return nil
 	}

@@ -102,7 +102,7 @@ func TestRefusedTokenFallsBackToAnOlderOne(t *testing.T) {
 			t.Fatalf("the identity was refused or let go: %q", rec)
 		}
 	}
-	x := r.w.ids[id.Key]
+	x := r.w.ids[id.Key()]
 	if x == nil {
 		t.Fatal("the identity is no longer watched")
 	}
@@ -129,7 +129,7 @@ func TestEveryTokenRefusedDeniesTheIdentity(t *testing.T) {
 	r.w.OfferToken(id, "jwt:ns/sa:b", t0.Add(2*time.Hour))
 	r.w.OfferToken(id, "jwt:ns/sa:c", t0.Add(3*time.Hour))
 	r.w.OfferToken(id, "jwt:ns/sa:d", t0.Add(4*time.Hour)) // "presented" (t0+1h) is dropped
-	r.vault.bind(id.Key, false)
+	r.vault.bind(id.Key(), false)
 	logins := r.vault.count("login")
 	r.advance(9*time.Minute, time.Minute)
 	r.step(time.Minute)

@@ -132,7 +132,7 @@ func (p *leaseProvider) read(ctx context.Context, h *Held, f Fetch) (Credential,
 func (p *leaseProvider) revoke(ctx context.Context, token string, id authz.Identity, route string, l *lease, cause string) {
 	if err := p.vault.RevokeLease(ctx, token, l.id); err != nil {
 		// Counted by the client; the lease ends at its TTL.
-		p.log.Warn("could not revoke a lease; it ends at its TTL", "identity", id.Key, "route", route, "lease", leaseName(l.id), "error", err)
+		p.log.Warn("could not revoke a lease; it ends at its TTL", "identity", id.Key(), "route", route, "lease", leaseName(l.id), "error", err)
 		return
 	}
 	p.audit.Lifecycle(Lifecycle{Kind: LeaseRevoked, Identity: id, Route: route, Source: SourceVaultRead, Path: l.path, LeaseID: l.id, Cause: cause})

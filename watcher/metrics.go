@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // metrics are the watcher's Prometheus metrics.
@@ -12,6 +14,7 @@ type metrics struct {
 	identities prometheus.Gauge
 	refreshes  *prometheus.CounterVec
 	tokens     *prometheus.CounterVec
+	panics     *panics.Counter // credinject_panics_total{component="watcher"}
 }
 
 // newMetrics builds the watcher's metrics and registers them on reg (nil:
@@ -34,6 +37,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "credinject_token_endpoint_requests_total",
 			Help: "OAuth2 token requests (client credentials) by result (ok, refused, error).",
 		}, []string{"result"}),
+	}
+	var err error
+	if m.panics, err = panics.NewCounter(reg); err != nil {
+		return nil, fmt.Errorf("watcher: metrics: %w", err)
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.calls, m.identities, m.refreshes, m.tokens} {

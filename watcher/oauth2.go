@@ -86,7 +86,7 @@ func (p oauth2Provider) token(ctx context.Context, cc *clientcredentials.Config,
 	}
 	ctx, span := tracer.Start(ctx, SpanTokenEndpoint, trace.WithSpanKind(trace.SpanKindClient))
 	if span.IsRecording() {
-		span.SetAttributes(attrIdentity.String(id.Key), attrRoute.String(rt.Name), attrServerAddr.String(hostOf(rt.TokenURL)))
+		span.SetAttributes(attrIdentity.String(id.Key()), attrRoute.String(rt.Name), attrServerAddr.String(hostOf(rt.TokenURL)))
 	}
 	tok, err := cc.Token(context.WithValue(ctx, oauth2.HTTPClient, p.client))
 	if err != nil {

@@ -75,7 +75,7 @@ func NewPrefetcher(w *Watcher, sas ServiceAccounts, namespaces []string, workers
 		},
 		func(ns, name string) {
 			id := authz.NewIdentity(ns, name)
-			p.log.Info("serviceaccount deleted; evicting its credentials", "identity", id.Key)
+			p.log.Info("serviceaccount deleted; evicting its credentials", "identity", id.Key())
 			p.w.Forget(id)
 		})
 	return p, err

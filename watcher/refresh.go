@@ -98,6 +98,14 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 		return
 	}
 	answers := map[string]answer{}
+	answered := false
+	defer func() {
+		if !answered {
+			// The run panicked (the scheduler recovers and counts it):
+			// its callers get an answer now, not at their deadlines.
+			w.answer(x, p.waiters, nil, errRunFailed)
+		}
+	}()
 	reads := w.plan(ctx, x, p, answers)
 	worst, worstErr := outcomeOK, error(nil)
 	note := func(err error) outcome {
@@ -111,7 +119,7 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 		// Renew the Vault token, or log in again, if due: a refusal
 		// applies to the identity before any read.
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
-		_, err := x.session.Token(withScope(cctx, x.Key, "", false), reuse)
+		_, err := x.session.Token(withScope(cctx, x.Key(), "", false), reuse)
 		cancel()
 		switch note(err) {
 		case outcomeRefused:
@@ -152,6 +160,7 @@ func (w *Watcher) run(ctx context.Context, x *identity) {
 	if worst < outcomeRetry {
 		worstErr = nil
 	}
+	answered = true
 	w.answer(x, p.waiters, answers, worstErr)
 }
 
@@ -167,7 +176,7 @@ func (w *Watcher) answer(x *identity, waiters []waiter, answers map[string]answe
 			a = answer{err: err}
 		case ok:
 		default:
-			if e, found := w.cfg.Store.Get(wt.route, x.Key); found {
+			if e, found := w.cfg.Store.Get(wt.route, x.Key()); found {
 				a = answer{entry: e}
 			} else if a.err = err; a.err == nil {
 				a.err = errNoAnswer
@@ -251,7 +260,7 @@ func (w *Watcher) plan(ctx context.Context, x *identity, p *pending, answers map
 		if !ok || rs.def == nil {
 			continue
 		}
-		e, held := w.cfg.Store.Get(rs.name, x.Key)
+		e, held := w.cfg.Store.Get(rs.name, x.Key())
 		switch {
 		case t == TriggerMiss && held && e.State(now) == cache.Fresh:
 			answers[rs.name] = answer{entry: e}
@@ -310,8 +319,8 @@ func (w *Watcher) keptOnWildcard(rs *routeState, e *cache.Entry, now time.Time) 
 func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry, err error) {
 	rt, rs := *r.def, x.route(r.route)
 	src := string(rt.Source)
-	ctx, span := w.tracer.Start(withScope(ctx, x.Key, r.route, true), SpanRefresh, trace.WithAttributes(
-		attrIdentity.String(x.Key), attrRoute.String(r.route), attrTrigger.String(r.trigger.String()), attrSource.String(src)))
+	ctx, span := w.tracer.Start(withScope(ctx, x.Key(), r.route, true), SpanRefresh, trace.WithAttributes(
+		attrIdentity.String(x.Key()), attrRoute.String(r.route), attrTrigger.String(r.trigger.String()), attrSource.String(src)))
 	defer func() { endSpan(span, refreshResult(e, err)) }()
 	l := loginOf(&rt)
 	cred, err := w.set(l).providers[rt.Source].Fetch(ctx, Fetch{Tokens: w.sessionFor(x, l), Identity: x.Identity, Route: rt,
@@ -321,7 +330,7 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 	var val string
 	if err == nil {
 		if val, err = Render(rt.Value, cred.Data); err != nil {
-			w.cfg.Log.Warn("credential is not injectable; denying", "identity", x.Key, "route", r.route, "version", cred.Version, "error", err)
+			w.cfg.Log.Warn("credential is not injectable; denying", "identity", x.Key(), "route", r.route, "version", cred.Version, "error", err)
 		}
 	}
 	rs.retry = false
@@ -345,7 +354,7 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 		result = map[authz.Reason]string{authz.ReasonNoCredential: "not_found", authz.ReasonInvalidCredential: "invalid",
 			authz.ReasonTokenEndpointRefused: "refused"}[reason]
 		if reason == authz.ReasonTokenEndpointRefused {
-			w.cfg.Log.Info("token endpoint refused the identity's client", "identity", x.Key, "route", r.route, "error", err)
+			w.cfg.Log.Info("token endpoint refused the identity's client", "identity", x.Key(), "route", r.route, "error", err)
 		}
 		e = w.negative(x, r.route, reason, now)
 		// A refusal follows the identity's schedule, not the expiry of
@@ -404,7 +413,7 @@ func (w *Watcher) store(x *identity, rs *routeState, e *cache.Entry, o origin) {
 	err := w.cfg.Store.Set(e)
 	x.mu.Unlock()
 	if err != nil {
-		w.cfg.Log.Error("credential cache refused an entry", "identity", x.Key, "route", rs.name, "error", err)
+		w.cfg.Log.Error("credential cache refused an entry", "identity", x.Key(), "route", rs.name, "error", err)
 		return
 	}
 	if ev, ok := x.lifecycle(rs, e, o); ok {
@@ -419,18 +428,18 @@ func (w *Watcher) settle(x *identity, worst outcome, err error, full bool) {
 	now := w.cfg.Clock.Now()
 	switch worst {
 	case outcomeRefused:
-		w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", x.Key)
+		w.cfg.Log.Info("vault refused the identity; dropping its credentials", "identity", x.Key())
 		w.leave(x, "", false)
 		return
 	case outcomeNoToken:
-		w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", x.Key)
+		w.cfg.Log.Info("no token left to log in with; forgetting the identity until its next request", "identity", x.Key())
 		w.leave(x, "no_token", true)
 		return
 	case outcomeRetry:
 		x.loop.failures++
 		d := backoff.Delay(x.loop.failures, 500*time.Millisecond, min(w.cfg.Refresh/2, 30*time.Second), w.cfg.Jitter())
 		x.loop.retryAt = now.Add(d)
-		w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", x.Key, "attempt", x.loop.failures, "retryIn", d, "error", err)
+		w.cfg.Log.Warn("refresh failed; serving the cached credential meanwhile", "identity", x.Key(), "attempt", x.loop.failures, "retryIn", d, "error", err)
 	default:
 		if !slices.ContainsFunc(x.rs, func(rs routeState) bool { return rs.retry }) {
 			x.loop.failures = 0
@@ -470,10 +479,10 @@ func (w *Watcher) nextTurn(x *identity, now time.Time) (time.Time, bool) {
 func (w *Watcher) dropRoute(ctx context.Context, x *identity, rs *routeState) {
 	if lp, ok := w.set(loginOf(rs.def)).providers[rs.def.Source].(*leaseProvider); ok {
 		cctx, cancel := context.WithTimeout(ctx, w.cfg.CallTimeout)
-		lp.drop(withScope(cctx, x.Key, rs.name, true), &rs.provider, x.Identity, rs.name, true)
+		lp.drop(withScope(cctx, x.Key(), rs.name, true), &rs.provider, x.Identity, rs.name, true)
 		cancel()
 	}
-	w.cfg.Store.Delete(rs.name, x.Key)
+	w.cfg.Store.Delete(rs.name, x.Key())
 	rs.def, rs.held, rs.hasHeld, rs.due, rs.retry = nil, held{}, false, time.Time{}, false
 }
 
@@ -503,6 +512,9 @@ func (w *Watcher) release(x *identity) {
 // errNoAnswer: a run read nothing for a caller's route and holds nothing
 // for it.
 var errNoAnswer = authz.Deny(authz.ReasonVaultUnavailable, errors.New("watcher: no credential was read"))
+
+// errRunFailed answers the callers of a run that panicked.
+var errRunFailed = authz.Deny(authz.ReasonInternal, errors.New("watcher: the identity's run failed (a panic, counted in credinject_panics_total)"))
 
 // errLetGo answers the callers of an identity let go before its run.
 var errLetGo = authz.Deny(authz.ReasonVaultUnavailable, errors.New("watcher: the identity was let go"))

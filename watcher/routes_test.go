@@ -44,10 +44,10 @@ func TestSetRoutes(t *testing.T) {
 			check: func(t *testing.T, r *rig, p, q authz.Identity, reads, revoked int) {
 				for _, id := range []authz.Identity{p, q} {
 					if e := r.entry("db", id); e != nil {
-						t.Errorf("%s: db %+v after its removal", id.Key, e)
+						t.Errorf("%s: db %+v after its removal", id.Key(), e)
 					}
 					if e := r.entry("", id); e == nil || e.Value != "Bearer k" {
-						t.Errorf("%s: the remaining route lost its entry: %+v", id.Key, e)
+						t.Errorf("%s: the remaining route lost its entry: %+v", id.Key(), e)
 					}
 				}
 				if reads != 0 || revoked != 2 || r.vault.liveLeases() != 0 {
@@ -64,7 +64,7 @@ func TestSetRoutes(t *testing.T) {
 			check: func(t *testing.T, r *rig, p, q authz.Identity, reads, revoked int) {
 				for _, id := range []authz.Identity{p, q} {
 					if e := r.entry("db", id); e == nil || e.Value != "static" {
-						t.Errorf("%s: db %+v; want the new path's value", id.Key, e)
+						t.Errorf("%s: db %+v; want the new path's value", id.Key(), e)
 					}
 				}
 				if reads != 2 || revoked != 2 {

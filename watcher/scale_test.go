@@ -53,7 +53,7 @@ func (v *scaleVault) RevokeLease(context.Context, string, string) error { return
 type scaleMinter struct{ size int }
 
 func (m scaleMinter) Token(_ context.Context, id authz.Identity) (string, time.Time, error) {
-	t := "jwt:" + id.Key + ":"
+	t := "jwt:" + id.Key() + ":"
 	if pad := m.size - len(t); pad > 0 {
 		t += strings.Repeat("x", pad)
 	}
@@ -131,7 +131,7 @@ func benchPrefetch(b *testing.B, n, satSize int) {
 	var heapPer, stackPer, secs float64
 	for b.Loop() {
 		b.StopTimer()
-		creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18})
+		creds, err := cache.NewCredentials(cache.CredentialsConfig{Capacity: 1 << 18, DeniedCapacity: 1 << 10})
 		if err != nil {
 			b.Fatal(err)
 		}

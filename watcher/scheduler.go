@@ -3,13 +3,14 @@ package watcher
 import (
 	"container/heap"
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+
+	"github.com/credinject/credinject/internal/panics"
 )
 
 // scheduler is the executor: the one place credential work runs. Every
@@ -41,6 +42,7 @@ type scheduler struct {
 	run    func(ctx context.Context, x *identity)
 	due    func(x *identity, full bool)
 	forget func(x *identity)
+	panics *panics.Counter
 
 	mu   sync.Mutex // guards heap and every identity's sched
 	heap schedHeap
@@ -59,10 +61,10 @@ type schedState struct {
 	cancel context.CancelFunc
 }
 
-func newScheduler(base context.Context, c clock.WithTicker, workers int, log *slog.Logger,
+func newScheduler(base context.Context, c clock.WithTicker, workers int, log *slog.Logger, pc *panics.Counter,
 	run func(context.Context, *identity), due func(*identity, bool), forget func(*identity)) *scheduler {
 	return &scheduler{
-		clock: c, base: base, log: log, workers: max(workers, 1), run: run, due: due, forget: forget,
+		clock: c, base: base, log: log, workers: max(workers, 1), run: run, due: due, forget: forget, panics: pc,
 		queue: workqueue.NewTyped[*identity](),
 		wake:  make(chan struct{}, 1),
 	}
@@ -161,8 +163,8 @@ func (s *scheduler) turn(x *identity) {
 		x.sched.cancel = nil
 		s.mu.Unlock()
 		cancel()
-		if p := recover(); p != nil {
-			s.log.Error("panic in an identity's refresher; forgetting it", "identity", x.Key, "panic", fmt.Sprint(p))
+		if err := panics.Recovered(s.panics, "watcher", recover()); err != nil {
+			s.log.Error("panic in an identity's run; forgetting it", "identity", x.Key(), "err", err)
 			s.forget(x)
 		}
 	}()

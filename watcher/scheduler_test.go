@@ -25,11 +25,11 @@ func TestStuckIdentityDoesNotDelayOthers(t *testing.T) {
 		if _, err := r.miss("", id, tok); err != nil {
 			t.Fatal(err)
 		}
-		r.vault.put(id.Key, "v2")
+		r.vault.put(id.Key(), "v2")
 		others = append(others, id)
 	}
 	r.vault.mu.Lock()
-	r.vault.stuck[stuck.Key] = true
+	r.vault.stuck[stuck.Key()] = true
 	r.vault.mu.Unlock()
 	r.step(201 * time.Second) // every identity is due
 	// First the stuck identity's read hangs (its worker may reach it before
@@ -64,7 +64,7 @@ func TestResyncRestartsSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.step(100 * time.Second)
-	r.vault.put(id.Key, "k2")
+	r.vault.put(id.Key(), "k2")
 	if err := r.w.ResyncAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestResyncRestartsSchedule(t *testing.T) {
 	if got := r.vault.count("read"); got != reads {
 		t.Fatalf("reads %d -> %d at the superseded time", reads, got)
 	}
-	r.vault.put(id.Key, "k3")
+	r.vault.put(id.Key(), "k3")
 	r.step(100 * time.Second) // +301 s: 200 s after the resync
 	r.eventually("the rescheduled refresh", func() bool { return r.entry("", id).Value == "Bearer k3" })
 }
@@ -106,7 +106,7 @@ func TestStuckMissDoesNotDelayOtherMisses(t *testing.T) {
 	r := newRig(t)
 	stuck, stuckTok := r.identity("ns", "stuck", "s1")
 	r.vault.mu.Lock()
-	r.vault.stuck[stuck.Key] = true
+	r.vault.stuck[stuck.Key()] = true
 	r.vault.mu.Unlock()
 	ctx, giveUp := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -123,7 +123,7 @@ func TestStuckMissDoesNotDelayOtherMisses(t *testing.T) {
 		id, tok := r.identity("ns", fmt.Sprintf("sa-%d", i), fmt.Sprintf("k%d", i))
 		e, err := r.miss("", id, tok)
 		if err != nil || e.Value != fmt.Sprintf("Bearer k%d", i) {
-			t.Fatalf("%s while another identity hangs: %v %v", id.Key, e, err)
+			t.Fatalf("%s while another identity hangs: %v %v", id.Key(), e, err)
 		}
 	}
 	select {

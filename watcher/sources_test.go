@@ -126,7 +126,7 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 	r := newRig(t, Route{Name: "partner", Source: SourceOAuth2, Path: "egress/{namespace}/{serviceaccount}", Header: "authorization", Value: "Bearer {access_token}", TokenURL: srv.URL, ClientAuth: ClientAuthBasic})
 	id, tok := r.identity("ns", "sa", "")
 	r.vault.mu.Lock()
-	r.vault.data["egress/"+id.Key] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
+	r.vault.data["egress/"+id.Key()] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
 	r.vault.mu.Unlock()
 
 	e, err := r.miss("partner", id, tok)
@@ -170,7 +170,7 @@ func TestRefusedMintedRouteNotRetriedHot(t *testing.T) {
 		Route{Name: "db", Source: SourceVaultRead, Path: "creds/{namespace}/{serviceaccount}", Header: "x-db", Value: "{username}"})
 	id, tok := r.identity("ns", "sa", "")
 	r.vault.mu.Lock()
-	r.vault.data["egress/"+id.Key] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
+	r.vault.data["egress/"+id.Key()] = map[string]any{"client_id": "ns-sa", "client_secret": "s3cret"}
 	r.vault.mu.Unlock()
 	for _, route := range []string{"partner", "db"} {
 		if _, err := r.miss(route, id, tok); err != nil {
@@ -212,7 +212,7 @@ func (x *identity) earliestDue() (time.Time, bool) {
 func (w *Watcher) watched(id authz.Identity) *identity {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ids[id.Key]
+	return w.ids[id.Key()]
 }
 
 // TestUninjectableMintedValueNotRetriedHot: a minted value the route cannot

@@ -275,7 +275,7 @@ func TestPrefetchedIdentitiesReloginSpread(t *testing.T) {
 	})
 	ids := make([]string, n)
 	for i := range n {
-		ids[i] = r.prefetched("ns", fmt.Sprintf("sa-%d", i)).Key
+		ids[i] = r.prefetched("ns", fmt.Sprintf("sa-%d", i)).Key()
 	}
 	for m := 1; m <= 120; m++ {
 		r.step(time.Minute)

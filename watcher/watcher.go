@@ -245,7 +245,7 @@ func newWatcher(cfg Config, v vault, ps map[Source]Provider, m *metrics) (*Watch
 		return nil, err
 	}
 	w.routes.Store(&table)
-	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, w.run, w.scheduled,
+	w.sched = newScheduler(base, cfg.Clock, cfg.Concurrency, cfg.Log, m.panics, w.run, w.scheduled,
 		func(x *identity) { w.leave(x, "panic", true); w.sched.add(x) })
 	w.sched.Start(&w.wg)
 	return w, nil
@@ -346,12 +346,12 @@ func (w *Watcher) readInterval() time.Duration {
 func (w *Watcher) lookup(id authz.Identity) *identity {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if x := w.ids[id.Key]; x != nil {
+	if x := w.ids[id.Key()]; x != nil {
 		return x
 	}
 	x := newIdentity(id, newSession(id, w.vault, w.cfg.Minter, w.cfg.Clock, w.revokeToken, w.cfg.ReloginInterval,
 		w.cfg.Jitter, w.cfg.ReloginPhase()))
-	w.ids[id.Key] = x
+	w.ids[id.Key()] = x
 	w.metrics.identities.Set(float64(len(w.ids)))
 	return x
 }
@@ -380,11 +380,11 @@ func (w *Watcher) revokeToken(token string) {
 // CallTimeout.
 func (w *Watcher) Forget(id authz.Identity) {
 	w.mu.Lock()
-	x := w.ids[id.Key]
+	x := w.ids[id.Key()]
 	w.mu.Unlock()
 	if x == nil {
 		for name := range w.table() {
-			w.cfg.Store.Delete(name, id.Key)
+			w.cfg.Store.Delete(name, id.Key())
 		}
 		return
 	}
@@ -408,8 +408,8 @@ func (w *Watcher) Forget(id authz.Identity) {
 // answers the callers waiting.
 func (w *Watcher) leave(x *identity, cause string, evict bool) {
 	w.mu.Lock()
-	if w.ids[x.Key] == x {
-		delete(w.ids, x.Key)
+	if w.ids[x.Key()] == x {
+		delete(w.ids, x.Key())
 		w.metrics.identities.Set(float64(len(w.ids)))
 	}
 	w.mu.Unlock()
@@ -421,7 +421,7 @@ func (w *Watcher) leave(x *identity, cause string, evict bool) {
 	w.sched.stop(x)
 	if evict {
 		for name := range w.table() {
-			w.cfg.Store.Delete(name, x.Key)
+			w.cfg.Store.Delete(name, x.Key())
 		}
 	}
 }
@@ -436,7 +436,7 @@ func (w *Watcher) leave(x *identity, cause string, evict bool) {
 // and prefetched ones, ignore it. It does no I/O.
 func (w *Watcher) OfferToken(id authz.Identity, token string, expires time.Time) {
 	w.mu.Lock()
-	x := w.ids[id.Key]
+	x := w.ids[id.Key()]
 	w.mu.Unlock()
 	if x != nil {
 		x.eachSession(func(s *session) { s.offerNewer(token, expires) })
@@ -504,7 +504,7 @@ func (w *Watcher) ask(ctx context.Context, xs []*identity, build func(*identity)
 		case a := <-c.ch:
 			switch classify(a.err) {
 			case outcomeRetry, outcomeNoToken:
-				errs = append(errs, fmt.Errorf("%s: %w", c.x.Key, a.err))
+				errs = append(errs, fmt.Errorf("%s: %w", c.x.Key(), a.err))
 			case outcomeOK, outcomeNoCredential, outcomeRefused:
 				// Answered: a refusal is stored, and the identity let go.
 			}

@@ -220,12 +220,12 @@ func TestMissPath(t *testing.T) {
 		"own credential": {setup: func(*rig, authz.Identity) {}, value: "Bearer key-a"},
 		"nothing stored": {setup: func(r *rig, id authz.Identity) {
 			r.vault.mu.Lock()
-			delete(r.vault.data, "egress/"+id.Key)
+			delete(r.vault.data, "egress/"+id.Key())
 			r.vault.mu.Unlock()
 		}, reason: authz.ReasonNoCredential},
-		"unbound namespace": {setup: func(r *rig, id authz.Identity) { r.vault.bind(id.Key, false) }, reason: authz.ReasonVaultDenied},
+		"unbound namespace": {setup: func(r *rig, id authz.Identity) { r.vault.bind(id.Key(), false) }, reason: authz.ReasonVaultDenied},
 		"vault down":        {setup: func(r *rig, id authz.Identity) { r.vault.setDown(true) }, reason: authz.ReasonVaultUnavailable},
-		"not injectable":    {setup: func(r *rig, id authz.Identity) { r.vault.put(id.Key, "bad\r\nvalue") }, reason: authz.ReasonInvalidCredential},
+		"not injectable":    {setup: func(r *rig, id authz.Identity) { r.vault.put(id.Key(), "bad\r\nvalue") }, reason: authz.ReasonInvalidCredential},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -312,7 +312,7 @@ func TestStoreOrdering(t *testing.T) {
 	if got := r.vault.count("read"); got != reads+1 {
 		t.Fatalf("%d reads in flight for one identity; want 1", got-reads)
 	}
-	r.vault.put(id.Key, "v2") // what the newer read finds
+	r.vault.put(id.Key(), "v2") // what the newer read finds
 	close(gate)
 	for range 2 {
 		if err := <-old; err != nil {
@@ -366,7 +366,7 @@ func TestStalePolicy(t *testing.T) {
 		t.Fatalf("state %v, want expired", got.State(r.clock.Now()))
 	}
 	// Vault back: the next retry stores a fresh credential.
-	r.vault.put(id.Key, "k2")
+	r.vault.put(id.Key(), "k2")
 	r.vault.setDown(false)
 	r.eventually("a fresh credential after the outage", func() bool {
 		if r.clock.HasWaiters() {
@@ -419,8 +419,8 @@ func TestRefreshScope(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r.vault.put(a.Key, "a2")
-	r.vault.put(b.Key, "b2")
+	r.vault.put(a.Key(), "a2")
+	r.vault.put(b.Key(), "b2")
 	if err := r.w.Refresh(context.Background(), authz.Scope{Namespace: "ns-a"}); err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestPrefetchMintsAndResyncs(t *testing.T) {
 	if e := r.entry("", id); e == nil || e.Value != "Bearer p1" || r.minter.count() != 1 {
 		t.Fatalf("prefetched entry %+v, mints %d", e, r.minter.count())
 	}
-	r.vault.put(id.Key, "p2")
+	r.vault.put(id.Key(), "p2")
 	if err := r.w.ResyncAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ type usageRecorder struct{ l *audit.Log }
 var _ checker.Recorder = usageRecorder{}
 
 func (r usageRecorder) Record(u checker.Use) {
-	r.l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key, IdentitySource: u.IdentitySource.String(), Route: u.Route, Host: u.Host,
+	r.l.Use(audit.Use{At: u.At, Reason: u.Reason, Identity: u.Identity.Key(), IdentitySource: u.IdentitySource.String(), Route: u.Route, Host: u.Host,
 		Version: u.Version, TokenTag: u.TokenTag})
 }
 
@@ -56,7 +56,7 @@ var _ watcher.Auditor = lifecycleAuditor{}
 
 func (r lifecycleAuditor) Lifecycle(e watcher.Lifecycle) {
 	r.l.Lifecycle(audit.Event{
-		Kind: string(e.Kind), Identity: e.Identity.Key, Route: e.Route, Source: string(e.Source), Path: e.Path,
+		Kind: string(e.Kind), Identity: e.Identity.Key(), Route: e.Route, Source: string(e.Source), Path: e.Path,
 		Version: e.Version, OldVersion: e.OldVersion, LeaseID: e.LeaseID, OldLeaseID: e.OldLeaseID,
 		Trigger: e.Trigger.String(), Reason: string(e.Reason), Cause: e.Cause, TTLSeconds: int64(e.TTL.Seconds()),
 	})

@@ -47,7 +47,7 @@ test: setup tools lint
 
 # The unit tests alone: seconds, no bed, nothing to build first.
 test-unit:
-	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/ ./auditbridge/ ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/ ./internal/panics/
+	$(GO) test -count=1 ./authz/ ./audit/ ./cache/ ./checker/ ./watcher/... ./events/ ./auditbridge/ ./kube/ ./internal/config/ ./internal/tlsconfig/ ./internal/backoff/ ./internal/panics/ ./policies/
 
 # Without the race detector, for a quick loop.
 test-short: setup tools

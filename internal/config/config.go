@@ -760,12 +760,7 @@ func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
 		}
 		for j, h := range r.Hosts {
 			hkey := key(fmt.Sprintf("hosts[%d]", j))
-			if !isASCII(h) {
-				bad(hkey, "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
-			}
-			if !hostPattern.MatchString(h) {
-				bad(hkey, "%q is not a host name or *.suffix", h)
-			}
+			checkHost(hkey, h, bad)
 			// Hosts are routed without their port: a.example:443 and
 			// a.example:8443 are one host.
 			name, _, _ := strings.Cut(h, ":")
@@ -859,4 +854,19 @@ func CheckPath(p string) error {
 		return fmt.Errorf("%q must be a relative path without '..'", p)
 	}
 	return authz.CheckPathTemplate(p)
+}
+
+// checkHost checks one host of a route (hkey names it): ASCII, and a host
+// name or "*." and a suffix, lower case (complete lowered it), with an
+// optional port. It reports whether the host passed.
+func checkHost(hkey, h string, bad func(key, format string, a ...any)) bool {
+	if !isASCII(h) {
+		bad(hkey, "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
+		return false
+	}
+	if !hostPattern.MatchString(h) {
+		bad(hkey, "%q is not a host name or *.suffix", h)
+		return false
+	}
+	return true
 }

@@ -78,11 +78,9 @@ func (c *Config) CheckRoute(r Route, v VaultOverride, key func(string) string) (
 	}
 	for j, h := range r.Hosts {
 		hkey := key(fmt.Sprintf("hosts[%d]", j))
-		if !isASCII(h) {
-			bad(hkey, "%q is not ASCII (write an internationalised name in punycode, xn--…)", h)
-			continue
-		}
-		if !hostPattern.MatchString(h) || strings.Contains(h, "..") {
+		// A policy's host is also refused with an empty label, which the
+		// CRD's pattern lets through.
+		if checkHost(hkey, h, bad) && strings.Contains(h, "..") {
 			bad(hkey, "%q is not a host name or *.suffix", h)
 		}
 	}

@@ -66,17 +66,7 @@ func benchPeerHits(b *testing.B, n int) {
 			}
 		}
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if resp, _ := r.g.Check(ctx, reqs[i%n]); resp.GetOkResponse() == nil {
-				b.Fatalf("not allowed: %v", outcome(resp))
-			}
-			i += 7919
-		}
-	})
+	runHitsFrom(b, ctx, r, reqs)
 }
 
 // BenchmarkCheckAudit is BenchmarkCheck with the audit trail on: every
@@ -297,8 +287,12 @@ func benchCheckHitsOpts(b *testing.B, n int, header, value string, opts func(tb 
 // runHits is the measured loop of the hit benchmarks: reqs asked in
 // parallel in a scattered order, every answer an allow.
 func runHits(b *testing.B, r *rig, reqs []*authv3.CheckRequest) {
+	runHitsFrom(b, context.Background(), r, reqs)
+}
+
+// runHitsFrom is runHits with the callers' context ctx (a peer address).
+func runHitsFrom(b *testing.B, ctx context.Context, r *rig, reqs []*authv3.CheckRequest) {
 	n := len(reqs)
-	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

@@ -1,39 +1,20 @@
 package checker_test
 
 import (
-	"bufio"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/credinject/credinject/checker"
+	"github.com/credinject/credinject/internal/testenv/rawhttp"
 )
 
-// rawRequest sends one HTTP/1.1 request with target written as is (no
-// client cleans or escapes it) and returns the response, body read.
+// rawRequest sends one HTTP/1.1 request with target written as is and
+// returns the response, body read.
 func rawRequest(t *testing.T, addr, method, target string, hdr map[string]string) *http.Response {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var b strings.Builder
-	b.WriteString(method + " " + target + " HTTP/1.1\r\nConnection: close\r\n")
-	for k, v := range hdr {
-		b.WriteString(k + ": " + v + "\r\n")
-	}
-	b.WriteString("\r\n")
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp, _ := rawhttp.Do(t, addr, method, target, hdr)
 	return resp
 }
 

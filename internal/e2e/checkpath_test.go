@@ -1,44 +1,22 @@
 package e2e_test
 
 import (
-	"bufio"
 	"context"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/rawhttp"
 )
 
-// sendRaw sends one HTTP/1.1 request with target written as is (no client
-// cleans or escapes it) to addr and returns the status, the headers and
-// the body.
+// sendRaw sends one HTTP/1.1 request with target written as is to addr
+// and returns the status, the headers and the body.
 func sendRaw(t *testing.T, addr, method, target string, hdr map[string]string) (int, http.Header, string) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var b strings.Builder
-	b.WriteString(method + " " + target + " HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n")
-	for k, v := range hdr {
-		b.WriteString(k + ": " + v + "\r\n")
-	}
-	b.WriteString("\r\n")
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(body)
+	resp, body := rawhttp.Do(t, addr, method, target, hdr)
+	return resp.StatusCode, resp.Header, body
 }
 
 // checkPaths are request paths as a workload may send them; Envoy's HTTP

@@ -154,8 +154,8 @@ func TestCredentialPolicyAdmission(t *testing.T) {
 				t.Fatalf("refused at admission: %v\n%s", err, out)
 			case tc.refused != "" && admitted:
 				t.Fatalf("admitted, want refused with %q:\n%s", tc.refused, doc)
-			case tc.refused != "" && !strings.Contains(out, tc.refused):
-				t.Fatalf("refused, but kubectl printed no %q:\n%s", tc.refused, out)
+			case tc.refused != "" && !strings.Contains(err.Error(), tc.refused):
+				t.Fatalf("refused, but kubectl printed no %q:\n%v", tc.refused, err)
 			}
 			route, ok := fileRoute(tc.spec)
 			if !ok {
@@ -237,15 +237,18 @@ func newKubectl(t testing.TB, env *testenv.Env) kubectlCmd {
 	return kubectlCmd{bin: filepath.Join(kubeDir, "kubectl"), kubeconfig: kubeconfig}
 }
 
-// run returns kubectl's combined output and its error.
+// run returns kubectl's standard output (what it renders, for kustomize);
+// a failure's error carries its standard error, where kubectl prints why.
 func (k kubectlCmd) run(ctx context.Context, t testing.TB, stdin []byte, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, k.bin, append([]string{"--kubeconfig", k.kubeconfig}, args...)...)
 	cmd.Dir = repoRoot(t)
-	var out bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &out, &out
-	err := cmd.Run()
-	return out.String(), err
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
 }
 
 // must is run, failing the test on error.
@@ -253,7 +256,7 @@ func (k kubectlCmd) must(ctx context.Context, t testing.TB, stdin []byte, args .
 	t.Helper()
 	out, err := k.run(ctx, t, stdin, args...)
 	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Fatalf("%v\n%s", err, out)
 	}
 	return out
 }

@@ -45,15 +45,7 @@ func TestKustomizeApplies(t *testing.T) {
 	env := testenv.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	kubeDir, err := testenv.ToolDir("kube")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl := filepath.Join(kubeDir, "kubectl")
-	kubeconfig, err := env.Kube.Kubeconfig()
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubectl := newKubectl(t, env)
 	// The prefetch overlay's Role lives in the workload namespace, which a
 	// real cluster already has.
 	if err := env.Kube.CreateNamespace(ctx, "egress-test"); err != nil {
@@ -61,17 +53,10 @@ func TestKustomizeApplies(t *testing.T) {
 	}
 	run := func(t *testing.T, stdin []byte, args ...string) []byte {
 		t.Helper()
-		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-		cmd.Dir = repoRoot(t)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("kubectl %s: %v\n%s\n%s", strings.Join(args, " "), err, stderr.String(), stdout.String())
-		}
-		return stdout.Bytes()
+		return []byte(kubectl.must(ctx, t, stdin, args...))
 	}
 
-	installCRDs(ctx, t, newKubectl(t, env))
+	installCRDs(ctx, t, kubectl)
 
 	for _, tc := range []struct {
 		dir        string

@@ -46,6 +46,12 @@ const (
 	// (a CredentialPolicy's) lists subjects, and the caller's identity is
 	// none of them.
 	ReasonSubjectNotAllowed Reason = "subject_not_allowed"
+	// ReasonUnsignableRequest: the route signs requests (inject.sign) and
+	// this one cannot be signed as the upstream will receive it: its body
+	// is larger than the gateway sent (or was not sent), the gateway does
+	// not describe the request (HTTP forward-auth), or its target cannot be
+	// parsed. It is refused, never signed wrongly.
+	ReasonUnsignableRequest Reason = "unsignable_request"
 	ReasonInternal          Reason = "internal"
 )
 
@@ -54,7 +60,8 @@ var Reasons = []Reason{
 	ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount,
 	ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential,
 	ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointRefused,
-	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInvalidPeer, ReasonSubjectNotAllowed, ReasonInternal,
+	ReasonTokenEndpointUnavailable, ReasonClientNotAllowed, ReasonInvalidPeer, ReasonSubjectNotAllowed, ReasonUnsignableRequest,
+	ReasonInternal,
 }
 
 // Known reports whether r is ReasonNone or one of Reasons.
@@ -80,7 +87,7 @@ func (r Reason) Status() int {
 	case ReasonMissingToken, ReasonMalformedToken, ReasonInvalidToken, ReasonUnknownServiceAccount, ReasonInvalidPeer:
 		return 401
 	case ReasonVaultDenied, ReasonNoCredential, ReasonNoRoute, ReasonInvalidCredential, ReasonTokenEndpointRefused, ReasonClientNotAllowed,
-		ReasonSubjectNotAllowed:
+		ReasonSubjectNotAllowed, ReasonUnsignableRequest:
 		return 403
 	case ReasonVaultUnavailable, ReasonTokenReviewUnavailable, ReasonTokenEndpointUnavailable:
 		return 503

@@ -51,13 +51,48 @@ type Entry struct {
 	Route    string         // route name ("" is the default route)
 	Identity authz.Identity // whose credential this is
 
-	// Header and Value are the rendered injection (header name lower-case).
+	// Header and Value are the rendered injection's first header (name
+	// lower-case); both empty when it sets none (metadata or signing only).
 	Header string
 	Value  string
+	// Shapes is the rest of the rendered injection; nil when it is the
+	// one header.
+	Shapes *Shapes
 	// Version is the KV version the value was read from.
 	Version int64
 
 	ReadAt time.Time // last successful read from the source
+}
+
+// Shapes are the forms of an injection beyond its first header, rendered
+// when the credential was read, shared read-only by every request.
+type Shapes struct {
+	// Headers are set after Header, overwriting (names lower-case).
+	Headers []Field
+	// Query parameters are set on the upstream request (gRPC only).
+	Query []Field
+	// Metadata goes into the CheckResponse's dynamic metadata (gRPC only).
+	Metadata []Field
+	// Sign, when set, signs each request with AWS Signature Version 4.
+	Sign *SigV4
+}
+
+// Field is one rendered name and value.
+type Field struct {
+	Name, Value string
+}
+
+// SigV4 is what signing a request needs: the identity's AWS credentials
+// (access_key, secret_key, security_token of its secret) and the route's
+// service and region.
+type SigV4 struct {
+	AccessKey, SecretKey string
+	// SessionToken is the temporary credentials' token; empty for
+	// long-term keys.
+	SessionToken    string
+	Service, Region string
+	// UnsignedPayload signs "UNSIGNED-PAYLOAD" instead of the body's hash.
+	UnsignedPayload bool
 }
 
 // State tells whether e may be served at now.

@@ -110,6 +110,7 @@ type Checker struct {
 	peerOn   bool
 	enroll   singleflight.Group
 	router   atomic.Pointer[Router]
+	signers  signers
 }
 
 // New builds a Checker.
@@ -149,7 +150,7 @@ func New(cfg Config) (*Checker, error) {
 		return nil, err
 	}
 	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc, tracer: newTracer(cfg.Tracing),
-		peerHash: newHasher(nil), peerOn: peerOn}
+		peerHash: newHasher(nil), peerOn: peerOn, signers: newSigners()}
 	c.router.Store(cfg.Router)
 	c.tokens = &cachedValidator{
 		trustDomain: cfg.TrustDomain,
@@ -189,6 +190,9 @@ type Decision struct {
 	Source authz.IdentitySource
 	// Stale is set when Entry is past its refresh time but within grace.
 	Stale bool
+	// Signed is the request's signature when Entry's injection signs
+	// (Shapes.Sign); zero otherwise.
+	Signed Signed
 
 	// route is the route matched (routed set); miss says the credential
 	// cache missed. Both go on the Check span.
@@ -276,10 +280,36 @@ func (c *Checker) DecideRequest(ctx context.Context, req Request) (d Decision) {
 		return Decision{Reason: authz.ReasonSubjectNotAllowed, Identity: id, route: route, routed: true}
 	}
 	d = c.credential(ctx, route, ti, hit, token, src, start)
+	if d.Reason == authz.ReasonNone && d.Entry.Shapes != nil {
+		d = c.shaped(ctx, &req, d, start)
+	}
 	d.route, d.routed = route, true
 	if c.cfg.Log.Enabled(ctx, slog.LevelDebug) {
 		c.cfg.Log.Debug("decision", "reason", string(d.Reason), "identity", id.Key(), "identity_source", src.String(), "route", route, "token", tokenTag(&mac), "stale", d.Stale)
 	}
+	return d
+}
+
+// shaped finishes an allow whose injection has shapes beyond headers: it
+// signs the request (Shapes.Sign), or denies unsignable_request. Query
+// parameters and metadata need the gRPC answer (configuration refuses
+// them with listen.http on); asked over HTTP they deny internal.
+func (c *Checker) shaped(ctx context.Context, req *Request, d Decision, now time.Time) Decision {
+	sh := d.Entry.Shapes
+	if req.attrs == nil && (sh.Query != nil || sh.Metadata != nil) {
+		c.cfg.Log.Error("deny: the route's injection sets query parameters or metadata, which HTTP forward-auth cannot carry",
+			"reason", string(authz.ReasonInternal), "route", d.Entry.Route)
+		return Decision{Reason: authz.ReasonInternal, Identity: d.Identity}
+	}
+	if sh.Sign == nil {
+		return d
+	}
+	s, r := c.signers.sign(ctx, req.attrs, req.Host, sh.Sign, now)
+	if r != authz.ReasonNone {
+		c.cfg.Log.Debug("deny", "reason", string(r), "identity", d.Identity.Key(), "route", d.Entry.Route)
+		return Decision{Reason: r, Identity: d.Identity}
+	}
+	d.Signed = s
 	return d
 }
 

@@ -74,7 +74,7 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 		th, carrier := grpcTraceHeaders(httpReq)
 		ctx, span = t.start(ctx, &th, carrier)
 	}
-	r := Request{Authorization: authorization, Host: host, Path: httpReq.GetPath()}
+	r := Request{Authorization: authorization, Host: host, Path: httpReq.GetPath(), attrs: httpReq}
 	if g.c.peerOn {
 		// A principal counts only from a trusted caller; from anyone else
 		// it is ignored, as if absent.
@@ -91,8 +91,13 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 		}
 		return resp, nil
 	}
-	// Responses are built once per cache entry and shared read-only.
-	return d.Entry.Memo(okResponse).(*authv3.CheckResponse), nil
+	// Responses are built once per cache entry and shared read-only; a
+	// signed one adds the request's signature to a copy.
+	ok := d.Entry.Memo(okResponse).(*authv3.CheckResponse)
+	if d.Signed.Authorization != "" {
+		return signedResponse(ok, &d.Signed), nil
+	}
+	return ok, nil
 }
 
 // requestHeaders finds the token and the host. Envoy sends header names in
@@ -143,22 +148,77 @@ func header(hs map[string]string, name string) string {
 	return ""
 }
 
+// okResponse is the allow answer for e: its headers set overwriting (the
+// injection's first, then Shapes.Headers), the workload's authorization
+// removed unless one of them (or signing) sets it, the query parameters,
+// and the dynamic metadata: namespace, serviceaccount, route and the
+// injection's metadata keys.
 func okResponse(e *cache.Entry) any {
-	ok := &authv3.OkHttpResponse{
-		Headers: []*corev3.HeaderValueOption{{
-			Header:       &corev3.HeaderValue{Key: e.Header, Value: e.Value},
+	ok := &authv3.OkHttpResponse{}
+	sets := false
+	add := func(name, value string) {
+		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: name, Value: value},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		}},
+		})
+		sets = sets || name == headerAuthorization
 	}
-	if e.Header != headerAuthorization {
+	if e.Header != "" {
+		add(e.Header, e.Value)
+	}
+	md := map[string]any{"namespace": e.Identity.Namespace, "serviceaccount": e.Identity.ServiceAccount, "route": e.Route}
+	if sh := e.Shapes; sh != nil {
+		for _, h := range sh.Headers {
+			add(h.Name, h.Value)
+		}
+		for _, q := range sh.Query {
+			ok.QueryParametersToSet = append(ok.QueryParametersToSet, &corev3.QueryParameter{Key: q.Name, Value: q.Value})
+		}
+		for _, m := range sh.Metadata {
+			md[m.Name] = m.Value
+		}
+		if k := sh.Sign; k != nil {
+			sets = true // the signature is the authorization
+			if k.SessionToken == "" {
+				// The workload's own token must not ride on a signed request.
+				ok.HeadersToRemove = append(ok.HeadersToRemove, headerAmzSecurityToken)
+			}
+		}
+	}
+	if !sets {
 		// The workload's token must never reach the upstream.
-		ok.HeadersToRemove = []string{headerAuthorization}
+		ok.HeadersToRemove = append(ok.HeadersToRemove, headerAuthorization)
 	}
-	md, _ := structpb.NewStruct(map[string]any{"namespace": e.Identity.Namespace, "serviceaccount": e.Identity.ServiceAccount, "route": e.Route})
+	st, _ := structpb.NewStruct(md)
 	return &authv3.CheckResponse{
 		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
-		DynamicMetadata: md,
+		DynamicMetadata: st,
+	}
+}
+
+// signedResponse is base with s's headers added: one request's answer.
+// base is shared and never written.
+func signedResponse(base *authv3.CheckResponse, s *Signed) *authv3.CheckResponse {
+	b := base.GetOkResponse()
+	hs := make([]*corev3.HeaderValueOption, len(b.GetHeaders()), len(b.GetHeaders())+4)
+	copy(hs, b.GetHeaders())
+	vals := [...]struct{ k, v string }{{headerAuthorization, s.Authorization}, {headerAmzDate, s.Date},
+		{headerAmzContentSHA256, s.ContentSHA256}, {headerAmzSecurityToken, s.SecurityToken}}
+	for _, kv := range vals {
+		if kv.v != "" {
+			hs = append(hs, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: kv.k, Value: kv.v},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+	}
+	return &authv3.CheckResponse{
+		Status: base.GetStatus(),
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers: hs, HeadersToRemove: b.GetHeadersToRemove(), QueryParametersToSet: b.GetQueryParametersToSet(),
+		}},
+		DynamicMetadata: base.GetDynamicMetadata(),
 	}
 }
 

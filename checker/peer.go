@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"net"
 	"net/netip"
 	"strings"
@@ -41,6 +42,9 @@ type Request struct {
 	// Path is the original request's path (its query is ignored): routes
 	// with path prefixes match it.
 	Path string
+	// attrs is the whole request as the gRPC CheckRequest describes it
+	// (method, target, headers, body), which signing reads; nil on /check.
+	attrs *authv3.AttributeContext_HttpRequest
 }
 
 // maxPeerLen bounds a peer identity: a URI of a trust domain (255), a

@@ -214,7 +214,7 @@ func policyRoute(cfg *config.Config, p *v1alpha1.CredentialPolicy, hostnames Hos
 		}
 	}
 	cr := config.Route{Name: name, Hosts: hosts, Source: s.Source.Type, Path: s.Source.Path,
-		Inject: config.Inject{Header: s.Inject.Header, Value: s.Inject.Value}}
+		Inject: configInject(s.Inject)}
 	if s.Source.TokenURL != "" || len(s.Source.Scopes) > 0 || s.Source.ClientAuth != "" {
 		cr.OAuth2 = &config.OAuth2{TokenURL: s.Source.TokenURL, Scopes: slices.Clone(s.Source.Scopes), ClientAuth: s.Source.ClientAuth}
 	}
@@ -266,4 +266,28 @@ func specKey(k string) string {
 		return "spec.inject"
 	}
 	return "spec." + k
+}
+
+// configInject is a policy's spec.inject as the config file writes it.
+func configInject(in v1alpha1.Inject) config.Inject {
+	out := config.Inject{Header: in.Header, Value: string(in.Value)}
+	for _, h := range in.Headers {
+		out.Headers = append(out.Headers, config.NameValue{Name: h.Name, Value: string(h.Value)})
+	}
+	for _, q := range in.Query {
+		out.Query = append(out.Query, config.NameValue{Name: q.Name, Value: string(q.Value)})
+	}
+	if b := in.Basic; b != nil {
+		out.Basic = &config.Basic{Username: b.Username, Password: b.Password}
+	}
+	if len(in.Metadata) > 0 {
+		out.Metadata = make(map[string]string, len(in.Metadata))
+		for k, v := range in.Metadata {
+			out.Metadata[k] = string(v)
+		}
+	}
+	if s := in.Sign; s != nil {
+		out.Sign = &config.Sign{Type: s.Type, Service: s.Service, Region: s.Region, Payload: s.Payload}
+	}
+	return out
 }

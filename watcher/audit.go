@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"strings"
 	"time"
 
 	"github.com/credinject/credinject/authz"
@@ -120,7 +121,7 @@ func (x *identity) lifecycle(rs *routeState, e *cache.Entry, o origin) (Lifecycl
 		ev.Kind, ev.Reason = Refused, e.Denied
 		return ev, true
 	}
-	cur := held{version: e.Version, lease: o.lease, value: e.Value}
+	cur := held{version: e.Version, lease: o.lease, value: injected(e)}
 	rs.held, rs.hasHeld = cur, true
 	ev.Version, ev.LeaseID = cur.version, cur.lease
 	switch {
@@ -132,4 +133,24 @@ func (x *identity) lifecycle(rs *routeState, e *cache.Entry, o origin) (Lifecycl
 		return Lifecycle{}, false
 	}
 	return ev, true
+}
+
+// injected is every rendered value of e in one string, so a change of any
+// (a minted token, a rotated key) reads as a rotation.
+func injected(e *cache.Entry) string {
+	sh := e.Shapes
+	if sh == nil {
+		return e.Value
+	}
+	var b strings.Builder
+	b.WriteString(e.Value)
+	for _, fs := range [][]cache.Field{sh.Headers, sh.Query, sh.Metadata} {
+		for _, f := range fs {
+			b.WriteString("\x00" + f.Value)
+		}
+	}
+	if k := sh.Sign; k != nil {
+		b.WriteString("\x00" + k.AccessKey + "\x00" + k.SecretKey + "\x00" + k.SessionToken)
+	}
+	return b.String()
 }

@@ -327,9 +327,9 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 		Anew: r.trigger >= TriggerNamed, Held: &rs.provider})
 	now := w.cfg.Clock.Now()
 	o := origin{trigger: r.trigger, source: rt.Source, path: w.vaultPath(rt, x.Identity), lease: cred.LeaseID}
-	var val string
+	var in Injection
 	if err == nil {
-		if val, err = Render(rt.Value, cred.Data); err != nil {
+		if in, err = RenderInjection(&rt, cred.Data); err != nil {
 			w.cfg.Log.Warn("credential is not injectable; denying", "identity", x.Key(), "route", r.route, "version", cred.Version, "error", err)
 		}
 	}
@@ -339,7 +339,7 @@ func (w *Watcher) read(ctx context.Context, x *identity, r want) (e *cache.Entry
 	case outcomeOK:
 		interval := w.readInterval()
 		fresh, expires := credentialLifetimes(now, interval, w.cfg.StaleGrace, cred.Expires)
-		e = &cache.Entry{Route: r.route, Identity: x.Identity, Header: rt.Header, Value: val, Version: cred.Version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
+		e = &cache.Entry{Route: r.route, Identity: x.Identity, Header: in.Header, Value: in.Value, Shapes: in.Shapes, Version: cred.Version, ReadAt: now, FreshUntil: fresh, ExpiresAt: expires}
 		rs.due = time.Time{}
 		if !cred.Expires.IsZero() {
 			rs.due = NextRefresh(now, interval, cred.Expires, w.cfg.Jitter())

@@ -31,8 +31,10 @@ type Route struct {
 	// oauth2-client-credentials) or the full Vault path (vault-read,
 	// vault-identity-token), with {namespace} and {serviceaccount}.
 	Path   string
-	Header string // lower-case header name
+	Header string // lower-case header name; "" when only Shapes inject
 	Value  string // "Bearer {api_key}"
+	// Shapes are the injection's other forms; nil when it is the header.
+	Shapes *Shapes
 	// TokenURL, Scopes and ClientAuth configure oauth2-client-credentials.
 	TokenURL   string
 	Scopes     []string

@@ -210,22 +210,119 @@ type VaultOverride struct {
 	Namespace string `json:"namespace,omitempty"`
 }
 
-// Inject writes the credential into the request as one header.
+// Inject writes the credential into the request: one header (header and
+// value), more headers, Basic auth, query parameters, dynamic metadata, or
+// an AWS Signature Version 4 over the request; the shapes combine. Query,
+// metadata and sign need gRPC ext_authz (credinject with listen.http off);
+// otherwise the policy is Invalid.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.header) == has(self.value)",message="header and value go together"
+// +kubebuilder:validation:XValidation:rule="has(self.header) || has(self.headers) || has(self.basic) || has(self.query) || has(self.metadata) || has(self.sign)",message="inject needs a shape: header and value, headers, basic, query, metadata or sign"
+// +kubebuilder:validation:XValidation:rule="!has(self.sign) || !has(self.query)",message="query cannot go with sign: parameters set after signing would break the signature"
+// +kubebuilder:validation:XValidation:rule="!(has(self.basic) || has(self.sign)) || ((!has(self.header) || self.header.lowerAscii() != 'authorization') && (!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != 'authorization')))",message="basic and sign set authorization: header and headers may not"
 type Inject struct {
 	// Header is the header set (overwriting the workload's); lower case is
 	// how it is compared.
 	//
+	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=256
 	// +kubebuilder:validation:Pattern="^[!#$%&'*+.^_\x60|~0-9A-Za-z-]+$"
-	Header string `json:"header"`
+	Header string `json:"header,omitempty"`
 	// Value is a template of the credential's fields: "Bearer {api_key}".
 	//
+	// +optional
+	Value Template `json:"value,omitempty"`
+	// Headers are more headers, set together, overwriting.
+	//
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Headers []HeaderTemplate `json:"headers,omitempty"`
+	// Basic sets authorization: Basic base64(username:password).
+	//
+	// +optional
+	Basic *Basic `json:"basic,omitempty"`
+	// Query parameters set on the upstream request (gRPC only).
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	Query []QueryTemplate `json:"query,omitempty"`
+	// Metadata keys placed in the CheckResponse's dynamic metadata, for a
+	// later filter (gRPC only); namespace, serviceaccount and route are
+	// credinject's own.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxProperties=16
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^[A-Za-z0-9_.-]{1,128}$') && !(k in ['namespace', 'serviceaccount', 'route']))",message="metadata keys are letters, digits, '_', '.', '-' (1 to 128), other than namespace, serviceaccount and route"
+	Metadata map[string]Template `json:"metadata,omitempty"`
+	// Sign signs each request with the credential's access_key, secret_key
+	// and optional security_token (gRPC only).
+	//
+	// +optional
+	Sign *Sign `json:"sign,omitempty"`
+}
+
+// Template is a value template of the credential's fields: "Bearer
+// {api_key}".
+//
+// +kubebuilder:validation:MinLength=1
+// +kubebuilder:validation:MaxLength=4096
+// +kubebuilder:validation:XValidation:rule="!self.matches('[\\x00-\\x08\\x0a-\\x1f\\x7f]')",message="value has a control character"
+// +kubebuilder:validation:XValidation:rule="self.matches('[{][A-Za-z0-9_.-]+[}]') && !self.matches('[{]([^{}]*[^{}A-Za-z0-9_.-][^{}]*)?[}]')",message="value needs {field} placeholders naming credential fields (letters, digits, '_', '.', '-')"
+type Template string
+
+// HeaderTemplate is one header of inject.headers.
+type HeaderTemplate struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern="^[!#$%&'*+.^_\x60|~0-9A-Za-z-]+$"
+	Name  string   `json:"name"`
+	Value Template `json:"value"`
+}
+
+// QueryTemplate is one query parameter of inject.query.
+type QueryTemplate struct {
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._~-]{1,128}$`
+	Name  string   `json:"name"`
+	Value Template `json:"value"`
+}
+
+// Basic is Basic auth's username and password, templates of the
+// credential's fields (at least one with a placeholder).
+//
+// +kubebuilder:validation:XValidation:rule="self.username.matches('[{][A-Za-z0-9_.-]+[}]') || self.password.matches('[{][A-Za-z0-9_.-]+[}]')",message="username or password needs a {field} placeholder"
+type Basic struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=4096
-	// +kubebuilder:validation:XValidation:rule="!self.matches('[\\r\\n\\x00]')",message="value has a control character"
-	// +kubebuilder:validation:XValidation:rule="self.matches('[{][A-Za-z0-9_.-]+[}]') && !self.matches('[{]([^{}]*[^{}A-Za-z0-9_.-][^{}]*)?[}]')",message="value needs {field} placeholders naming credential fields (letters, digits, '_', '.', '-')"
-	Value string `json:"value"`
+	// +kubebuilder:validation:XValidation:rule="!self.matches('[\\x00-\\x1f\\x7f]')",message="username has a control character"
+	Username string `json:"username"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="!self.matches('[\\x00-\\x1f\\x7f]')",message="password has a control character"
+	Password string `json:"password"`
+}
+
+// Sign is an AWS Signature Version 4 over each request.
+type Sign struct {
+	// +kubebuilder:validation:Enum=aws-sigv4
+	Type string `json:"type"`
+	// Service is the signing service: s3, bedrock, execute-api...
+	//
+	// +kubebuilder:validation:Pattern=`^[a-z0-9-]{1,64}$`
+	Service string `json:"service"`
+	// Region is the signing region: us-east-1...
+	//
+	// +kubebuilder:validation:Pattern=`^[a-z0-9-]{1,64}$`
+	Region string `json:"region"`
+	// Payload is body (default: the body's SHA-256; the gateway must send
+	// it, Envoy's with_request_body) or unsigned (UNSIGNED-PAYLOAD).
+	//
+	// +optional
+	// +kubebuilder:validation:Enum=body;unsigned
+	Payload string `json:"payload,omitempty"`
 }
 
 // CredentialPolicyStatus is written by the replica holding the leader

@@ -346,13 +346,40 @@ func identitySources(c config.Identity) []authz.IdentitySource {
 func watcherRoutes(cfg config.Config) []watcher.Route {
 	var rs []watcher.Route
 	for _, r := range cfg.AllRoutes() {
-		wr := watcher.Route{Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value}
+		wr := watcher.Route{Name: r.Name, Source: watcher.Source(r.Source), Path: r.Path, Header: r.Inject.Header, Value: r.Inject.Value,
+			Shapes: watcherShapes(r.Inject)}
 		if o := r.OAuth2; o != nil {
 			wr.TokenURL, wr.Scopes, wr.ClientAuth = o.TokenURL, o.Scopes, watcher.ClientAuth(o.ClientAuth)
 		}
 		rs = append(rs, wr)
 	}
 	return rs
+}
+
+// watcherShapes is in's shapes beyond header and value as the watcher
+// renders them; nil when it has none.
+func watcherShapes(in config.Inject) *watcher.Shapes {
+	var sh watcher.Shapes
+	some := false
+	for _, h := range in.Headers {
+		sh.Headers, some = append(sh.Headers, watcher.Template{Name: h.Name, Value: h.Value}), true
+	}
+	for _, q := range in.Query {
+		sh.Query, some = append(sh.Query, watcher.Template{Name: q.Name, Value: q.Value}), true
+	}
+	for _, k := range in.MetadataKeys() {
+		sh.Metadata, some = append(sh.Metadata, watcher.Template{Name: k, Value: in.Metadata[k]}), true
+	}
+	if b := in.Basic; b != nil {
+		sh.Basic, some = &watcher.BasicTemplate{Username: b.Username, Password: b.Password}, true
+	}
+	if s := in.Sign; s != nil {
+		sh.Sign, some = &watcher.SignSpec{Service: s.Service, Region: s.Region, UnsignedPayload: s.Payload == config.PayloadUnsigned}, true
+	}
+	if !some {
+		return nil
+	}
+	return &sh
 }
 
 // checkerRoutes is the routes with hosts; the default route is the router's

@@ -151,6 +151,7 @@ func watcherRoutesOf(t policies.Table) []watcher.Route {
 		c := r.Config
 		wr := watcher.Route{
 			Name: r.Name, Source: watcher.Source(c.Source), Path: c.Path, Header: c.Inject.Header, Value: c.Inject.Value,
+			Shapes: watcherShapes(c.Inject),
 			Vault: watcher.VaultOverride{Role: r.Vault.Role, AuthMount: r.Vault.AuthMount, KVMount: r.Vault.KVMount, Namespace: r.Vault.Namespace},
 		}
 		if o := c.OAuth2; o != nil {

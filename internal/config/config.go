@@ -105,6 +105,9 @@ func (c *Config) HasDefaultRoute() bool { return c.DefaultRoute == nil || *c.Def
 // Listen holds the listen addresses.
 type Listen struct {
 	GRPC string `yaml:"grpc"`
+	// HTTP is the /check (HTTP forward-auth) listener; "" turns it off,
+	// which the gRPC-only injection shapes (query, metadata, sign) need,
+	// and then Health serves the probes.
 	HTTP string `yaml:"http"`
 	// Health, when set, is a plaintext HTTP address serving only /healthz,
 	// /readyz and /metrics, for probes and scrapers that cannot present a
@@ -214,11 +217,6 @@ type Vault struct {
 	Namespace string `yaml:"namespace"`
 }
 
-// Inject says which header to set and how to render it from the secret.
-type Inject struct {
-	Header string `yaml:"header"`
-	Value  string `yaml:"value"`
-}
 
 // Events configures the NATS subscriber. Secrets are named by file, never
 // written here.
@@ -481,15 +479,19 @@ func (c *Config) complete() {
 	c.Identity.Peer.Header = asciiLower(c.Identity.Peer.Header)
 	// The top-level inject: each field not written takes the source's, or
 	// kv's when the source has none.
+	// With another shape written (headers, basic, query, metadata, sign),
+	// header and value are only what is written.
 	def, _ := lookupSource(c.Source)
-	if def.inject == (Inject{}) {
+	if def.inject.isZero() {
 		def = sources[0]
 	}
-	if c.Inject.Header == "" {
-		c.Inject.Header = def.inject.Header
-	}
-	if c.Inject.Value == "" {
-		c.Inject.Value = def.inject.Value
+	if !c.Inject.hasShapes() {
+		if c.Inject.Header == "" {
+			c.Inject.Header = def.inject.Header
+		}
+		if c.Inject.Value == "" {
+			c.Inject.Value = def.inject.Value
+		}
 	}
 	top := c.defaultRoute()
 	completeRoute(&top, c.Inject, "")
@@ -522,13 +524,13 @@ func completeRoute(r *Route, kvInject Inject, vaultPath string) {
 	if r.Path == "" && known && !src.ownPath {
 		r.Path = vaultPath
 	}
-	if r.Inject == (Inject{}) {
+	if r.Inject.isZero() {
 		r.Inject = src.inject
 		if r.Source == SourceKV {
 			r.Inject = kvInject
 		}
 	}
-	r.Inject.Header = asciiLower(r.Inject.Header)
+	r.Inject = r.Inject.lowered()
 	switch {
 	case src.oauth2:
 		if r.OAuth2 == nil {
@@ -580,7 +582,12 @@ func (c *Config) check() error {
 		}
 	}
 	checkAddr("listen.grpc", c.Listen.GRPC)
-	checkAddr("listen.http", c.Listen.HTTP)
+	switch {
+	case c.Listen.HTTP != "":
+		checkAddr("listen.http", c.Listen.HTTP)
+	case c.Listen.Health == "":
+		bad("listen.health", "is required when listen.http is off (\"\"): it serves the probes and /metrics")
+	}
 	if c.Listen.Health != "" {
 		checkAddr("listen.health", c.Listen.Health)
 	}
@@ -750,7 +757,8 @@ func routeKeys(i int) func(key string) string {
 // defaultRoute is on) and every route: names, hosts, source, path and
 // injection.
 func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
-	checkRoute(c.defaultRoute(), routeKeys(-1), bad)
+	httpOn := c.Listen.HTTP != ""
+	checkRoute(c.defaultRoute(), routeKeys(-1), httpOn, bad)
 	names := map[string]bool{}
 	hosts := map[string]bool{}
 	for i, r := range c.Routes {
@@ -776,13 +784,13 @@ func (c *Config) checkRoutes(bad func(key, format string, a ...any)) {
 			bad(key("name"), "%q is used twice", r.Name)
 		}
 		names[r.Name] = true
-		checkRoute(r, key, bad)
+		checkRoute(r, key, httpOn, bad)
 	}
 }
 
 // checkRoute checks a route's source, the keys only oauth2-client-credentials
-// takes, its path and its injection.
-func checkRoute(r Route, key func(string) string, bad func(key, format string, a ...any)) {
+// takes, its path and its injection (httpOn: listen.http is on).
+func checkRoute(r Route, key func(string) string, httpOn bool, bad func(key, format string, a ...any)) {
 	src, known := lookupSource(r.Source)
 	switch {
 	case !known:
@@ -820,29 +828,11 @@ func checkRoute(r Route, key func(string) string, bad func(key, format string, a
 			bad(key("path"), "%v", err)
 		}
 	}
-	if err := r.Inject.check(); err != nil {
-		bad(key("inject"), "%v", err)
+	if r.Inject.isZero() {
+		bad(key("inject"), "source %s has no default injection: write inject.header and inject.value, or another shape", r.Source)
+		return
 	}
-}
-
-// check reports a bad header name or value template.
-func (in Inject) check() error {
-	if !headerName.MatchString(in.Header) {
-		return fmt.Errorf("header %q is not a valid HTTP header name", in.Header)
-	}
-	if strings.ContainsAny(in.Value, "\r\n\x00") {
-		return fmt.Errorf("value template has a control character")
-	}
-	ms := placeholder.FindAllStringSubmatch(in.Value, -1)
-	if len(ms) == 0 {
-		return fmt.Errorf("value %q has no {field} placeholder", in.Value)
-	}
-	for _, m := range ms {
-		if !fieldName.MatchString(m[1]) {
-			return fmt.Errorf("value placeholder {%s} is not a secret field name", m[1])
-		}
-	}
-	return nil
+	r.Inject.check(func(k string) string { return key("inject." + k) }, httpOn, bad)
 }
 
 // CheckPath validates a Vault path template: relative, no '..', and the

@@ -84,7 +84,7 @@ func (c *Config) CheckRoute(r Route, v VaultOverride, key func(string) string) (
 			bad(hkey, "%q is not a host name or *.suffix", h)
 		}
 	}
-	checkRoute(r, key, bad)
+	checkRoute(r, key, c.Listen.HTTP != "", bad)
 	for _, f := range []struct{ name, v string }{{"role", v.Role}, {"authMount", v.AuthMount}, {"kvMount", v.KVMount}} {
 		if strings.ContainsAny(f.v, " \t\r\n?#") {
 			bad(key("vault."+f.name), "%q has illegal characters", f.v)

@@ -1,0 +1,173 @@
+package checker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
+)
+
+// The headers a signed answer sets, and the ones of the request it reads.
+const (
+	headerAmzDate          = "x-amz-date"
+	headerAmzContentSHA256 = "x-amz-content-sha256"
+	headerAmzSecurityToken = "x-amz-security-token"
+	// headerPartialBody is Envoy's mark on a CheckRequest whose gateway
+	// sends the body (with_request_body): "true" when the body was cut at
+	// max_request_bytes, "false" when it is whole.
+	headerPartialBody = "x-envoy-auth-partial-body"
+	unsignedPayload   = "UNSIGNED-PAYLOAD"
+)
+
+// Signed is the SigV4 answer for one request: the values of authorization,
+// x-amz-date, x-amz-content-sha256 and (temporary credentials only)
+// x-amz-security-token.
+type Signed struct {
+	Authorization, Date, ContentSHA256, SecurityToken string
+}
+
+// signers are the AWS SDK's SigV4 signers: one for S3, whose canonical URI
+// is the path as sent, and one for every other service, which escapes it
+// again (the SDK's DisableURIPathEscaping). Each caches derived signing
+// keys and is safe for concurrent use.
+type signers struct {
+	s3, other *v4.Signer
+}
+
+func newSigners() signers {
+	return signers{
+		s3:    v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true }),
+		other: v4.NewSigner(),
+	}
+}
+
+// sign computes the SigV4 signature of the request m describes, as the
+// upstream will receive it, with k at now: method, path and query, host,
+// content-type, content-md5 and every x-amz-* header the request carries,
+// and the payload's SHA-256 (or UNSIGNED-PAYLOAD when k says so).
+//
+// The body counts only when the gateway sent it whole (Envoy's
+// with_request_body marks it x-envoy-auth-partial-body: false). A request
+// that is unsignable gets ReasonUnsignableRequest: no description (m nil:
+// HTTP forward-auth), a cut body, a body that was not sent (a
+// content-length other than 0, a transfer-encoding, or a method that
+// carries one with no length), a body whose length differs from its
+// content-length, or a target that is not an origin-form path.
+func (s signers) sign(ctx context.Context, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
+	if m == nil || host == "" {
+		return Signed{}, authz.ReasonUnsignableRequest
+	}
+	target := m.GetPath()
+	if target == "" || target[0] != '/' {
+		return Signed{}, authz.ReasonUnsignableRequest
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return Signed{}, authz.ReasonUnsignableRequest
+	}
+	u.Scheme, u.Host = "https", host
+	req := &http.Request{Method: m.GetMethod(), URL: u, Host: host, Header: make(http.Header, 4)}
+	hash := unsignedPayload
+	if !k.UnsignedPayload {
+		var ok bool
+		if hash, ok = payloadHash(m); !ok {
+			return Signed{}, authz.ReasonUnsignableRequest
+		}
+	}
+	eachHeader(m, func(name, value string) {
+		switch {
+		case name == headerAmzDate, name == headerAmzContentSHA256, name == headerAmzSecurityToken:
+			// Set below; the workload's own never count.
+		case name == "content-type", name == "content-md5", strings.HasPrefix(name, "x-amz-"):
+			req.Header[http.CanonicalHeaderKey(name)] = []string{value}
+		}
+	})
+	req.Header["X-Amz-Content-Sha256"] = []string{hash}
+	signer := s.other
+	if k.Service == "s3" {
+		signer = s.s3
+	}
+	creds := aws.Credentials{AccessKeyID: k.AccessKey, SecretAccessKey: k.SecretKey, SessionToken: k.SessionToken}
+	if err := signer.SignHTTP(ctx, creds, req, hash, k.Service, k.Region, now); err != nil {
+		return Signed{}, authz.ReasonUnsignableRequest
+	}
+	return Signed{
+		Authorization: req.Header.Get("Authorization"), Date: req.Header.Get("X-Amz-Date"),
+		ContentSHA256: hash, SecurityToken: req.Header.Get("X-Amz-Security-Token"),
+	}, authz.ReasonNone
+}
+
+// payloadHash is the hex SHA-256 of the request's body when the gateway
+// sent all of it, or of the empty body when the request has none; ok false
+// when the body is not (wholly) in the CheckRequest.
+func payloadHash(m *authv3.AttributeContext_HttpRequest) (string, bool) {
+	partial, length, encoded := "", "", false
+	eachHeader(m, func(name, value string) {
+		switch name {
+		case headerPartialBody:
+			partial = value
+		case "content-length":
+			length = value
+		case "transfer-encoding":
+			encoded = true
+		}
+	})
+	h := sha256.New()
+	switch partial {
+	case "true":
+		return "", false // cut at max_request_bytes
+	case "false":
+		n := len(m.GetRawBody())
+		if n > 0 {
+			h.Write(m.GetRawBody())
+		} else {
+			n = len(m.GetBody())
+			h.Write([]byte(m.GetBody()))
+		}
+		if length != "" && length != strconv.Itoa(n) {
+			return "", false
+		}
+	default:
+		// The gateway sends no body: only a request without one is
+		// signable.
+		if encoded || (length != "" && length != "0") {
+			return "", false
+		}
+		if length == "" {
+			switch m.GetMethod() {
+			case http.MethodPost, http.MethodPut, http.MethodPatch:
+				return "", false
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), true
+}
+
+// eachHeader calls fn with each request header, name in lower case, from
+// the headers map or (Envoy's encode_raw_headers) the header map.
+func eachHeader(m *authv3.AttributeContext_HttpRequest, fn func(name, value string)) {
+	if hs := m.GetHeaders(); len(hs) > 0 {
+		for k, v := range hs {
+			fn(strings.ToLower(k), v)
+		}
+		return
+	}
+	for _, kv := range m.GetHeaderMap().GetHeaders() {
+		v := string(kv.GetRawValue())
+		if v == "" {
+			v = kv.GetValue()
+		}
+		fn(strings.ToLower(kv.GetKey()), v)
+	}
+}

@@ -152,7 +152,7 @@ func watcherRoutesOf(t policies.Table) []watcher.Route {
 		wr := watcher.Route{
 			Name: r.Name, Source: watcher.Source(c.Source), Path: c.Path, Header: c.Inject.Header, Value: c.Inject.Value,
 			Shapes: watcherShapes(c.Inject),
-			Vault: watcher.VaultOverride{Role: r.Vault.Role, AuthMount: r.Vault.AuthMount, KVMount: r.Vault.KVMount, Namespace: r.Vault.Namespace},
+			Vault:  watcher.VaultOverride{Role: r.Vault.Role, AuthMount: r.Vault.AuthMount, KVMount: r.Vault.KVMount, Namespace: r.Vault.Namespace},
 		}
 		if o := c.OAuth2; o != nil {
 			wr.TokenURL, wr.Scopes, wr.ClientAuth = o.TokenURL, o.Scopes, watcher.ClientAuth(o.ClientAuth)

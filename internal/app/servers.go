@@ -87,11 +87,15 @@ func (a *App) listen() (s servers, err error) {
 	if s.grpcLn, err = net.Listen("tcp", cfg.Listen.GRPC); err != nil {
 		return s, fmt.Errorf("listen.grpc: %w", err)
 	}
-	if s.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
-		return s, fmt.Errorf("listen.http: %w", err)
-	}
-	if a.tls != nil {
-		s.httpLn = tls.NewListener(s.httpLn, a.tls.ServerConfigNamesLater("h2", "http/1.1"))
+	if cfg.Listen.HTTP == "" {
+		s.httpSrv = nil // /check is off: gRPC ext_authz alone
+	} else {
+		if s.httpLn, err = net.Listen("tcp", cfg.Listen.HTTP); err != nil {
+			return s, fmt.Errorf("listen.http: %w", err)
+		}
+		if a.tls != nil {
+			s.httpLn = tls.NewListener(s.httpLn, a.tls.ServerConfigNamesLater("h2", "http/1.1"))
+		}
 	}
 	if cfg.Listen.Health != "" {
 		hmux := http.NewServeMux()
@@ -176,8 +180,13 @@ func (a *App) loadTLS() (*tlsconfig.Reloader, error) {
 // GRPCAddr and HTTPAddr are the bound addresses (useful with port 0).
 func (a *App) GRPCAddr() string { return a.grpcLn.Addr().String() }
 
-// HTTPAddr is the bound HTTP address.
-func (a *App) HTTPAddr() string { return a.httpLn.Addr().String() }
+// HTTPAddr is the bound HTTP address ("" with listen.http off).
+func (a *App) HTTPAddr() string {
+	if a.httpLn == nil {
+		return ""
+	}
+	return a.httpLn.Addr().String()
+}
 
 // HealthAddr is the bound plaintext health address ("" without
 // listen.health).
@@ -272,7 +281,9 @@ func (a *App) components() []component {
 		a.ready.Store(false)
 		a.health.Shutdown()
 	}}}
-	cs = append(cs, httpComponent("http", a.httpSrv, a.httpLn))
+	if a.httpSrv != nil {
+		cs = append(cs, httpComponent("http", a.httpSrv, a.httpLn))
+	}
 	if a.healthSrv != nil {
 		cs = append(cs, httpComponent("health", a.healthSrv, a.healthLn))
 	}

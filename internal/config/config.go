@@ -217,7 +217,6 @@ type Vault struct {
 	Namespace string `yaml:"namespace"`
 }
 
-
 // Events configures the NATS subscriber. Secrets are named by file, never
 // written here.
 type Events struct {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real servers of credinject's test bed (Vault, kube-apiserver,
-# kubectl, Ory Hydra, Prometheus's promtool, an OTLP receiver) from the Go module proxy into a cache outside the repository, keyed
+# kubectl, Ory Hydra, Prometheus's promtool, an OTLP receiver, the Versity S3 gateway) from the Go module proxy into a cache outside the repository, keyed
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints progress as it goes, each line prefixed by the tool's name: the
 # start with the cold time measured on this machine, each phase (downloading
@@ -8,7 +8,7 @@
 # done and about how long is left), and the finish with the elapsed time and
 # the binary directory. A tool already built prints "cached".
 #
-#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen] [helm] [crds]     (default: all)
+#   build.sh [vault] [kube] [hydra] [promtool] [otlpsink] [controllergen] [helm] [crds] [versitygw]     (default: all)
 #   build.sh path NAME          print NAME's binary folder, building it first if needed
 #   CREDINJECT_TOOLS_DIR overrides the cache root.
 set -euo pipefail
@@ -44,6 +44,7 @@ spec() {
     controllergen) version=0.23.0 bins=controller-gen ;;
     helm) version=4.3.2 bins=helm ;;
     crds) version=gwapi1.6.3-istio1.32.0-eg1.9.1-cm1.21.2-po0.85.0 bins=crds.txt ;;
+    versitygw) version=1.8.0 bins=versitygw ;;
     *) echo "build.sh: unknown tool $1" >&2; exit 2 ;;
   esac
 }
@@ -59,7 +60,7 @@ spec() {
 cold() {
   case $1 in
     vault) echo 660 ;; kube) echo 700 ;; hydra) echo 470 ;; promtool) echo 600 ;; otlpsink) echo 300 ;;
-    controllergen) echo 60 ;; helm) echo 300 ;; crds) echo 30 ;;
+    controllergen) echo 60 ;; helm) echo 300 ;; crds) echo 30 ;; versitygw) echo 600 ;;
   esac
 }
 
@@ -170,6 +171,11 @@ compile_helm() {
   gobuild helm -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$version" -o "$1/helm" helm.sh/helm/v4/cmd/helm
 }
 
+compile_versitygw() {
+  # The Versity S3 gateway (Apache-2.0): the bed's SigV4 verifier.
+  CGO_ENABLED=0 gobuild versitygw -trimpath -ldflags "-s -w" -o "$1/versitygw" github.com/versity/versitygw/cmd/versitygw
+}
+
 # compile_crds: the CRDs of the projects deploy/ targets, as each ships
 # them in its own Go module (downloaded from the module proxy, not
 # compiled): Gateway API (standard channel), Istio, Envoy Gateway,
@@ -203,7 +209,7 @@ if [ "${1:-}" = path ]; then
   exit 0
 fi
 
-what=(${*:-vault kube hydra promtool otlpsink controllergen helm crds})
+what=(${*:-vault kube hydra promtool otlpsink controllergen helm crds versitygw})
 for i in "${!what[@]}"; do
   # later: the cold time of the tools after this one that are not built.
   later=0

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -281,7 +280,7 @@ func S3ErrorCode(body io.Reader) string {
 	var e struct {
 		Code string `xml:"Code"`
 	}
-	if err := xml.NewDecoder(io.LimitReader(body, 64<<10)).Decode(&e); err != nil && !errors.Is(err, io.EOF) {
+	if err := xml.NewDecoder(io.LimitReader(body, 64<<10)).Decode(&e); err != nil {
 		return ""
 	}
 	return e.Code

@@ -28,12 +28,12 @@ setup:
 	@bash scripts/setup.sh
 
 # The test bed's real servers (Vault, kube-apiserver, kubectl, Ory Hydra,
-# promtool, an OTLP receiver), controller-gen, and the CRDs of the projects
-# deploy/ targets, from the Go module proxy into ~/.cache/credinject/tools,
-# in three parallel lanes; cached by version. Each lane prints its progress
-# as it goes, every line prefixed by the tool's name.
+# promtool, an OTLP receiver, the Versity S3 gateway), controller-gen, and the
+# CRDs of the projects deploy/ targets, from the Go module proxy into
+# ~/.cache/credinject/tools, in three parallel lanes; cached by version. Each
+# lane prints its progress as it goes, every line prefixed by the tool's name.
 tools:
-	@$(TOOLS) vault & v=$$!; \
+	@$(TOOLS) vault versitygw & v=$$!; \
 	 $(TOOLS) kube & k=$$!; \
 	 $(TOOLS) hydra promtool otlpsink controllergen crds & h=$$!; \
 	 wait $$v; rv=$$?; wait $$k; rk=$$?; wait $$h; rh=$$?; \

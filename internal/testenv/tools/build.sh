@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real servers of credinject's test bed (Vault, kube-apiserver,
-# kubectl, Ory Hydra, Prometheus's promtool, an OTLP receiver, the Versity S3 gateway) from the Go module proxy into a cache outside the repository, keyed
+# kubectl, Ory Hydra, Prometheus's promtool, an OTLP receiver, the Versity S3
+# gateway) from the Go module proxy into a cache outside the repository, keyed
 # by version and by a hash of the tool module, so a second run costs nothing.
 # Prints progress as it goes, each line prefixed by the tool's name: the
 # start with the cold time measured on this machine, each phase (downloading
@@ -55,12 +56,13 @@ spec() {
 # otlpsink 300 s is a guess: its one measurement, 1039 s with the modules
 # present at nice 19 beside other engineers' builds, says more of the load;
 # controller-gen "about a minute", Helm "several minutes" and the CRDs'
-# downloads are guesses too).
+# downloads are guesses too; versitygw 250 s, alone, the modules downloaded
+# in 10 s of it, beside other engineers' work at a load of about 5).
 # Only for the estimates.
 cold() {
   case $1 in
     vault) echo 660 ;; kube) echo 700 ;; hydra) echo 470 ;; promtool) echo 600 ;; otlpsink) echo 300 ;;
-    controllergen) echo 60 ;; helm) echo 300 ;; crds) echo 30 ;; versitygw) echo 600 ;;
+    controllergen) echo 60 ;; helm) echo 300 ;; crds) echo 30 ;; versitygw) echo 250 ;;
   esac
 }
 

@@ -35,7 +35,8 @@ import (
 )
 
 // BenchmarkCheck measures the hot path in-process: ext_authz Check on a token
-// cache hit and a credential cache hit (no I/O), across identities.
+// cache hit and a credential cache hit (no I/O), across identities; and on
+// a route that signs each request (sign/…).
 func BenchmarkCheck(b *testing.B) {
 	for _, n := range []int{1_000, 100_000} {
 		b.Run(fmt.Sprintf("identities=%d", n), func(b *testing.B) {
@@ -45,6 +46,7 @@ func BenchmarkCheck(b *testing.B) {
 			benchPeerHits(b, n)
 		})
 	}
+	benchCheckSigned(b)
 }
 
 // benchPeerHits is benchCheckHits for peer identities: each request

@@ -69,7 +69,8 @@ type Entry struct {
 type Shapes struct {
 	// Headers are set after Header, overwriting (names lower-case).
 	Headers []Field
-	// Query parameters are set on the upstream request (gRPC only).
+	// Query parameters are set on the upstream request (gRPC only), their
+	// values URL-encoded (url.QueryEscape).
 	Query []Field
 	// Metadata goes into the CheckResponse's dynamic metadata (gRPC only).
 	Metadata []Field

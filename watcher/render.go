@@ -3,6 +3,7 @@ package watcher
 import (
 	"encoding/base64"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/credinject/credinject/authz"
@@ -171,6 +172,12 @@ func RenderInjection(rt *Route, data map[string]any) (Injection, error) {
 	var err error
 	if out.Query, err = renderAll("query parameter", sh.Query, data); err != nil {
 		return Injection{}, err
+	}
+	for i := range out.Query {
+		// Envoy sets the value into the target as given: '&', '=', '#'
+		// or a space in a secret must not make another parameter or a
+		// broken request.
+		out.Query[i].Value = url.QueryEscape(out.Query[i].Value)
 	}
 	if out.Metadata, err = renderAll("metadata key", sh.Metadata, data); err != nil {
 		return Injection{}, err

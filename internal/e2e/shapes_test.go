@@ -40,7 +40,7 @@ func shapesRoutes() []config.Route {
 			Inject: config.Inject{Sign: &config.Sign{Type: config.SignAWSSigV4, Service: "s3", Region: testenv.S3Region, Payload: config.PayloadUnsigned}}},
 		{Hosts: []string{shapesHost}, Path: "shapes/{namespace}/{serviceaccount}", Inject: config.Inject{
 			Headers:  []config.NameValue{{Name: "X-Api-Key", Value: "{api_key}"}, {Name: "x-org", Value: "org-{org}"}},
-			Query:    []config.NameValue{{Name: "key", Value: "{api_key}"}},
+			Query:    []config.NameValue{{Name: "key", Value: "{api_key}"}, {Name: "q", Value: "{qval}"}},
 			Metadata: map[string]string{"upstream_key": "{api_key}"},
 		}},
 		{Hosts: []string{basicHost}, Path: "shapes/{namespace}/{serviceaccount}",
@@ -62,8 +62,9 @@ func newShapesIdentity(ctx context.Context, t *testing.T, env *testenv.Env, name
 	id := shapesIdentity{ns: ns, sa: sa, token: token, apiKey: "ak-" + name + "-1",
 		aws: testenv.S3Account{AccessKey: "AKIA" + strings.ToUpper(name) + "SHAPES", SecretKey: "secret/" + name + "+key"}}
 	for path, data := range map[string]map[string]any{
-		"aws/" + ns + "/" + sa:    {"access_key": id.aws.AccessKey, "secret_key": id.aws.SecretKey},
-		"shapes/" + ns + "/" + sa: {"api_key": id.apiKey, "org": name, "user": "svc-" + name, "password": "p:w " + name},
+		"aws/" + ns + "/" + sa: {"access_key": id.aws.AccessKey, "secret_key": id.aws.SecretKey},
+		"shapes/" + ns + "/" + sa: {"api_key": id.apiKey, "org": name, "user": "svc-" + name, "password": "p:w " + name,
+			"qval": "a&b=c d+e%41/é#f"}, // reserved characters stay one value
 	} {
 		if _, err := env.Vault.PutCredential(ctx, path, data); err != nil {
 			t.Fatal(err)
@@ -240,8 +241,8 @@ func TestCredentialShapes(t *testing.T) {
 				t.Errorf("upstream %s = %q, want exactly %q", k, vs, v)
 			}
 		}
-		if q := u.Query(); q.Get("key") != a.apiKey || q.Get("limit") != "2" || u.Path != "/v1/models" {
-			t.Errorf("upstream target %q, want /v1/models with limit=2 and key=%s", got.Path, a.apiKey)
+		if q := u.Query(); q.Get("key") != a.apiKey || q.Get("limit") != "2" || q.Get("q") != "a&b=c d+e%41/é#f" || len(q) != 3 || u.Path != "/v1/models" {
+			t.Errorf("upstream target %q, want /v1/models with limit=2, key=%s and q", got.Path, a.apiKey)
 		}
 		if v := got.Header.Values("Authorization"); len(v) != 0 {
 			t.Errorf("the upstream got authorization %q", v)

@@ -1,6 +1,8 @@
 package policies
 
 import (
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -194,5 +196,97 @@ func TestCompileTargets(t *testing.T) {
 	}
 	if tab.HasDefault || len(tab.Routes) != 1 || strings.Join(tab.Routes[0].Hosts, ",") != "api.openai.com,*.openai.com,api.example.com" {
 		t.Errorf("routes %+v", tab.Routes)
+	}
+}
+
+// TestCompileInjectShapes: a policy's spec.inject becomes the config.Inject
+// the config file makes of the same inject block: names lower-cased, sign's
+// payload defaulted, the shapes as written.
+func TestCompileInjectShapes(t *testing.T) {
+	const listen = "listen: {http: \"\", health: \"127.0.0.1:8182\"}\n"
+	cfg := testConfig(t, listen)
+	for name, tc := range map[string]struct {
+		in   v1alpha1.Inject
+		file string // the same inject in the config file
+	}{
+		"headers, basic, query, metadata": {
+			v1alpha1.Inject{
+				Header: "X-Org", Value: "{org}",
+				Headers:  []v1alpha1.HeaderTemplate{{Name: "X-Key", Value: "Key {api_key}"}, {Name: "x-tenant", Value: "{tenant}"}},
+				Basic:    &v1alpha1.Basic{Username: "{user}", Password: "{password}"},
+				Query:    []v1alpha1.QueryTemplate{{Name: "key", Value: "{api_key}"}},
+				Metadata: map[string]v1alpha1.Template{"upstream_key": "Bearer {api_key}", "tenant": "{tenant}"},
+			},
+			`{header: X-Org, value: "{org}", headers: [{name: X-Key, value: "Key {api_key}"}, {name: x-tenant, value: "{tenant}"}],
+  basic: {username: "{user}", password: "{password}"}, query: [{name: key, value: "{api_key}"}],
+  metadata: {upstream_key: "Bearer {api_key}", tenant: "{tenant}"}}`,
+		},
+		"sign": {
+			v1alpha1.Inject{Sign: &v1alpha1.Sign{Type: "aws-sigv4", Service: "bedrock", Region: "us-east-1"}},
+			`{sign: {type: aws-sigv4, service: bedrock, region: us-east-1}}`,
+		},
+		"sign unsigned, metadata": {
+			v1alpha1.Inject{Sign: &v1alpha1.Sign{Type: "aws-sigv4", Service: "s3", Region: "eu-west-3", Payload: "unsigned"},
+				Metadata: map[string]v1alpha1.Template{"k": "{access_key}"}},
+			`{sign: {type: aws-sigv4, service: s3, region: eu-west-3, payload: unsigned}, metadata: {k: "{access_key}"}}`,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := pol("gw", "ex", 0, func(s *v1alpha1.CredentialPolicySpec) { s.Inject = tc.in })
+			tab := Compile(cfg, []*v1alpha1.CredentialPolicy{p}, noRoutes)
+			if c := tab.Conditions[nn("gw", "ex")]; !c.Accepted {
+				t.Fatalf("condition %+v", c)
+			}
+			got := tab.Routes[len(tab.Routes)-1].Config.Inject
+			want := testConfig(t, listen+"routes: [{hosts: [file.example], inject: "+tc.file+"}]").Routes[0].Inject
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("compiled inject\n got %s\nwant %s", showInject(got), showInject(want))
+			}
+		})
+	}
+}
+
+// showInject prints a config.Inject with its pointers followed.
+func showInject(in config.Inject) string {
+	b, s := in.Basic, in.Sign
+	in.Basic, in.Sign = nil, nil
+	out := fmt.Sprintf("%+v", in)
+	if b != nil {
+		out += fmt.Sprintf(" basic=%+v", *b)
+	}
+	if s != nil {
+		out += fmt.Sprintf(" sign=%+v", *s)
+	}
+	return out
+}
+
+// TestCompileInjectRefused: query, metadata and sign need the HTTP
+// forward-auth listener off; with it on, the policy is Invalid, the message
+// naming the spec key; so is a shape the CRD's rules let through and the
+// config file's refuse (a ':' in a Basic username, a header set twice).
+func TestCompileInjectRefused(t *testing.T) {
+	cfg := testConfig(t, "") // listen.http on, its default
+	for name, tc := range map[string]struct {
+		in  v1alpha1.Inject
+		key string
+	}{
+		"query":     {v1alpha1.Inject{Query: []v1alpha1.QueryTemplate{{Name: "key", Value: "{api_key}"}}}, "spec.inject.query: "},
+		"metadata":  {v1alpha1.Inject{Metadata: map[string]v1alpha1.Template{"k": "{api_key}"}}, "spec.inject.metadata: "},
+		"sign":      {v1alpha1.Inject{Sign: &v1alpha1.Sign{Type: "aws-sigv4", Service: "s3", Region: "us-east-1"}}, "spec.inject.sign: "},
+		"basic ':'": {v1alpha1.Inject{Basic: &v1alpha1.Basic{Username: "a:{u}", Password: "{p}"}}, "spec.inject.basic.username: "},
+		"duplicate header": {v1alpha1.Inject{Header: "x-a", Value: "{a}", Headers: []v1alpha1.HeaderTemplate{{Name: "X-A", Value: "{b}"}}},
+			"spec.inject.headers[0].name: "},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := pol("gw", "ex", 0, func(s *v1alpha1.CredentialPolicySpec) { s.Inject = tc.in })
+			tab := Compile(cfg, []*v1alpha1.CredentialPolicy{p}, noRoutes)
+			c := tab.Conditions[nn("gw", "ex")]
+			if c.Accepted || c.Reason != v1alpha1.ReasonInvalid || !strings.Contains(c.Message, tc.key) {
+				t.Errorf("condition %+v, want Invalid naming %s", c, tc.key)
+			}
+			if len(tab.Routes) != 1 {
+				t.Errorf("an invalid policy is served: %+v", tab.Routes)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -83,7 +84,7 @@ routes: [{hosts: [b.example]}]
 	live := old
 	liveRoutes(&live, next)
 	if live.Listen.GRPC != old.Listen.GRPC || live.Vault.Role != old.Vault.Role || live.Vault.Path != next.Vault.Path ||
-		live.Routes[0].Hosts[0] != "b.example" || live.HasDefaultRoute() || live.Inject != next.Inject {
+		live.Routes[0].Hosts[0] != "b.example" || live.HasDefaultRoute() || !reflect.DeepEqual(live.Inject, next.Inject) {
 		t.Errorf("applied %+v", live)
 	}
 }

@@ -198,6 +198,9 @@ func (in Inject) check(key func(string) string, httpOn bool, bad func(key, forma
 		setHeader(key("basic"), headerAuthorization)
 		checkTemplate(key("basic.username"), b.Username, false, bad)
 		checkTemplate(key("basic.password"), b.Password, false, bad)
+		if b.Username == "" {
+			bad(key("basic.username"), "is required: a Basic user-id rendered empty is refused")
+		}
 		if strings.Contains(literal(b.Username), ":") {
 			bad(key("basic.username"), "contains ':', which a Basic user-id cannot (RFC 7617)")
 		}

@@ -136,6 +136,33 @@ func TestCredentialPolicyAdmission(t *testing.T) {
 			"vault": map[string]any{"role": "egress-second", "authMount": "kubernetes", "kvMount": "secret"}}},
 		{name: "vault role with a space", spec: map[string]any{"hosts": []any{"api.example.com"}, "source": kv("egress/{namespace}"), "inject": inject,
 			"vault": map[string]any{"role": "a b"}}, refused: "spec.vault.role"},
+		// The injection's shapes (the config file's listen.http is off, so
+		// the gRPC-only ones are routes it accepts too).
+		{name: "headers", spec: spec(kv("egress/{namespace}"), map[string]any{"header": "authorization", "value": "Bearer {api_key}",
+			"headers": []any{map[string]any{"name": "OpenAI-Organization", "value": "{org}"}, map[string]any{"name": "x-project", "value": "proj-{project}"}}})},
+		{name: "basic", spec: spec(kv("egress/{namespace}"), map[string]any{"basic": map[string]any{"username": "{user}", "password": "{password}"}})},
+		{name: "query", spec: spec(kv("egress/{namespace}"), map[string]any{"query": []any{map[string]any{"name": "api_key", "value": "{api_key}"}}})},
+		{name: "metadata", spec: spec(kv("egress/{namespace}"), map[string]any{"metadata": map[string]any{"upstream_key": "Bearer {api_key}"}})},
+		{name: "sign s3 unsigned payload", spec: spec(kv("aws/{namespace}/{serviceaccount}"),
+			map[string]any{"sign": map[string]any{"type": "aws-sigv4", "service": "s3", "region": "us-east-1", "payload": "unsigned"}})},
+		{name: "sign bedrock from aws/sts", spec: spec(map[string]any{"type": "vault-read", "path": "aws/sts/{namespace}_{serviceaccount}"},
+			map[string]any{"sign": map[string]any{"type": "aws-sigv4", "service": "bedrock", "region": "us-east-1"}})},
+		{name: "header without value", spec: spec(kv("egress/{namespace}"), map[string]any{"header": "x-api-key"}), refused: "header and value go together"},
+		// The file gives an empty inject the source's default.
+		{name: "empty inject", spec: spec(kv("egress/{namespace}"), map[string]any{}), refused: "inject needs a shape", file: &yes},
+		{name: "sign and query", spec: spec(kv("egress/{namespace}"), map[string]any{
+			"sign":  map[string]any{"type": "aws-sigv4", "service": "s3", "region": "us-east-1"},
+			"query": []any{map[string]any{"name": "k", "value": "{api_key}"}}}), refused: "query cannot go with sign"},
+		{name: "basic and header authorization", spec: spec(kv("egress/{namespace}"), map[string]any{"header": "Authorization", "value": "Bearer {api_key}",
+			"basic": map[string]any{"username": "{user}", "password": "{password}"}}), refused: "basic and sign set authorization"},
+		{name: "metadata key namespace", spec: spec(kv("egress/{namespace}"), map[string]any{"metadata": map[string]any{"namespace": "{api_key}"}}),
+			refused: "other than namespace, serviceaccount and route"},
+		{name: "sign type gcp", spec: spec(kv("egress/{namespace}"), map[string]any{"sign": map[string]any{"type": "gcp", "service": "s3", "region": "us-east-1"}}),
+			refused: "Unsupported value: \"gcp\""},
+		{name: "query name with a space", spec: spec(kv("egress/{namespace}"), map[string]any{"query": []any{map[string]any{"name": "api key", "value": "{api_key}"}}}),
+			refused: "spec.inject.query[0].name"},
+		{name: "headers value without placeholder", spec: spec(kv("egress/{namespace}"), map[string]any{"headers": []any{map[string]any{"name": "x-api-key", "value": "static"}}}),
+			refused: "placeholders naming credential fields"},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,7 +220,8 @@ spec:
 }
 
 // fileRoute renders a policy spec as a config file with that one route,
-// when the spec only uses what a route of the file can say.
+// when the spec only uses what a route of the file can say; the file turns
+// listen.http off, so the gRPC-only shapes are routes it can say too.
 func fileRoute(spec map[string]any) (string, bool) {
 	source, _ := spec["source"].(map[string]any)
 	r := map[string]any{"hosts": spec["hosts"], "inject": spec["inject"]}
@@ -213,7 +241,8 @@ func fileRoute(spec map[string]any) (string, bool) {
 	if spec["hosts"] == nil {
 		return "", false
 	}
-	b, err := yaml.Marshal(map[string]any{"routes": []any{r}})
+	// HTTP forward-auth off, as the gRPC-only shapes need.
+	b, err := yaml.Marshal(map[string]any{"listen": map[string]any{"http": "", "health": "127.0.0.1:0"}, "routes": []any{r}})
 	if err != nil {
 		panic(err)
 	}

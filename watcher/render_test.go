@@ -57,6 +57,10 @@ func TestRenderInjection(t *testing.T) {
 				Metadata: []cache.Field{{Name: "tenant", Value: "t1"}, {Name: "upstream_key", Value: "Bearer sk-1"}},
 			}},
 		},
+		"query values URL-encoded": {
+			Route{Shapes: &Shapes{Query: []Template{{Name: "q", Value: "{api_key}&x={org} #"}}}},
+			nil, Injection{Shapes: &cache.Shapes{Query: []cache.Field{{Name: "q", Value: "sk-1%26x%3Dorg-7+%23"}}}},
+		},
 		"sign with a security token": {
 			Route{Shapes: &Shapes{Sign: &SignSpec{Service: "bedrock", Region: "us-east-1"}}},
 			nil, Injection{Shapes: &cache.Shapes{Sign: &cache.SigV4{AccessKey: "AKIDEXAMPLE", SecretKey: "wJalrXUtnFEMI/K7MDENG",

@@ -219,6 +219,7 @@ type VaultOverride struct {
 // +kubebuilder:validation:XValidation:rule="has(self.header) == has(self.value)",message="header and value go together"
 // +kubebuilder:validation:XValidation:rule="has(self.header) || has(self.headers) || has(self.basic) || has(self.query) || has(self.metadata) || has(self.sign)",message="inject needs a shape: header and value, headers, basic, query, metadata or sign"
 // +kubebuilder:validation:XValidation:rule="!has(self.sign) || !has(self.query)",message="query cannot go with sign: parameters set after signing would break the signature"
+// +kubebuilder:validation:XValidation:rule="!(has(self.basic) && has(self.sign))",message="basic cannot go with sign: both set authorization"
 // +kubebuilder:validation:XValidation:rule="!(has(self.basic) || has(self.sign)) || ((!has(self.header) || self.header.lowerAscii() != 'authorization') && (!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != 'authorization')))",message="basic and sign set authorization: header and headers may not"
 type Inject struct {
 	// Header is the header set (overwriting the workload's); lower case is
@@ -293,16 +294,18 @@ type QueryTemplate struct {
 // Basic is Basic auth's username and password, templates of the
 // credential's fields (at least one with a placeholder).
 //
-// +kubebuilder:validation:XValidation:rule="self.username.matches('[{][A-Za-z0-9_.-]+[}]') || self.password.matches('[{][A-Za-z0-9_.-]+[}]')",message="username or password needs a {field} placeholder"
+// +kubebuilder:validation:XValidation:rule="self.username.matches('[{][A-Za-z0-9_.-]+[}]') || (has(self.password) && self.password.matches('[{][A-Za-z0-9_.-]+[}]'))",message="username or password needs a {field} placeholder"
 type Basic struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=4096
 	// +kubebuilder:validation:XValidation:rule="!self.matches('[\\x00-\\x1f\\x7f]')",message="username has a control character"
 	Username string `json:"username"`
-	// +kubebuilder:validation:MinLength=1
+	// Password may be empty (an API key as the username, as Stripe's).
+	//
+	// +optional
 	// +kubebuilder:validation:MaxLength=4096
 	// +kubebuilder:validation:XValidation:rule="!self.matches('[\\x00-\\x1f\\x7f]')",message="password has a control character"
-	Password string `json:"password"`
+	Password string `json:"password,omitempty"`
 }
 
 // Sign is an AWS Signature Version 4 over each request.

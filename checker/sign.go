@@ -37,23 +37,21 @@ type Signed struct {
 	Authorization, Date, ContentSHA256, SecurityToken string
 }
 
-// signers are the AWS SDK's SigV4 signers: one for S3, whose canonical URI
-// is the path as sent, and one for every other service, which escapes it
-// again (the SDK's DisableURIPathEscaping). Each caches derived signing
-// keys and is safe for concurrent use.
-type signers struct {
-	s3, other *v4.Signer
-}
-
-func newSigners() signers {
-	return signers{
-		s3:    v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true }),
-		other: v4.NewSigner(),
+// newSigner is the AWS SDK's SigV4 signer for one credential k: S3's
+// canonical URI is the path as sent, every other service's escapes it again
+// (the SDK's DisableURIPathEscaping). A signer caches its derived signing
+// key by service, region and access key id only, not by secret key, so
+// one is never shared between credentials: it lives in the cache entry's
+// memo, and is replaced with it.
+func newSigner(k *cache.SigV4) *v4.Signer {
+	if k.Service == "s3" {
+		return v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true })
 	}
+	return v4.NewSigner()
 }
 
 // sign computes the SigV4 signature of the request m describes, as the
-// upstream will receive it, with k at now: method, path and query, host,
+// upstream will receive it, with k (signer: newSigner(k)) at now: method, path and query, host,
 // content-type, content-md5 and every x-amz-* header the request carries,
 // and the payload's SHA-256 (or UNSIGNED-PAYLOAD when k says so).
 //
@@ -64,7 +62,7 @@ func newSigners() signers {
 // content-length other than 0, a transfer-encoding, or a method that
 // carries one with no length), a body whose length differs from its
 // content-length, or a target that is not an origin-form path.
-func (s signers) sign(ctx context.Context, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
+func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
 	if m == nil || host == "" {
 		return Signed{}, authz.ReasonUnsignableRequest
 	}
@@ -94,10 +92,6 @@ func (s signers) sign(ctx context.Context, m *authv3.AttributeContext_HttpReques
 		}
 	})
 	req.Header["X-Amz-Content-Sha256"] = []string{hash}
-	signer := s.other
-	if k.Service == "s3" {
-		signer = s.s3
-	}
 	creds := aws.Credentials{AccessKeyID: k.AccessKey, SecretAccessKey: k.SecretKey, SessionToken: k.SessionToken}
 	if err := signer.SignHTTP(ctx, creds, req, hash, k.Service, k.Region, now); err != nil {
 		return Signed{}, authz.ReasonUnsignableRequest

@@ -1,0 +1,61 @@
+package checker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/credinject/credinject/authz"
+	"github.com/credinject/credinject/cache"
+)
+
+// putSigner stores ns/sa's signing entry for the default route.
+func putSigner(tb testing.TB, r *rig, ns, sa string, k cache.SigV4) {
+	tb.Helper()
+	now := r.clock.Now()
+	if err := r.creds.Set(&cache.Entry{Identity: authz.NewIdentity(ns, sa), Shapes: &cache.Shapes{Sign: &k},
+		ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestSignedWithOwnSecret: each request is signed with its identity's own
+// secret key, whatever was signed before: another identity's credential
+// with the same access key id (access key ids are not secret) or the
+// identity's previous secret (a KV secret corrected in place) never signs
+// it.
+func TestSignedWithOwnSecret(t *testing.T) {
+	r := newRig(t, nil, true)
+	ctx := context.Background()
+	a, b := sigKey, sigKey
+	b.SecretKey = "a-secret-of-team-b-own-making"
+	putSigner(t, r, "team-a", "app", a)
+	putSigner(t, r, "team-b", "app", b)
+	signed := func(ns string) string {
+		resp, _ := r.g.Check(ctx, signedRequest("Bearer "+r.token(t, ns, "app"), "GET", "/b/k", nil, nil))
+		set, _ := headersOf(resp)
+		if set["authorization"] == "" {
+			t.Fatalf("%s: not signed: %s", ns, outcome(resp))
+		}
+		return set["authorization"]
+	}
+	hdrs := func(k cache.SigV4, sum string) map[string]string {
+		return map[string]string{"host": "s3.example.com", "x-amz-content-sha256": sum, "x-amz-date": "20261126T120000Z"}
+	}
+	const empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	wantA := referenceSigV4(a, "GET", "/b/k", "", hdrs(a, empty), empty, "20261126T120000Z")
+	wantB := referenceSigV4(b, "GET", "/b/k", "", hdrs(b, empty), empty, "20261126T120000Z")
+	if got := signed("team-a"); got != wantA {
+		t.Fatalf("team-a\n got %s\nwant %s", got, wantA)
+	}
+	if got := signed("team-b"); got != wantB {
+		t.Errorf("team-b's request is not signed with team-b's secret (team-a's, cached by access key id?)\n got %s\nwant %s", got, wantB)
+	}
+	// team-a's secret corrected in place, same access key id.
+	a2 := a
+	a2.SecretKey = "the-corrected-secret"
+	putSigner(t, r, "team-a", "app", a2)
+	if got, want := signed("team-a"), referenceSigV4(a2, "GET", "/b/k", "", hdrs(a2, empty), empty, "20261126T120000Z"); got != want {
+		t.Errorf("after the secret changed, still signed with the old one\n got %s\nwant %s", got, want)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
 	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
@@ -57,5 +59,41 @@ func TestSignedWithOwnSecret(t *testing.T) {
 	putSigner(t, r, "team-a", "app", a2)
 	if got, want := signed("team-a"), referenceSigV4(a2, "GET", "/b/k", "", hdrs(a2, empty), empty, "20261126T120000Z"); got != want {
 		t.Errorf("after the secret changed, still signed with the old one\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestUnsignableQueryAndBody: a request part the signer would leave out
+// of the signature is refused, never signed without it: a query pair Go's
+// parser drops (a ';' separator, a bad %-escape: the upstream still
+// receives it), and a body the gateway did not send although the request
+// says "x-envoy-auth-partial-body: false" itself (the workload's header,
+// passed on by a gateway without with_request_body).
+func TestUnsignableQueryAndBody(t *testing.T) {
+	r := newRig(t, nil, true)
+	putSigner(t, r, "team-a", "app", sigKey)
+	tok := "Bearer " + r.token(t, "team-a", "app")
+	forged := func(method string, hs map[string]string) *authv3.CheckRequest {
+		q := signedRequest(tok, method, "/b/k", hs, nil)
+		q.Attributes.Request.Http.Headers["x-envoy-auth-partial-body"] = "false"
+		return q
+	}
+	for name, q := range map[string]*authv3.CheckRequest{
+		"';' in the query":                          signedRequest(tok, "GET", "/b?list-type=2&prefix=a;b", nil, nil),
+		"bad escape in the query":                   signedRequest(tok, "GET", "/b?list-type=2&prefix=%zz", nil, nil),
+		"forged whole body, chunked":                forged("PUT", map[string]string{"transfer-encoding": "chunked"}),
+		"forged whole body, POST of unknown length": forged("POST", nil),
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp, _ := r.g.Check(context.Background(), q)
+			if got := outcome(resp); got != "deny 403 unsignable_request" {
+				set, _ := headersOf(resp)
+				t.Errorf("%s (authorization %q), want deny 403 unsignable_request", got, set["authorization"])
+			}
+		})
+	}
+	// The real empty body Envoy sends is still signed.
+	resp, _ := r.g.Check(context.Background(), forged("PUT", map[string]string{"content-length": "0"}))
+	if set, _ := headersOf(resp); set["authorization"] == "" {
+		t.Errorf("an empty PUT of content-length 0: %s", outcome(resp))
 	}
 }

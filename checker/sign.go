@@ -60,8 +60,9 @@ func newSigner(k *cache.SigV4) *v4.Signer {
 // that is unsignable gets ReasonUnsignableRequest: no description (m nil:
 // HTTP forward-auth), a cut body, a body that was not sent (a
 // content-length other than 0, a transfer-encoding, or a method that
-// carries one with no length), a body whose length differs from its
-// content-length, or a target that is not an origin-form path.
+// carries one with no length, also when marked whole but empty), a body
+// whose length differs from its content-length, a target that is not an
+// origin-form path, or a query Go's parser cannot read whole.
 func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
 	if m == nil || host == "" {
 		return Signed{}, authz.ReasonUnsignableRequest
@@ -72,6 +73,12 @@ func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_Htt
 	}
 	u, err := url.ParseRequestURI(target)
 	if err != nil {
+		return Signed{}, authz.ReasonUnsignableRequest
+	}
+	if _, err := url.ParseQuery(u.RawQuery); err != nil {
+		// The signer reads the query with URL.Query, which drops the
+		// pairs it cannot parse (a ';' separator, a bad escape): the
+		// upstream would still receive them, unsigned.
 		return Signed{}, authz.ReasonUnsignableRequest
 	}
 	u.Scheme, u.Host = "https", host
@@ -132,20 +139,35 @@ func payloadHash(m *authv3.AttributeContext_HttpRequest) (string, bool) {
 		if length != "" && length != strconv.Itoa(n) {
 			return "", false
 		}
+		// No body: Envoy marks only a buffered one, so the mark may be the
+		// workload's own, passed on by a gateway that sends no body.
+		if n == 0 && !noBody(m, length, encoded) {
+			return "", false
+		}
 	default:
 		// The gateway sends no body: only a request without one is
 		// signable.
-		if encoded || (length != "" && length != "0") {
+		if !noBody(m, length, encoded) {
 			return "", false
-		}
-		if length == "" {
-			switch m.GetMethod() {
-			case http.MethodPost, http.MethodPut, http.MethodPatch:
-				return "", false
-			}
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), true
+}
+
+// noBody reports whether the request says it has no body: no
+// transfer-encoding, and a content-length of 0, or none on a method that
+// does not carry one.
+func noBody(m *authv3.AttributeContext_HttpRequest, length string, encoded bool) bool {
+	if encoded || (length != "" && length != "0") {
+		return false
+	}
+	if length == "" {
+		switch m.GetMethod() {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			return false
+		}
+	}
+	return true
 }
 
 // eachHeader calls fn with each request header, name in lower case, from

@@ -97,3 +97,23 @@ func TestUnsignableQueryAndBody(t *testing.T) {
 		t.Errorf("an empty PUT of content-length 0: %s", outcome(resp))
 	}
 }
+
+// TestSignedHostWithPort: the host is signed as the upstream receives it,
+// its port included, also :443 (the SDK's signer drops a default port
+// from an https URL's host).
+func TestSignedHostWithPort(t *testing.T) {
+	r := newRig(t, nil, true)
+	putSigner(t, r, "team-a", "app", sigKey)
+	const empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	for _, host := range []string{"s3.example.com:443", "s3.example.com:9000"} {
+		q := signedRequest("Bearer "+r.token(t, "team-a", "app"), "GET", "/b/k", nil, nil)
+		q.Attributes.Request.Http.Host = host
+		q.Attributes.Request.Http.Headers[":authority"] = host
+		resp, _ := r.g.Check(context.Background(), q)
+		set, _ := headersOf(resp)
+		want := referenceSigV4(sigKey, "GET", "/b/k", "", map[string]string{"host": host, "x-amz-content-sha256": empty, "x-amz-date": "20261126T120000Z"}, empty, "20261126T120000Z")
+		if set["authorization"] != want {
+			t.Errorf("host %s: %s\nwant authorization %s", host, outcome(resp), want)
+		}
+	}
+}

@@ -81,7 +81,9 @@ func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_Htt
 		// upstream would still receive them, unsigned.
 		return Signed{}, authz.ReasonUnsignableRequest
 	}
-	u.Scheme, u.Host = "https", host
+	// No scheme: the SDK drops a port that is the scheme's default from
+	// the signed host, and the upstream receives the port.
+	u.Host = host
 	req := &http.Request{Method: m.GetMethod(), URL: u, Host: host, Header: make(http.Header, 4)}
 	hash := unsignedPayload
 	if !k.UnsignedPayload {

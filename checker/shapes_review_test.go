@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/credinject/credinject/authz"
@@ -115,5 +116,26 @@ func TestSignedHostWithPort(t *testing.T) {
 		if set["authorization"] != want {
 			t.Errorf("host %s: %s\nwant authorization %s", host, outcome(resp), want)
 		}
+	}
+}
+
+// TestSignedRepeatedHeader: a header the request carries twice (Envoy's
+// encode_raw_headers header_map lists each) is signed with both values,
+// joined by ',' as the upstream canonicalises them, not with the last.
+func TestSignedRepeatedHeader(t *testing.T) {
+	r := newRig(t, nil, true)
+	putSigner(t, r, "team-a", "app", sigKey)
+	q := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		Host: "s3.example.com", Method: "GET", Path: "/b/k", HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			{Key: ":authority", RawValue: []byte("s3.example.com")},
+			{Key: "authorization", RawValue: []byte("Bearer " + r.token(t, "team-a", "app"))},
+			{Key: "x-amz-meta-a", RawValue: []byte("1")}, {Key: "x-amz-meta-a", RawValue: []byte("2")}}}}}}}
+	resp, _ := r.g.Check(context.Background(), q)
+	set, _ := headersOf(resp)
+	const empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	want := referenceSigV4(sigKey, "GET", "/b/k", "", map[string]string{"host": "s3.example.com", "x-amz-content-sha256": empty,
+		"x-amz-date": "20261126T120000Z", "x-amz-meta-a": "1,2"}, empty, "20261126T120000Z")
+	if set["authorization"] != want {
+		t.Errorf("%s\nwant authorization %s", outcome(resp), want)
 	}
 }

@@ -97,7 +97,9 @@ func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_Htt
 		case name == headerAmzDate, name == headerAmzContentSHA256, name == headerAmzSecurityToken:
 			// Set below; the workload's own never count.
 		case name == "content-type", name == "content-md5", strings.HasPrefix(name, "x-amz-"):
-			req.Header[http.CanonicalHeaderKey(name)] = []string{value}
+			// Repeated (a header_map lists each): signed joined by ','.
+			k := http.CanonicalHeaderKey(name)
+			req.Header[k] = append(req.Header[k], value)
 		}
 	})
 	req.Header["X-Amz-Content-Sha256"] = []string{hash}

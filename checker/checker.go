@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
@@ -110,7 +111,6 @@ type Checker struct {
 	peerOn   bool
 	enroll   singleflight.Group
 	router   atomic.Pointer[Router]
-	signers  signers
 }
 
 // New builds a Checker.
@@ -150,7 +150,7 @@ func New(cfg Config) (*Checker, error) {
 		return nil, err
 	}
 	c := &Checker{cfg: cfg, metrics: m, hash: newHasher(cfg.Audiences), tcache: tc, tracer: newTracer(cfg.Tracing),
-		peerHash: newHasher(nil), peerOn: peerOn, signers: newSigners()}
+		peerHash: newHasher(nil), peerOn: peerOn}
 	c.router.Store(cfg.Router)
 	c.tokens = &cachedValidator{
 		trustDomain: cfg.TrustDomain,
@@ -304,7 +304,11 @@ func (c *Checker) shaped(ctx context.Context, req *Request, d Decision, now time
 	if sh.Sign == nil {
 		return d
 	}
-	s, r := c.signers.sign(ctx, req.attrs, req.Host, sh.Sign, now)
+	var signer *v4.Signer
+	if req.attrs != nil {
+		signer = d.Entry.Memo(prepare).(*prepared).signer
+	}
+	s, r := sign(ctx, signer, req.attrs, req.Host, sh.Sign, now)
 	if r != authz.ReasonNone {
 		c.cfg.Log.Debug("deny", "reason", string(r), "identity", d.Identity.Key(), "route", d.Entry.Route)
 		return Decision{Reason: r, Identity: d.Identity}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -93,7 +94,7 @@ func (g *GRPC) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.Che
 	}
 	// Responses are built once per cache entry and shared read-only; a
 	// signed one adds the request's signature to a copy.
-	ok := d.Entry.Memo(okResponse).(*authv3.CheckResponse)
+	ok := d.Entry.Memo(prepare).(*prepared).ok
 	if d.Signed.Authorization != "" {
 		return signedResponse(ok, &d.Signed), nil
 	}
@@ -148,12 +149,29 @@ func header(hs map[string]string, name string) string {
 	return ""
 }
 
+// prepared is what every answer of a cache entry is built from, once (the
+// entry's memo): the gRPC allow answer and, when the injection signs, the
+// signer of its credential alone.
+type prepared struct {
+	ok     *authv3.CheckResponse
+	signer *v4.Signer
+}
+
+// prepare builds e's prepared answers (Entry.Memo's build).
+func prepare(e *cache.Entry) any {
+	p := &prepared{ok: okResponse(e)}
+	if sh := e.Shapes; sh != nil && sh.Sign != nil {
+		p.signer = newSigner(sh.Sign)
+	}
+	return p
+}
+
 // okResponse is the allow answer for e: its headers set overwriting (the
 // injection's first, then Shapes.Headers), the workload's authorization
 // removed unless one of them (or signing) sets it, the query parameters,
 // and the dynamic metadata: namespace, serviceaccount, route and the
 // injection's metadata keys.
-func okResponse(e *cache.Entry) any {
+func okResponse(e *cache.Entry) *authv3.CheckResponse {
 	ok := &authv3.OkHttpResponse{}
 	sets := false
 	add := func(name, value string) {

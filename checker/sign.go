@@ -37,23 +37,21 @@ type Signed struct {
 	Authorization, Date, ContentSHA256, SecurityToken string
 }
 
-// signers are the AWS SDK's SigV4 signers: one for S3, whose canonical URI
-// is the path as sent, and one for every other service, which escapes it
-// again (the SDK's DisableURIPathEscaping). Each caches derived signing
-// keys and is safe for concurrent use.
-type signers struct {
-	s3, other *v4.Signer
-}
-
-func newSigners() signers {
-	return signers{
-		s3:    v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true }),
-		other: v4.NewSigner(),
+// newSigner is the AWS SDK's SigV4 signer for one credential k: S3's
+// canonical URI is the path as sent, every other service's escapes it again
+// (the SDK's DisableURIPathEscaping). A signer caches its derived signing
+// key by service, region and access key id only, not by secret key, so
+// one is never shared between credentials: it lives in the cache entry's
+// memo, and is replaced with it.
+func newSigner(k *cache.SigV4) *v4.Signer {
+	if k.Service == "s3" {
+		return v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true })
 	}
+	return v4.NewSigner()
 }
 
 // sign computes the SigV4 signature of the request m describes, as the
-// upstream will receive it, with k at now: method, path and query, host,
+// upstream will receive it, with k (signer: newSigner(k)) at now: method, path and query, host,
 // content-type, content-md5 and every x-amz-* header the request carries,
 // and the payload's SHA-256 (or UNSIGNED-PAYLOAD when k says so).
 //
@@ -62,9 +60,10 @@ func newSigners() signers {
 // that is unsignable gets ReasonUnsignableRequest: no description (m nil:
 // HTTP forward-auth), a cut body, a body that was not sent (a
 // content-length other than 0, a transfer-encoding, or a method that
-// carries one with no length), a body whose length differs from its
-// content-length, or a target that is not an origin-form path.
-func (s signers) sign(ctx context.Context, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
+// carries one with no length, also when marked whole but empty), a body
+// whose length differs from its content-length, a target that is not an
+// origin-form path, or a query Go's parser cannot read whole.
+func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
 	if m == nil || host == "" {
 		return Signed{}, authz.ReasonUnsignableRequest
 	}
@@ -76,7 +75,15 @@ func (s signers) sign(ctx context.Context, m *authv3.AttributeContext_HttpReques
 	if err != nil {
 		return Signed{}, authz.ReasonUnsignableRequest
 	}
-	u.Scheme, u.Host = "https", host
+	if _, err := url.ParseQuery(u.RawQuery); err != nil {
+		// The signer reads the query with URL.Query, which drops the
+		// pairs it cannot parse (a ';' separator, a bad escape): the
+		// upstream would still receive them, unsigned.
+		return Signed{}, authz.ReasonUnsignableRequest
+	}
+	// No scheme: the SDK drops a port that is the scheme's default from
+	// the signed host, and the upstream receives the port.
+	u.Host = host
 	req := &http.Request{Method: m.GetMethod(), URL: u, Host: host, Header: make(http.Header, 4)}
 	hash := unsignedPayload
 	if !k.UnsignedPayload {
@@ -90,14 +97,12 @@ func (s signers) sign(ctx context.Context, m *authv3.AttributeContext_HttpReques
 		case name == headerAmzDate, name == headerAmzContentSHA256, name == headerAmzSecurityToken:
 			// Set below; the workload's own never count.
 		case name == "content-type", name == "content-md5", strings.HasPrefix(name, "x-amz-"):
-			req.Header[http.CanonicalHeaderKey(name)] = []string{value}
+			// Repeated (a header_map lists each): signed joined by ','.
+			k := http.CanonicalHeaderKey(name)
+			req.Header[k] = append(req.Header[k], value)
 		}
 	})
 	req.Header["X-Amz-Content-Sha256"] = []string{hash}
-	signer := s.other
-	if k.Service == "s3" {
-		signer = s.s3
-	}
 	creds := aws.Credentials{AccessKeyID: k.AccessKey, SecretAccessKey: k.SecretKey, SessionToken: k.SessionToken}
 	if err := signer.SignHTTP(ctx, creds, req, hash, k.Service, k.Region, now); err != nil {
 		return Signed{}, authz.ReasonUnsignableRequest
@@ -138,20 +143,35 @@ func payloadHash(m *authv3.AttributeContext_HttpRequest) (string, bool) {
 		if length != "" && length != strconv.Itoa(n) {
 			return "", false
 		}
+		// No body: Envoy marks only a buffered one, so the mark may be the
+		// workload's own, passed on by a gateway that sends no body.
+		if n == 0 && !noBody(m, length, encoded) {
+			return "", false
+		}
 	default:
 		// The gateway sends no body: only a request without one is
 		// signable.
-		if encoded || (length != "" && length != "0") {
+		if !noBody(m, length, encoded) {
 			return "", false
-		}
-		if length == "" {
-			switch m.GetMethod() {
-			case http.MethodPost, http.MethodPut, http.MethodPatch:
-				return "", false
-			}
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), true
+}
+
+// noBody reports whether the request says it has no body: no
+// transfer-encoding, and a content-length of 0, or none on a method that
+// does not carry one.
+func noBody(m *authv3.AttributeContext_HttpRequest, length string, encoded bool) bool {
+	if encoded || (length != "" && length != "0") {
+		return false
+	}
+	if length == "" {
+		switch m.GetMethod() {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			return false
+		}
+	}
+	return true
 }
 
 // eachHeader calls fn with each request header, name in lower case, from

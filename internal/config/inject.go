@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -253,6 +254,11 @@ func (in Inject) check(key func(string) string, httpOn bool, bad func(key, forma
 				bad(prev, "header %q is set by inject.sign", h)
 			}
 		}
+		for _, name := range sortedKeys(set) {
+			if name == "content-type" || name == "content-md5" || (strings.HasPrefix(name, "x-amz-") && !slices.Contains(signedHeaders, name)) {
+				bad(set[name], "header %q cannot go with inject.sign: the signature covers the request's own, and one set after signing would break it", name)
+			}
+		}
 		if len(in.Query) > 0 {
 			bad(key("query"), "cannot go with inject.sign: parameters set after signing would break the signature")
 		}
@@ -262,6 +268,16 @@ func (in Inject) check(key func(string) string, httpOn bool, bad func(key, forma
 			bad(key(s), "only gRPC ext_authz can carry it, and HTTP forward-auth (listen.http) is on: set listen.http to \"\" to serve gRPC alone")
 		}
 	}
+}
+
+// sortedKeys are m's keys, sorted.
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // checkHeaderName reports a name that is not an HTTP header name or is one

@@ -14,6 +14,7 @@ import (
 
 	"github.com/credinject/credinject/auditbridge"
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/app"
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
@@ -265,7 +266,10 @@ func TestRefreshFollowsEventsConnection(t *testing.T) {
 	cfg := apptest.Config(env)
 	cfg.Prefetch.Refresh = 3 * time.Second
 	cfg.Prefetch.RefreshWithEvents = time.Hour
-	r := apptest.Start(t, env, cfg)
+	// The identity's first relogin at the full token TTL (an hour), not at
+	// a random point of it: a relogin is a full refresh (TriggerSchedule)
+	// that would see the change without an event, about once in 600 runs.
+	r := apptest.StartWith(t, env, cfg, func(o *app.Options) { o.ReloginPhase = func() float64 { return 0 } })
 	apptest.Eventually(t, 10*time.Second, "NATS subscription", func() bool {
 		return r.Counter(t, "credinject_events_connected", nil) == 1
 	})

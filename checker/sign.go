@@ -64,7 +64,7 @@ func newSigner(k *cache.SigV4) *v4.Signer {
 // whose length differs from its content-length, a target that is not an
 // origin-form path, or a query Go's parser cannot read whole.
 func sign(ctx context.Context, signer *v4.Signer, m *authv3.AttributeContext_HttpRequest, host string, k *cache.SigV4, now time.Time) (Signed, authz.Reason) {
-	if m == nil || host == "" {
+	if m == nil || host == "" || !validMethod(m.GetMethod()) {
 		return Signed{}, authz.ReasonUnsignableRequest
 	}
 	target := m.GetPath()
@@ -190,4 +190,19 @@ func eachHeader(m *authv3.AttributeContext_HttpRequest, fn func(name, value stri
 		}
 		fn(strings.ToLower(kv.GetKey()), v)
 	}
+}
+
+// validMethod reports a method token (RFC 9110 §9.1: tchar, here upper
+// case letters and '-' as every registered method is), which the signature
+// covers as sent.
+func validMethod(m string) bool {
+	if m == "" || len(m) > 32 {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if c := m[i]; (c < 'A' || c > 'Z') && c != '-' {
+			return false
+		}
+	}
+	return true
 }

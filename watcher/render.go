@@ -241,7 +241,11 @@ func renderBasic(b *BasicTemplate, data map[string]any) (string, error) {
 	case hasControl(pass):
 		return "", fmt.Errorf("%w: basic password has a control character", ErrInvalidValue)
 	}
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)), nil
+	v := "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	if err := checkHeaderValue(v); err != nil {
+		return "", fmt.Errorf("basic: %w", err) // over 8 KiB
+	}
+	return v, nil
 }
 
 // signingKey reads the AWS credentials from the secret: access_key and
@@ -268,6 +272,10 @@ func signingKey(s *SignSpec, data map[string]any) (*cache.SigV4, error) {
 			return nil, fmt.Errorf("%w: sign: field %q is empty", ErrInvalidValue, f.name)
 		case str != "" && checkHeaderValue(str) != nil, strings.ContainsAny(str, " \t"):
 			return nil, fmt.Errorf("%w: sign: field %q has a space or control character", ErrInvalidValue, f.name)
+		case f.name == FieldAccessKey && strings.ContainsAny(str, "/,="):
+			// It is written into Credential=<key>/<scope>, the list's
+			// separators would misplace the scope.
+			return nil, fmt.Errorf("%w: sign: field %q has '/', ',' or '='", ErrInvalidValue, f.name)
 		}
 		*f.dst = str
 	}

@@ -82,6 +82,7 @@ var (
 		"host": true, "connection": true, "keep-alive": true, "proxy-connection": true, "te": true,
 		"transfer-encoding": true, "upgrade": true, "content-length": true,
 		"x-credinject-reason": true, "x-envoy-auth-headers-to-remove": true,
+		"x-credinject-namespace": true, "x-credinject-serviceaccount": true,
 	}
 	// signedHeaders are the headers inject.sign sets.
 	signedHeaders = []string{headerAuthorization, "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"}

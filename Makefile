@@ -60,7 +60,7 @@ FUZZTIME    ?= 30s
 FUZZ_TARGETS := \
 	./checker/:FuzzBearerToken ./checker/:FuzzUnverifiedClaims ./checker/:FuzzRouterMatch \
 	./checker/:FuzzRouterPatterns ./checker/:FuzzJWKSToken ./checker/:FuzzJWKSClaims ./checker/:FuzzServeHTTP \
-	./checker/:FuzzXFCCURI \
+	./checker/:FuzzXFCCURI ./checker/:FuzzSign \
 	./events/:FuzzParse ./auditbridge/:FuzzParseLine ./internal/config/:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -1,12 +1,12 @@
 package policies
 
 import (
-	"fmt"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -246,18 +246,10 @@ func TestCompileInjectShapes(t *testing.T) {
 	}
 }
 
-// showInject prints a config.Inject with its pointers followed.
+// showInject prints a config.Inject as YAML (its pointers followed).
 func showInject(in config.Inject) string {
-	b, s := in.Basic, in.Sign
-	in.Basic, in.Sign = nil, nil
-	out := fmt.Sprintf("%+v", in)
-	if b != nil {
-		out += fmt.Sprintf(" basic=%+v", *b)
-	}
-	if s != nil {
-		out += fmt.Sprintf(" sign=%+v", *s)
-	}
-	return out
+	b, _ := yaml.Marshal(in)
+	return string(b)
 }
 
 // TestCompileInjectRefused: query, metadata and sign need the HTTP

@@ -3,6 +3,7 @@ package checker
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -120,20 +121,37 @@ func requestHeaders(h *authv3.AttributeContext_HttpRequest) (authorization, host
 	for _, kv := range h.GetHeaderMap().GetHeaders() {
 		switch k := kv.GetKey(); {
 		case strings.EqualFold(k, headerAuthorization):
-			authorization = string(kv.GetRawValue())
-			if authorization == "" {
-				authorization = kv.GetValue()
-			}
+			authorization = headerValue(kv)
 		case strings.EqualFold(k, ":authority"):
 			if host == "" {
-				host = string(kv.GetRawValue())
-				if host == "" {
-					host = kv.GetValue()
-				}
+				host = headerValue(kv)
 			}
 		}
 	}
 	return authorization, host
+}
+
+// headerValue is a HeaderMap entry's value: raw_value, which Envoy sends
+// with encode_raw_headers, else value.
+func headerValue(kv *corev3.HeaderValue) string {
+	if v := kv.GetRawValue(); len(v) > 0 {
+		return string(v)
+	}
+	return kv.GetValue()
+}
+
+// setsAuthorization reports whether e's injection sets authorization (its
+// header, one of Shapes.Headers, or the signature); otherwise the
+// workload's own is removed, so its token never reaches the upstream.
+func setsAuthorization(e *cache.Entry) bool {
+	if e.Header == headerAuthorization {
+		return true
+	}
+	sh := e.Shapes
+	if sh == nil {
+		return false
+	}
+	return sh.Sign != nil || slices.ContainsFunc(sh.Headers, func(f cache.Field) bool { return f.Name == headerAuthorization })
 }
 
 // header returns the value of the header named name (lower case) in any case.
@@ -173,13 +191,11 @@ func prepare(e *cache.Entry) any {
 // injection's metadata keys.
 func okResponse(e *cache.Entry) *authv3.CheckResponse {
 	ok := &authv3.OkHttpResponse{}
-	sets := false
 	add := func(name, value string) {
 		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
 			Header:       &corev3.HeaderValue{Key: name, Value: value},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		})
-		sets = sets || name == headerAuthorization
 	}
 	if e.Header != "" {
 		add(e.Header, e.Value)
@@ -195,15 +211,12 @@ func okResponse(e *cache.Entry) *authv3.CheckResponse {
 		for _, m := range sh.Metadata {
 			md[m.Name] = m.Value
 		}
-		if k := sh.Sign; k != nil {
-			sets = true // the signature is the authorization
-			if k.SessionToken == "" {
-				// The workload's own token must not ride on a signed request.
-				ok.HeadersToRemove = append(ok.HeadersToRemove, headerAmzSecurityToken)
-			}
+		if k := sh.Sign; k != nil && k.SessionToken == "" {
+			// The workload's own token must not ride on a signed request.
+			ok.HeadersToRemove = append(ok.HeadersToRemove, headerAmzSecurityToken)
 		}
 	}
-	if !sets {
+	if !setsAuthorization(e) {
 		// The workload's token must never reach the upstream.
 		ok.HeadersToRemove = append(ok.HeadersToRemove, headerAuthorization)
 	}

@@ -197,18 +197,15 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-store")
-	sets := false
 	if e := d.Entry; e.Header != "" {
 		hdr[http.CanonicalHeaderKey(e.Header)] = []string{e.Value}
-		sets = e.Header == headerAuthorization
 	}
 	if sh := d.Entry.Shapes; sh != nil {
 		for _, f := range sh.Headers {
 			hdr[http.CanonicalHeaderKey(f.Name)] = []string{f.Value}
-			sets = sets || f.Name == headerAuthorization
 		}
 	}
-	if !sets {
+	if !setsAuthorization(d.Entry) {
 		// Another header is injected: the workload's token must not go on.
 		// Envoy's HTTP ext_authz removes the headers this one names.
 		hdr["X-Envoy-Auth-Headers-To-Remove"] = []string{headerAuthorization}

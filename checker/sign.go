@@ -184,11 +184,7 @@ func eachHeader(m *authv3.AttributeContext_HttpRequest, fn func(name, value stri
 		return
 	}
 	for _, kv := range m.GetHeaderMap().GetHeaders() {
-		v := string(kv.GetRawValue())
-		if v == "" {
-			v = kv.GetValue()
-		}
-		fn(strings.ToLower(kv.GetKey()), v)
+		fn(strings.ToLower(kv.GetKey()), headerValue(kv))
 	}
 }
 

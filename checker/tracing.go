@@ -234,10 +234,7 @@ type headerMapCarrier struct {
 func (c headerMapCarrier) Get(key string) string {
 	for _, kv := range c.h.GetHeaderMap().GetHeaders() {
 		if strings.EqualFold(kv.GetKey(), key) {
-			if v := kv.GetRawValue(); len(v) > 0 {
-				return string(v)
-			}
-			return kv.GetValue()
+			return headerValue(kv)
 		}
 	}
 	return ""

@@ -17,6 +17,7 @@ import (
 
 	"github.com/credinject/credinject/events"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 )
 
 // checkLeaks verifies, after every later cleanup has run, that the test
@@ -41,7 +42,7 @@ func checkLeaks(t *testing.T) {
 type bridgeRun struct {
 	b       *Bridge
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *logbuf.Buffer
 	addr    string // the socket input, if any
 	subject string
 	stop    func() // cancels Run and checks it returned nil; idempotent
@@ -52,7 +53,7 @@ type bridgeRun struct {
 func startBridge(t *testing.T, cfg Config, noSocket bool) *bridgeRun {
 	t.Helper()
 	env := testenv.Get(t)
-	r := &bridgeRun{reg: prometheus.NewRegistry(), logs: &syncBuffer{}, subject: "credinject.test." + randName()}
+	r := &bridgeRun{reg: prometheus.NewRegistry(), logs: &logbuf.Buffer{}, subject: "credinject.test." + testenv.RandHex(4)}
 	if !noSocket {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -142,7 +143,7 @@ func next(t *testing.T, ch <-chan received, want events.Rotation) {
 func enableAudit(t *testing.T, typ string, options map[string]string) string {
 	t.Helper()
 	c := testenv.Get(t).Vault.Client
-	path := "cib-" + typ + "-" + randName()
+	path := "cib-" + typ + "-" + testenv.RandHex(4)
 	options["format"] = "json"
 	if err := c.Sys().EnableAuditWithOptionsWithContext(t.Context(), path,
 		&vaultapi.EnableAuditOptions{Type: typ, Options: options}); err != nil {
@@ -165,7 +166,7 @@ func enableSocketAudit(t *testing.T, addr string) string {
 
 func put(t *testing.T, path string) {
 	t.Helper()
-	if _, err := testenv.Get(t).Vault.PutCredential(t.Context(), path, map[string]any{"api_key": "sk-test-" + randName()}); err != nil {
+	if _, err := testenv.Get(t).Vault.PutCredential(t.Context(), path, map[string]any{"api_key": "sk-test-" + testenv.RandHex(4)}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -29,7 +29,7 @@ const (
 	DefaultCoalesce       = 5 * time.Millisecond
 	DefaultPublishTimeout = events.DefaultConnectTimeout
 	DefaultDrainTimeout   = 2 * time.Second
-	DefaultReconnectWait  = 250 * time.Millisecond
+	DefaultReconnectWait  = events.DefaultReconnectWait
 	connectionName        = "credinject-vault-audit-bridge"
 )
 

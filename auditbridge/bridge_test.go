@@ -234,7 +234,7 @@ func TestNATSOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := "AUDITBRIDGE_" + strings.ToUpper(randName())
+	name := "AUDITBRIDGE_" + strings.ToUpper(testenv.RandHex(4))
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{run.subject}, Storage: jetstream.FileStorage})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credinject/credinject/events"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 	"github.com/credinject/credinject/internal/testenv/natsauth"
 )
 
@@ -109,13 +110,13 @@ func TestBridgeWithNATSCredentials(t *testing.T) {
 
 // runCredsBridge runs a bridge with a socket input and the NATS options until
 // the test ends; Run must not fail.
-func runCredsBridge(t *testing.T, url, subject string, opts []nats.Option) (*Bridge, string, *syncBuffer) {
+func runCredsBridge(t *testing.T, url, subject string, opts []nats.Option) (*Bridge, string, *logbuf.Buffer) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	b, err := New(Config{
 		Listener: ln, NATSURL: url, Subject: subject, NATSOptions: opts,
 		ReconnectWait: 20 * time.Millisecond,

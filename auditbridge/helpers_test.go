@@ -1,10 +1,6 @@
 package auditbridge
 
 import (
-	"bytes"
-	"crypto/rand"
-	"encoding/hex"
-	"sync"
 	"testing"
 	"time"
 
@@ -71,28 +67,4 @@ func metric(t testing.TB, reg *prometheus.Registry, name string, labels ...strin
 
 func lines(t testing.TB, reg *prometheus.Registry, result string) float64 {
 	return metric(t, reg, "credinject_audit_lines_total", "result", result)
-}
-
-func randName() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -1,7 +1,6 @@
 package events
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
@@ -186,28 +186,10 @@ var (
 	_ Resyncer  = (*recorder)(nil)
 )
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type running struct {
 	s    *Subscriber
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *logbuf.Buffer
 	stop func() error // cancels Run and returns its result
 }
 
@@ -226,7 +208,7 @@ func runSubscriber(t *testing.T, cfg SubscriberConfig) *running {
 	}
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s, err := NewSubscriber(cfg)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 )
 
 // TestConnectErrorsNeverEchoCredentials: a NATS URL that does not parse is
@@ -27,7 +29,7 @@ func TestConnectErrorsNeverEchoCredentials(t *testing.T) {
 				nc.Close()
 			}
 		}
-		logs := &syncBuffer{}
+		logs := &logbuf.Buffer{}
 		rec := newRecorder()
 		s, err := NewSubscriber(SubscriberConfig{URL: u, Subject: "credinject.rotated", MinInterval: time.Second, Refresher: rec, Resyncer: rec,
 			Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ReconnectWait: 10 * time.Millisecond})

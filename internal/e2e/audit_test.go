@@ -18,6 +18,7 @@ import (
 	"github.com/credinject/credinject/internal/app"
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 )
 
 // TestAuditTrail drives a real credinject (real API server, Vault, NATS)
@@ -50,7 +51,7 @@ func TestAuditTrail(t *testing.T) {
 	cfg.Prefetch.Refresh = time.Hour // only the event explains a rotation
 	cfg.Audit.Output = filepath.Join(t.TempDir(), "audit.jsonl")
 	cfg.Audit.Interval = time.Second // several intervals: counts add up across them
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	r, done := apptest.RunWith(t, runCtx, env, cfg, func(o *app.Options) {

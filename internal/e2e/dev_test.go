@@ -23,13 +23,14 @@ import (
 
 	"github.com/credinject/credinject/internal/devstack"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 )
 
 // devRun is a running `credinject dev`.
 type devRun struct {
 	cmd    *exec.Cmd
 	lines  []string // stdout up to "ready"
-	stderr *syncBuffer
+	stderr *logbuf.Buffer
 	exited chan struct{}
 	err    error // cmd.Wait's, once exited is closed
 }
@@ -39,7 +40,7 @@ type devRun struct {
 func startDev(t *testing.T, grpcAddr, httpAddr string) *devRun {
 	t.Helper()
 	bin := credinjectBinary(t)
-	d := &devRun{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	d := &devRun{stderr: &logbuf.Buffer{}, exited: make(chan struct{})}
 	d.cmd = exec.Command(bin, "dev",
 		"--data", filepath.Join(t.TempDir(), "data"),
 		"--grpc-addr", grpcAddr, "--http-addr", httpAddr,

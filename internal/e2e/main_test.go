@@ -4,7 +4,6 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"github.com/credinject/credinject/internal/app"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 	"github.com/credinject/credinject/internal/testenv/poll"
 )
 
@@ -60,24 +60,6 @@ func credinjectBinary(t *testing.T) string {
 	return binPath
 }
 
-// syncBuffer collects a server's log; the test prints it when it fails.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startCredinject runs credinject in-process on the bed (tokenreview, Vault
 // Kubernetes auth, NATS events) on free loopback ports, until the test ends.
 func startCredinject(t *testing.T) *app.App {
@@ -101,7 +83,7 @@ func startCredinjectWith(t *testing.T, configure func(*config.Config)) (a *app.A
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, app.Options{
 		Config: cfg, RestConfig: env.Kube.RestConfig(),

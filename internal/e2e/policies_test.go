@@ -28,6 +28,7 @@ import (
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 	"github.com/credinject/credinject/policies"
 )
 
@@ -295,7 +296,7 @@ func TestCredentialPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Events.NatsURL = ""
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	r := apptest.StartWith(t, env, cfg, func(o *app.Options) {
 		o.ConfigPath, o.ReloadInterval, o.LeaseNamespace = path, 100*time.Millisecond, b.ns
 		o.Log = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))

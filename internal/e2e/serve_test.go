@@ -21,6 +21,7 @@ import (
 
 	"github.com/credinject/credinject/internal/apptest"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 )
 
 // TestServeBinary runs the real `credinject serve --config FILE` against the
@@ -116,7 +117,7 @@ events: {natsURL: %q}
 // serveRun is a running `credinject serve` (the built binary).
 type serveRun struct {
 	cmd    *exec.Cmd
-	logs   *syncBuffer // its stdout and stderr
+	logs   *logbuf.Buffer // its stdout and stderr
 	exited chan struct{}
 	err    error // cmd.Wait's, once exited is closed
 }
@@ -126,7 +127,7 @@ type serveRun struct {
 // when the test failed.
 func startServe(t *testing.T, args ...string) *serveRun {
 	t.Helper()
-	s := &serveRun{logs: &syncBuffer{}, exited: make(chan struct{})}
+	s := &serveRun{logs: &logbuf.Buffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(credinjectBinary(t), append([]string{"serve"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -12,6 +12,7 @@ import (
 	"github.com/credinject/credinject/internal/config"
 	"github.com/credinject/credinject/internal/devstack"
 	"github.com/credinject/credinject/internal/testenv"
+	"github.com/credinject/credinject/internal/testenv/logbuf"
 	"github.com/credinject/credinject/internal/testenv/testca"
 )
 
@@ -152,7 +153,7 @@ func TestVaultOverTLS(t *testing.T) {
 			t.Setenv("VAULT_CACERT", "")
 			cfg := vt.config(env)
 			tc.adjust(&cfg)
-			logs := &syncBuffer{}
+			logs := &logbuf.Buffer{}
 			r := apptest.StartWith(t, env, cfg, func(o *app.Options) {
 				o.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			})

@@ -57,7 +57,7 @@ func StartKube(ctx context.Context, dir string) (*Kube, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testenv: pki: %w", err)
 	}
-	admin := "admin-" + randHex(16)
+	admin := "admin-" + RandHex(16)
 	tokens := filepath.Join(dir, "tokens.csv")
 	if err := os.WriteFile(tokens, []byte(admin+",admin,admin-uid,\"system:masters\"\n"), 0o600); err != nil {
 		return nil, err
@@ -185,7 +185,7 @@ var nameSeq atomic.Int64
 // UniqueName returns prefix with a suffix unique in this test binary (the bed
 // runs no namespace controller: deleted namespaces never go away).
 func UniqueName(prefix string) string {
-	return fmt.Sprintf("%s-%d-%s", prefix, nameSeq.Add(1), randHex(3))
+	return fmt.Sprintf("%s-%d-%s", prefix, nameSeq.Add(1), RandHex(3))
 }
 
 // CreateNamespace creates a namespace.

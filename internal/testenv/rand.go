@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 )
 
-func randHex(n int) string {
+// RandHex is n random bytes in hex (2n characters): unique names for
+// what a test creates on the shared bed.
+func RandHex(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)

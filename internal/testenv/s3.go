@@ -130,7 +130,7 @@ func StartS3(ctx context.Context, dir string, accounts ...S3Account) (*S3, error
 	}
 	s := &S3{
 		addr:      "127.0.0.1:" + strconv.Itoa(port),
-		root:      S3Account{AccessKey: "root" + randHex(8), SecretKey: randHex(20)},
+		root:      S3Account{AccessKey: "root" + RandHex(8), SecretKey: RandHex(20)},
 		accessLog: filepath.Join(dir, "access.log"),
 	}
 	s.proc = &proc{

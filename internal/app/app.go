@@ -359,27 +359,26 @@ func watcherRoutes(cfg config.Config) []watcher.Route {
 // watcherShapes is in's shapes beyond header and value as the watcher
 // renders them; nil when it has none.
 func watcherShapes(in config.Inject) *watcher.Shapes {
-	var sh watcher.Shapes
-	some := false
-	for _, h := range in.Headers {
-		sh.Headers, some = append(sh.Headers, watcher.Template{Name: h.Name, Value: h.Value}), true
-	}
-	for _, q := range in.Query {
-		sh.Query, some = append(sh.Query, watcher.Template{Name: q.Name, Value: q.Value}), true
-	}
-	for _, k := range in.MetadataKeys() {
-		sh.Metadata, some = append(sh.Metadata, watcher.Template{Name: k, Value: in.Metadata[k]}), true
-	}
-	if b := in.Basic; b != nil {
-		sh.Basic, some = &watcher.BasicTemplate{Username: b.Username, Password: b.Password}, true
-	}
-	if s := in.Sign; s != nil {
-		sh.Sign, some = &watcher.SignSpec{Service: s.Service, Region: s.Region, UnsignedPayload: s.Payload == config.PayloadUnsigned}, true
-	}
-	if !some {
+	if !in.HasShapes() {
 		return nil
 	}
-	return &sh
+	sh := &watcher.Shapes{}
+	for _, h := range in.Headers {
+		sh.Headers = append(sh.Headers, watcher.Template{Name: h.Name, Value: h.Value})
+	}
+	for _, q := range in.Query {
+		sh.Query = append(sh.Query, watcher.Template{Name: q.Name, Value: q.Value})
+	}
+	for _, k := range in.MetadataKeys() {
+		sh.Metadata = append(sh.Metadata, watcher.Template{Name: k, Value: in.Metadata[k]})
+	}
+	if b := in.Basic; b != nil {
+		sh.Basic = &watcher.BasicTemplate{Username: b.Username, Password: b.Password}
+	}
+	if s := in.Sign; s != nil {
+		sh.Sign = &watcher.SignSpec{Service: s.Service, Region: s.Region, UnsignedPayload: s.Payload == config.PayloadUnsigned}
+	}
+	return sh
 }
 
 // checkerRoutes is the routes with hosts; the default route is the router's

@@ -484,7 +484,7 @@ func (c *Config) complete() {
 	if def.inject.isZero() {
 		def = sources[0]
 	}
-	if !c.Inject.hasShapes() {
+	if !c.Inject.HasShapes() {
 		if c.Inject.Header == "" {
 			c.Inject.Header = def.inject.Header
 		}

@@ -498,7 +498,7 @@ inject: {header: authorization, value: "Bearer {api_key}"}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Inject.Header != "x-token" || c.Inject.Value != "Bearer {access_token}" || c.Inject.hasShapes() {
+	if c.Inject.Header != "x-token" || c.Inject.Value != "Bearer {access_token}" || c.Inject.HasShapes() {
 		t.Errorf("inject.value absent on an oauth2 source: %+v, want the source's value", c.Inject)
 	}
 }

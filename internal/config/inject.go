@@ -92,12 +92,12 @@ var (
 
 // isZero reports whether no shape is written.
 func (in Inject) isZero() bool {
-	return in.Header == "" && in.Value == "" && !in.hasShapes()
+	return in.Header == "" && in.Value == "" && !in.HasShapes()
 }
 
-// hasShapes reports whether a shape other than header and value is
+// HasShapes reports whether a shape other than header and value is
 // written.
-func (in Inject) hasShapes() bool {
+func (in Inject) HasShapes() bool {
 	return len(in.Headers) > 0 || len(in.Query) > 0 || in.Basic != nil || len(in.Metadata) > 0 || in.Sign != nil
 }
 

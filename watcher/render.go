@@ -149,12 +149,8 @@ func RenderInjection(rt *Route, data map[string]any) (Injection, error) {
 	}
 	sh := rt.Shapes
 	if sh == nil {
-		if len(headers) == 0 {
-			return Injection{}, fmt.Errorf("%w: the route injects nothing", ErrInvalidValue)
-		}
-		return Injection{Header: headers[0].Name, Value: headers[0].Value}, nil
+		sh = &Shapes{} // the header alone
 	}
-	var out cache.Shapes
 	if b := sh.Basic; b != nil {
 		v, err := renderBasic(b, data)
 		if err != nil {
@@ -162,14 +158,12 @@ func RenderInjection(rt *Route, data map[string]any) (Injection, error) {
 		}
 		headers = append(headers, cache.Field{Name: "authorization", Value: v})
 	}
-	for _, h := range sh.Headers {
-		v, err := Render(h.Value, data)
-		if err != nil {
-			return Injection{}, fmt.Errorf("header %s: %w", h.Name, err)
-		}
-		headers = append(headers, cache.Field{Name: h.Name, Value: v})
+	more, err := renderAll("header", sh.Headers, data)
+	if err != nil {
+		return Injection{}, err
 	}
-	var err error
+	headers = append(headers, more...)
+	var out cache.Shapes
 	if out.Query, err = renderAll("query parameter", sh.Query, data); err != nil {
 		return Injection{}, err
 	}
@@ -190,10 +184,9 @@ func RenderInjection(rt *Route, data map[string]any) (Injection, error) {
 	var in Injection
 	if len(headers) > 0 {
 		in.Header, in.Value = headers[0].Name, headers[0].Value
-		out.Headers = headers[1:]
 	}
-	if len(out.Headers) == 0 {
-		out.Headers = nil
+	if len(headers) > 1 {
+		out.Headers = headers[1:]
 	}
 	if out.Headers != nil || out.Query != nil || out.Metadata != nil || out.Sign != nil {
 		in.Shapes = &out

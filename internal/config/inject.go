@@ -2,9 +2,9 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 )
 
@@ -152,14 +152,7 @@ func (in Inject) lowered() Inject {
 }
 
 // MetadataKeys are Metadata's keys, sorted.
-func (in Inject) MetadataKeys() []string {
-	keys := make([]string, 0, len(in.Metadata))
-	for k := range in.Metadata {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+func (in Inject) MetadataKeys() []string { return slices.Sorted(maps.Keys(in.Metadata)) }
 
 // check reports each bad shape: key names a key under inject ("header" ->
 // "routes[0].inject.header"). httpOn: the HTTP forward-auth listener is on,
@@ -238,25 +231,14 @@ func (in Inject) check(key func(string) string, httpOn bool, bad func(key, forma
 		checkTemplate(k, in.Metadata[m], true, bad)
 	}
 	if s := in.Sign; s != nil {
-		if s.Type != SignAWSSigV4 {
-			bad(key("sign.type"), "%q is not %s", s.Type, SignAWSSigV4)
-		}
-		if !signingScope.MatchString(s.Service) {
-			bad(key("sign.service"), "%q is not an AWS service name (such as s3, bedrock)", s.Service)
-		}
-		if !signingScope.MatchString(s.Region) {
-			bad(key("sign.region"), "%q is not an AWS region (such as us-east-1)", s.Region)
-		}
-		if s.Payload != PayloadBody && s.Payload != PayloadUnsigned {
-			bad(key("sign.payload"), "%q is not one of %s, %s", s.Payload, PayloadBody, PayloadUnsigned)
-		}
-		for _, h := range signedHeaders {
-			if prev, dup := set[h]; dup {
-				bad(prev, "header %q is set by inject.sign", h)
-			}
-		}
-		for _, name := range sortedKeys(set) {
-			if name == "content-type" || name == "content-md5" || (strings.HasPrefix(name, "x-amz-") && !slices.Contains(signedHeaders, name)) {
+		s.check(key, bad)
+		// Headers the signature sets, or covers as the request carries
+		// them: set by another shape, after signing, they would break it.
+		for _, name := range slices.Sorted(maps.Keys(set)) {
+			switch {
+			case slices.Contains(signedHeaders, name):
+				bad(set[name], "header %q is set by inject.sign", name)
+			case name == "content-type", name == "content-md5", strings.HasPrefix(name, "x-amz-"):
 				bad(set[name], "header %q cannot go with inject.sign: the signature covers the request's own, and one set after signing would break it", name)
 			}
 		}
@@ -271,14 +253,20 @@ func (in Inject) check(key func(string) string, httpOn bool, bad func(key, forma
 	}
 }
 
-// sortedKeys are m's keys, sorted.
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// check reports a bad type, service, region or payload.
+func (s *Sign) check(key func(string) string, bad func(key, format string, a ...any)) {
+	if s.Type != SignAWSSigV4 {
+		bad(key("sign.type"), "%q is not %s", s.Type, SignAWSSigV4)
 	}
-	sort.Strings(keys)
-	return keys
+	if !signingScope.MatchString(s.Service) {
+		bad(key("sign.service"), "%q is not an AWS service name (such as s3, bedrock)", s.Service)
+	}
+	if !signingScope.MatchString(s.Region) {
+		bad(key("sign.region"), "%q is not an AWS region (such as us-east-1)", s.Region)
+	}
+	if s.Payload != PayloadBody && s.Payload != PayloadUnsigned {
+		bad(key("sign.payload"), "%q is not one of %s, %s", s.Payload, PayloadBody, PayloadUnsigned)
+	}
 }
 
 // checkHeaderName reports a name that is not an HTTP header name or is one

@@ -178,8 +178,15 @@ func (r *rig) token(tb testing.TB, ns, sa string, auds ...string) string {
 
 func (r *rig) put(tb testing.TB, route, ns, sa, header, value string) {
 	tb.Helper()
+	r.putEntry(tb, route, ns, sa, header, value, nil)
+}
+
+// putEntry stores ns/sa's fresh entry for route: its header and shapes.
+func (r *rig) putEntry(tb testing.TB, route, ns, sa, header, value string, sh *cache.Shapes) {
+	tb.Helper()
 	now := r.clock.Now()
-	if err := r.creds.Set(&cache.Entry{Route: route, Identity: authz.NewIdentity(ns, sa), Header: header, Value: value, ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
+	if err := r.creds.Set(&cache.Entry{Route: route, Identity: authz.NewIdentity(ns, sa), Header: header, Value: value, Shapes: sh,
+		ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
 		tb.Fatal(err)
 	}
 }

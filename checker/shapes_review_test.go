@@ -3,23 +3,17 @@ package checker_test
 import (
 	"context"
 	"testing"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
-	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 )
 
 // putSigner stores ns/sa's signing entry for the default route.
 func putSigner(tb testing.TB, r *rig, ns, sa string, k cache.SigV4) {
 	tb.Helper()
-	now := r.clock.Now()
-	if err := r.creds.Set(&cache.Entry{Identity: authz.NewIdentity(ns, sa), Shapes: &cache.Shapes{Sign: &k},
-		ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
-		tb.Fatal(err)
-	}
+	r.putEntry(tb, "", ns, sa, "", "", &cache.Shapes{Sign: &k})
 }
 
 // TestSignedWithOwnSecret: each request is signed with its identity's own
@@ -42,12 +36,12 @@ func TestSignedWithOwnSecret(t *testing.T) {
 		}
 		return set["authorization"]
 	}
-	hdrs := func(k cache.SigV4, sum string) map[string]string {
+	hdrs := func(sum string) map[string]string {
 		return map[string]string{"host": "s3.example.com", "x-amz-content-sha256": sum, "x-amz-date": "20261126T120000Z"}
 	}
 	const empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-	wantA := referenceSigV4(a, "GET", "/b/k", "", hdrs(a, empty), empty, "20261126T120000Z")
-	wantB := referenceSigV4(b, "GET", "/b/k", "", hdrs(b, empty), empty, "20261126T120000Z")
+	wantA := referenceSigV4(a, "GET", "/b/k", "", hdrs(empty), empty, "20261126T120000Z")
+	wantB := referenceSigV4(b, "GET", "/b/k", "", hdrs(empty), empty, "20261126T120000Z")
 	if got := signed("team-a"); got != wantA {
 		t.Fatalf("team-a\n got %s\nwant %s", got, wantA)
 	}
@@ -58,7 +52,7 @@ func TestSignedWithOwnSecret(t *testing.T) {
 	a2 := a
 	a2.SecretKey = "the-corrected-secret"
 	putSigner(t, r, "team-a", "app", a2)
-	if got, want := signed("team-a"), referenceSigV4(a2, "GET", "/b/k", "", hdrs(a2, empty), empty, "20261126T120000Z"); got != want {
+	if got, want := signed("team-a"), referenceSigV4(a2, "GET", "/b/k", "", hdrs(empty), empty, "20261126T120000Z"); got != want {
 		t.Errorf("after the secret changed, still signed with the old one\n got %s\nwant %s", got, want)
 	}
 }

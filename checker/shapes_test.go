@@ -12,11 +12,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
-	"github.com/credinject/credinject/authz"
 	"github.com/credinject/credinject/cache"
 	"github.com/credinject/credinject/checker"
 )
@@ -24,11 +22,7 @@ import (
 // putShapes stores team-a/app's entry for the default route with shapes.
 func putShapes(tb testing.TB, r *rig, header, value string, sh *cache.Shapes) {
 	tb.Helper()
-	now := r.clock.Now()
-	if err := r.creds.Set(&cache.Entry{Identity: authz.NewIdentity("team-a", "app"), Header: header, Value: value, Shapes: sh,
-		ReadAt: now, FreshUntil: now.Add(5 * time.Minute), ExpiresAt: now.Add(15 * time.Minute)}); err != nil {
-		tb.Fatal(err)
-	}
+	r.putEntry(tb, "", "team-a", "app", header, value, sh)
 }
 
 // headersOf is the response's headers set, "name=value", and its removals.

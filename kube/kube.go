@@ -11,8 +11,10 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +42,15 @@ type ServiceAccounts struct {
 	informer toolscache.SharedIndexInformer
 	// removals counts ServiceAccounts deleted or replaced; see Removals.
 	removals atomic.Uint64
+
+	mu       sync.Mutex
+	started  bool        // Run was called: no more handlers
+	handlers []saHandler // AddHandler's, called by the one informer handler
+}
+
+// saHandler is one AddHandler registration.
+type saHandler struct {
+	onAdd, onDelete func(namespace, name string)
 }
 
 // NewServiceAccounts builds the informer (started by Run). It keeps each
@@ -51,15 +62,42 @@ func NewServiceAccounts(client kubernetes.Interface, resync time.Duration) *Serv
 	f := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTransform(trimServiceAccount))
 	inf := f.Core().V1().ServiceAccounts().Informer()
 	s := &ServiceAccounts{client: client, factory: f, informer: inf}
-	// An informer calls its handlers after its store holds the change, so
-	// the count moves only once Exists already answers the new state.
+	// One informer handler, called after the store holds the change: it
+	// moves the removal count first (Exists already answers the new state),
+	// then tells AddHandler's callbacks. A handler of its own per callback
+	// would run on a goroutine of its own, so a callback (the watcher
+	// forgetting an identity) could act while Removals still let the
+	// checker trust a cached token of the deleted ServiceAccount.
 	_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		UpdateFunc: func(oldObj, newObj any) {
-			if _, _, ok := replaced(oldObj, newObj); ok {
-				s.removals.Add(1)
+		AddFunc: func(obj any) {
+			if sa, ok := obj.(*corev1.ServiceAccount); ok {
+				for _, h := range s.registered() {
+					h.onAdd(sa.Namespace, sa.Name)
+				}
 			}
 		},
-		DeleteFunc: func(any) { s.removals.Add(1) },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, n, ok := replaced(oldObj, newObj)
+			if !ok {
+				return
+			}
+			s.removals.Add(1)
+			for _, h := range s.registered() {
+				h.onDelete(o.Namespace, o.Name)
+				h.onAdd(n.Namespace, n.Name)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			s.removals.Add(1)
+			if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if sa, ok := obj.(*corev1.ServiceAccount); ok {
+				for _, h := range s.registered() {
+					h.onDelete(sa.Namespace, sa.Name)
+				}
+			}
+		},
 	})
 	return s
 }
@@ -86,6 +124,9 @@ func trimServiceAccount(obj any) (any, error) {
 
 // Run starts the informer and blocks until ctx ends.
 func (s *ServiceAccounts) Run(ctx context.Context) {
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
 	s.factory.Start(ctx.Done())
 	<-ctx.Done()
 	s.factory.Shutdown()
@@ -133,30 +174,25 @@ func (s *ServiceAccounts) LookupServiceAccount(ctx context.Context, namespace, n
 	return string(sa.UID), true, nil
 }
 
-// AddHandler registers add/delete callbacks.
+// AddHandler registers add/delete callbacks, called one at a time from the
+// informer, in order, onDelete after Removals has moved (a replaced
+// ServiceAccount: onDelete, then onAdd). It must be called before Run,
+// which lists every ServiceAccount to onAdd first.
 func (s *ServiceAccounts) AddHandler(onAdd, onDelete func(namespace, name string)) error {
-	_, err := s.informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if sa, ok := obj.(*corev1.ServiceAccount); ok {
-				onAdd(sa.Namespace, sa.Name)
-			}
-		},
-		UpdateFunc: func(oldObj, newObj any) {
-			if o, n, ok := replaced(oldObj, newObj); ok {
-				onDelete(o.Namespace, o.Name)
-				onAdd(n.Namespace, n.Name)
-			}
-		},
-		DeleteFunc: func(obj any) {
-			if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-				obj = d.Obj
-			}
-			if sa, ok := obj.(*corev1.ServiceAccount); ok {
-				onDelete(sa.Namespace, sa.Name)
-			}
-		},
-	})
-	return err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("kube: AddHandler after Run")
+	}
+	s.handlers = append(s.handlers, saHandler{onAdd: onAdd, onDelete: onDelete})
+	return nil
+}
+
+// registered is AddHandler's callbacks.
+func (s *ServiceAccounts) registered() []saHandler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.handlers
 }
 
 // List returns the ServiceAccount keys of a namespace from the informer.

@@ -45,7 +45,12 @@ func startServiceAccounts(tb testing.TB, objs ...kruntime.Object) *ServiceAccoun
 // once it holds the full list.
 func startServiceAccountsOn(tb testing.TB, client kubernetes.Interface) *ServiceAccounts {
 	tb.Helper()
-	s := NewServiceAccounts(client, 0)
+	return startWith(tb, NewServiceAccounts(client, 0))
+}
+
+// startWith runs s until the test ends, once its informer has synced.
+func startWith(tb testing.TB, s *ServiceAccounts) *ServiceAccounts {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -172,6 +177,57 @@ func TestServiceAccountRemovals(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(2, func() bool { return !s.Exists(key, "") })
+}
+
+// TestHandlersHearRemovalsAfterTheCount: AddHandler's onDelete runs once
+// Removals has moved and Exists answers the removal, so what a callback
+// does (the watcher forgetting the identity) is never seen by a checker
+// still trusting a cached token of that ServiceAccount; a handler added
+// after Run is refused.
+func TestHandlersHearRemovalsAfterTheCount(t *testing.T) {
+	sa := serviceAccount(1)
+	client := fake.NewClientset(sa)
+	s := NewServiceAccounts(client, 0)
+	key := sa.Namespace + "/" + sa.Name
+	type seen struct {
+		removals uint64
+		exists   bool
+	}
+	deleted := make(chan seen, 4)
+	added := make(chan string, 4)
+	if err := s.AddHandler(func(ns, name string) { added <- ns + "/" + name },
+		func(ns, name string) { deleted <- seen{s.Removals(), s.Exists(ns+"/"+name, "")} }); err != nil {
+		t.Fatal(err)
+	}
+	startWith(t, s)
+	within := func(what string) {
+		t.Helper()
+		t.Fatalf("no %s within 10s", what)
+	}
+	var got string
+	select {
+	case got = <-added:
+	case <-time.After(10 * time.Second):
+		within("add")
+	}
+	if got != key {
+		t.Fatalf("the initial list added %q, want %q", got, key)
+	}
+	if err := s.AddHandler(func(string, string) {}, func(string, string) {}); err == nil {
+		t.Error("AddHandler after Run was accepted")
+	}
+	if err := client.CoreV1().ServiceAccounts(sa.Namespace).Delete(context.Background(), sa.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var d seen
+	select {
+	case d = <-deleted:
+	case <-time.After(10 * time.Second):
+		within("delete")
+	}
+	if got := d; got.removals != 1 || got.exists {
+		t.Fatalf("onDelete saw Removals %d and Exists %v, want 1 and false", got.removals, got.exists)
+	}
 }
 
 // TestLookupServiceAccount: the lookup reads the API server, not the
